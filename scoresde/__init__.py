@@ -1,0 +1,68 @@
+"""scoresde: score-based diffusion models as stochastic differential equations.
+
+SDE -> score function -> integrator -> ``xarray.Dataset``::
+
+    import scoresde as sd
+    sde = sd.VPSDE()
+    target = sd.eight_gaussians()
+    ds = sd.sample(sde, target.score(sde), sd.EulerMaruyama(steps=500), shape=(10_000, 2), seed=0)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("scoresde")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+from . import metrics
+from .mixture import (
+    TARGETS,
+    GaussianMixture,
+    MixtureScore,
+    eight_gaussians,
+    get_target,
+    grid,
+    pinwheel,
+    ring,
+)
+from .samplers import (
+    CORRECTORS,
+    PREDICTORS,
+    SCIPY_METHODS,
+    EulerMaruyama,
+    PredictorCorrector,
+    ProbabilityFlowODE,
+    Sampler,
+    TorchSDE,
+)
+from .sampling import sample
+from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE
+
+__all__ = [
+    "__version__",
+    "SDE",
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "ReverseSDE",
+    "GaussianMixture",
+    "MixtureScore",
+    "TARGETS",
+    "get_target",
+    "eight_gaussians",
+    "ring",
+    "grid",
+    "pinwheel",
+    "Sampler",
+    "EulerMaruyama",
+    "PredictorCorrector",
+    "ProbabilityFlowODE",
+    "TorchSDE",
+    "PREDICTORS",
+    "CORRECTORS",
+    "SCIPY_METHODS",
+    "sample",
+    "metrics",
+]

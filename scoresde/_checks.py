@@ -1,0 +1,88 @@
+"""Argument checks shared by the library: clear errors that name the argument and the fix."""
+
+from __future__ import annotations
+
+import math
+import operator
+from numbers import Real
+
+import torch
+
+__all__ = [
+    "check_finite_tensor",
+    "check_positive",
+    "check_positive_int",
+    "check_time",
+    "broadcast_coef",
+]
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` if it is not a finite positive number."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: int, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer ``>= minimum``, else raise ``ValueError``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_finite_tensor(name: str, x: torch.Tensor, *, min_dim: int = 1) -> torch.Tensor:
+    """Raise if ``x`` is not a floating tensor with at least ``min_dim`` dims and finite entries."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32 or float64), got {x.dtype}; "
+            f"convert it with {name}.float() or {name}.double()"
+        )
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimension(s) (batch first), got shape "
+            f"{tuple(x.shape)}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values; clean the input before passing it")
+    return x
+
+
+def check_time(t: float | torch.Tensor, T: float, *, name: str = "t", lower: float = 0.0) -> None:
+    """Raise ``ValueError`` unless every entry of ``t`` is finite and lies in ``[lower, T]``."""
+    if isinstance(t, torch.Tensor):
+        if t.dim() > 1:
+            raise ValueError(f"{name} must be a scalar or a 1-D batch vector, got shape {tuple(t.shape)}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} must not be empty")
+        bad = ~torch.isfinite(t) | (t < lower) | (t > T)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must lie in [{lower:g}, T={T:g}]; got values in "
+                f"[{float(t.min()):g}, {float(t.max()):g}]"
+            )
+        return
+    if isinstance(t, bool) or not isinstance(t, Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}")
+    t = float(t)
+    if not math.isfinite(t) or t < lower or t > T:
+        raise ValueError(f"{name} must lie in [{lower:g}, T={T:g}], got {t!r}")
+
+
+def broadcast_coef(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a time coefficient of shape ``()`` or ``(batch,)`` to broadcast against ``x``."""
+    if c.dim() == 0:
+        return c
+    return c.reshape(c.shape[0], *([1] * (x.dim() - 1)))

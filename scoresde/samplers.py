@@ -1,0 +1,571 @@
+r"""Reverse-time integrators: small, interchangeable objects run by :func:`scoresde.sample`.
+
+Every sampler integrates from :math:`t = T` down to a small :math:`\varepsilon` (``eps``,
+default ``1e-3``) and may finish with the one-step Tweedie denoiser
+
+.. math:: \hat x_0 = \big(x_\varepsilon + \sigma(\varepsilon)^2\, s_\theta(x_\varepsilon, \varepsilon)\big) / s(\varepsilon)
+
+(``denoise=True``; linear SDEs only). Fixed-step samplers use the uniform grid
+:math:`t_i = T - i (T - \varepsilon)/N`, :math:`i = 0..N`, so that :math:`\Delta t_i = t_{i+1} - t_i < 0`.
+
+====================  =========================================================  ==============
+sampler               update                                                     NFE
+====================  =========================================================  ==============
+EulerMaruyama         :math:`x \leftarrow x + \bar f\,\Delta t + g\sqrt{|\Delta t|}\,z`   N
+PredictorCorrector    corrector (Langevin / annealed Langevin / none), then a     N (1 + M)
+                      predictor (Euler–Maruyama / reverse diffusion / ancestral)
+ProbabilityFlowODE    :math:`dx/dt = f - \tfrac12 g^2 s_\theta` by scipy          adaptive, or N
+                      ``solve_ivp`` or fixed-step Euler / Heun                    (Euler), 2N (Heun)
+TorchSDE              reverse SDE through ``torchsde.sdeint`` in                  N per stage
+                      :math:`u = T - t`
+====================  =========================================================  ==============
+
+Where :math:`\bar f = f - g^2 s_\theta` is the reverse drift (Song et al. 2021, eq. 6).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._checks import broadcast_coef, check_positive, check_positive_int
+from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, ScoreFn, SubVPSDE
+
+__all__ = [
+    "Sampler",
+    "EulerMaruyama",
+    "PredictorCorrector",
+    "ProbabilityFlowODE",
+    "TorchSDE",
+    "PREDICTORS",
+    "CORRECTORS",
+    "SCIPY_METHODS",
+]
+
+
+class CountedScore:
+    """Wraps a score function and counts its evaluations (one call on a batch = one NFE)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
+
+@dataclass
+class Trajectory:
+    """What a sampler hands back: saved times (descending), saved states, cumulative NFE, stats."""
+
+    times: list[float] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    nfe: list[int] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, t: float, x: torch.Tensor, nfe: int) -> None:
+        self.times.append(float(t))
+        self.states.append(x.detach().clone())
+        self.nfe.append(int(nfe))
+
+
+def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+class Sampler(abc.ABC):
+    """Base class: ``eps`` (end time) and ``denoise`` (final Tweedie step) are common to all."""
+
+    #: whether the sampler draws random numbers (the SDE samplers) or is deterministic (ODEs)
+    stochastic: bool = True
+
+    def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
+        self.eps = check_positive("eps", eps)
+        self.denoise = bool(denoise)
+
+    def params(self) -> dict[str, Any]:
+        """Parameters recorded in the Dataset's provenance attributes."""
+        return {"eps": self.eps, "denoise": self.denoise}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def check(self, sde: SDE) -> None:
+        """Raise ``ValueError`` if this sampler cannot run ``sde``."""
+        if self.eps >= sde.T:
+            raise ValueError(f"eps={self.eps!r} must be smaller than the SDE's T={sde.T!r}")
+        if self.denoise and not isinstance(sde, LinearSDE):
+            raise ValueError("denoise=True needs a linear SDE (Tweedie's formula uses s(t), sigma(t))")
+
+    @abc.abstractmethod
+    def integrate(
+        self,
+        sde: SDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool,
+    ) -> Trajectory:
+        """Integrate from ``x`` at ``T`` to ``eps``, saving the states nearest ``save_times``."""
+
+    def run(
+        self,
+        sde: SDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool = True,
+    ) -> Trajectory:
+        """Check, integrate, and apply the optional denoising step (saved at ``t = 0``)."""
+        self.check(sde)
+        traj = self.integrate(sde, score_fn, x, generator, save_times, progress)
+        if self.denoise:
+            x_eps = traj.states[-1]
+            _, _, s, sigma = sde.coefficients(self.eps, like=x_eps)
+            score = score_fn(x_eps, _vec(self.eps, x_eps))
+            traj.save(0.0, (x_eps + sigma**2 * score) / s, score_fn.nfe)
+        return traj
+
+
+class FixedStepSampler(Sampler):
+    """A sampler on the uniform grid ``linspace(T, eps, steps + 1)``; subclasses define ``step``."""
+
+    def __init__(self, steps: int = 1000, eps: float = 1e-3, denoise: bool = False) -> None:
+        super().__init__(eps, denoise)
+        self.steps = check_positive_int("steps", steps)
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps, **super().params()}
+
+    def grid(self, sde: SDE) -> np.ndarray:
+        """The time grid, float64, strictly decreasing from ``T`` to ``eps``."""
+        return np.linspace(sde.T, self.eps, self.steps + 1)
+
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> Any:
+        """Per-run state handed to every ``step`` (default: the reverse-time SDE)."""
+        return sde.reverse(score_fn)
+
+    @abc.abstractmethod
+    def step(self, state: Any, sde: SDE, x: torch.Tensor, t: float, t_next: float,
+             generator: torch.Generator) -> torch.Tensor:
+        """Advance ``x`` from ``t`` to ``t_next < t``."""
+
+    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+        grid = self.grid(sde)
+        save_idx = set(_nearest_indices(grid, save_times))
+        state = self.prepare(sde, score_fn)
+        traj = Trajectory()
+        if 0 in save_idx:
+            traj.save(grid[0], x, score_fn.nfe)
+        desc = type(self).__name__
+        for i in tqdm(range(self.steps), desc=desc, disable=not progress, leave=False):
+            x = self.step(state, sde, x, float(grid[i]), float(grid[i + 1]), generator)
+            if i + 1 in save_idx:
+                traj.save(grid[i + 1], x, score_fn.nfe)
+        return traj
+
+
+def _nearest_indices(grid: np.ndarray, times: np.ndarray) -> list[int]:
+    return sorted({int(np.argmin(np.abs(grid - t))) for t in np.atleast_1d(times)} | {len(grid) - 1})
+
+
+# ---------------------------------------------------------------------------------------
+# Euler–Maruyama
+# ---------------------------------------------------------------------------------------
+class EulerMaruyama(FixedStepSampler):
+    r"""Euler–Maruyama on the reverse-time SDE (strong order 1/2, weak order 1).
+
+    .. math::
+        x_{i+1} = x_i + [f(x_i, t_i) - g(t_i)^2 s_\theta(x_i, t_i)]\,\Delta t_i
+                  + g(t_i)\sqrt{|\Delta t_i|}\,z_i, \qquad z_i \sim \mathcal N(0, I).
+
+    Parameters
+    ----------
+    steps : int
+        Number of steps :math:`N` (= NFE). Default 1000.
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+    """
+
+    def step(self, rsde, sde, x, t, t_next, generator):
+        return _em_step(rsde, x, t, t_next, generator)
+
+
+def _em_step(rsde: ReverseSDE, x, t, t_next, generator):
+    dt = t_next - t
+    drift, diffusion = rsde.sde(x, t)
+    noise = _randn_like(x, generator)
+    x = x + drift * dt
+    return x.add_(broadcast_coef(diffusion, x) * math.sqrt(-dt) * noise)
+
+
+# ---------------------------------------------------------------------------------------
+# Predictor–corrector
+# ---------------------------------------------------------------------------------------
+def _predict_euler_maruyama(pc, rsde, sde, x, t, t_next, generator):
+    return _em_step(rsde, x, t, t_next, generator)
+
+
+def _predict_reverse_diffusion(pc, rsde, sde, x, t, t_next, generator):
+    r"""Reverse diffusion (Song et al. 2021, eq. 46): :math:`x \leftarrow x - f + G^2 s_\theta + G z`."""
+    f, G = rsde.discretize(x, t, t - t_next)
+    return (x - f).add_(broadcast_coef(G, x) * _randn_like(x, generator))
+
+
+def _predict_ancestral(pc, rsde, sde, x, t, t_next, generator):
+    r"""Ancestral sampling: DDPM for VP, SMLD for VE (Song et al. 2021, App. F).
+
+    VP, with :math:`\beta_i = 1 - s(t_{i+1})^2/s(t_i)^2`:
+    :math:`x \leftarrow (x + \beta_i s_\theta)/\sqrt{1-\beta_i} + \sqrt{\beta_i}\,z`.
+
+    VE, with :math:`\sigma = \sigma(t_i)`, :math:`\sigma' = \sigma(t_{i+1})`:
+    :math:`x \leftarrow x + (\sigma^2 - \sigma'^2) s_\theta
+    + \sqrt{\sigma'^2 (\sigma^2 - \sigma'^2)/\sigma^2}\,z`.
+    """
+    score = rsde.score_fn(x, _vec(t, x))
+    z = _randn_like(x, generator)
+    if isinstance(sde, VESDE):
+        s2 = sde.sigma(torch.tensor(t, dtype=torch.float64)) ** 2
+        a2 = sde.sigma(torch.tensor(t_next, dtype=torch.float64)) ** 2
+        std = math.sqrt(float(a2 * (s2 - a2) / s2))
+        return (x + float(s2 - a2) * score).add_(std * z)
+    log_alpha = 2.0 * float(
+        sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
+        - sde.log_mean_coef(torch.tensor(t_next, dtype=torch.float64))
+    )
+    beta = -math.expm1(log_alpha)
+    return ((x + beta * score) / math.sqrt(1 - beta)).add_(math.sqrt(beta) * z)
+
+
+def _predict_none(pc, rsde, sde, x, t, t_next, generator):
+    return x
+
+
+def _langevin_alpha(sde: SDE, t: float, dt: float) -> float:
+    """Song's ``alpha``: :math:`1 - \\beta_i` for VP (the DDPM step), 1 otherwise."""
+    if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
+        lo = max(t - dt, 0.0)
+        return math.exp(2.0 * float(
+            sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
+            - sde.log_mean_coef(torch.tensor(lo, dtype=torch.float64))))
+    return 1.0
+
+
+def _correct_langevin(pc, rsde, sde, x, t, dt, generator):
+    r"""Langevin MCMC with step size from the signal-to-noise ratio (Song et al. 2021, Alg. 4).
+
+    :math:`\epsilon = 2\alpha\,(r\,\|z\| / \|s_\theta\|)^2` (norms averaged over the batch),
+    :math:`x \leftarrow x + \epsilon\,s_\theta(x, t) + \sqrt{2\epsilon}\,z`.
+    """
+    alpha = _langevin_alpha(sde, t, dt)
+    vt = _vec(t, x)
+    for _ in range(pc.corrector_steps):
+        grad = rsde.score_fn(x, vt)
+        noise = _randn_like(x, generator)
+        grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
+        noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+        step = 2 * alpha * (pc.snr * noise_norm / grad_norm) ** 2
+        x = x + step * grad + torch.sqrt(2 * step) * noise
+    return x
+
+
+def _correct_annealed_langevin(pc, rsde, sde, x, t, dt, generator):
+    r"""Annealed Langevin dynamics (Song & Ermon 2019): :math:`\epsilon = 2\alpha (r\,\sigma(t))^2`."""
+    alpha = _langevin_alpha(sde, t, dt)
+    _, std = sde.marginal_prob(x[:1], t)
+    step = 2 * alpha * (pc.snr * float(std[0])) ** 2
+    vt = _vec(t, x)
+    for _ in range(pc.corrector_steps):
+        grad = rsde.score_fn(x, vt)
+        x = (x + step * grad).add_(math.sqrt(2 * step) * _randn_like(x, generator))
+    return x
+
+
+def _correct_none(pc, rsde, sde, x, t, dt, generator):
+    return x
+
+
+PREDICTORS: dict[str, Callable] = {
+    "euler_maruyama": _predict_euler_maruyama,
+    "reverse_diffusion": _predict_reverse_diffusion,
+    "ancestral": _predict_ancestral,
+    "none": _predict_none,
+}
+CORRECTORS: dict[str, Callable] = {
+    "langevin": _correct_langevin,
+    "ald": _correct_annealed_langevin,
+    "none": _correct_none,
+}
+
+
+class PredictorCorrector(FixedStepSampler):
+    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1): at each grid time, ``corrector_steps``
+    corrector (MCMC) moves at :math:`t_i`, then one predictor step to :math:`t_{i+1}`.
+
+    Parameters
+    ----------
+    predictor : {"reverse_diffusion", "euler_maruyama", "ancestral", "none"}
+        Numerical step of the reverse SDE. ``"ancestral"`` is DDPM sampling for ``VPSDE`` and
+        SMLD sampling for ``VESDE`` (not defined for ``SubVPSDE``).
+    corrector : {"langevin", "ald", "none"}
+        Langevin MCMC with signal-to-noise step size, annealed Langevin dynamics, or none.
+    steps : int
+        Number of predictor steps :math:`N`. NFE is :math:`N(1 + M)` with :math:`M` corrector
+        steps (predictor ``"none"`` costs nothing).
+    snr : float
+        Signal-to-noise ratio :math:`r` that sets the corrector step size. Default 0.16.
+    corrector_steps : int
+        Corrector steps :math:`M` per time step. Default 1.
+    """
+
+    def __init__(self, predictor: str = "reverse_diffusion", corrector: str = "langevin",
+                 steps: int = 1000, snr: float = 0.16, corrector_steps: int = 1,
+                 eps: float = 1e-3, denoise: bool = False) -> None:
+        super().__init__(steps, eps, denoise)
+        if predictor not in PREDICTORS:
+            raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+        if corrector not in CORRECTORS:
+            raise ValueError(f"unknown corrector {corrector!r}; choose one of {sorted(CORRECTORS)}")
+        if predictor == "none" and corrector == "none":
+            raise ValueError("predictor and corrector cannot both be 'none'")
+        self.predictor = predictor
+        self.corrector = corrector
+        self.snr = check_positive("snr", snr)
+        self.corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
+
+    def params(self) -> dict[str, Any]:
+        return {"predictor": self.predictor, "corrector": self.corrector, "snr": self.snr,
+                "corrector_steps": self.corrector_steps, **super().params()}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        if self.predictor == "ancestral" and not (
+            isinstance(sde, VESDE) or (isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE))
+        ):
+            raise ValueError(
+                f"the ancestral predictor is defined for VPSDE (DDPM) and VESDE (SMLD) only, not "
+                f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'"
+            )
+
+    def step(self, rsde, sde, x, t, t_next, generator):
+        x = CORRECTORS[self.corrector](self, rsde, sde, x, t, t - t_next, generator)
+        return PREDICTORS[self.predictor](self, rsde, sde, x, t, t_next, generator)
+
+
+# ---------------------------------------------------------------------------------------
+# Probability-flow ODE
+# ---------------------------------------------------------------------------------------
+SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+_FIXED_ODE_METHODS = ("euler", "heun")
+
+
+class ProbabilityFlowODE(FixedStepSampler):
+    r"""The probability-flow ODE :math:`dx/dt = f(x, t) - \tfrac12 g(t)^2 s_\theta(x, t)` from ``T`` to ``eps``.
+
+    Parameters
+    ----------
+    method : str
+        One of scipy's ``solve_ivp`` methods (``"RK45"``, ``"RK23"``, ``"DOP853"``, ``"Radau"``,
+        ``"BDF"``, ``"LSODA"``), adaptive with error control, or a fixed-step torch method on the
+        uniform grid: ``"euler"`` (order 1, ``steps`` NFE) or ``"heun"`` (explicit trapezoid,
+        order 2, ``2 * steps`` NFE).
+    rtol, atol : float
+        Tolerances of the scipy methods. Default 1e-5 each.
+    steps : int
+        Number of steps of the fixed-step methods (ignored by scipy methods). Default 100.
+
+    Notes
+    -----
+    scipy integrates the whole batch as one flat float64 system, so the error control is
+    joint over the batch. The score is evaluated in the dtype of the initial state. BLAS
+    threads are limited to one while scipy integrates (they compete with torch's threads).
+    The implicit methods (Radau, BDF, LSODA when stiff) estimate a Jacobian by finite
+    differences, one NFE per state entry: only for small problems.
+    """
+
+    stochastic = False
+
+    def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5,
+                 steps: int = 100, eps: float = 1e-3, denoise: bool = False) -> None:
+        super().__init__(steps, eps, denoise)
+        if method not in SCIPY_METHODS + _FIXED_ODE_METHODS:
+            raise ValueError(
+                f"unknown method {method!r}; choose one of scipy's {list(SCIPY_METHODS)} or the "
+                f"fixed-step {list(_FIXED_ODE_METHODS)}"
+            )
+        self.method = method
+        self.rtol = check_positive("rtol", rtol)
+        self.atol = check_positive("atol", atol)
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"method": self.method}
+        if self.method in SCIPY_METHODS:
+            p.update(rtol=self.rtol, atol=self.atol)
+        else:
+            p.update(steps=self.steps)
+        p.update(eps=self.eps, denoise=self.denoise)
+        return p
+
+    def prepare(self, sde, score_fn):
+        return sde.reverse(score_fn, probability_flow=True)
+
+    def step(self, ode, sde, x, t, t_next, generator):
+        dt = t_next - t
+        d = ode.sde(x, t)[0]
+        if self.method == "euler":
+            return x + d * dt
+        d2 = ode.sde(x + d * dt, t_next)[0]
+        return x + (0.5 * dt) * (d + d2)
+
+    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+        if self.method in _FIXED_ODE_METHODS:
+            return super().integrate(sde, score_fn, x, generator, save_times, progress)
+        return self._integrate_scipy(sde, score_fn, x, save_times, progress)
+
+    def _integrate_scipy(self, sde, score_fn, x, save_times, progress):
+        from scipy.integrate import solve_ivp
+        from threadpoolctl import threadpool_limits
+
+        ode = sde.reverse(score_fn, probability_flow=True)
+        shape, dtype, device = x.shape, x.dtype, x.device
+        t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
+        bar = tqdm(total=100, desc="ProbabilityFlowODE", disable=not progress, leave=False,
+                   bar_format="{l_bar}{bar}| t {postfix}")
+        span = sde.T - self.eps
+        done = [0]
+
+        def fun(t: float, y: np.ndarray) -> np.ndarray:
+            xt = torch.from_numpy(y).to(dtype=dtype, device=device).reshape(shape)
+            drift = ode.sde(xt, float(t))[0]
+            pct = int(100 * (sde.T - t) / span)
+            if pct > done[0]:
+                bar.update(pct - done[0])
+                done[0] = pct
+                bar.set_postfix_str(f"{t:.4f}", refresh=False)
+            return drift.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+
+        y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        with threadpool_limits(limits=1, user_api="blas"):
+            sol = solve_ivp(fun, (sde.T, self.eps), y0, method=self.method, t_eval=t_eval,
+                            rtol=self.rtol, atol=self.atol)
+        bar.close()
+        if sol.status != 0:
+            raise RuntimeError(f"solve_ivp({self.method}) failed: {sol.message}")
+        traj = Trajectory(stats={"nfev": int(sol.nfev), "njev": int(sol.njev), "nlu": int(sol.nlu),
+                                 "solver_message": str(sol.message)})
+        for j, t in enumerate(sol.t):
+            state = torch.from_numpy(np.ascontiguousarray(sol.y[:, j])).to(dtype=dtype, device=device)
+            # scipy's dense output gives no NFE per time: record the total at the end only
+            traj.save(t, state.reshape(shape), score_fn.nfe if j == len(sol.t) - 1 else -1)
+        return traj
+
+
+# ---------------------------------------------------------------------------------------
+# torchsde
+# ---------------------------------------------------------------------------------------
+TORCHSDE_METHODS = ("euler", "milstein", "srk", "heun", "midpoint", "reversible_heun")
+
+
+class _TorchsdeReverse(torch.nn.Module):
+    r"""The reverse SDE in :math:`u = T - t`: :math:`dy = -\bar f(y, T - u)\,du + g(T - u)\,dW_u`.
+
+    Noise is additive (``g`` depends on time only), given as the product ``g_prod = g * v``
+    so that no ``(batch, d, d)`` matrix is ever built. For additive noise Itô and
+    Stratonovich coincide.
+    """
+
+    noise_type = "additive"
+
+    def __init__(self, rsde: ReverseSDE, shape: torch.Size, sde_type: str) -> None:
+        super().__init__()
+        self.rsde, self.shape, self.sde_type = rsde, shape, sde_type
+        self.T = rsde.T
+
+    def f(self, u, y):
+        drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - float(u))
+        return -drift.reshape(y.shape)
+
+    def g_prod(self, u, y, v):
+        _, diffusion = self.rsde.base.sde(y[:1].reshape(1, *self.shape[1:]), self.T - float(u))
+        return diffusion[0] * v
+
+    def f_and_g_prod(self, u, y, v):
+        return self.f(u, y), self.g_prod(u, y, v)
+
+
+class TorchSDE(Sampler):
+    r"""The reverse-time SDE through ``torchsde.sdeint`` with a fixed step.
+
+    ``sdeint`` needs increasing times, so the reverse SDE is integrated in :math:`u = T - t`
+    (:math:`u: 0 \to T - \varepsilon`), with drift :math:`-\bar f(y, T - u)` and diffusion
+    :math:`g(T - u)` (additive noise). Each sample is flattened to a vector (torchsde wants
+    2-D states) and reshaped back.
+
+    Parameters
+    ----------
+    method : str
+        ``"euler"``, ``"milstein"`` (identical to Euler for additive noise), ``"srk"`` (the
+        additive-noise SRA1 scheme, strong order 1.5, 2 NFE per step), ``"heun"``,
+        ``"midpoint"`` or ``"reversible_heun"`` (the last three are Stratonovich schemes; for
+        additive noise the Stratonovich and Itô SDEs coincide).
+    steps : int
+        Number of steps of size :math:`(T - \varepsilon)/N`. Default 1000.
+
+    The Brownian motion is a ``torchsde.BrownianInterval`` whose entropy is drawn from the
+    run's generator, so a seed gives bit-identical results on CPU.
+    """
+
+    def __init__(self, method: str = "srk", steps: int = 1000, eps: float = 1e-3,
+                 denoise: bool = False) -> None:
+        super().__init__(eps, denoise)
+        if method not in TORCHSDE_METHODS:
+            raise ValueError(f"unknown torchsde method {method!r}; choose one of {list(TORCHSDE_METHODS)}")
+        self.method = method
+        self.steps = check_positive_int("steps", steps)
+
+    def params(self) -> dict[str, Any]:
+        return {"method": self.method, "steps": self.steps, **super().params()}
+
+    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+        import torchsde
+
+        shape = x.shape
+        sde_type = "stratonovich" if self.method in ("heun", "midpoint", "reversible_heun") else "ito"
+        model = _TorchsdeReverse(sde.reverse(score_fn), shape, sde_type)
+        span = sde.T - self.eps
+        h = span / self.steps
+        # save times, in u = T - t, always containing 0 and the end
+        u = np.unique(np.clip(sde.T - np.concatenate([save_times, [sde.T, self.eps]]), 0.0, span))
+        ts = torch.tensor(u, dtype=torch.float64, device=x.device)
+        entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        levy = "space-time" if self.method == "srk" else "none"
+        y0 = x.reshape(shape[0], -1)
+        bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype,
+                                       device=x.device, entropy=entropy, dt=h,
+                                       levy_area_approximation=levy)
+        # a step a hair longer than h makes sdeint take exactly `steps` steps: its last step
+        # is clipped to ts[-1], and no extra ~1e-16 step appears from rounding
+        with tqdm(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress, leave=False) as bar:
+            ys = torchsde.sdeint(model, y0, ts, bm=bm, method=self.method, dt=h * (1 + 1e-9))
+            bar.update(1)
+        traj = Trajectory(stats={"torchsde_method": self.method})
+        for j, uj in enumerate(u):
+            traj.save(sde.T - uj, ys[j].reshape(shape), score_fn.nfe if j == len(u) - 1 else -1)
+        return traj

@@ -1,0 +1,191 @@
+"""The one entry point: :func:`sample` runs a sampler and returns a labelled ``xarray.Dataset``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from ._checks import check_finite_tensor, check_positive_int
+from .samplers import CountedScore, PredictorCorrector, Sampler
+from .sde import SDE, ScoreFn
+
+__all__ = ["sample", "feature_dims", "provenance"]
+
+
+def feature_dims(feature_shape: Sequence[int]) -> tuple[str, ...]:
+    """Dimension names for a sample's feature axes: ``feature`` for vectors, ``channel, height,
+    width`` for images, ``feature_0, feature_1, ...`` otherwise."""
+    n = len(feature_shape)
+    if n == 1:
+        return ("feature",)
+    if n == 3:
+        return ("channel", "height", "width")
+    if n == 2:
+        return ("height", "width")
+    return tuple(f"feature_{i}" for i in range(n))
+
+
+def _save_times(save_at: int | Sequence[float], T: float, eps: float) -> np.ndarray:
+    if isinstance(save_at, int | np.integer) and not isinstance(save_at, bool):
+        n = check_positive_int("save_at", int(save_at), minimum=2)
+        return np.linspace(T, eps, n)
+    try:
+        times = np.asarray(save_at, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError("save_at must be an int (number of states) or a sequence of times") from None
+    if times.size == 0 or not np.all(np.isfinite(times)) or times.min() < eps or times.max() > T:
+        raise ValueError(f"save_at times must be finite and lie in [eps={eps:g}, T={T:g}]")
+    return np.sort(times)[::-1]
+
+
+def _netcdf_safe(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str | np.integer | np.floating):
+        return value
+    return json.dumps(value)
+
+
+def provenance(sde: SDE, sampler: Sampler, score_fn: ScoreFn, **extra: Any) -> dict[str, Any]:
+    """netCDF-safe attributes describing a run: SDE, sampler, score function, versions, time."""
+    from . import __version__
+
+    attrs: dict[str, Any] = {
+        "sde": type(sde).__name__,
+        "sde_params": json.dumps(sde.params()),
+        "sampler": type(sampler).__name__,
+        "sampler_params": json.dumps(sampler.params()),
+        "score_fn": repr(score_fn),
+        "scoresde_version": __version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for k, v in sde.params().items():
+        attrs[f"sde_{k}"] = _netcdf_safe(v)
+    for k, v in sampler.params().items():
+        attrs[f"sampler_{k}"] = _netcdf_safe(v)
+    attrs.update({k: _netcdf_safe(v) for k, v in extra.items()})
+    return attrs
+
+
+def sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    sampler: Sampler | None = None,
+    *,
+    shape: Sequence[int] | None = None,
+    x_T: torch.Tensor | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    save_at: int | Sequence[float] = 2,
+    progress: bool = True,
+) -> xr.Dataset:
+    r"""Sample the reverse-time SDE (or probability-flow ODE) of ``sde`` driven by ``score_fn``.
+
+    Starts from :math:`x_T \sim p_T` (``sde.prior_sampling``) or from the given ``x_T``,
+    integrates with ``sampler`` to ``t = sampler.eps``, and returns the trajectory.
+
+    Parameters
+    ----------
+    sde : SDE
+        The forward SDE (e.g. :class:`~scoresde.VPSDE`).
+    score_fn : callable
+        ``score_fn(x, t) -> tensor like x``, :math:`\approx \nabla_x \log p_t(x)`; ``t`` is a
+        ``(batch,)`` vector. Called without autograd.
+    sampler : Sampler, optional
+        :class:`~scoresde.EulerMaruyama`, :class:`~scoresde.PredictorCorrector`,
+        :class:`~scoresde.ProbabilityFlowODE` or :class:`~scoresde.TorchSDE`. Default:
+        ``PredictorCorrector()`` (reverse diffusion + Langevin, 1000 steps).
+    shape : sequence of int
+        ``(n_samples, *feature_shape)``. Required unless ``x_T`` is given.
+    x_T : tensor, optional
+        Starting points at ``t = T``; its dtype and device override ``dtype`` and ``device``.
+    seed : int
+        Seeds a ``torch.Generator`` on ``device`` that draws the prior and all noise: the same
+        seed gives bit-identical results on CPU. Default 0.
+    device, dtype :
+        Where and in what precision to integrate (float32 or float64).
+    save_at : int or sequence of float
+        Number of saved states, evenly spaced in time from ``T`` to ``eps`` (default 2: the
+        start and the end), or the times to save (the nearest grid times for fixed-step
+        samplers; exact times for scipy and torchsde).
+    progress : bool
+        Show a tqdm progress bar (renders in notebooks too). Default True.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``x`` with dimensions ``(time, sample, *features)``, the coordinate ``time`` (SDE time of
+        each saved state, decreasing; a final ``0.0`` holds the denoised state when
+        ``denoise=True``), ``nfe`` (cumulative score evaluations at each saved state; ``-1``
+        where the solver cannot tell), and attributes: SDE and sampler with their parameters,
+        score function, total NFE, seed, eps, dtype, device, wall time and versions. The
+        attributes are netCDF-safe, so ``ds.to_netcdf(path)`` round-trips.
+    """
+    sampler = PredictorCorrector() if sampler is None else sampler
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be a scoresde Sampler, got {type(sampler).__name__}")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError("score_fn must be callable as score_fn(x, t)")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if x_T is not None:
+        check_finite_tensor("x_T", x_T, min_dim=2)
+        if shape is not None and tuple(shape) != tuple(x_T.shape):
+            raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
+        dtype, device = x_T.dtype, x_T.device
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"x_T must be float32 or float64, got {dtype}; convert it with x_T.double()")
+    elif dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    elif shape is None:
+        raise ValueError("give shape=(n_samples, *feature_shape) or starting points x_T")
+    else:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError(f"shape must be (n_samples, *feature_shape) with positive sizes, got {shape}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but CUDA is not available; use device='cpu'")
+    sampler.check(sde)
+    save_times = _save_times(save_at, sde.T, sampler.eps)
+
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    counted = CountedScore(score_fn)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if x_T is None:
+            x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+        else:
+            x = x_T.detach().clone()
+        traj = sampler.run(sde, counted, x, generator, save_times, progress)
+    wall = time.perf_counter() - start
+
+    states = torch.stack(traj.states).cpu().numpy()
+    dims = ("time", "sample", *feature_dims(states.shape[2:]))
+    attrs = provenance(sde, sampler, score_fn, nfe=counted.nfe, seed=int(seed), eps=sampler.eps,
+                       dtype=str(dtype).replace("torch.", ""), device=str(device),
+                       wall_time_s=round(wall, 4), denoised=sampler.denoise,
+                       **{f"stat_{k}": v for k, v in traj.stats.items()})
+    return xr.Dataset(
+        {
+            "x": (dims, states, {"long_name": "state", "description": "saved states of the reverse-time process"}),
+            "nfe": (("time",), np.asarray(traj.nfe, dtype=np.int64),
+                    {"long_name": "cumulative score evaluations at each saved state (-1: unknown)"}),
+        },
+        coords={
+            "time": ("time", np.asarray(traj.times, dtype=np.float64), {"long_name": "SDE time t"}),
+            "sample": ("sample", np.arange(states.shape[1])),
+        },
+        attrs=attrs,
+    )
