@@ -1,0 +1,273 @@
+"""Samplers: the contract every sampler meets, and exactness on Gaussian targets."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scoresde as sd
+
+SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
+
+
+def small_samplers(steps=8):
+    return [
+        sd.EulerMaruyama(steps=steps),
+        sd.PredictorCorrector(steps=steps),
+        sd.PredictorCorrector("euler_maruyama", "ald", steps=steps, corrector_steps=2),
+        sd.PredictorCorrector("ancestral", "none", steps=steps),
+        sd.PredictorCorrector("none", "langevin", steps=steps),
+        sd.ProbabilityFlowODE("RK45", rtol=1e-3, atol=1e-3),
+        sd.ProbabilityFlowODE("euler", steps=steps),
+        sd.ProbabilityFlowODE("heun", steps=steps),
+        sd.TorchSDE("euler", steps=steps),
+        sd.TorchSDE("milstein", steps=steps),
+        sd.TorchSDE("srk", steps=steps),
+    ]
+
+
+def expected_nfe(sampler):
+    if isinstance(sampler, sd.EulerMaruyama):
+        n = sampler.steps
+    elif isinstance(sampler, sd.PredictorCorrector):
+        n = sampler.steps * ((sampler.predictor != "none") + sampler.corrector_steps * (sampler.corrector != "none"))
+    elif isinstance(sampler, sd.ProbabilityFlowODE) and sampler.method in ("euler", "heun"):
+        n = sampler.steps * (1 if sampler.method == "euler" else 2)
+    else:
+        return None
+    return n + sampler.denoise
+
+
+def _ok_for(sampler, sde):
+    return not (
+        isinstance(sampler, sd.PredictorCorrector) and sampler.predictor == "ancestral" and isinstance(sde, sd.SubVPSDE)
+    )
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+@pytest.mark.parametrize("sampler", small_samplers(), ids=repr)
+def test_sampler_contract(sde, sampler):
+    if not _ok_for(sampler, sde):
+        with pytest.raises(ValueError, match="ancestral"):
+            sd.sample(sde, sd.eight_gaussians().score(sde), sampler, shape=(4, 2), progress=False)
+        return
+    score = sd.eight_gaussians().score(sde)
+    ds = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
+    x = ds["x"]
+    assert x.dims == ("time", "sample", "feature") and x.shape[1:] == (64, 2)
+    assert x.dtype == np.float32
+    t = ds["time"].values
+    assert t[0] == pytest.approx(sde.T) and t[-1] == pytest.approx(sampler.eps)
+    assert np.all(np.diff(t) < 0), "saved times must be strictly decreasing"
+    assert np.isfinite(x.values).all()
+    nfe = expected_nfe(sampler)
+    if nfe is not None:
+        assert ds.attrs["nfe"] == nfe
+        assert ds["nfe"].values[-1] == nfe
+    assert ds.attrs["nfe"] >= 1
+    # same seed -> bit-identical; another seed -> different (stochastic) or same start (ODE)
+    again = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
+    assert np.array_equal(again["x"].values, x.values)
+    other = sd.sample(sde, score, sampler, shape=(64, 2), seed=4, progress=False, save_at=3)
+    assert not np.array_equal(other["x"].values[-1], x.values[-1])
+
+
+@pytest.mark.parametrize("sampler", small_samplers(steps=5), ids=repr)
+def test_float64_and_images(sampler):
+    sde = sd.VESDE() if isinstance(sampler, sd.PredictorCorrector) and sampler.predictor == "ancestral" else sd.VPSDE()
+
+    def score(x, t):  # exact score of N(0, I) data, any feature shape
+        _, _, s, sigma = sde.coefficients(t, like=x)
+        return -x / (s**2 + sigma**2).reshape(-1, *[1] * (x.dim() - 1))
+
+    ds = sd.sample(sde, score, sampler, shape=(3, 1, 4, 4), dtype=torch.float64, progress=False)
+    assert ds["x"].dims == ("time", "sample", "channel", "height", "width")
+    assert ds["x"].dtype == np.float64 and ds.attrs["dtype"] == "float64"
+    assert np.isfinite(ds["x"].values).all()
+
+
+@settings(max_examples=12, deadline=None)
+@given(steps=st.sampled_from([1, 2, 3, 17, 1000]), idx=st.integers(0, 10), sde_i=st.integers(0, 2))
+def test_any_step_count_is_finite(steps, idx, sde_i):
+    sde = SDES[sde_i]
+    sampler = small_samplers(steps)[idx]
+    if not _ok_for(sampler, sde) or (steps == 1000 and isinstance(sampler, sd.TorchSDE)):
+        return
+    ds = sd.sample(sde, sd.eight_gaussians().score(sde), sampler, shape=(16, 2), progress=False)
+    assert np.isfinite(ds["x"].values).all()
+
+
+def test_netcdf_round_trip(tmp_path):
+    sde = sd.VESDE()
+    ds = sd.sample(sde, sd.eight_gaussians().score(sde), sd.PredictorCorrector(steps=20, denoise=True),
+                   shape=(50, 2), seed=11, save_at=5, progress=False)
+    path = tmp_path / "run.nc"
+    ds.to_netcdf(path)
+    back = xr.open_dataset(path)
+    xr.testing.assert_identical(back.load(), ds)
+    back.close()
+    assert back.attrs["sde"] == "VESDE" and back.attrs["sde_sigma_max"] == 50.0
+    assert back.attrs["sampler"] == "PredictorCorrector" and back.attrs["seed"] == 11
+    assert back.attrs["eps"] == 1e-3 and back.attrs["nfe"] == 20 * 2 + 1
+    assert "scoresde_version" in back.attrs and "sampler_params" in back.attrs
+    # the denoised state is saved at t = 0 after the state at eps
+    assert back["time"].values[-2:].tolist() == [1e-3, 0.0]
+
+
+def test_save_at_times_and_validation():
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    ds = sd.sample(sde, score, sd.EulerMaruyama(steps=10), shape=(4, 2), save_at=[0.5, 1.0], progress=False)
+    assert np.allclose(ds["time"].values, [1.0, 0.5005, 1e-3])  # nearest grid times, and the end
+    ode = sd.sample(sde, score, sd.ProbabilityFlowODE(), shape=(4, 2), save_at=[0.5, 0.25], progress=False)
+    assert np.allclose(ode["time"].values, [1.0, 0.5, 0.25, 1e-3])  # exact times for scipy
+    with pytest.raises(ValueError, match="save_at"):
+        sd.sample(sde, score, sd.EulerMaruyama(steps=10), shape=(4, 2), save_at=[2.0])
+    with pytest.raises(ValueError, match="save_at"):
+        sd.sample(sde, score, sd.EulerMaruyama(steps=10), shape=(4, 2), save_at=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(shape=None), ValueError, "shape"),
+        (dict(shape=(0, 2)), ValueError, "shape"),
+        (dict(shape=(4, 2), seed=-1), ValueError, "seed"),
+        (dict(shape=(4, 2), dtype=torch.int64), ValueError, "dtype"),
+        (dict(x_T=torch.full((4, 2), float("nan"))), ValueError, "x_T"),
+        (dict(x_T=torch.zeros(4, 2), shape=(5, 2)), ValueError, "shape"),
+    ],
+)
+def test_sample_bad_input(kwargs, exc, match):
+    sde = sd.VPSDE()
+    with pytest.raises(exc, match=match):
+        sd.sample(sde, sd.eight_gaussians().score(sde), sd.EulerMaruyama(steps=2), progress=False, **kwargs)
+
+
+def test_sampler_bad_parameters():
+    with pytest.raises(ValueError, match="steps"):
+        sd.EulerMaruyama(steps=0)
+    with pytest.raises(ValueError, match="eps"):
+        sd.EulerMaruyama(eps=-1e-3)
+    with pytest.raises(ValueError, match="predictor"):
+        sd.PredictorCorrector(predictor="leapfrog")
+    with pytest.raises(ValueError, match="corrector"):
+        sd.PredictorCorrector(corrector="hmc")
+    with pytest.raises(ValueError, match="snr"):
+        sd.PredictorCorrector(snr=float("nan"))
+    with pytest.raises(ValueError, match="method"):
+        sd.ProbabilityFlowODE("rk4")
+    with pytest.raises(ValueError, match="method"):
+        sd.TorchSDE("leapfrog")
+    with pytest.raises(ValueError, match="eps"):
+        sd.sample(sd.VPSDE(), lambda x, t: x, sd.EulerMaruyama(eps=2.0), shape=(2, 2))
+
+
+def test_no_autograd_graph():
+    sde = sd.VPSDE()
+    seen = []
+
+    def score(x, t):
+        seen.append(torch.is_grad_enabled())
+        return -x
+
+    sd.sample(sde, score, sd.EulerMaruyama(steps=3), shape=(2, 2), progress=False)
+    assert seen == [False, False, False]
+
+
+# ------------------------------------------------------------------------------------
+# Exactness on a single Gaussian N(m, C): closed-form maps and moments
+# ------------------------------------------------------------------------------------
+GAUSS = sd.GaussianMixture([1.0], [[1.0, -0.5]], [[[0.8, 0.3], [0.3, 0.5]]])
+
+
+def exact_ode_map(sde, x_T, eps):
+    r"""PF-ODE flow for N(m, C): z_t = sqrt(v(t)/v(T)) z_T in C's eigenbasis, v = s^2 lambda + sigma^2."""
+    lam, U = torch.linalg.eigh(GAUSS.covariances[0])
+    m = GAUSS.means[0]
+    _, _, sT, sigT = sde.coefficients(sde.T)
+    _, _, se, sige = sde.coefficients(eps)
+    zT = (x_T - sT * m) @ U
+    ze = zT * torch.sqrt((se**2 * lam + sige**2) / (sT**2 * lam + sigT**2))
+    return se * m + ze @ U.T
+
+
+def ode_end_error(sde, sampler, n=200):
+    x_T = sde.prior_sampling((n, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ds = sd.sample(sde, GAUSS.score(sde), sampler, x_T=x_T, progress=False)
+    assert np.array_equal(ds["x"].values[0], x_T.numpy())  # the start is kept
+    end = torch.from_numpy(ds["x"].values[-1])
+    return float((end - exact_ode_map(sde, x_T, sampler.eps)).norm(dim=1).max())
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
+def test_fixed_step_ode_converges_at_its_order(sde, method, order):
+    errs = [ode_end_error(sde, sd.ProbabilityFlowODE(method, steps=n)) for n in (200, 400, 800)]
+    rates = [math.log2(a / b) for a, b in zip(errs, errs[1:], strict=False)]
+    assert all(abs(r - order) < 0.25 for r in rates), (errs, rates)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_rk45_tracks_its_tolerance(sde):
+    coarse = ode_end_error(sde, sd.ProbabilityFlowODE("RK45", rtol=1e-4, atol=1e-4))
+    fine = ode_end_error(sde, sd.ProbabilityFlowODE("RK45", rtol=1e-8, atol=1e-8))
+    assert coarse < 2e-2 and fine < 2e-5 and fine < coarse / 50
+
+
+def em_moments(sde, steps, eps=1e-3, start="prior"):
+    """Exact mean and covariance of the Euler-Maruyama recursion for a Gaussian target, started
+    from the SDE's prior or from the exact marginal at T (which removes the prior-mismatch bias)."""
+    C, m = GAUSS.covariances[0], GAUSS.means[0]
+    eye = torch.eye(2, dtype=torch.float64)
+    if start == "prior":
+        mean, P = torch.zeros(2, dtype=torch.float64), sde.prior_std**2 * eye
+    else:
+        mT = GAUSS.marginal(sde, sde.T)
+        mean, P = mT.mean(), mT.covariance()
+    grid = np.linspace(sde.T, eps, steps + 1)
+    for t, tn in zip(grid[:-1], grid[1:], strict=True):
+        f, g, s, sig = sde.coefficients(float(t))
+        dt = tn - t
+        Ct_inv = torch.linalg.inv(s**2 * C + sig**2 * eye)
+        A = eye + (f * eye + g**2 * Ct_inv) * dt
+        b = -(g**2) * dt * (Ct_inv @ (s * m))
+        mean = A @ mean + b
+        P = A @ P @ A.T + g**2 * abs(dt) * eye
+    return mean, P
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_euler_maruyama_moments_are_exact_for_a_gaussian(sde):
+    n = 40_000
+    for steps in (5, 20):
+        ds = sd.sample(sde, GAUSS.score(sde), sd.EulerMaruyama(steps=steps), shape=(n, 2), seed=steps,
+                       dtype=torch.float64, progress=False)
+        x = torch.from_numpy(ds["x"].values[-1])
+        mean, P = em_moments(sde, steps)
+        se = torch.sqrt(torch.diag(P) / n)
+        assert torch.all((x.mean(0) - mean).abs() < 5 * se), (steps, x.mean(0), mean)
+        # covariance entries: se of a sample covariance ~ sqrt((P_ii P_jj + P_ij^2) / n)
+        cov_se = torch.sqrt((torch.outer(torch.diag(P), torch.diag(P)) + P**2) / n)
+        assert torch.all((torch.cov(x.T) - P).abs() < 5 * cov_se), (steps, torch.cov(x.T), P)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_euler_maruyama_bias_is_weak_order_one(sde):
+    eps = 1e-3
+    m = GAUSS.marginal(sde, eps)
+    true_mean, true_cov = m.mean(), m.covariance()
+
+    def bias(steps):
+        mean, P = em_moments(sde, steps, eps, start="exact")
+        return float((mean - true_mean).norm() + (P - true_cov).norm())
+
+    errs = [bias(n) for n in (250, 500, 1000, 2000)]
+    rates = [math.log2(a / b) for a, b in zip(errs, errs[1:], strict=False)]
+    # at least first order (VE, with f = 0, shows second order on Gaussian moments)
+    assert rates[-1] > 0.85 and (isinstance(sde, sd.VESDE) or abs(rates[-1] - 1) < 0.15), (errs, rates)
+    assert errs[-2] < 0.05  # the default 1000 steps
