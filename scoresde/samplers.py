@@ -3,22 +3,22 @@ r"""Reverse-time integrators: small, interchangeable objects run by :func:`score
 Every sampler integrates from :math:`t = T` down to a small :math:`\varepsilon` (``eps``,
 default ``1e-3``) and may finish with the one-step Tweedie denoiser
 
-.. math:: \hat x_0 = \big(x_\varepsilon + \sigma(\varepsilon)^2\, s_\theta(x_\varepsilon, \varepsilon)\big) / s(\varepsilon)
+.. math::
+    \hat x_0 = \big(x_\varepsilon + \sigma(\varepsilon)^2\,
+    s_\theta(x_\varepsilon, \varepsilon)\big) / s(\varepsilon)
 
 (``denoise=True``; linear SDEs only). Fixed-step samplers use the uniform grid
 :math:`t_i = T - i (T - \varepsilon)/N`, :math:`i = 0..N`, so that :math:`\Delta t_i = t_{i+1} - t_i < 0`.
 
-====================  =========================================================  ==============
-sampler               update                                                     NFE
-====================  =========================================================  ==============
-EulerMaruyama         :math:`x \leftarrow x + \bar f\,\Delta t + g\sqrt{|\Delta t|}\,z`   N
-PredictorCorrector    corrector (Langevin / annealed Langevin / none), then a     N (1 + M)
-                      predictor (Euler–Maruyama / reverse diffusion / ancestral)
-ProbabilityFlowODE    :math:`dx/dt = f - \tfrac12 g^2 s_\theta` by scipy          adaptive, or N
-                      ``solve_ivp`` or fixed-step Euler / Heun                    (Euler), 2N (Heun)
-TorchSDE              reverse SDE through ``torchsde.sdeint`` in                  N per stage
-                      :math:`u = T - t`
-====================  =========================================================  ==============
+Samplers and their cost in score evaluations (NFE) for N steps:
+
+* ``EulerMaruyama``: :math:`x \leftarrow x + \bar f\,\Delta t + g\sqrt{|\Delta t|}\,z`; N.
+* ``PredictorCorrector``: M corrector moves (Langevin, annealed Langevin, none), then a
+  predictor step (Euler–Maruyama, reverse diffusion, ancestral, none); N (1 + M).
+* ``ProbabilityFlowODE``: :math:`dx/dt = f - \tfrac12 g^2 s_\theta` by scipy ``solve_ivp``
+  (adaptive) or fixed-step Euler (N) / Heun (2N).
+* ``TorchSDE``: the reverse SDE through ``torchsde.sdeint`` in :math:`u = T - t`; N + 2 (euler),
+  3N + 2 (srk).
 
 Where :math:`\bar f = f - g^2 s_\theta` is the reverse drift (Song et al. 2021, eq. 6).
 """
@@ -522,17 +522,20 @@ class TorchSDE(Sampler):
     ----------
     method : str
         ``"euler"``, ``"milstein"`` (identical to Euler for additive noise), ``"srk"`` (the
-        additive-noise SRA1 scheme, strong order 1.5, 2 NFE per step), ``"heun"``,
+        additive-noise SRA1 scheme, strong order 1.5; torchsde 0.2.6 evaluates the drift 3 times
+        per step, one of them a repeat), ``"heun"``,
         ``"midpoint"`` or ``"reversible_heun"`` (the last three are Stratonovich schemes; for
         additive noise the Stratonovich and Itô SDEs coincide).
     steps : int
-        Number of steps of size :math:`(T - \varepsilon)/N`. Default 1000.
+        Number of steps of size :math:`(T - \varepsilon)/N`. Default 200 (600 NFE with srk).
 
-    The Brownian motion is a ``torchsde.BrownianInterval`` whose entropy is drawn from the
+    ``sdeint`` checks shapes by evaluating the drift twice before integrating; these two
+    evaluations are counted in the NFE. The Brownian motion is a ``torchsde.BrownianInterval``
+    whose entropy is drawn from the
     run's generator, so a seed gives bit-identical results on CPU.
     """
 
-    def __init__(self, method: str = "srk", steps: int = 1000, eps: float = 1e-3,
+    def __init__(self, method: str = "srk", steps: int = 200, eps: float = 1e-3,
                  denoise: bool = False) -> None:
         super().__init__(eps, denoise)
         if method not in TORCHSDE_METHODS:

@@ -195,7 +195,10 @@ class LinearSDE(SDE):
         return z.mul_(self.prior_std) if self.prior_std != 1.0 else z
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log \mathcal N(z; 0, \sigma_T^2 I) = -\tfrac{N}{2}\log(2\pi\sigma_T^2) - \|z\|^2 / (2\sigma_T^2)`."""
+        r"""Gaussian prior log-density.
+
+        .. math:: \log \mathcal N(z; 0, \sigma_T^2 I) = -\tfrac{N}{2}\log(2\pi\sigma_T^2) - \|z\|^2 / (2\sigma_T^2)
+        """
         check_finite_tensor("z", z)
         n = z[0].numel()
         sq = z.reshape(z.shape[0], -1).square().sum(dim=1)

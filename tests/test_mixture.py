@@ -110,7 +110,8 @@ def test_eight_gaussians_geometry():
     mix = sd.eight_gaussians()
     r = mix.means.norm(dim=1)
     assert torch.allclose(r, torch.full((8,), 4 / math.sqrt(2), dtype=torch.float64))
-    assert torch.allclose(mix.covariances, (0.5 / math.sqrt(2)) ** 2 * torch.eye(2, dtype=torch.float64).expand(8, 2, 2))
+    eye = torch.eye(2, dtype=torch.float64).expand(8, 2, 2)
+    assert torch.allclose(mix.covariances, (0.5 / math.sqrt(2)) ** 2 * eye)
 
 
 @pytest.mark.parametrize(

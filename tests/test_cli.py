@@ -1,0 +1,305 @@
+"""The ``scoresde`` command line and the plotting helpers (small, fast runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+
+import scoresde as sd
+from scoresde import cli
+from scoresde.plotting import atomic_path, plot_samples, save_figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL = ["--n-samples", "500", "--steps", "50", "--quiet"]
+
+
+def run(out: Path, *args: str) -> int:
+    return cli.main(["sample", "--out", str(out), *args])
+
+
+def open_ds(out: Path) -> xr.Dataset:
+    with xr.open_dataset(out / "samples.nc") as ds:
+        return ds.load()
+
+
+def assert_only_outputs(out: Path) -> None:
+    """Exactly the two outputs, and no temporary (hidden) files left behind."""
+    assert sorted(p.name for p in out.iterdir()) == ["samples.nc", "samples.png"]
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000  # a real figure, not an empty canvas
+
+
+# ---------------------------------------------------------------------------------------
+# the main job
+# ---------------------------------------------------------------------------------------
+def test_sample_writes_dataset_figure_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(out, *SMALL) == 0
+    captured = capsys.readouterr()
+
+    ds = open_ds(out)
+    assert dict(ds.sizes) == {"time": 11, "sample": 500, "feature": 2}
+    assert ds["x"].dims == ("time", "sample", "feature")
+    times = ds["time"].values
+    assert times[0] == pytest.approx(1.0) and times[-1] == pytest.approx(1e-3)
+    assert np.all(np.diff(times) < 0)
+    assert np.isfinite(ds["x"].values).all()
+    a = ds.attrs
+    assert a["sde"] == "VPSDE" and a["sampler"] == "PredictorCorrector"
+    assert a["target"] == "eight_gaussians"
+    assert a["nfe"] == 100  # 50 steps x (predictor + 1 corrector step)
+    assert a["command"].startswith("scoresde sample")
+    assert a["metric_sw2"] > 0
+    assert a["metric_sw2_floor_pairs"] == 8
+    assert a["metric_sw2_floor_threshold"] == pytest.approx(a["metric_sw2_floor_mean"] + 3 * a["metric_sw2_floor_std"])
+    assert a["metric_sw2_within_floor"] in (0, 1)
+    fractions = np.atleast_1d(a["metric_mode_fractions"])
+    assert fractions.shape == (8,) and fractions.sum() == pytest.approx(1.0)
+    assert np.atleast_1d(a["metric_mode_z"]).shape == (8,)
+    assert a["metric_mode_weights_ok"] in (0, 1)
+
+    assert_png(out / "samples.png")
+    assert_only_outputs(out)
+
+    report = captured.out
+    for word in ("VPSDE", "PredictorCorrector", "NFE", "100", "wall time", "SW2", "floor", "mode"):
+        assert word in report
+    assert ("within floor (mean + 3 sd" in report) or ("ABOVE floor" in report)
+    assert "PredictorCorrector:" not in captured.err  # --quiet: no progress bar
+
+
+def test_progress_bar_shown_without_quiet(tmp_path, capsys):
+    assert run(tmp_path, "--n-samples", "100", "--steps", "5", "--sampler", "em", "--save-at", "2") == 0
+    assert "EulerMaruyama" in capsys.readouterr().err
+
+
+def test_rerun_is_deterministic_and_replaces_outputs(tmp_path, capsys):
+    args = ("--n-samples", "300", "--steps", "20", "--sampler", "em", "--seed", "3", "--quiet")
+    assert run(tmp_path, *args) == 0
+    first = open_ds(tmp_path)
+    assert run(tmp_path, *args) == 0
+    second = open_ds(tmp_path)
+    np.testing.assert_array_equal(first["x"].values, second["x"].values)
+    for key in ("metric_sw2", "metric_sw2_floor_mean", "metric_sw2_floor_std"):
+        assert first.attrs[key] == second.attrs[key]
+    assert_only_outputs(tmp_path)
+    assert run(tmp_path, *args[:-3], "--seed", "4", "--quiet") == 0
+    assert not np.array_equal(open_ds(tmp_path)["x"].values, first["x"].values)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "extra", "cls", "nfe"),
+    [
+        ("pc", ["--steps", "20", "--predictor", "ancestral", "--corrector", "ald", "--snr", "0.1"],
+         "PredictorCorrector", 40),
+        ("em", ["--steps", "20"], "EulerMaruyama", 20),
+        ("ode", ["--rtol", "1e-3", "--atol", "1e-3"], "ProbabilityFlowODE", None),
+        ("ode-euler", ["--steps", "20"], "ProbabilityFlowODE", 20),
+        ("ode-heun", ["--steps", "20"], "ProbabilityFlowODE", 40),
+        ("torchsde", ["--steps", "20"], "TorchSDE", None),
+    ],
+)
+def test_each_sampler_runs(tmp_path, capsys, sampler, extra, cls, nfe):
+    out = tmp_path / sampler
+    assert run(out, "--sampler", sampler, "--n-samples", "200", "--save-at", "3", "--quiet", *extra) == 0
+    ds = open_ds(out)
+    assert ds.attrs["sampler"] == cls
+    assert ds.sizes["sample"] == 200
+    if nfe is not None:
+        assert ds.attrs["nfe"] == nfe
+    else:
+        assert ds.attrs["nfe"] > 0
+    assert np.isfinite(ds["x"].values).all()
+    assert_png(out / "samples.png")
+    assert_only_outputs(out)
+    assert "floor" in capsys.readouterr().out
+
+
+def test_ode_method_and_steps_warning(tmp_path, capsys):
+    assert run(tmp_path, "--sampler", "ode", "--steps", "7", "--n-samples", "100", "--rtol", "1e-3", "-q") == 0
+    ds = open_ds(tmp_path)
+    assert '"method": "RK45"' in ds.attrs["sampler_params"]
+    assert "--steps is ignored" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sde", ["subvp", "ve"])
+def test_options_reach_the_library(tmp_path, capsys, sde):
+    args = ["--sde", sde, "--target", "grid", "--dtype", "float64", "--eps", "0.01", "--denoise",
+            "--sampler", "ode-heun", "--steps", "10", "--n-samples", "300", "--save-at", "4", "-q"]
+    assert run(tmp_path, *args) == 0
+    ds = open_ds(tmp_path)
+    assert ds.attrs["sde"] == {"subvp": "SubVPSDE", "ve": "VESDE"}[sde]
+    assert ds.attrs["target"] == "grid"
+    assert ds["x"].dtype == np.float64
+    assert ds.attrs["eps"] == pytest.approx(0.01)
+    # denoised: a final state at t = 0, compared with the target itself
+    assert ds["time"].values[-1] == 0.0 and ds["time"].values[-2] == pytest.approx(0.01)
+    assert "the target" in ds.attrs["metric_sw2_reference"]
+    assert np.atleast_1d(ds.attrs["metric_mode_fractions"]).shape == (25,)
+    assert "denoised" in capsys.readouterr().out
+
+
+def test_main_restores_torch_threads(tmp_path, capsys):
+    before = torch.get_num_threads()
+    assert run(tmp_path, "--n-samples", "50", "--steps", "3", "--sampler", "em", "-q", "--threads", "1") == 0
+    assert torch.get_num_threads() == before
+
+
+def test_non_finite_samples_exit_1_but_write_files(tmp_path, capsys, monkeypatch):
+    real_sample = cli.sample
+
+    def broken(*args, **kwargs):
+        ds = real_sample(*args, **kwargs)
+        ds["x"][-1, 0, 0] = np.nan
+        return ds
+
+    monkeypatch.setattr(cli, "sample", broken)
+    assert run(tmp_path, "--n-samples", "50", "--steps", "3", "--sampler", "em", "-q") == 1
+    captured = capsys.readouterr()
+    assert "NaN" in captured.err and "skipped" in captured.out
+    assert "metric_sw2" not in open_ds(tmp_path).attrs
+    assert_only_outputs(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# entry points and errors
+# ---------------------------------------------------------------------------------------
+def test_python_m_help_exits_0():
+    proc = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: scoresde sample")
+    for opt in ("--sde", "--sampler", "--steps", "--n-samples", "--out", "--denoise", "--save-at"):
+        assert opt in proc.stdout
+
+
+def test_no_command_and_version(capsys):
+    assert cli.main([]) == 2
+    assert "sample" in capsys.readouterr().err
+    assert cli.main(["--version"]) == 0
+    assert sd.__version__ in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--target", "moons"], "--target"),
+        (["--sde", "cld"], "--sde"),
+        (["--sampler", "dpm"], "--sampler"),
+        (["--n-samples", "0"], "--n-samples"),
+        (["--n-samples", "ten"], "--n-samples"),
+        (["--steps", "0"], "--steps"),
+        (["--save-at", "1"], "--save-at"),
+        (["--seed", "-1"], "--seed"),
+        (["--eps", "0"], "--eps"),
+        (["--eps", "1.5"], "--eps"),
+        (["--snr", "-1"], "--snr"),
+        (["--dtype", "float16"], "--dtype"),
+        (["--device", "tpu:0"], "--device"),
+        (["--sampler", "em", "--predictor", "ancestral"], "--predictor"),
+        (["--sampler", "ode-euler", "--rtol", "1e-3"], "--rtol"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_option(tmp_path, capsys, args, needle):
+    out = tmp_path / "never"
+    assert run(out, *args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "error" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing is created before the arguments are checked
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    path = tmp_path / "file.txt"
+    path.write_text("keep me")
+    assert run(path, "--n-samples", "50") == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a directory" in err
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda(tmp_path, capsys):
+    assert run(tmp_path / "o", "--device", "cuda", "--n-samples", "50") == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_library_errors_are_reported_without_traceback(tmp_path, capsys):
+    # the library rejects the ancestral predictor for sub-VP: ValueError -> "scoresde: error: ..."
+    assert run(tmp_path / "o", "--sde", "subvp", "--predictor", "ancestral", "--n-samples", "50") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scoresde: error: ") and "ancestral" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------
+# plotting
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_ds():
+    sde = sd.VPSDE()
+    target = sd.eight_gaussians()
+    ds = sd.sample(sde, target.score(sde), sd.EulerMaruyama(steps=20), shape=(200, 2), save_at=5, progress=False)
+    return ds, target.marginal(sde, 1e-3)
+
+
+def test_plot_samples_panels(small_ds):
+    ds, target = small_ds
+    exact = target.sample(200, torch.Generator().manual_seed(0))
+    fig = plot_samples(ds, target=target, reference=exact, n_traj=4)
+    assert isinstance(fig, Figure)
+    axes = fig.get_axes()
+    assert len(axes) == 3
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    assert axes[0].get_legend() is not None and axes[2].get_legend() is not None
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert any("exact" in s for s in labels) and any("mode" in s for s in labels)
+    assert len(axes[1].get_lines()) == 4
+    lo, hi = axes[1].get_xlim()
+    assert lo > hi  # time runs from T (left) down to eps (right)
+
+
+def test_plot_samples_into_given_axes(small_ds):
+    ds, _ = small_ds
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plot_samples(ds, ax=ax) is fig
+    assert len(fig.get_axes()) == 1
+    with pytest.raises(TypeError):
+        plot_samples(ds.to_array())
+
+
+def test_save_figure_is_atomic(tmp_path, small_ds):
+    ds, _ = small_ds
+    fig = plot_samples(ds)
+    path = save_figure(fig, tmp_path / "f.png")
+    assert_png(path)
+    with pytest.raises(ValueError):  # unknown format: the error propagates, no temporary file is left
+        save_figure(fig, tmp_path / "f.notaformat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
