@@ -37,7 +37,8 @@ import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_time
 
-__all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn"]
+__all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn", "SDES", "sde_config",
+           "sde_from_config"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -414,3 +415,26 @@ class ReverseSDE(SDE):
 
     def prior_logp(self, z):
         return self.base.prior_logp(z)
+
+
+SDES: dict[str, type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def sde_config(sde: SDE) -> dict[str, Any]:
+    """A JSON-able description ``{"class": name, "params": {...}}`` that :func:`sde_from_config` rebuilds."""
+    if type(sde) not in SDES.values():
+        raise TypeError(f"only {sorted(c.__name__ for c in SDES.values())} can be recorded, got {type(sde).__name__}")
+    return {"class": type(sde).__name__, "params": sde.params()}
+
+
+def sde_from_config(config: dict[str, Any] | str) -> LinearSDE:
+    """Build an SDE from :func:`sde_config` output or a short name (``"vp"``, ``"subvp"``, ``"ve"``)."""
+    if isinstance(config, str):
+        if config.lower() not in SDES:
+            raise ValueError(f"unknown SDE {config!r}; choose one of {sorted(SDES)}")
+        return SDES[config.lower()]()
+    by_class = {c.__name__: c for c in SDES.values()}
+    try:
+        return by_class[config["class"]](**config["params"])
+    except KeyError:
+        raise ValueError(f"cannot rebuild an SDE from {config!r}; expected class one of {sorted(by_class)}") from None

@@ -1,0 +1,190 @@
+r"""Training data: 2-D toy sets, scikit-learn's bundled 8x8 digits, and user arrays.
+
+A :class:`Dataset` holds a float tensor ``data`` of shape ``(n, *features)`` already mapped to
+the range the SDE expects, and the affine map that did it,
+
+.. math::  x_{\text{model}} = (x_{\text{data}} - \text{shift}) / \text{scale},
+
+recorded in checkpoints and undone at sampling time (:meth:`Dataset.unscale`). Toy sets are
+standardised to zero mean and unit overall variance; digits (pixel values 0..16) are mapped to
+:math:`[-1, 1]`. Nothing is downloaded: the digits ship inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._checks import check_positive_int
+from .mixture import TARGETS, GaussianMixture
+
+__all__ = ["Dataset", "load_dataset", "TOY_DATASETS", "DATASETS", "toy_sample"]
+
+
+@dataclass
+class Dataset:
+    """Training data in model space, with the affine map back to data space and its provenance."""
+
+    data: torch.Tensor
+    name: str
+    shift: float = 0.0
+    scale: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def unscale(self, x: torch.Tensor) -> torch.Tensor:
+        """Map model-space samples back to data space: ``x * scale + shift``."""
+        return x * self.scale + self.shift
+
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint records to rebuild the data map (not the data itself)."""
+        return {"name": self.name, "shift": self.shift, "scale": self.scale,
+                "feature_shape": list(self.feature_shape), "n": len(self), "params": self.params}
+
+
+# -- 2-D toy generators (numpy Generator for reproducibility) -----------------------------
+def _moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
+    n_out = n // 2
+    n_in = n - n_out
+    a = rng.uniform(0, math.pi, n_out)
+    b = rng.uniform(0, math.pi, n_in)
+    outer = np.stack([np.cos(a), np.sin(a)], 1)
+    inner = np.stack([1 - np.cos(b), 1 - np.sin(b) - 0.5], 1)
+    x = np.concatenate([outer, inner])
+    return x + noise * rng.standard_normal(x.shape)
+
+
+def _swiss_roll(n: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
+    t = 1.5 * math.pi * (1 + 2 * rng.uniform(size=n))
+    x = np.stack([t * np.cos(t), t * np.sin(t)], 1)
+    return x + noise * rng.standard_normal(x.shape)
+
+
+def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
+    x1 = rng.uniform(size=n) * 4 - 2
+    x2 = rng.uniform(size=n) - rng.integers(0, 2, n) * 2.0
+    x2 = x2 + np.floor(x1) % 2
+    return np.stack([x1, x2], 1) * 2
+
+
+def _mixture(name: str) -> Any:
+    def gen(n: int, rng: np.random.Generator) -> np.ndarray:
+        g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        return TARGETS[name]().sample(n, g, dtype=torch.float64).numpy()
+
+    return gen
+
+
+TOY_DATASETS = {
+    "moons": _moons,
+    "swiss_roll": _swiss_roll,
+    "checkerboard": _checkerboard,
+    **{name: _mixture(name) for name in TARGETS},
+}
+DATASETS = (*TOY_DATASETS, "digits")
+
+
+def toy_sample(name: str, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` raw (unscaled) points of the named 2-D toy set, float64, shape (n, 2)."""
+    if name not in TOY_DATASETS:
+        raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
+    return TOY_DATASETS[name](check_positive_int("n", n), np.random.default_rng(seed))
+
+
+def _from_array(name: str, x: Any) -> torch.Tensor:
+    try:
+        import xarray as xr
+
+        if isinstance(x, xr.DataArray):
+            x = x.values
+    except ImportError:  # pragma: no cover - xarray is a dependency
+        pass
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"data must be a tensor, NumPy array or xarray.DataArray: {err}") from None
+    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise TypeError(f"data must be numeric, got dtype {t.dtype}")
+    t = t.to(torch.float64)
+    if t.dim() < 2 or t.shape[0] < 2:
+        raise ValueError(f"data must have shape (n_samples >= 2, *features), got {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).sum())
+        raise ValueError(f"data ({name}) contains NaN or inf in {bad} sample(s); remove or impute them first")
+    return t
+
+
+def load_dataset(
+    data: str | Any,
+    n: int = 20_000,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    scaling: str = "auto",
+) -> Dataset:
+    """Load a named dataset or wrap a user array, mapped to model space.
+
+    Parameters
+    ----------
+    data : str or array-like
+        ``"moons"``, ``"swiss_roll"``, ``"checkerboard"``, any name of ``scoresde.TARGETS``
+        (``"eight_gaussians"``...), ``"digits"`` (scikit-learn's 1,797 8x8 images, shape
+        (n, 1, 8, 8)), a :class:`~scoresde.GaussianMixture`, or a tensor / NumPy array /
+        ``xarray.DataArray`` of shape ``(n, *features)``.
+    n : int
+        Number of points to draw from a generated toy set (ignored for fixed data).
+    seed : int
+        Seed of the toy generator.
+    scaling : {"auto", "standardize", "minmax", "none"}
+        ``auto``: ``minmax`` to [-1, 1] for images (digits), ``standardize`` otherwise
+        (zero mean, unit overall standard deviation). ``none`` keeps the data as it is.
+    """
+    if scaling not in ("auto", "standardize", "minmax", "none"):
+        raise ValueError(f"scaling must be 'auto', 'standardize', 'minmax' or 'none', got {scaling!r}")
+    params: dict[str, Any] = {}
+    if isinstance(data, str):
+        name = data
+        if name == "digits":
+            from sklearn.datasets import load_digits
+
+            raw = torch.as_tensor(load_digits().images, dtype=torch.float64)[:, None]  # (1797, 1, 8, 8)
+            auto = "minmax"
+            params["range"] = [0.0, 16.0]
+        elif name in TOY_DATASETS:
+            raw = torch.as_tensor(toy_sample(name, n, seed))
+            auto = "standardize"
+            params.update(n=n, seed=seed)
+        else:
+            raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or pass an array")
+    elif isinstance(data, GaussianMixture):
+        name = "gaussian_mixture"
+        raw = data.sample(check_positive_int("n", n), torch.Generator().manual_seed(seed), dtype=torch.float64)
+        auto = "standardize"
+        params.update(n=n, seed=seed, mixture=data.params())
+    else:
+        name = "array"
+        raw = _from_array(name, data)
+        auto = "minmax" if raw.dim() == 4 else "standardize"
+    mode = auto if scaling == "auto" else scaling
+    if mode == "standardize":
+        shift = float(raw.mean())
+        scale = float(raw.std()) or 1.0
+    elif mode == "minmax":
+        lo, hi = params.get("range", [float(raw.min()), float(raw.max())])
+        shift, scale = (lo + hi) / 2, ((hi - lo) / 2) or 1.0
+    else:
+        shift, scale = 0.0, 1.0
+    params["scaling"] = mode
+    return Dataset(((raw - shift) / scale).to(dtype), name, shift, scale, params)

@@ -1,0 +1,98 @@
+r"""Denoising score matching in continuous time (Song et al. 2021, eq. 7).
+
+For a linear SDE with kernel :math:`x_t = s(t) x_0 + \sigma(t) z`, the conditional score is
+:math:`\nabla \log p_{0t}(x_t \mid x_0) = -z / \sigma(t)`, and the loss
+
+.. math::
+    \mathcal L(\theta) = \mathbb E_{t \sim U[\varepsilon, T]}\,\mathbb E_{x_0, z}\,
+        \lambda(t)\, \big\| s_\theta(x_t, t) + z / \sigma(t) \big\|^2
+
+is minimised by the true score :math:`\nabla \log p_t` (Vincent 2011). Weightings:
+
+* ``"sigma2"``: :math:`\lambda = \sigma(t)^2`, i.e. :math:`\| \sigma s_\theta + z \|^2`, the
+  noise-prediction (epsilon) loss of DDPM;
+* ``"likelihood"``: :math:`\lambda = g(t)^2`, which makes the loss an upper bound on the negative
+  log-likelihood (Song et al. 2021b, *Maximum likelihood training of score-based diffusion models*).
+
+As in score_sde, the squared norm is reduced over the feature dimensions by ``reduce="mean"`` or
+``"sum"`` and then averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import broadcast_coef, check_finite_tensor, check_positive
+from .sde import SDE, LinearSDE
+
+__all__ = ["dsm_loss", "WEIGHTINGS"]
+
+WEIGHTINGS = ("sigma2", "likelihood")
+
+
+def dsm_loss(
+    sde: SDE,
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    *,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    reduce: str = "mean",
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Continuous-time denoising score-matching loss, a scalar tensor.
+
+    Parameters
+    ----------
+    sde : SDE
+        A linear SDE (VP, sub-VP, VE): the kernel :math:`\mathcal N(s x_0, \sigma^2 I)` is used.
+    model : callable
+        The score model :math:`s_\theta(x, t)` (e.g. :class:`scoresde.nets.ScoreModel`).
+    x0 : tensor, shape (batch, *features)
+        Clean data.
+    weighting : {"sigma2", "likelihood"}
+        :math:`\lambda(t) = \sigma(t)^2` or :math:`g(t)^2`.
+    eps : float
+        Times are drawn uniformly in :math:`[\varepsilon, T]`; default 1e-5.
+    reduce : {"mean", "sum"}
+        How the squared error is reduced over the feature dimensions (then averaged over the batch).
+    generator : torch.Generator, optional
+        Draws ``t`` and ``z`` (reproducible training).
+    t, z : tensor, optional
+        Fix the times (shape (batch,)) and noise (shape of ``x0``) instead of drawing them.
+    """
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"dsm_loss needs a linear SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    eps = check_positive("eps", eps)
+    if eps >= sde.T:
+        raise ValueError(f"eps={eps!r} must be smaller than T={sde.T!r}")
+    check_finite_tensor("x0", x0, min_dim=2)
+    b = x0.shape[0]
+    if t is None:
+        u = torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
+        t = u * (sde.T - eps) + eps
+    if z is None:
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    mean, std = sde.marginal_prob(x0, t)
+    std_b = broadcast_coef(std, x0)
+    x_t = mean + std_b * z
+    score = model(x_t, t)
+    if score.shape != x0.shape:
+        raise ValueError(f"model returned shape {tuple(score.shape)}, expected {tuple(x0.shape)} (the shape of x)")
+    if weighting == "sigma2":
+        err = (score * std_b + z).square()
+    else:
+        err = (score + z / std_b).square()
+    err = err.reshape(b, -1)
+    per_sample = err.mean(dim=1) if reduce == "mean" else err.sum(dim=1)
+    if weighting == "likelihood":
+        per_sample = per_sample * sde.diffusion_coef(t) ** 2
+    return per_sample.mean()
