@@ -574,9 +574,16 @@ def metric_floor(
     seed: int = 0,
     *,
     device: torch.device | str = "cpu",
+    reference: torch.Tensor | None = None,
     **metric_kwargs: object,
 ) -> MetricFloor:
     r"""Estimate the statistical floor of a metric between exact sample sets.
+
+    With ``reference`` given, each pair is a fresh exact set and that fixed reference set: the
+    floor is then the null distribution of ``metric(candidate, reference)`` *conditional on the
+    reference*. Use this when candidates are judged against one shared reference set: a single
+    reference set that happens to lie far from typical sets shifts every comparison, and only
+    the conditional floor accounts for it.
 
     For :math:`k = 0, \dots, \text{pairs} - 1` a generator on ``device`` is
     seeded with ``seed * 1000 + k``, two independent sets
@@ -604,6 +611,8 @@ def metric_floor(
         Base seed; the result is a deterministic function of it.
     device : torch.device or str, default "cpu"
         Device of the generators passed to ``sample``.
+    reference : Tensor, optional
+        A fixed exact set that replaces the second set of every pair (any size).
     **metric_kwargs
         Forwarded to the metric.
 
@@ -619,8 +628,8 @@ def metric_floor(
         g = torch.Generator(device=device)
         g.manual_seed(int(seed) * 1000 + k)
         xs = sample(n, g)
-        ys = sample(n, g)
-        for name, t in (("x", xs), ("y", ys)):
+        ys = sample(n, g) if reference is None else reference
+        for name, t in ((("x", xs), ("y", ys)) if reference is None else (("x", xs),)):
             if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n:
                 raise ValueError(
                     f"sample(n, generator) must return a tensor with {n} rows; "

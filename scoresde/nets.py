@@ -1,0 +1,753 @@
+r"""Score networks: time-conditioned MLP, U-Net and diffusion transformer, and the score wrapper.
+
+A *network* maps a batch ``x`` of shape ``(batch, *feature_shape)`` and a conditioning vector
+``c`` of shape ``(batch,)`` to a tensor shaped like ``x``. It knows nothing about the SDE: the
+conditioning scalar is usually the time :math:`t` itself, or :math:`\tfrac14\log\sigma(t)`
+(EDM's :math:`c_{\text{noise}}`), and :class:`ScoreModel` decides which one and turns the
+network's output into a score,
+
+.. math::
+    s_\theta(x, t) = -\frac{\hat\varepsilon_\theta(x, t)}{\sigma(t)} \quad\text{("eps")},
+    \qquad
+    s_\theta(x, t) = \frac{F_\theta(x, t)}{\sigma(t)} \quad\text{("score", scale\_by\_sigma)},
+
+where :math:`\sigma(t)` is the std of the perturbation kernel
+:math:`x_t \mid x_0 \sim \mathcal N(s(t) x_0, \sigma(t)^2 I)`. A :class:`ScoreModel` is a
+``score_fn(x, t)`` for the samplers.
+
+Every network
+
+* is a :class:`torch.nn.Module` whose parameters are drawn from the global torch RNG at
+  construction only (so ``torch.manual_seed(k)`` before construction fixes them) and that keeps
+  no other state;
+* follows its own parameter dtype and device (``net.double()``, ``net.to(device)``); the time
+  vector may come in any floating dtype and is cast to the network's dtype;
+* validates ``x``'s feature shape and ``t``'s shape with shape comparisons only (no
+  host-device synchronisation);
+* records its constructor arguments in ``net.config``, so that
+  ``build_network(**network_config(net))`` rebuilds the same architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import broadcast_coef, check_positive, check_positive_int
+from .sde import SDE, LinearSDE
+
+__all__ = [
+    "GaussianFourierProjection",
+    "TimeEmbedding",
+    "MLPScore",
+    "UNet",
+    "DiT",
+    "ScoreModel",
+    "NETWORKS",
+    "PARAMETERIZATIONS",
+    "TIME_INPUTS",
+    "build_network",
+    "network_config",
+    "model_config",
+    "model_from_config",
+]
+
+PARAMETERIZATIONS = ("eps", "score")
+TIME_INPUTS = ("t", "log_sigma")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _check_t(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """Return ``t`` as a ``(batch,)`` tensor; accept a 0-d or one-element tensor (shape checks only)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a torch.Tensor of shape (batch,), got {type(t).__name__}")
+    if t.dim() > 1 or t.numel() not in (1, batch):
+        raise ValueError(
+            f"t must have shape ({batch},) (one time per sample of x) or be a scalar, got shape {tuple(t.shape)}"
+        )
+    return t.reshape(-1).expand(batch) if t.numel() == 1 else t
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (H, W), got {value!r}")
+        return check_positive_int(name, value[0]), check_positive_int(name, value[1])
+    v = check_positive_int(name, value)
+    return v, v
+
+
+# --------------------------------------------------------------------------------------------
+# time embedding
+# --------------------------------------------------------------------------------------------
+class GaussianFourierProjection(nn.Module):
+    r"""Random Fourier features of a scalar (Tancik et al. 2020; Song et al. 2021).
+
+    .. math::
+        \gamma(t) = \big[\sin(2\pi t\,W),\ \cos(2\pi t\,W)\big] \in \mathbb R^{\text{embed\_dim}},
+        \qquad W \sim \mathcal N(0, \text{scale}^2 I_{\text{embed\_dim}/2}).
+
+    ``W`` is drawn once at construction and stored as a (non-trainable) buffer, so it is saved in
+    the ``state_dict`` and follows ``.to(dtype/device)`` but is never optimised.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Output dimension (even).
+    scale : float
+        Standard deviation of the frequencies; larger values resolve finer changes in ``t``.
+
+    Input ``t`` of shape ``(B,)``; output of shape ``(B, embed_dim)`` in the buffer's dtype.
+    """
+
+    W: torch.Tensor
+
+    def __init__(self, embed_dim: int, scale: float = 16.0) -> None:
+        super().__init__()
+        embed_dim = check_positive_int("embed_dim", embed_dim, minimum=2)
+        if embed_dim % 2:
+            raise ValueError(f"embed_dim must be even (sin and cos halves), got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.scale = check_positive("scale", scale)
+        self.register_buffer("W", torch.randn(embed_dim // 2) * self.scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 1:
+            raise ValueError(f"t must have shape (batch,), got {tuple(t.shape)}")
+        proj = t.to(dtype=self.W.dtype, device=self.W.device)[:, None] * self.W[None, :] * (2 * math.pi)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, scale={self.scale}"
+
+
+class TimeEmbedding(nn.Module):
+    r"""Embedding of the conditioning scalar: Fourier features followed by a 2-layer SiLU MLP.
+
+    .. math::
+        e(c) = W_2\,\operatorname{SiLU}\big(W_1\,\gamma(c) + b_1\big) + b_2,
+
+    with :math:`\gamma` the :class:`GaussianFourierProjection`. The scalar :math:`c` is whatever
+    the network is conditioned on: :math:`t` or :math:`\tfrac14\log\sigma(t)`; that choice is
+    made by :class:`ScoreModel` (``time_input``), which knows the SDE, so that networks stay
+    SDE-agnostic. Consumers apply ``SiLU`` and their own linear projection to ``e(c)``.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Fourier feature and output dimension.
+    fourier_scale : float
+        ``scale`` of the Fourier features.
+    """
+
+    def __init__(self, embed_dim: int, fourier_scale: float = 16.0) -> None:
+        super().__init__()
+        self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Map ``t`` of shape ``(B,)`` to an embedding of shape ``(B, embed_dim)``."""
+        return self.mlp(self.fourier(t))
+
+
+# --------------------------------------------------------------------------------------------
+# MLP
+# --------------------------------------------------------------------------------------------
+class MLPScore(nn.Module):
+    r"""Time-conditioned MLP for vector data ``(B, dim)``.
+
+    With :math:`e = \operatorname{SiLU}(\text{TimeEmbedding}(t))` and :math:`h_0 = x`,
+
+    .. math::
+        h_{\ell} = \operatorname{SiLU}\big(A_\ell h_{\ell-1} + B_\ell e\big), \quad \ell = 1..L,
+        \qquad F_\theta(x, t) = A_{\text{out}} h_L,
+
+    i.e. the time embedding is projected and added to the pre-activation of every hidden layer.
+
+    Parameters
+    ----------
+    dim : int
+        Data dimension; input and output are ``(B, dim)``.
+    hidden : int
+        Width of the hidden layers.
+    layers : int
+        Number of hidden (time-conditioned) layers ``L``.
+    embed_dim : int
+        Dimension of the time embedding (even).
+    fourier_scale : float
+        Scale of the Fourier features.
+    """
+
+    def __init__(
+        self, dim: int = 2, hidden: int = 128, layers: int = 3, embed_dim: int = 64, fourier_scale: float = 16.0
+    ) -> None:
+        super().__init__()
+        dim = check_positive_int("dim", dim)
+        hidden = check_positive_int("hidden", hidden)
+        layers = check_positive_int("layers", layers)
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        fourier_scale = check_positive("fourier_scale", fourier_scale)
+        self.config: dict[str, Any] = dict(
+            name="mlp", dim=dim, hidden=hidden, layers=layers, embed_dim=embed_dim, fourier_scale=fourier_scale
+        )
+        self.dim = dim
+        self.time_embed = TimeEmbedding(embed_dim, fourier_scale)
+        self.linears = nn.ModuleList(nn.Linear(dim if i == 0 else hidden, hidden) for i in range(layers))
+        self.time_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(layers))
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x`` of shape ``(B, dim)``, ``t`` of shape ``(B,)`` -> ``(B, dim)``."""
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"x must have shape (batch, {self.dim}) for MLPScore(dim={self.dim}), got {tuple(x.shape)}"
+            )
+        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        h = x
+        for lin, proj in zip(self.linears, self.time_proj, strict=True):
+            h = F.silu(lin(h) + proj(emb))
+        return self.out(h)
+
+
+# --------------------------------------------------------------------------------------------
+# U-Net
+# --------------------------------------------------------------------------------------------
+class _ResBlock(nn.Module):
+    r"""Pre-activation residual block with the time embedding as a per-channel bias.
+
+    .. math::
+        h = \mathrm{Conv}\big(\mathrm{SiLU}(\mathrm{GN}(x))\big) + P\,\mathrm{SiLU}(e),
+        \qquad
+        y = \mathrm{skip}(x) + \mathrm{Conv}\big(\mathrm{Drop}(\mathrm{SiLU}(\mathrm{GN}(h)))\big)
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, embed_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.time_proj = nn.Linear(embed_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_proj(emb)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class UNet(nn.Module):
+    r"""Small time-conditioned U-Net for images ``(B, C, H, W)`` (DDPM / NCSN++ style, no attention).
+
+    Level :math:`i` works at resolution :math:`(H, W)/2^i` with ``base * channel_mults[i]``
+    channels and ``num_res_blocks`` residual blocks (GroupNorm, SiLU, 3x3 conv, the time
+    embedding :math:`P\,\operatorname{SiLU}(e(t))` added as a per-channel bias). Levels are joined
+    by stride-2 convolutions on the way down and nearest-neighbour upsampling + conv on the way
+    up; every down-path activation is concatenated to the matching up-path block (skip
+    connections). Inputs whose sides are not multiples of :math:`2^{L-1}` (``L`` levels) are
+    zero-padded at the bottom/right and the output is cropped back, so any ``H, W`` works
+    (e.g. 28x28 with ``channel_mults=(1, 2, 2)`` runs at 28, 14, 7 without padding).
+
+    Parameters
+    ----------
+    channels : int
+        Image channels ``C``.
+    base : int
+        Channel width of the first level.
+    channel_mults : sequence of int
+        Width multiplier of each level; ``len(channel_mults) - 1`` downsamplings.
+    num_res_blocks : int
+        Residual blocks per level on the down path (one more on the up path).
+    embed_dim : int
+        Dimension of the time embedding (even).
+    groups : int
+        GroupNorm groups; every ``base * mult`` must be divisible by it.
+    dropout : float
+        Dropout rate inside the residual blocks.
+    fourier_scale : float
+        Scale of the Fourier features.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        base: int = 32,
+        channel_mults: Sequence[int] = (1, 2),
+        num_res_blocks: int = 1,
+        embed_dim: int = 128,
+        groups: int = 8,
+        dropout: float = 0.0,
+        fourier_scale: float = 16.0,
+    ) -> None:
+        super().__init__()
+        channels = check_positive_int("channels", channels)
+        base = check_positive_int("base", base)
+        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
+            raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
+        mults = tuple(check_positive_int("channel_mults[i]", m) for m in channel_mults)
+        num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        groups = check_positive_int("groups", groups)
+        dropout = _check_fraction("dropout", dropout)
+        fourier_scale = check_positive("fourier_scale", fourier_scale)
+        chans = [base * m for m in mults]
+        if any(c % groups for c in chans):
+            raise ValueError(
+                f"every level width base * mult = {chans} must be divisible by groups={groups}; "
+                "change base, channel_mults or groups"
+            )
+        self.config: dict[str, Any] = dict(
+            name="unet", channels=channels, base=base, channel_mults=mults, num_res_blocks=num_res_blocks,
+            embed_dim=embed_dim, groups=groups, dropout=dropout, fourier_scale=fourier_scale,
+        )  # fmt: skip
+        self.channels = channels
+        self.levels = len(mults)
+
+        def block(i: int, o: int) -> _ResBlock:
+            return _ResBlock(i, o, embed_dim, groups, dropout)
+
+        self.time_embed = TimeEmbedding(embed_dim, fourier_scale)
+        self.conv_in = nn.Conv2d(channels, chans[0], 3, padding=1)
+        ch = chans[0]
+        skip_chs = [ch]
+        self.down_blocks = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        for i, c in enumerate(chans):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(block(ch, c))
+                ch = c
+                skip_chs.append(ch)
+            self.down_blocks.append(blocks)
+            if i < self.levels - 1:
+                self.downsamplers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skip_chs.append(ch)
+        self.mid = nn.ModuleList([block(ch, ch), block(ch, ch)])
+        self.up_blocks = nn.ModuleList()
+        self.upsamplers = nn.ModuleList()
+        for i in reversed(range(self.levels)):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                blocks.append(block(ch + skip_chs.pop(), chans[i]))
+                ch = chans[i]
+            self.up_blocks.append(blocks)
+            if i > 0:
+                self.upsamplers.append(nn.Conv2d(ch, ch, 3, padding=1))
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)`` -> shaped like ``x``."""
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"x must have shape (batch, {self.channels}, H, W) for UNet(channels={self.channels}), "
+                f"got {tuple(x.shape)}"
+            )
+        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        H, W = x.shape[-2:]
+        m = 2 ** (self.levels - 1)
+        pad_h, pad_w = (-H) % m, (-W) % m
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        h = self.conv_in(x)
+        skips = [h]
+        for i, blocks in enumerate(self.down_blocks):
+            for blk in blocks:
+                h = blk(h, emb)
+                skips.append(h)
+            if i < self.levels - 1:
+                h = self.downsamplers[i](h)
+                skips.append(h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for j, blocks in enumerate(self.up_blocks):
+            for blk in blocks:
+                h = blk(torch.cat([h, skips.pop()], dim=1), emb)
+            if j < self.levels - 1:
+                h = self.upsamplers[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return h[..., :H, :W] if (pad_h or pad_w) else h
+
+
+# --------------------------------------------------------------------------------------------
+# DiT
+# --------------------------------------------------------------------------------------------
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos.reshape(-1, 1) * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def _sincos_2d(dim: int, gh: int, gw: int) -> torch.Tensor:
+    r"""Fixed 2-D sin-cos positional embedding (MAE / DiT), shape ``(gh * gw, dim)``, row-major.
+
+    Half of the channels encode the row, half the column, each as
+    :math:`[\sin(p\,\omega_k), \cos(p\,\omega_k)]` with :math:`\omega_k = 10000^{-2k/(\text{dim}/2)}`.
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+    )
+    return torch.cat([_sincos_1d(dim // 2, rows), _sincos_1d(dim // 2, cols)], dim=1)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class _DiTBlock(nn.Module):
+    r"""Transformer block with adaLN-Zero conditioning (Peebles & Xie 2023).
+
+    With :math:`(\beta_1, \gamma_1, \alpha_1, \beta_2, \gamma_2, \alpha_2) = M\,\operatorname{SiLU}(e)`,
+
+    .. math::
+        h \leftarrow h + \alpha_1 \odot \operatorname{Attn}\big(\operatorname{LN}(h)(1 + \gamma_1) + \beta_1\big),
+        \qquad
+        h \leftarrow h + \alpha_2 \odot \operatorname{MLP}\big(\operatorname{LN}(h)(1 + \gamma_2) + \beta_2\big).
+
+    ``M`` is zero-initialised, so the gates :math:`\alpha` vanish and the block is the identity at
+    initialisation.
+    """
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = _Attention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        mlp_hidden = max(1, int(hidden * mlp_ratio))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(mlp_hidden, hidden)
+        )
+        self.adaLN = nn.Linear(hidden, 6 * hidden)
+        nn.init.zeros_(self.adaLN.weight)
+        nn.init.zeros_(self.adaLN.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``h``: tokens ``(B, N, hidden)``; ``emb``: ``SiLU`` of the time embedding ``(B, hidden)``."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(emb).chunk(6, dim=1)
+        h = h + gate1[:, None, :] * self.attn(_modulate(self.norm1(h), shift1, scale1))
+        return h + gate2[:, None, :] * self.mlp(_modulate(self.norm2(h), shift2, scale2))
+
+
+class _FinalLayer(nn.Module):
+    r"""adaLN + linear to patch pixels: :math:`W(\operatorname{LN}(h)(1 + \gamma) + \beta)`; all zero-initialised."""
+
+    def __init__(self, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.adaLN = nn.Linear(hidden, 2 * hidden)
+        self.linear = nn.Linear(hidden, out_dim)
+        for layer in (self.adaLN, self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN(emb).chunk(2, dim=1)
+        return self.linear(_modulate(self.norm(h), shift, scale))
+
+
+class DiT(nn.Module):
+    r"""Small diffusion transformer (Peebles & Xie 2023) for images ``(B, C, H, W)``.
+
+    1. *Patchify*: a ``patch_size``-strided convolution maps the image to
+       :math:`N = (H/p)(W/p)` tokens of width ``hidden``, plus a fixed 2-D sin-cos positional
+       embedding.
+    2. ``depth`` transformer blocks conditioned by adaLN-Zero on :math:`e = \operatorname{SiLU}(
+       \text{TimeEmbedding}(t))`: per-block shift/scale/gate
+       :math:`(\beta, \gamma, \alpha)` of the pre-norms and the residual branches, from a
+       zero-initialised linear map, so every block is the identity at initialisation.
+    3. Final adaLN + linear to :math:`p^2 C` values per token, then *unpatchify* back to
+       ``(B, C, H, W)``. As in DiT the final modulation and linear layer are zero-initialised,
+       so the untrained network outputs 0 (for ``"eps"``: a zero score).
+
+    Parameters
+    ----------
+    image_size : int or (int, int)
+        Image side (or ``(H, W)``); must be divisible by ``patch_size``.
+    channels : int
+        Image channels ``C``.
+    patch_size : int
+        Side ``p`` of the square patches.
+    hidden : int
+        Token width (divisible by ``heads`` and by 4).
+    depth : int
+        Number of transformer blocks.
+    heads : int
+        Attention heads.
+    mlp_ratio : float
+        Width of the block MLP relative to ``hidden``.
+    fourier_scale : float
+        Scale of the Fourier features of the time embedding (of dimension ``hidden``).
+    """
+
+    pos_embed: torch.Tensor
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 8,
+        channels: int = 1,
+        patch_size: int = 2,
+        hidden: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        fourier_scale: float = 16.0,
+    ) -> None:
+        super().__init__()
+        H, W = _pair("image_size", image_size)
+        channels = check_positive_int("channels", channels)
+        p = check_positive_int("patch_size", patch_size)
+        hidden = check_positive_int("hidden", hidden)
+        depth = check_positive_int("depth", depth)
+        heads = check_positive_int("heads", heads)
+        mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
+        fourier_scale = check_positive("fourier_scale", fourier_scale)
+        if H % p or W % p:
+            raise ValueError(
+                f"image_size={(H, W) if H != W else H} is not divisible by patch_size={p}; choose a patch size "
+                "that divides the image side (e.g. 2 or 4 for 28x28)"
+            )
+        if hidden % heads:
+            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+        if hidden % 4:
+            raise ValueError(f"hidden={hidden} must be divisible by 4 (2-D sin-cos positional embedding)")
+        self.config: dict[str, Any] = dict(
+            name="dit", image_size=H if H == W else (H, W), channels=channels, patch_size=p, hidden=hidden,
+            depth=depth, heads=heads, mlp_ratio=mlp_ratio, fourier_scale=fourier_scale,
+        )  # fmt: skip
+        self.image_size = (H, W)
+        self.channels = channels
+        self.patch_size = p
+        self.grid = (H // p, W // p)
+        self.patch_embed = nn.Conv2d(channels, hidden, p, stride=p)
+        self.register_buffer("pos_embed", _sincos_2d(hidden, *self.grid).float()[None], persistent=False)
+        self.time_embed = TimeEmbedding(hidden, fourier_scale)
+        self.blocks = nn.ModuleList(_DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
+        self.final = _FinalLayer(hidden, p * p * channels)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens plus positional embedding: ``(B, C, H, W) -> (B, N, hidden)``."""
+        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, p*p*C) -> (B, C, H, W)`` (inverse of the row-major patch layout)."""
+        (gh, gw), p, C = self.grid, self.patch_size, self.channels
+        x = tokens.reshape(tokens.shape[0], gh, gw, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(tokens.shape[0], C, gh * p, gw * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)`` -> shaped like ``x``."""
+        expected = (self.channels, *self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"x must have shape (batch, {', '.join(map(str, expected))}) for this DiT, "
+                             f"got {tuple(x.shape)}")
+        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        h = self.embed(x)
+        for blk in self.blocks:
+            h = blk(h, emb)
+        return self.unpatchify(self.final(h, emb))
+
+
+# --------------------------------------------------------------------------------------------
+# factory
+# --------------------------------------------------------------------------------------------
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLPScore, "unet": UNet, "dit": DiT}
+
+
+def build_network(name: str, **kwargs: Any) -> nn.Module:
+    """Construct a network by name: ``"mlp"`` (:class:`MLPScore`), ``"unet"`` (:class:`UNet`), ``"dit"`` (:class:`DiT`).
+
+    ``build_network(**network_config(net))`` rebuilds ``net``'s architecture, so that
+    ``load_state_dict(net.state_dict())`` (strict) succeeds on the result.
+    """
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    return NETWORKS[name](**kwargs)
+
+
+def network_config(net: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of ``net`` including ``name`` (a copy), for :func:`build_network`."""
+    config = getattr(net, "config", None)
+    if not isinstance(config, dict) or config.get("name") not in NETWORKS:
+        raise TypeError(f"{type(net).__name__} was not built by scoresde.nets (no network config); "
+                        f"expected one of {[c.__name__ for c in NETWORKS.values()]}")
+    return dict(config)
+
+
+# --------------------------------------------------------------------------------------------
+# score parameterisation
+# --------------------------------------------------------------------------------------------
+class ScoreModel(nn.Module):
+    r"""Wrap a network into a score function :math:`s_\theta(x, t) \approx \nabla_x \log p_t(x)`.
+
+    With :math:`\sigma(t)` the std of the SDE's perturbation kernel and :math:`c(t)` the
+    network's conditioning input (``time_input``: :math:`t`, or :math:`\tfrac14 \log\sigma(t)`),
+
+    ========================  =============================================  ==================================
+    parameterization          score :math:`s_\theta`                         noise :math:`\hat\varepsilon_\theta`
+    ========================  =============================================  ==================================
+    ``"eps"``                 :math:`-F_\theta(x, c) / \sigma(t)`            :math:`F_\theta(x, c)`
+    ``"score"``               :math:`F_\theta(x, c) / \sigma(t)`             :math:`-F_\theta(x, c)`
+    ``"score"`` (no scaling)  :math:`F_\theta(x, c)`                         :math:`-\sigma(t) F_\theta(x, c)`
+    ========================  =============================================  ==================================
+
+    using :math:`x_t = s(t) x_0 + \sigma(t)\varepsilon \Rightarrow \nabla \log p_{0t} = -\varepsilon/\sigma`.
+    Calling the module returns the score, so a ``ScoreModel`` is a ``score_fn(x, t)`` for the
+    samplers; :meth:`epsilon` returns the noise prediction.
+
+    Parameters
+    ----------
+    net : nn.Module
+        A network ``net(x, c) -> tensor shaped like x`` (see :func:`build_network`).
+    sde : SDE
+        The forward SDE; :math:`\sigma(t)` is ``sde.std(t)`` for a :class:`~scoresde.LinearSDE`,
+        else ``sde.marginal_prob(zeros, t)[1]``.
+    parameterization : {"eps", "score"}
+        What the network predicts.
+    scale_by_sigma : bool, optional
+        Only for ``"score"`` (default ``True``): divide the network output by :math:`\sigma(t)`
+        (score_sde's ``scale_by_sigma``). Must be left unset (or ``False``) for ``"eps"``.
+    time_input : {"t", "log_sigma"}
+        Conditioning scalar passed to the network.
+
+    Notes
+    -----
+    :math:`\sigma(0) = 0` for VP and sub-VP, so the score (and ``log_sigma``) are infinite at
+    ``t = 0``; samplers stop at a small ``eps > 0``. No value checks are made here (they would
+    synchronise with the device).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: SDE,
+        parameterization: str = "eps",
+        scale_by_sigma: bool | None = None,
+        time_input: str = "t",
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not hasattr(sde, "marginal_prob"):
+            raise TypeError(f"sde must be a scoresde SDE with marginal_prob, got {type(sde).__name__}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {list(PARAMETERIZATIONS)}")
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; choose one of {list(TIME_INPUTS)}")
+        if parameterization == "eps":
+            if scale_by_sigma:
+                raise ValueError("scale_by_sigma applies to parameterization='score' only; the 'eps' "
+                                 "parameterization already divides by sigma(t)")
+            scale_by_sigma = False
+        elif scale_by_sigma is None:
+            scale_by_sigma = True
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+        self.scale_by_sigma = bool(scale_by_sigma)
+        self.time_input = time_input
+        self.config: dict[str, Any] = dict(
+            parameterization=parameterization, scale_by_sigma=self.scale_by_sigma, time_input=time_input
+        )
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _time(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """``t`` as a ``(batch,)`` tensor on ``x``'s device in the wider of its and ``x``'s float dtype."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+        t = _check_t(t, x.shape[0])
+        dtype = torch.promote_types(t.dtype, x.dtype) if t.is_floating_point() else x.dtype
+        return t.to(dtype=dtype, device=x.device)
+
+    def sigma(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`\sigma(t)` of shape ``(batch,)`` in ``x``'s dtype."""
+        return self._sigma(x, self._time(x, t))
+
+    def _sigma(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.sde, LinearSDE):
+            sigma = self.sde.std(t)
+        else:
+            sigma = self.sde.marginal_prob(t.new_zeros(t.shape[0], 1), t)[1]
+        return sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
+
+    def _output(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network output ``F`` and ``sigma`` broadcast against ``x``."""
+        t = self._time(x, t)
+        sigma = self._sigma(x, t)
+        c = t if self.time_input == "t" else 0.25 * torch.log(sigma)
+        return self.net(x, c), broadcast_coef(sigma, x)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r"""The score :math:`s_\theta(x, t)`, shaped like ``x``."""
+        out, sigma = self._output(x, t)
+        if self.parameterization == "eps":
+            return -out / sigma
+        return out / sigma if self.scale_by_sigma else out
+
+    def epsilon(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r"""Noise prediction :math:`\hat\varepsilon_\theta(x, t) = -\sigma(t)\,s_\theta(x, t)`, shaped like ``x``."""
+        out, sigma = self._output(x, t)
+        if self.parameterization == "eps":
+            return out
+        return -out if self.scale_by_sigma else -sigma * out
+
+
+def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:
+    """The sample shape a network accepts, where it is fixed (MLP, DiT); ``None`` for any H x W (U-Net)."""
+    name = net_config["name"]
+    if name == "mlp":
+        return [int(net_config.get("dim", 2))]
+    if name == "dit":
+        size = net_config.get("image_size", 8)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return [int(net_config.get("channels", 1)), int(h), int(w)]
+    return None
+
+
+def model_config(model: ScoreModel) -> dict[str, Any]:
+    """Everything needed to rebuild a :class:`ScoreModel` (given its SDE): network and parameterisation."""
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"expected a scoresde.nets.ScoreModel, got {type(model).__name__}")
+    net = network_config(model.net)
+    return {"network": net, **model.config, "feature_shape": _feature_shape(net)}
+
+
+def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
+    """Rebuild the :class:`ScoreModel` described by :func:`model_config` (weights not included)."""
+    net_cfg = dict(config["network"])
+    net = build_network(net_cfg.pop("name"), **net_cfg)
+    return ScoreModel(net, sde, parameterization=config["parameterization"],
+                      scale_by_sigma=config["scale_by_sigma"] if config["parameterization"] == "score" else None,
+                      time_input=config["time_input"])

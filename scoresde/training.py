@@ -1,0 +1,390 @@
+r"""Training score networks by denoising score matching, with checkpoints that survive interruption.
+
+One step: draw a batch :math:`x_0` (indices from the run's own ``torch.Generator``), evaluate
+:func:`scoresde.losses.dsm_loss`, clip the gradient norm, take an AdamW step with linear
+learning-rate warm-up, and update the exponential moving average of the weights,
+:math:`\bar\theta \leftarrow \mu_k \bar\theta + (1 - \mu_k)\theta` with the warmed-up decay
+:math:`\mu_k = \min(\mu, (1 + k)/(10 + k))` at step :math:`k`. Sampling uses the EMA weights.
+
+A checkpoint holds the model, the EMA model, the optimizer, the step, every random state and the
+full configuration (SDE, network, data map, loss, optimiser), so that a checkpoint alone rebuilds
+the score function (:func:`load_checkpoint`). Writes are atomic (temporary file, then
+``os.replace``), and a run resumed from its last checkpoint continues bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ._checks import check_positive, check_positive_int
+from .datasets import Dataset
+from .losses import WEIGHTINGS, dsm_loss
+from .sde import SDE, sde_config, sde_from_config
+
+__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "save_atomic"]
+
+CHECKPOINT_FORMAT = "scoresde-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt or from another network."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (all recorded in checkpoints).
+
+    ``lr`` is reached linearly over ``warmup`` steps; ``grad_clip`` bounds the global gradient
+    norm (0 disables); ``ema_decay`` is :math:`\\mu`; ``eps`` is the smallest training time.
+    """
+
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    eps: float = 1e-5
+    weighting: str = "sigma2"
+    reduce: str = "mean"
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps, minimum=0)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive_int("warmup", self.warmup, minimum=0)
+        check_positive("grad_clip", self.grad_clip, allow_zero=True)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        check_positive("eps", self.eps)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
+        if self.reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
+        check_positive_int("seed", self.seed, minimum=0)
+        check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_positive_int("log_every", self.log_every)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated / corrupt archives
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(err).__name__}: {err}); "
+            "resume from an earlier checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a scoresde checkpoint")
+    missing = {"version", "step", "model", "ema", "optimizer", "rng", "config", "history"} - set(ckpt)
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; it is incomplete")
+    if ckpt["version"] > CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {ckpt['version']}, newer than this scoresde")
+    return ckpt
+
+
+def _build_model(config: dict[str, Any], sde: SDE) -> torch.nn.Module:
+    from .nets import model_from_config
+
+    return model_from_config(config, sde)
+
+
+def _load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: Any) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: the {what} weights do not fit this network ({first}); "
+            "it was written for a different network configuration"
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"):
+    """Rebuild ``(sde, score_model, data_config)`` from a checkpoint alone.
+
+    ``score_model`` is the EMA model (``ema=True``, the default) or the raw one, in eval mode on
+    ``device``; it is a score function ``score_model(x, t)`` for :func:`scoresde.sample`.
+    ``data_config["shift"]`` and ``["scale"]`` map model space back to data space.
+    """
+    ckpt = _read_checkpoint(path)
+    cfg = ckpt["config"]
+    sde = sde_from_config(cfg["sde"])
+    model = _build_model(cfg["model"], sde)
+    _load_state(model, ckpt["ema" if ema else "model"], "EMA" if ema else "model", path)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return sde, model, cfg["data"]
+
+
+class Trainer:
+    """Denoising score-matching trainer: AdamW, warm-up, gradient clipping, EMA, atomic checkpoints.
+
+    Parameters
+    ----------
+    sde : SDE
+        A linear SDE.
+    model : torch.nn.Module
+        A :class:`scoresde.nets.ScoreModel` (its configuration is stored in checkpoints).
+    data : Dataset
+        From :func:`scoresde.datasets.load_dataset` (model space).
+    config : TrainConfig
+    out_dir : path, optional
+        Where checkpoints (``last.pt`` and ``step_XXXXXXX.pt``) and ``history.nc`` go.
+    device : str or torch.device
+    """
+
+    def __init__(self, sde: SDE, model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None,
+                 out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
+        from .nets import model_config
+
+        self.config = config or TrainConfig()
+        self.sde = sde
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.model_config = model_config(model)
+        expected = tuple(self.model_config.get("feature_shape") or data.feature_shape)
+        if tuple(data.feature_shape) != expected:
+            raise ValueError(
+                f"data has feature shape {data.feature_shape} but the network expects {expected}; "
+                "choose a network for this data (mlp for vectors, unet/dit for images)"
+            )
+        self.data = data
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.ema = copy.deepcopy(self.model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.step = 0
+        self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
+        self._x = data.data.to(self.device)
+
+    # -- configuration -----------------------------------------------------------------
+    def full_config(self) -> dict[str, Any]:
+        return {"sde": sde_config(self.sde), "model": self.model_config, "data": self.data.config(),
+                "train": dataclasses.asdict(self.config)}
+
+    # -- one step ---------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up: ``lr * min(1, (step + 1) / warmup)``."""
+        if self.config.warmup == 0:
+            return self.config.lr
+        return self.config.lr * min(1.0, (step + 1) / self.config.warmup)
+
+    def ema_decay_at(self, step: int) -> float:
+        """EMA decay with warm-up, ``min(ema_decay, (1 + step) / (10 + step))``, so early weights fade fast."""
+        return min(self.config.ema_decay, (1 + step) / (10 + step))
+
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.config
+        idx = torch.randint(0, self._x.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.model.train()
+        loss = dsm_loss(self.sde, self.model, self._x[idx], weighting=cfg.weighting, eps=cfg.eps,
+                        reduce=cfg.reduce, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        self.optimizer.step()
+        with torch.no_grad():
+            ema_p = list(self.ema.parameters())
+            torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.ema_decay_at(self.step))
+            for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                b_ema.copy_(b)
+        self.step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower lr or check the data")
+        return value, grad_norm
+
+    # -- loop ---------------------------------------------------------------------------
+    def train(self, steps: int | None = None, progress: bool = True) -> Trainer:
+        """Train until ``steps`` (default ``config.steps``) total steps, checkpointing as configured."""
+        total = self.config.steps if steps is None else check_positive_int("steps", steps, minimum=0)
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=not progress, leave=False)
+        every = self.config.checkpoint_every
+        try:
+            while self.step < total:
+                loss, gnorm = self.train_step()
+                if self.step % self.config.log_every == 0 or self.step == total:
+                    self.history["step"].append(self.step)
+                    self.history["loss"].append(loss)
+                    self.history["lr"].append(self.lr_at(self.step - 1))
+                    self.history["grad_norm"].append(gnorm)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                bar.update(1)
+                if self.out_dir is not None and every and self.step % every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.out_dir is not None and (not every or self.step % every != 0):
+            self.save_checkpoint()
+        return self
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        data = self.data.data if self.data.name == "array" else None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "config": self.full_config(),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "data": data,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write ``step_XXXXXXX.pt`` and ``last.pt`` atomically (or to ``path``)."""
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("no out_dir set: pass a path")
+            state = self.state()
+            p = save_atomic(state, self.out_dir / f"step_{self.step:07d}.pt")
+            save_atomic(state, self.out_dir / "last.pt")
+            self.write_history()
+            return p
+        return save_atomic(self.state(), path)
+
+    def load_state(self, ckpt: dict[str, Any], path: Any = "<memory>") -> None:
+        _load_state(self.model, ckpt["model"], "model", path)
+        _load_state(self.ema, ckpt["ema"], "EMA", path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit ({err})") from None
+        self.generator.set_state(ckpt["rng"]["generator"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.step = int(ckpt["step"])
+        self.history = {k: list(v) for k, v in ckpt["history"].items()}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, data: Dataset | None = None,
+                        out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        steps: int | None = None) -> Trainer:
+        """Rebuild a trainer from a checkpoint alone and continue where it stopped.
+
+        Named data sets are regenerated from their recorded configuration; user arrays are stored
+        in the checkpoint. ``steps`` overrides the configured total number of steps.
+        """
+        from .datasets import load_dataset
+
+        ckpt = _read_checkpoint(path)
+        cfg = ckpt["config"]
+        sde = sde_from_config(cfg["sde"])
+        model = _build_model(cfg["model"], sde)
+        train_cfg = dict(cfg["train"])
+        if steps is not None:
+            train_cfg["steps"] = steps
+        if data is None:
+            d = cfg["data"]
+            if ckpt.get("data") is not None:
+                data = Dataset(ckpt["data"], d["name"], d["shift"], d["scale"], d["params"])
+            else:
+                p = d["params"]
+                data = load_dataset(d["name"], n=p.get("n", 20_000), seed=p.get("seed", 0), scaling=p["scaling"])
+        trainer = cls(sde, model, data, TrainConfig(**train_cfg),
+                      out_dir=out_dir if out_dir is not None else Path(path).parent, device=device)
+        trainer.load_state(ckpt, path)
+        return trainer
+
+    # -- history -----------------------------------------------------------------------
+    def history_dataset(self) -> xr.Dataset:
+        """Loss history as an ``xarray.Dataset`` over the ``step`` dimension, with the configuration."""
+        import json
+
+        from . import __version__
+
+        h = self.history
+        return xr.Dataset(
+            {k: ("step", np.asarray(h[k], dtype=np.float64)) for k in ("loss", "lr", "grad_norm")},
+            coords={"step": np.asarray(h["step"], dtype=np.int64)},
+            attrs={"config": json.dumps(self.full_config()), "scoresde_version": __version__,
+                   "torch_version": torch.__version__},
+        )
+
+    def write_history(self) -> Path:
+        assert self.out_dir is not None
+        path = self.out_dir / "history.nc"
+        fd, tmp = tempfile.mkstemp(prefix=".history.", suffix=".nc", dir=self.out_dir)
+        os.close(fd)
+        try:
+            self.history_dataset().to_netcdf(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+def train(sde: SDE, model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None,
+          out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu", progress: bool = True,
+          resume: bool = True) -> Trainer:
+    """Train ``model`` on ``data``; resume from ``out_dir/last.pt`` if it exists and ``resume``.
+
+    Returns the :class:`Trainer` (``trainer.ema`` is the EMA score model, ``trainer.history_dataset()``
+    the loss history).
+    """
+    start = time.perf_counter()
+    last = Path(out_dir) / "last.pt" if out_dir is not None else None
+    if resume and last is not None and last.exists():
+        trainer = Trainer.from_checkpoint(last, data=data, out_dir=out_dir, device=device,
+                                          steps=(config or TrainConfig()).steps)
+    else:
+        trainer = Trainer(sde, model, data, config, out_dir=out_dir, device=device)
+    trainer.train(progress=progress)
+    trainer.wall_time_s = time.perf_counter() - start
+    return trainer
