@@ -120,7 +120,9 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; it is incomplete")
     if ckpt["version"] > CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {ckpt['version']}, newer than this scoresde")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {ckpt['version']}, newer than this scoresde; upgrade scoresde"
+        )
     return ckpt
 
 

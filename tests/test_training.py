@@ -14,7 +14,7 @@ import xarray as xr
 import scoresde as sd
 from scoresde.datasets import load_dataset
 from scoresde.nets import ScoreModel, build_network
-from scoresde.training import CheckpointError, Trainer, TrainConfig, load_checkpoint, train
+from scoresde.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 
 SMALL = dict(steps=60, batch_size=64, lr=1e-3, warmup=10, checkpoint_every=20, log_every=5)
 
