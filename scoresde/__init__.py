@@ -15,7 +15,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import metrics
+from . import datasets, losses, metrics, nets
+from .datasets import Dataset, load_dataset
+from .losses import dsm_loss
 from .mixture import (
     TARGETS,
     GaussianMixture,
@@ -26,6 +28,7 @@ from .mixture import (
     pinwheel,
     ring,
 )
+from .nets import ScoreModel, build_network
 from .samplers import (
     CORRECTORS,
     PREDICTORS,
@@ -37,7 +40,8 @@ from .samplers import (
     TorchSDE,
 )
 from .sampling import sample
-from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE
+from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
+from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 
 __all__ = [
     "__version__",
@@ -64,5 +68,20 @@ __all__ = [
     "CORRECTORS",
     "SCIPY_METHODS",
     "sample",
+    "sde_config",
+    "sde_from_config",
     "metrics",
+    "nets",
+    "losses",
+    "datasets",
+    "Dataset",
+    "load_dataset",
+    "dsm_loss",
+    "ScoreModel",
+    "build_network",
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "load_checkpoint",
+    "CheckpointError",
 ]
