@@ -1,0 +1,146 @@
+"""Small helpers shared by the studies: output folders, provenance, tables and atomic writes.
+
+Every file is written to a temporary file in its destination folder and then moved into place with
+:func:`os.replace`, so an interrupted run never leaves a truncated netCDF, figure or table behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+__all__ = [
+    "output_dir",
+    "provenance",
+    "atomic_path",
+    "write_text",
+    "write_netcdf",
+    "save_figure",
+    "write_csv",
+    "markdown_table",
+]
+
+
+def output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and its parents) if needed and return it as a :class:`~pathlib.Path`."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def provenance(study: str, argv: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """netCDF-safe attributes: study, command line, versions, date, host; ``extra`` is JSON-encoded
+    unless it is already a string or a number."""
+    import scipy
+
+    import scoresde
+
+    attrs: dict[str, Any] = {
+        "study": study,
+        "command": shlex.join(["python", "-m", study, *argv]),
+        "scoresde_version": scoresde.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "scipy_version": scipy.__version__,
+        "xarray_version": xr.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key, value in extra.items():
+        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+        attrs[key] = value if ok else json.dumps(value)
+    return attrs
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path``, else delete it."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Atomically write ``ds`` to ``path`` as netCDF-4 (zlib-compressed data variables)."""
+    encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items()
+                if var.dtype.kind in "fiu"}
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+    return Path(path)
+
+
+def save_figure(fig: Any, stem: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg"),
+                dpi: int = 150) -> list[Path]:
+    """Atomically save a matplotlib figure as ``stem.<fmt>`` for every format; return the paths."""
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Atomically write ``df`` (raw values, full precision) to ``path`` as CSV without the index."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def markdown_table(df: pd.DataFrame, formats: Mapping[str, str | Callable[[Any], str]] | None = None) -> str:
+    """Render ``df`` as a GitHub markdown table; ``formats`` maps a column to a format spec
+    (``".3g"``) or to a function of the value. Missing values print as an em dash."""
+    formats = formats or {}
+
+    def cell(col: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "—"
+        fmt = formats.get(col)
+        if callable(fmt):
+            return fmt(value)
+        return format(value, fmt) if fmt else str(value)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
+            for row in df.itertuples(index=False, name=None)]
+    return "\n".join([header, rule, *body])
