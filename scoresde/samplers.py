@@ -202,6 +202,13 @@ class EulerMaruyama(FixedStepSampler):
         Final time. Default 1e-3.
     denoise : bool
         Finish with the Tweedie step (one more NFE). Default False.
+
+    Notes
+    -----
+    The step is explicit, so it is stable only for small enough steps. For VE, where the reverse
+    drift near a Gaussian mode is :math:`g^2 x / \sigma^2 = 2\log(\sigma_{\max}/\sigma_{\min})\,x`,
+    stability needs :math:`|\Delta t| < 1/\log(\sigma_{\max}/\sigma_{\min})`: at least 9 steps
+    with the default parameters; fewer steps give finite but meaningless samples.
     """
 
     def step(self, rsde, sde, x, t, t_next, generator):
