@@ -41,7 +41,7 @@ from .samplers import (
 )
 from .sampling import sample
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
-from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
+from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
 __all__ = [
     "__version__",
@@ -83,5 +83,6 @@ __all__ = [
     "Trainer",
     "train",
     "load_checkpoint",
+    "read_checkpoint",
     "CheckpointError",
 ]

@@ -725,7 +725,7 @@ class ScoreModel(nn.Module):
 
 
 def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:
-    """The sample shape a network accepts, where it is fixed (MLP, DiT); ``None`` for any H x W (U-Net)."""
+    """The sample shape a network accepts; ``-1`` marks a free size (the U-Net takes any H x W)."""
     name = net_config["name"]
     if name == "mlp":
         return [int(net_config.get("dim", 2))]
@@ -733,6 +733,8 @@ def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:
         size = net_config.get("image_size", 8)
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return [int(net_config.get("channels", 1)), int(h), int(w)]
+    if name == "unet":
+        return [int(net_config.get("channels", 1)), -1, -1]
     return None
 
 

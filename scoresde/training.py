@@ -34,7 +34,8 @@ from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss
 from .sde import SDE, sde_config, sde_from_config
 
-__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "save_atomic"]
+__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "read_checkpoint",
+           "save_atomic"]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -103,7 +104,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint file: a dict with ``step``, ``config``, ``model``, ``ema``, ...
+
+    Raises :class:`CheckpointError` (a ``ValueError``) for a missing, truncated, corrupt, foreign
+    or newer-format file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
@@ -112,7 +118,7 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for truncated / corrupt archives
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(err).__name__}: {err}); "
-            "resume from an earlier checkpoint"
+            "use an earlier checkpoint (step_XXXXXXX.pt in the same folder)"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a scoresde checkpoint")
@@ -150,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike, ema: bool = True, device: str | tor
     ``device``; it is a score function ``score_model(x, t)`` for :func:`scoresde.sample`.
     ``data_config["shift"]`` and ``["scale"]`` map model space back to data space.
     """
-    ckpt = _read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     sde = sde_from_config(cfg["sde"])
     model = _build_model(cfg["model"], sde)
@@ -188,7 +194,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.model_config = model_config(model)
         expected = tuple(self.model_config.get("feature_shape") or data.feature_shape)
-        if tuple(data.feature_shape) != expected:
+        got = tuple(data.feature_shape)
+        if len(got) != len(expected) or any(e not in (-1, g) for e, g in zip(expected, got, strict=False)):
             raise ValueError(
                 f"data has feature shape {data.feature_shape} but the network expects {expected}; "
                 "choose a network for this data (mlp for vectors, unet/dit for images)"
@@ -323,7 +330,7 @@ class Trainer:
         """
         from .datasets import load_dataset
 
-        ckpt = _read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         cfg = ckpt["config"]
         sde = sde_from_config(cfg["sde"])
         model = _build_model(cfg["model"], sde)
