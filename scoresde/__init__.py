@@ -15,8 +15,9 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import datasets, losses, metrics, nets
+from . import datasets, likelihood, losses, metrics, nets
 from .datasets import Dataset, load_dataset
+from .likelihood import LikelihoodResult, log_likelihood
 from .losses import dsm_loss
 from .mixture import (
     TARGETS,
@@ -85,4 +86,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "CheckpointError",
+    "likelihood",
+    "log_likelihood",
+    "LikelihoodResult",
 ]
