@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import datasets, likelihood, losses, metrics, nets
+from . import datasets, likelihood, losses, metrics, nets, schedules, solvers
 from .datasets import Dataset, load_dataset
 from .likelihood import LikelihoodResult, log_likelihood
 from .losses import dsm_loss
@@ -41,7 +41,9 @@ from .samplers import (
     TorchSDE,
 )
 from .sampling import sample
+from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, UniformTime, get_grid
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
+from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun
 from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
 __all__ = [
@@ -89,4 +91,17 @@ __all__ = [
     "likelihood",
     "log_likelihood",
     "LikelihoodResult",
+    "schedules",
+    "solvers",
+    "TimeGrid",
+    "UniformTime",
+    "LogSNRUniform",
+    "KarrasSigma",
+    "GRIDS",
+    "get_grid",
+    "Euler",
+    "Heun",
+    "DDIM",
+    "DPMSolverPP",
+    "SOLVERS",
 ]

@@ -1,0 +1,349 @@
+r"""Fast deterministic samplers of the probability-flow ODE on any :mod:`time grid <scoresde.schedules>`.
+
+All solvers are :class:`~scoresde.samplers.FixedStepSampler` subclasses run by :func:`scoresde.sample`
+on the grid :math:`T = t_0 > \dots > t_N = \varepsilon` given by their ``grid`` argument (a name in
+:data:`scoresde.schedules.GRIDS` or a :class:`~scoresde.schedules.TimeGrid`). The probability-flow
+ODE of a linear SDE with kernel :math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)` is
+
+.. math::
+    \frac{dx}{dt} = f(t)\,x - \tfrac12 g(t)^2\,s_\theta(x, t).
+
+Two families of solvers:
+
+* **In t** — :class:`Euler` (order 1, N NFE) and :class:`Heun` (explicit trapezoid, order 2, 2N NFE)
+  step this ODE directly (they are :class:`~scoresde.ProbabilityFlowODE` on another grid).
+* **Exponential integrators in data-prediction form** — with the half log-SNR
+  :math:`\lambda = \log(s/\sigma)` as the time variable, the ODE's linear part is solved exactly and
+  only the data prediction (Tweedie's formula)
+
+  .. math::
+      \hat x_0(x, t) = \frac{x + \sigma(t)^2 s_\theta(x, t)}{s(t)}, \qquad
+      \hat\varepsilon(x, t) = -\sigma(t)\,s_\theta(x, t) = \frac{x - s(t)\hat x_0}{\sigma(t)},
+
+  is extrapolated (Lu et al. 2022, *DPM-Solver++*):
+
+  .. math::
+      x_{t'} = \frac{\sigma(t')}{\sigma(t)}\,x_t
+               + s(t') \int_{\lambda_t}^{\lambda_{t'}} e^{-(\lambda_{t'} - \lambda)}\,\hat x_0(\lambda)\,d\lambda.
+
+  :class:`DDIM` (order 1) keeps :math:`\hat x_0` constant; :class:`DPMSolverPP` (multistep, order 2
+  or 3) extrapolates it from the previous steps. One score evaluation per step: NFE = ``steps``.
+
+VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
+uses :math:`s(t)` and :math:`\sigma(t)` from the SDE. :math:`\sigma(\varepsilon) > 0`, so the last step
+never takes :math:`\log 0`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._checks import check_positive, check_positive_int
+from .samplers import CountedScore, FixedStepSampler, ProbabilityFlowODE
+from .schedules import TimeGrid, get_grid, log_coefs
+from .sde import SDE, LinearSDE
+
+__all__ = ["Euler", "Heun", "DDIM", "DPMSolverPP", "SOLVERS"]
+
+
+def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def _kernel(sde: LinearSDE, t: float) -> tuple[float, float, float]:
+    r"""Return :math:`(s(t), \sigma(t), \lambda(t))` as Python floats computed in float64."""
+    log_s, log_sigma = log_coefs(sde, t)
+    log_s, log_sigma = float(log_s), float(log_sigma)
+    return math.exp(log_s), math.exp(log_sigma), log_s - log_sigma
+
+
+def _check_linear(sampler: FixedStepSampler, sde: SDE) -> None:
+    if not isinstance(sde, LinearSDE):
+        raise ValueError(
+            f"{type(sampler).__name__} needs a linear SDE (kernel N(s(t) x0, sigma(t)^2 I)): VPSDE, SubVPSDE, "
+            f"VESDE or a LinearSDE subclass, got {type(sde).__name__}"
+        )
+
+
+class _OnGrid:
+    """Mixin: a ``time_grid`` (:class:`TimeGrid`) replaces the uniform ``grid``."""
+
+    time_grid: TimeGrid
+    steps: int
+    eps: float
+
+    def grid(self, sde: SDE):
+        """The solver's time grid for ``sde`` (float64, strictly decreasing from ``T`` to ``eps``)."""
+        return self.time_grid(sde, self.steps, self.eps)
+
+    def _check_grid(self, sde: SDE) -> None:
+        if self.time_grid.name != "uniform" and not isinstance(sde, LinearSDE):
+            raise ValueError(f"the {self.time_grid!r} grid needs a linear SDE, got {type(sde).__name__}")
+
+
+# ---------------------------------------------------------------------------------------
+# Euler and Heun in t
+# ---------------------------------------------------------------------------------------
+class Euler(_OnGrid, ProbabilityFlowODE):
+    r"""Euler's method on the probability-flow ODE in :math:`t`, on any time grid (order 1, N NFE).
+
+    .. math::
+        x_{i+1} = x_i + \big[f(t_i) x_i - \tfrac12 g(t_i)^2 s_\theta(x_i, t_i)\big]\,(t_{i+1} - t_i).
+
+    Parameters
+    ----------
+    steps : int
+        Number of steps :math:`N` (= NFE). Default 100.
+    grid : str or TimeGrid
+        ``"uniform"`` (default, score_sde's ODE step), ``"logsnr"``, ``"karras"`` or a
+        :class:`~scoresde.schedules.TimeGrid`.
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+
+    Notes
+    -----
+    This is *not* DDIM: DDIM is Euler's method in the variables :math:`(\tilde\sigma, x/s)`
+    (Karras et al. 2022), i.e. :class:`DDIM`. For VE with geometric :math:`\sigma(t)` the explicit
+    step in :math:`t` is stable only for :math:`|\Delta t| < 1/\log(\sigma_{\max}/\sigma_{\min})`.
+    """
+
+    _method = "euler"
+
+    def __init__(self, steps: int = 100, grid: str | TimeGrid = "uniform", eps: float = 1e-3,
+                 denoise: bool = False) -> None:
+        super().__init__(self._method, steps=steps, eps=eps, denoise=denoise)
+        self.time_grid = get_grid(grid)
+
+    def params(self) -> dict[str, Any]:
+        return {"method": self.method, "steps": self.steps, "grid": repr(self.time_grid), "eps": self.eps,
+                "denoise": self.denoise}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        self._check_grid(sde)
+
+
+class Heun(Euler):
+    r"""Heun's method (explicit trapezoid) on the probability-flow ODE in :math:`t` (order 2, 2N NFE).
+
+    With :math:`d(x, t) = f(t) x - \tfrac12 g(t)^2 s_\theta(x, t)` and :math:`\Delta_i = t_{i+1} - t_i`:
+
+    .. math::
+        \tilde x = x_i + d(x_i, t_i)\,\Delta_i, \qquad
+        x_{i+1} = x_i + \tfrac12\big[d(x_i, t_i) + d(\tilde x, t_{i+1})\big]\,\Delta_i.
+
+    Every step, the last included, costs two score evaluations (:math:`\sigma(\varepsilon) > 0`,
+    so EDM's Euler-only final step is not needed): NFE = ``2 * steps``. Parameters as :class:`Euler`.
+    """
+
+    _method = "heun"
+
+
+# ---------------------------------------------------------------------------------------
+# DDIM
+# ---------------------------------------------------------------------------------------
+class DDIM(_OnGrid, FixedStepSampler):
+    r"""DDIM (Song, Meng & Ermon 2021) for any linear SDE, in data-prediction form.
+
+    From :math:`x` at :math:`t` to :math:`t' < t`, with :math:`s, \sigma` at :math:`t` and
+    :math:`s', \sigma'` at :math:`t'`, :math:`h = \lambda(t') - \lambda(t) > 0`:
+
+    .. math::
+        \hat x_0 = \frac{x + \sigma^2 s_\theta(x, t)}{s}, \quad \hat\varepsilon = -\sigma s_\theta(x, t),
+        \quad
+        x' = s' \hat x_0 + \sqrt{\sigma'^2 - \sigma_\eta^2}\,\hat\varepsilon + \sigma_\eta z,
+        \quad \sigma_\eta = \eta\,\sigma'\sqrt{1 - e^{-2h}}, \quad z \sim \mathcal N(0, I).
+
+    For :math:`\eta = 0` this is deterministic, :math:`x' = s'\hat x_0 + \sigma'\hat\varepsilon
+    = \tfrac{\sigma'}{\sigma} x - s'(e^{-h} - 1)\,\hat x_0` — the first-order exponential integrator
+    (DPM-Solver++ 1), equal to Euler's method in :math:`(\tilde\sigma = \sigma/s,\ x/s)`. It is exact
+    when the data distribution is a point mass, first order otherwise (for a Gaussian
+    :math:`\mathcal N(m, C)` its one-step map multiplies the eigen-component :math:`c` of
+    :math:`x - s m` by :math:`(s s' c + \sigma\sigma')/(s^2 c + \sigma^2)` instead of
+    :math:`\sqrt{(s'^2 c + \sigma'^2)/(s^2 c + \sigma^2)}`). :math:`\sigma_\eta` generalises DDIM's
+    :math:`\eta\sqrt{(1-\bar\alpha')/(1-\bar\alpha)}\sqrt{1-\bar\alpha/\bar\alpha'}`
+    (:math:`\bar\alpha = s^2` for VP): :math:`\eta = 1` draws from the DDPM posterior
+    :math:`q(x_{t'} \mid x_t, \hat x_0)`.
+
+    Parameters
+    ----------
+    steps : int
+        Number of steps :math:`N` (= NFE). Default 50.
+    grid : str or TimeGrid
+        Time grid; default ``"uniform"``.
+    eta : float
+        Stochasticity :math:`\eta \in [0, 1]`; default 0 (deterministic). With ``eta > 0`` the
+        noise is drawn from the run's generator (``stochastic`` is then True).
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+    """
+
+    stochastic = False
+
+    def __init__(self, steps: int = 50, grid: str | TimeGrid = "uniform", eta: float = 0.0, eps: float = 1e-3,
+                 denoise: bool = False) -> None:
+        super().__init__(steps, eps, denoise)
+        self.time_grid = get_grid(grid)
+        self.eta = check_positive("eta", eta, allow_zero=True)
+        if self.eta > 1:
+            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+        self.stochastic = self.eta > 0
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps, "grid": repr(self.time_grid), "eta": self.eta, "eps": self.eps,
+                "denoise": self.denoise}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        _check_linear(self, sde)
+
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> CountedScore:
+        return score_fn
+
+    def step(self, score_fn, sde, x, t, t_next, generator):
+        s, sigma, lam = _kernel(sde, t)
+        s2, sigma2, lam2 = _kernel(sde, t_next)
+        score = score_fn(x, _vec(t, x))
+        x0 = (x + sigma**2 * score) / s
+        h = lam2 - lam
+        if self.eta == 0:
+            return (sigma2 / sigma) * x - (s2 * math.expm1(-h)) * x0
+        sigma_eta = self.eta * sigma2 * math.sqrt(-math.expm1(-2.0 * h))
+        c = math.sqrt(max(sigma2**2 - sigma_eta**2, 0.0))
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (s2 * x0 - (c * sigma) * score).add_(sigma_eta * z)
+
+
+# ---------------------------------------------------------------------------------------
+# DPM-Solver++ multistep
+# ---------------------------------------------------------------------------------------
+@dataclass
+class _History:
+    """Per-run state of a multistep solver: the last data predictions and their lambdas."""
+
+    score_fn: CountedScore
+    step: int = 0
+    lams: list[float] = field(default_factory=list)
+    x0s: list[torch.Tensor] = field(default_factory=list)
+
+
+class DPMSolverPP(_OnGrid, FixedStepSampler):
+    r"""DPM-Solver++ multistep (Lu et al. 2022), order 2 ("2M", Algorithm 2) or 3 ("3M").
+
+    With :math:`\lambda_i = \lambda(t_i)`, :math:`h_i = \lambda_i - \lambda_{i-1}`, the data
+    predictions :math:`D_i = \hat x_0(x_{i}, t_{i})` (one score evaluation each) and
+    :math:`\varphi_1 = e^{-h} - 1`, :math:`\varphi_2 = \varphi_1/h + 1`, :math:`\varphi_3 = \varphi_2/h - \tfrac12`,
+    the step from :math:`t_{i-1}` to :math:`t_i` is
+
+    .. math::
+        x_i = \frac{\sigma_i}{\sigma_{i-1}} x_{i-1} - s_i \varphi_1 D_{i-1}
+              \quad \text{(order 1: DDIM)},
+
+        x_i = \frac{\sigma_i}{\sigma_{i-1}} x_{i-1} - s_i \varphi_1 \Big(D_{i-1}
+              + \frac{1}{2 r_0}(D_{i-1} - D_{i-2})\Big), \quad r_0 = h_{i-1}/h_i \quad \text{(2M)},
+
+        x_i = \frac{\sigma_i}{\sigma_{i-1}} x_{i-1} - s_i \varphi_1 D_{i-1} + s_i\varphi_2 D^{(1)}
+              - s_i\varphi_3 D^{(2)} \quad \text{(3M)},
+
+    where, with :math:`r_1 = h_{i-2}/h_i`, :math:`\delta_0 = (D_{i-1} - D_{i-2})/r_0`,
+    :math:`\delta_1 = (D_{i-2} - D_{i-3})/r_1`: :math:`D^{(1)} = \delta_0 + \frac{r_0}{r_0 + r_1}(\delta_0 - \delta_1)`
+    and :math:`D^{(2)} = (\delta_0 - \delta_1)/(r_0 + r_1)`. These are the updates of the reference
+    implementation (``dpm_solver_pytorch.py``, ``algorithm_type="dpmsolver++"``,
+    ``solver_type="dpmsolver"``); :math:`s, \sigma` come from the SDE, so VE (:math:`s \equiv 1`),
+    VP and sub-VP are handled alike.
+
+    Warm-up: the first step is first order, the second (for 3M) second order. With
+    ``lower_order_final=True`` and fewer than 15 steps (the threshold of the reference code used
+    by Stable Diffusion and diffusers; the latest dpm-solver release uses 10), the order also
+    decreases over the final steps, :math:`k_i = \min(\text{order}, N - i)` for step :math:`i = 0..N-1`,
+    which stabilises very short runs. NFE = ``steps`` (no evaluation at :math:`\varepsilon`).
+
+    Parameters
+    ----------
+    order : {1, 2, 3}
+        Multistep order. Default 2. ``order=1`` is :class:`DDIM` with ``eta=0``.
+    steps : int
+        Number of steps :math:`N` (= NFE). Default 20.
+    grid : str or TimeGrid
+        Time grid; default ``"logsnr"`` (constant :math:`h`).
+    multistep : bool
+        Only the multistep variant is implemented; ``False`` raises ``ValueError``.
+    lower_order_final : bool
+        Lower the order over the last steps when ``steps < 15``. Default True.
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+    """
+
+    stochastic = False
+    #: ``lower_order_final`` applies when ``steps`` is below this
+    lower_order_final_below = 15
+
+    def __init__(self, order: int = 2, steps: int = 20, grid: str | TimeGrid = "logsnr", multistep: bool = True,
+                 lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
+        super().__init__(steps, eps, denoise)
+        self.order = check_positive_int("order", order)
+        if self.order > 3:
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        if not multistep:
+            raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
+        self.time_grid = get_grid(grid)
+        self.lower_order_final = bool(lower_order_final)
+
+    def params(self) -> dict[str, Any]:
+        return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "multistep": True,
+                "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        _check_linear(self, sde)
+
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
+        return _History(score_fn)
+
+    def step_order(self, i: int) -> int:
+        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
+        k = min(self.order, i + 1)
+        if self.lower_order_final and self.steps < self.lower_order_final_below:
+            k = min(k, self.steps - i)
+        return k
+
+    def step(self, hist: _History, sde, x, t, t_next, generator):
+        s, sigma, lam = _kernel(sde, t)
+        s2, sigma2, lam2 = _kernel(sde, t_next)
+        score = hist.score_fn(x, _vec(t, x))
+        hist.x0s.append((x + sigma**2 * score) / s)
+        hist.lams.append(lam)
+        del hist.x0s[: -self.order], hist.lams[: -self.order]
+        k = self.step_order(hist.step)
+        hist.step += 1
+
+        h = lam2 - lam
+        phi1 = math.expm1(-h)
+        d0 = hist.x0s[-1]
+        out = (sigma2 / sigma) * x - (s2 * phi1) * d0
+        if k == 1:
+            return out
+        r0 = (lam - hist.lams[-2]) / h
+        delta0 = (d0 - hist.x0s[-2]) / r0
+        if k == 2:
+            return out.sub_((0.5 * s2 * phi1) * delta0)
+        r1 = (hist.lams[-2] - hist.lams[-3]) / h
+        delta1 = (hist.x0s[-2] - hist.x0s[-3]) / r1
+        d1 = delta0 + (r0 / (r0 + r1)) * (delta0 - delta1)
+        d2 = (delta0 - delta1) / (r0 + r1)
+        phi2 = phi1 / h + 1.0
+        phi3 = phi2 / h - 0.5
+        return out.add_((s2 * phi2) * d1).sub_((s2 * phi3) * d2)
+
+
+SOLVERS: dict[str, type[FixedStepSampler]] = {"euler": Euler, "heun": Heun, "ddim": DDIM, "dpmsolver++": DPMSolverPP}
