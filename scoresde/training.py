@@ -96,6 +96,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary output file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -371,6 +372,7 @@ class Trainer:
         os.close(fd)
         try:
             self.history_dataset().to_netcdf(tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
