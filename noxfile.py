@@ -36,3 +36,14 @@ def lint(session: nox.Session) -> None:
     """ruff over the library, tests, studies and benchmarks."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
+
+
+STUDIES = ("core_accuracy", "train_toy", "digits")
+
+
+@nox.session
+def studies(session: nox.Session) -> None:
+    """Every study at its default size (minutes each on 2 cores); outputs in studies/output/ (git-ignored)."""
+    _install(session)
+    for name in session.posargs or STUDIES:
+        session.run("python", "-m", f"studies.{name}", "--quiet")
