@@ -212,6 +212,10 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self._x = data.data.to(self.device)
+        # cached once: rebuilding these lists every step cost ~2% of a small-MLP step
+        self._params = list(self.model.parameters())
+        self._ema_params = list(self.ema.parameters())
+        self._buffer_pairs = list(zip(self.ema.buffers(), self.model.buffers(), strict=True))
 
     # -- configuration -----------------------------------------------------------------
     def full_config(self) -> dict[str, Any]:
@@ -234,21 +238,21 @@ class Trainer:
         idx = torch.randint(0, self._x.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         loss = dsm_loss(self.sde, self.model, self._x[idx], weighting=cfg.weighting, eps=cfg.eps,
                         reduce=cfg.reduce, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if cfg.grad_clip > 0:  # clip_grad_norm_ skips parameters without a gradient
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip))
         else:
-            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+            grads = [p.grad for p in self._params if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         self.optimizer.step()
         with torch.no_grad():
-            ema_p = list(self.ema.parameters())
-            torch._foreach_lerp_(ema_p, list(self.model.parameters()), 1.0 - self.ema_decay_at(self.step))
-            for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.ema_decay_at(self.step))
+            for b_ema, b in self._buffer_pairs:
                 b_ema.copy_(b)
         self.step += 1
         value = float(loss.detach())
