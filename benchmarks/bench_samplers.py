@@ -1,0 +1,339 @@
+"""Speed benchmark: sampler wall time against the same number of bare score-network calls.
+
+Requirement (CPU): with a small MLP score model (2-D, batch 10,000, 1000 steps) the Euler–Maruyama
+sampler's wall time divided by the time of 1000 bare network calls must be <= 1.10. The same ratio
+is reported for the predictor–corrector, torchsde and probability-flow paths, normalised by each
+sampler's NFE: ``ratio = wall / (NFE * bare per-call time)``.
+
+Repetitions are interleaved: every round runs each sampler once (the order rotates from round to
+round), each run bracketed by two runs of ``steps`` bare calls, and its ratio uses the mean bare
+per-call time of those two. The table shows medians over the rounds.
+This is a measurement, not a test: the exit code is 0.
+
+Usage::
+
+    python benchmarks/bench_samplers.py                      # full size: batch 10000, 1000 steps, 3 rounds
+    python benchmarks/bench_samplers.py --quick              # smoke check: batch 2000, 200 steps, 1 round
+    python benchmarks/bench_samplers.py --out results.md     # also write the table (.json: as JSON)
+
+    # glibc's malloc trims / mmaps the large temporaries of big forward passes, which can slow
+    # them down on some VMs; these must be set before the process starts:
+    MALLOC_MMAP_THRESHOLD_=2000000000 MALLOC_TRIM_THRESHOLD_=2000000000 MALLOC_TOP_PAD_=100000000 \\
+        python benchmarks/bench_samplers.py
+    python benchmarks/bench_samplers.py --malloc-tuned       # the same: re-executes itself with them set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+import scoresde as sd
+
+TARGET_EM_RATIO = 1.10
+MALLOC_TUNED = {
+    "MALLOC_MMAP_THRESHOLD_": "2000000000",
+    "MALLOC_TRIM_THRESHOLD_": "2000000000",
+    "MALLOC_TOP_PAD_": "100000000",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# the score model
+# ---------------------------------------------------------------------------------------
+class ScoreMLP(torch.nn.Module):
+    """(x in R^d, t) -> R^d: Gaussian random Fourier features of t concatenated to x, then
+    3 hidden layers of width 128 with SiLU and a linear output layer."""
+
+    def __init__(self, dim: int = 2, width: int = 128, n_freq: int = 16, scale: float = 4.0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("freq", 2 * math.pi * scale * torch.randn(n_freq, generator=gen))
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim + 2 * n_freq, width), torch.nn.SiLU(),
+            torch.nn.Linear(width, width), torch.nn.SiLU(),
+            torch.nn.Linear(width, width), torch.nn.SiLU(),
+            torch.nn.Linear(width, dim),
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        arg = t[:, None] * self.freq
+        return self.net(torch.cat([x, torch.sin(arg), torch.cos(arg)], dim=1))
+
+
+def make_score_fn(dim: int = 2) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ScoreMLP]:
+    model = ScoreMLP(dim).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, t)
+
+    return score_fn, model
+
+
+# ---------------------------------------------------------------------------------------
+# the measurements
+# ---------------------------------------------------------------------------------------
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class Meter:
+    """Wall time, process CPU time (all threads) and minor page faults over a ``with`` block."""
+
+    def __enter__(self) -> Meter:
+        self._w, self._c, self._f = time.perf_counter(), time.process_time(), _minor_faults()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+        self.faults = _minor_faults() - self._f
+
+
+def time_bare_calls(score_fn, batch: int, n_calls: int, dim: int = 2, eps: float = 1e-3) -> Meter:
+    """``n_calls`` bare calls on a ``(batch, dim)`` state, a fresh ``t`` vector each call (on the same
+    uniform grid as the samplers), inside ``torch.inference_mode()`` like ``sample``."""
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(1))
+    times = np.linspace(1.0, eps, n_calls + 1)[:-1].tolist()
+    with torch.inference_mode(), Meter() as m:
+        for t in times:
+            score_fn(x, torch.full((batch,), t, dtype=x.dtype))
+    return m
+
+
+def make_samplers(steps: int) -> dict[str, Callable[[], sd.Sampler]]:
+    return {
+        "EulerMaruyama": lambda: sd.EulerMaruyama(steps=steps),
+        "PredictorCorrector (rd + langevin)": lambda: sd.PredictorCorrector(steps=steps),
+        "TorchSDE euler": lambda: sd.TorchSDE(method="euler", steps=steps),
+        "TorchSDE srk": lambda: sd.TorchSDE(method="srk", steps=steps),
+        "ProbabilityFlowODE euler": lambda: sd.ProbabilityFlowODE("euler", steps=steps),
+    }
+
+
+def time_sampler(sde, score_fn, sampler: sd.Sampler, batch: int) -> tuple[Meter, float, int]:
+    """The whole ``sample`` call; the integration loop's wall time as the Dataset records it; NFE."""
+    with Meter() as m:
+        ds = sd.sample(sde, score_fn, sampler, shape=(batch, 2), seed=0, progress=False)
+    return m, float(ds.attrs["wall_time_s"]), int(ds.attrs["nfe"])
+
+
+def run(batch: int, steps: int, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
+    sde = sd.VPSDE()
+    score_fn, _ = make_score_fn()
+    factories = make_samplers(steps)
+    if only:
+        factories = {k: v for k, v in factories.items() if any(o.lower() in k.lower() for o in only)}
+    names = list(factories)
+
+    # warm-up: the network, every code path (small), the allocator
+    load_start = os.getloadavg()
+    time_bare_calls(score_fn, batch, 20)
+    warm_up = make_samplers(10)
+    for name in names:
+        sd.sample(sde, score_fn, warm_up[name](), shape=(batch, 2), seed=0, progress=False)
+
+    # each sampler run is bracketed by two runs of `steps` bare calls (the one after it is the one
+    # before the next sampler); its ratio uses the mean of the two, which cancels slow drifts in
+    # the machine's speed (other load, clock) better than one baseline per round
+    rounds: list[dict[str, Any]] = []
+    bare_runs: list[dict[str, float]] = []
+
+    def bare() -> dict[str, float]:
+        m = time_bare_calls(score_fn, batch, steps)
+        bare_runs.append({"wall": m.wall / steps, "cpu": m.cpu / steps, "faults": m.faults / steps})
+        print(f"    {steps} bare calls{'':<{22 - len(str(steps))}s} {m.wall:8.3f} s  "
+              f"({1e3 * m.wall / steps:.3f} ms/call, {m.faults / steps:.0f} page faults/call)", flush=True)
+        return bare_runs[-1]
+
+    for r in range(repeats):
+        print(f"  round {r + 1}/{repeats}", flush=True)
+        rec: dict[str, Any] = {}
+        before = bare()
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            m, loop, nfe = time_sampler(sde, score_fn, factories[name](), batch)
+            after = bare()
+            per_call = 0.5 * (before["wall"] + after["wall"])
+            cpu_per_call = 0.5 * (before["cpu"] + after["cpu"])
+            denom = nfe * per_call
+            rec[name] = {"wall": m.wall, "loop": loop, "nfe": nfe, "ratio": m.wall / denom,
+                         "loop_ratio": loop / denom, "raw_ratio": m.wall / (steps * per_call),
+                         "cpu_ratio": m.cpu / (nfe * cpu_per_call), "faults_per_nfe": m.faults / nfe}
+            print(f"    {name:<36s} {m.wall:8.3f} s  NFE {nfe:5d}  ratio {m.wall / denom:6.3f}  "
+                  f"({m.faults / nfe:.0f} page faults/NFE)", flush=True)
+            before = after
+        rounds.append(rec)
+
+    med = statistics.median
+    per_call = med(b["wall"] for b in bare_runs)
+    rows = []
+    for name in names:
+        recs = [r[name] for r in rounds]
+        nfe = recs[0]["nfe"]
+        wall = med(x["wall"] for x in recs)
+        rows.append({
+            "sampler": name,
+            "wall_s": wall,
+            "loop_s": med(x["loop"] for x in recs),
+            "nfe": nfe,
+            "ms_per_nfe": 1e3 * wall / nfe,
+            "ratio": med(x["ratio"] for x in recs),
+            "loop_ratio": med(x["loop_ratio"] for x in recs),
+            "raw_ratio": med(x["raw_ratio"] for x in recs),
+            "cpu_ratio": med(x["cpu_ratio"] for x in recs),
+            "faults_per_nfe": med(x["faults_per_nfe"] for x in recs),
+            "ratios": [x["ratio"] for x in recs],
+        })
+    return {
+        "config": {"batch": batch, "steps": steps, "repeats": repeats, "sde": repr(sde), "dim": 2,
+                   "model": "MLP 34-128-128-128-2, SiLU, 16 Gaussian Fourier features of t"},
+        "bare": {"calls": steps, "runs": len(bare_runs), "wall_s": steps * per_call, "ms_per_call": 1e3 * per_call,
+                 "faults_per_call": med(b["faults"] for b in bare_runs),
+                 "ms_per_call_each_run": [1e3 * b["wall"] for b in bare_runs]},
+        "rows": rows,
+        "environment": {**environment(), "loadavg_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict[str, Any]:
+    import torchsde
+
+    try:
+        n_cpu = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n_cpu = os.cpu_count()
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchsde": getattr(torchsde, "__version__", "?"),
+        "scoresde": sd.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu": cpu_model(),
+        "cpus_available": n_cpu,
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")} or "unset",
+    }
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def markdown(res: dict[str, Any]) -> str:
+    cfg, bare, env = res["config"], res["bare"], res["environment"]
+    lines = [
+        f"batch {cfg['batch']}, {cfg['steps']} steps, {cfg['sde']}, median of {cfg['repeats']} interleaved "
+        f"round(s); model {cfg['model']}",
+        f"torch {env['torch']}, torchsde {env['torchsde']}, threads {env['torch_threads']}, "
+        f"CPU {env['cpu']} ({env['cpus_available']} available), MALLOC_*: "
+        + (", ".join(f"{k}={v}" for k, v in env["malloc_env"].items())
+           if isinstance(env["malloc_env"], dict) else "unset"),
+        "1-min load average at start / end: " + " / ".join(f"{v:.2f}" for v in env["loadavg_1min_start_end"])
+        + f" (above {env['cpus_available']}: something else was running, numbers are noisy)",
+        "",
+        "| sampler | wall (s) | NFE | ms / NFE | ratio = wall / (NFE x bare call) | loop-only ratio "
+        "| CPU-time ratio | raw ratio = wall / (steps bare calls) | page faults / NFE | per-round ratios |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| bare network calls (median of {bare['runs']} runs) | {bare['wall_s']:.3f} | {bare['calls']} "
+        f"| {bare['ms_per_call']:.3f} | 1 | 1 | 1 | 1 | {bare['faults_per_call']:.0f} "
+        f"| {min(bare['ms_per_call_each_run']):.3f} to {max(bare['ms_per_call_each_run']):.3f} ms/call |",
+    ]
+    for row in res["rows"]:
+        ratio = f"{row['ratio']:.3f}"
+        if row["sampler"] == "EulerMaruyama":
+            ok = row["ratio"] <= TARGET_EM_RATIO
+            ratio += f" **{'PASS' if ok else 'FAIL'}** (<= {TARGET_EM_RATIO:.2f})"
+        lines.append(
+            f"| {row['sampler']} | {row['wall_s']:.3f} | {row['nfe']} | {row['ms_per_nfe']:.3f} | {ratio} "
+            f"| {row['loop_ratio']:.3f} | {row['cpu_ratio']:.3f} | {row['raw_ratio']:.3f} "
+            f"| {row['faults_per_nfe']:.0f} | {', '.join(f'{v:.3f}' for v in row['ratios'])} |"
+        )
+    lines += [
+        "",
+        "wall: the whole `scoresde.sample(...)` call (integration + xarray Dataset); loop-only: the "
+        "integration time the Dataset records (`attrs['wall_time_s']`); CPU-time ratio: the same with "
+        "process CPU time (user + sys of all threads) in place of wall time, less sensitive to other load; "
+        "page faults: minor page faults per call, thousands of them mean glibc malloc hands the network's "
+        "large temporaries back to the kernel and re-faults them on every call (see the MALLOC_* note).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 10000; --quick: 2000)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 1000; --quick: 200)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="smoke check: batch 2000, 200 steps, 1 round")
+    p.add_argument("--only", nargs="+", default=None, help="run only samplers whose name contains one of these")
+    p.add_argument("--out", default=None, help="also write the results: .json as JSON, otherwise markdown")
+    p.add_argument("--malloc-tuned", action="store_true",
+                   help="re-execute with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items()))
+    args = p.parse_args(argv)
+
+    if args.malloc_tuned and any(os.environ.get(k) != v for k, v in MALLOC_TUNED.items()):
+        env = {**os.environ, **MALLOC_TUNED}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+    batch = args.batch or (2000 if args.quick else 10_000)
+    steps = args.steps or (200 if args.quick else 1000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"scoresde sampler benchmark: batch {batch}, {steps} steps, {repeats} round(s), "
+          f"{torch.get_num_threads()} torch thread(s)", flush=True)
+    res = run(batch, steps, repeats, args.only)
+    table = markdown(res)
+    print()
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            if args.out.endswith(".json"):
+                json.dump(res, f, indent=2)
+                f.write("\n")
+            else:
+                f.write(table + "\n")
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
