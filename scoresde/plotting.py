@@ -7,10 +7,8 @@ figure atomically.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +18,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ._io import atomic_path
+
 __all__ = ["plot_samples", "save_figure", "atomic_path"]
 
 _SAMPLE_COLOR = "C0"
 _REFERENCE_COLOR = "0.55"
 _MODE_COLOR = "C3"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` with :func:`os.replace`.
-
-    The temporary file lives in the same directory (so the rename is atomic on POSIX and
-    Windows), is flushed to disk before the rename, and is removed if the block raises.
-    Readers of ``path`` see either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:

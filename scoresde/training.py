@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ._checks import check_positive, check_positive_int
+from ._io import atomic_path
 from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss
 from .sde import SDE, sde_config, sde_from_config
@@ -88,21 +88,9 @@ class TrainConfig:
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary output file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -372,16 +360,8 @@ class Trainer:
     def write_history(self) -> Path:
         assert self.out_dir is not None
         path = self.out_dir / "history.nc"
-        fd, tmp = tempfile.mkstemp(prefix=".history.", suffix=".nc", dir=self.out_dir)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.history_dataset().to_netcdf(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return path
 
 

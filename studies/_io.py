@@ -6,14 +6,12 @@ Every file is written to a temporary file in its destination folder and then mov
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import shlex
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+
+from scoresde._io import atomic_path
 
 __all__ = [
     "output_dir",
@@ -66,29 +66,6 @@ def provenance(study: str, argv: Sequence[str], **extra: Any) -> dict[str, Any]:
         ok = isinstance(value, str | int | float) and not isinstance(value, bool)
         attrs[key] = value if ok else json.dumps(value)
     return attrs
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path``, else delete it."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
