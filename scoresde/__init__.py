@@ -15,8 +15,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import datasets, likelihood, losses, metrics, nets, schedules, solvers
+from . import datasets, ddpm, flow, likelihood, losses, metrics, nets, schedules, solvers
 from .datasets import Dataset, load_dataset
+from .ddpm import DDPMSchedule
+from .flow import RectifiedFlow
 from .likelihood import LikelihoodResult, log_likelihood
 from .losses import dsm_loss
 from .mixture import (
@@ -104,4 +106,8 @@ __all__ = [
     "DDIM",
     "DPMSolverPP",
     "SOLVERS",
+    "ddpm",
+    "flow",
+    "DDPMSchedule",
+    "RectifiedFlow",
 ]
