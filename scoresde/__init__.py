@@ -15,7 +15,8 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import datasets, ddpm, flow, likelihood, losses, metrics, nets, schedules, solvers
+from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets, schedules, solvers
+from .adaptive import AdaptiveSDE
 from .datasets import Dataset, load_dataset
 from .ddpm import DDPMSchedule
 from .flow import RectifiedFlow
@@ -110,4 +111,6 @@ __all__ = [
     "flow",
     "DDPMSchedule",
     "RectifiedFlow",
+    "adaptive",
+    "AdaptiveSDE",
 ]
