@@ -198,7 +198,7 @@ def run_setup(setup: Setup, steps: int, repeats: int) -> dict[str, Any]:
         rec = {v: time_variant(setup, v, steps) for v in order}
         rounds.append(rec)
         print(f"    round {r + 1}/{repeats}: " + ", ".join(
-            f"{v} {1e3 * rec[v].wall / steps:.3f} ms/step" for v in VARIANTS)
+            f"{v} {1e3 * rec[v].wall / steps:.3f} ms/step (CPU {1e3 * rec[v].cpu / steps:.3f})" for v in VARIANTS)
             + f"; ratio {rec[TRAINER].wall / rec[HAND].wall:.3f}", flush=True)
 
     med = statistics.median
@@ -216,8 +216,11 @@ def run_setup(setup: Setup, steps: int, repeats: int) -> dict[str, Any]:
             "ratios": ratios,
             "ms_per_step_each_round": [1e3 * w / steps for w in walls],
         })
+    # a run more than 1.5x slower than the fastest run of its variant was disturbed by other load
+    disturbed = sum(any(rec[v].wall > 1.5 * min(r[v].wall for r in rounds) for v in VARIANTS) for rec in rounds)
     return {"setup": setup.name, "description": setup.description, "steps": steps, "repeats": repeats,
-            "equivalent": same, "rows": rows, "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]}
+            "equivalent": same, "rows": rows, "disturbed_rounds": disturbed,
+            "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]}
 
 
 def overheads(setup: Setup, number: int = 20_000) -> list[dict[str, Any]]:
@@ -344,6 +347,11 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {row['ms_per_step']:.3f} | {ratio} | {row['cpu_ratio']:.3f} "
                 f"| {', '.join(f'{v:.3f}' for v in row['ratios'])} | {load} |"
             )
+    for s in res["setups"]:
+        if s["disturbed_rounds"]:
+            lines.append(f"\n**{s['setup']}: {s['disturbed_rounds']} of {s['repeats']} round(s) had a run more "
+                         "than 1.5x slower than the fastest of its variant: other load on the machine; "
+                         "the medians are less reliable, re-run when it is idle.**")
     lines += ["", "Models: " + "; ".join(f"{s['setup']}: {s['description']} (hand loop with lr warm-up "
                                           f"bit-identical to the trainer: {s['equivalent']})"
                                           for s in res["setups"])]
