@@ -52,7 +52,7 @@ def dsm_loss(
         A linear SDE (VP, sub-VP, VE): the kernel :math:`\mathcal N(s x_0, \sigma^2 I)` is used.
     model : callable
         The score model :math:`s_\theta(x, t)` (e.g. :class:`scoresde.nets.ScoreModel`).
-    x0 : tensor, shape (batch, *features)
+    x0 : tensor, shape ``(batch, *features)``
         Clean data.
     weighting : {"sigma2", "likelihood"}
         :math:`\lambda(t) = \sigma(t)^2` or :math:`g(t)^2`.

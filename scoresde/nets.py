@@ -103,14 +103,14 @@ class GaussianFourierProjection(nn.Module):
     ``W`` is drawn once at construction and stored as a (non-trainable) buffer, so it is saved in
     the ``state_dict`` and follows ``.to(dtype/device)`` but is never optimised.
 
+    Input ``t`` of shape ``(B,)``; output of shape ``(B, embed_dim)`` in the buffer's dtype.
+
     Parameters
     ----------
     embed_dim : int
         Output dimension (even).
     scale : float
         Standard deviation of the frequencies; larger values resolve finer changes in ``t``.
-
-    Input ``t`` of shape ``(B,)``; output of shape ``(B, embed_dim)`` in the buffer's dtype.
     """
 
     W: torch.Tensor
