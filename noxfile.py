@@ -1,8 +1,10 @@
-"""nox sessions: tests (fast suite), tests_slow (statistical acceptance), lint (ruff).
+"""nox sessions: tests (fast suite), tests_slow (statistical acceptance), lint (ruff), studies, docs.
 
 Every session installs torch==2.13.0 first (the CPU build on the project's machines), so that
 the plain ``torch`` requirement does not pull a multi-GB CUDA build.
 """
+
+from pathlib import Path
 
 import nox
 
@@ -47,3 +49,29 @@ def studies(session: nox.Session) -> None:
     _install(session)
     for name in session.posargs or STUDIES:
         session.run("python", "-m", f"studies.{name}", "--quiet")
+
+
+def _study_has_output(name: str) -> bool:
+    out = Path("studies") / "output" / name
+    return (out / "table.md").is_file() and any(out.glob("*.png"))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation offline (warnings are errors, tutorials executed) and check it in Chromium.
+
+    Runs first, at default size, every study in STUDIES whose outputs are missing (the gallery shows
+    them), then the checker's own tests, ``sphinx -W --keep-going`` into docs/_build/html, and
+    ``docs/check_site.py`` (headless Chromium: links, images, math, console errors). Needs Debian's
+    ``chromium`` and ``chromium-driver``.
+    """
+    session.install(TORCH)
+    session.install("-e", ".[docs]")
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    for name in STUDIES:
+        if not _study_has_output(name):
+            session.run("python", "-m", f"studies.{name}", "--quiet", "--threads", "1", env=env)
+    session.run("python", "-m", "pytest", "-q", "-m", "docs", "tests/test_docs_checker.py")
+    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
+                *session.posargs, env=env)
+    session.run("python", "docs/check_site.py", "docs/_build/html")

@@ -1,0 +1,164 @@
+"""Generate the gallery pages from whatever the studies have written to ``studies/output/<study>/``.
+
+Called by ``docs/conf.py`` at the start of every build. Writes ``docs/gallery/`` (git-ignored):
+``index.md`` and, for every study with outputs, ``<study>.md`` plus copies of its figures
+(PNG shown, SVG and CSV offered as downloads). The study order is the one of ``STUDIES`` in
+``noxfile.py`` (read with ``ast``, so nox need not be installed), then any other output folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+#: images shown on a study's page, in this order; other PNGs follow alphabetically
+PREFERRED_IMAGES = ("figure.png", "samples.png", "trajectory.png")
+DOWNLOAD_SUFFIXES = (".svg", ".csv")
+
+
+def study_names(root: Path) -> list[str]:
+    """``STUDIES`` from ``noxfile.py`` (empty if it cannot be read)."""
+    try:
+        tree = ast.parse((root / "noxfile.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "STUDIES" for t in targets) and node.value is not None:
+            try:
+                return [str(s) for s in ast.literal_eval(node.value)]
+            except ValueError:
+                return []
+    return []
+
+
+def study_summary(root: Path, name: str) -> str:
+    """First paragraph of the study module's docstring, on one line (empty if none)."""
+    path = root / "studies" / f"{name}.py"
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        return ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _images(folder: Path) -> list[Path]:
+    pngs = {p.name: p for p in folder.glob("*.png")}
+    ordered = [pngs.pop(n) for n in PREFERRED_IMAGES if n in pngs]
+    return ordered + [pngs[n] for n in sorted(pngs)]
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+
+
+def demote_headings(markdown: str) -> str:
+    """Fit a study's ``table.md`` under the page title: first heading -> H2, every later one -> H3.
+
+    Headings inside fenced code blocks are left alone.
+    """
+    out, first, fenced = [], True, False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        m = None if fenced else _HEADING.match(line)
+        if m:
+            line = ("## " if first else "### ") + m.group(2)
+            first = False
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    if not dst.exists() or dst.stat().st_size != src.stat().st_size or dst.stat().st_mtime < src.stat().st_mtime:
+        shutil.copy2(src, dst)
+
+
+def study_page(root: Path, name: str, folder: Path, out: Path) -> str:
+    """Copy one study's files into ``out/<name>/`` and return the page's markdown."""
+    files = out / name
+    files.mkdir(parents=True, exist_ok=True)
+    keep = set()
+    lines = [f"# {name}", ""]
+    summary = study_summary(root, name)
+    if summary:
+        lines += [summary, ""]
+    lines += [f"Reproduce with `python -m studies.{name}` (outputs in `studies/output/{name}/`).", ""]
+    for img in _images(folder):
+        _copy_if_changed(img, files / img.name)
+        keep.add(img.name)
+        lines += [f"```{{figure}} {name}/{img.name}", f":alt: {name}: {img.stem}", ":width: 100%", "", "```", ""]
+    table = folder / "table.md"
+    if table.exists():
+        lines.append(demote_headings(table.read_text(encoding="utf-8")))
+    downloads = sorted(p for p in folder.iterdir() if p.suffix in DOWNLOAD_SUFFIXES and p.is_file())
+    if downloads:
+        lines += ["## Files", ""]
+        for p in downloads:
+            _copy_if_changed(p, files / p.name)
+            keep.add(p.name)
+            lines.append(f"- {{download}}`{p.name} <{name}/{p.name}>`")
+        lines.append("")
+    for stale in files.iterdir():
+        if stale.name not in keep:
+            stale.unlink()
+    return "\n".join(lines)
+
+
+def write_gallery(root: Path, out: Path) -> list[str]:
+    """Write the gallery for every ``studies/output/<study>/`` with a figure or a table; return the studies."""
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    output = root / "studies" / "output"
+    listed = study_names(root)
+    present = sorted(p.name for p in output.iterdir() if p.is_dir()) if output.is_dir() else []
+    names = [n for n in listed if n in present] + [n for n in present if n not in listed]
+    shown = []
+    for name in names:
+        folder = output / name
+        if not (list(folder.glob("*.png")) or (folder / "table.md").exists()):
+            continue
+        _write_if_changed(out / f"{name}.md", study_page(root, name, folder, out))
+        shown.append(name)
+    missing = [n for n in listed if n not in shown]
+
+    index = [
+        "# Gallery of studies",
+        "",
+        "Figures and tables written by the numerical studies in `studies/`, collected at build time from",
+        "`studies/output/<study>/`. `nox -s docs` first runs every study whose output is missing (default",
+        "size); `nox -s studies` reruns them all. Each page names the command that reproduces it.",
+        "",
+    ]
+    if shown:
+        index += ["```{toctree}", ":maxdepth: 1", "", *shown, "```", ""]
+        for name in shown:
+            index += [f"## {name}", ""]
+            summary = study_summary(root, name)
+            if summary:
+                index += [summary, ""]
+            imgs = _images(output / name)
+            if imgs:
+                index += [f"```{{image}} {name}/{imgs[0].name}", f":alt: {name}", ":width: 60%",
+                          f":target: {name}.html", "```", ""]
+            index += [f"Details: {{doc}}`{name}`.", ""]
+    else:
+        index += ["No study outputs were found when these pages were built.", ""]
+    if missing:
+        index += ["```{note}", "Not built into this copy (no outputs in `studies/output/`): "
+                  + ", ".join(f"`{n}`" for n in missing) + ".", "```", ""]
+    _write_if_changed(out / "index.md", "\n".join(index))
+    for stale in out.glob("*.md"):
+        if stale.stem != "index" and stale.stem not in shown:
+            stale.unlink()
+    for stale in out.iterdir():
+        if stale.is_dir() and stale.name not in shown:
+            shutil.rmtree(stale)
+    return shown
