@@ -18,8 +18,8 @@ except PackageNotFoundError:  # running from a source tree without installation
 from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets, schedules, solvers
 from .adaptive import AdaptiveSDE
 from .datasets import Dataset, load_dataset
-from .ddpm import DDPMSchedule
-from .flow import RectifiedFlow
+from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
+from .flow import FlowODE, RectifiedFlow
 from .likelihood import LikelihoodResult, log_likelihood
 from .losses import dsm_loss
 from .mixture import (
@@ -110,7 +110,10 @@ __all__ = [
     "ddpm",
     "flow",
     "DDPMSchedule",
+    "DDPMSDE",
+    "DDPMAncestral",
     "RectifiedFlow",
+    "FlowODE",
     "adaptive",
     "AdaptiveSDE",
 ]

@@ -38,18 +38,21 @@ import torch
 
 from . import metrics
 from .datasets import DATASETS, TOY_DATASETS, Dataset, load_dataset, toy_sample
+from .ddpm import DDPMSDE, DDPMAncestral
+from .flow import FlowODE, RectifiedFlow
 from .losses import WEIGHTINGS
 from .mixture import TARGETS, GaussianMixture, get_target
 from .samplers import CORRECTORS, PREDICTORS, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE, Sampler, TorchSDE
 from .sampling import sample
 from .sde import VESDE, VPSDE, LinearSDE, SubVPSDE, sde_from_config
-from .training import TrainConfig
+from .training import OBJECTIVES, TrainConfig
 
 __all__ = ["main", "build_parser", "build_sampler"]
 
 PROG = "scoresde"
 
-SDES: dict[str, Callable[[], LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES: dict[str, Callable[[], LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DDPMSDE,
+                                            "rf": RectifiedFlow}
 SAMPLERS: dict[str, str] = {
     "pc": "PredictorCorrector (reverse diffusion + Langevin corrector), default 1000 steps",
     "em": "EulerMaruyama on the reverse SDE, default 1000 steps",
@@ -57,7 +60,13 @@ SAMPLERS: dict[str, str] = {
     "ode-euler": "ProbabilityFlowODE, fixed-step Euler, default 100 steps",
     "ode-heun": "ProbabilityFlowODE, fixed-step Heun (2 NFE per step), default 100 steps",
     "torchsde": "TorchSDE, torchsde's srk (SRA1) scheme, 3 NFE per step, default 1000 steps",
+    "ddpm": "DDPMAncestral, Ho et al.'s ancestral sampler on the DDPM chain (--sde ddpm only; 1000 NFE)",
+    "flow": "FlowODE, Heun on dx/dt = v(x, t) (2 NFE per step), default 50 steps; the one for --sde rf",
 }
+#: the sampler used when --sampler is not given
+DEFAULT_SAMPLER = {"ddpm": "ddpm", "rf": "flow"}
+#: the training objective and parameterisation used when --objective / --parameterization are not given
+DEFAULT_OBJECTIVE = {"ddpm": "ddpm", "rf": "flow_matching"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: sliced-Wasserstein settings of the report (the floor uses the same projections)
@@ -207,8 +216,8 @@ def _add_sample_parser(commands: Any) -> None:
                    help="seed of the prior draw and all sampler noise (default: %(default)s)")
 
     g = p.add_argument_group("sampler")
-    g.add_argument("--sampler", choices=list(SAMPLERS), default="pc",
-                   help="reverse-time integrator, see below (default: %(default)s)")
+    g.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help="reverse-time integrator, see below (default: pc; ddpm for --sde ddpm, flow for --sde rf)")
     g.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
                    help="number of sampler steps (default: the sampler's own; ignored by --sampler ode)")
     g.add_argument("--predictor", choices=sorted(PREDICTORS), default=None,
@@ -274,8 +283,9 @@ def _add_train_parser(commands: Any) -> None:
     g.add_argument("--hidden", type=_int_at_least(1), default=None, metavar="N",
                    help="network width: MLP hidden units, U-Net base channels, DiT token width "
                         f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_HIDDEN.items())})")
-    g.add_argument("--parameterization", choices=("eps", "score"), default="eps",
-                   help="what the network predicts: the noise (eps) or sigma(t) x the score (default: %(default)s)")
+    g.add_argument("--parameterization", choices=("eps", "score", "velocity"), default=None,
+                   help="what the network predicts: the noise (eps), sigma(t) x the score, or the flow velocity "
+                        "(default: velocity for --objective flow_matching, else eps)")
 
     g = p.add_argument_group("optimisation (TrainConfig)")
     g.add_argument("--steps", type=_int_at_least(1), default=d.steps, metavar="N",
@@ -293,6 +303,10 @@ def _add_train_parser(commands: Any) -> None:
                    help=f"EMA decay of the weights used for sampling, in [0, 1) (default: {d.ema_decay:g})")
     g.add_argument("--eps", type=_positive_float, default=None,
                    help=f"smallest training time (default: {d.eps:g})")
+    g.add_argument("--objective", choices=OBJECTIVES, default=None,
+                   help="loss: dsm (continuous-time score matching), ddpm (Ho et al.'s eps-loss on the DDPM grid; "
+                        "--sde ddpm), flow_matching (velocity regression; --sde rf) (default: ddpm for --sde "
+                        "ddpm, flow_matching for --sde rf, else dsm)")
     g.add_argument("--weighting", choices=WEIGHTINGS, default=None,
                    help=f"loss weighting lambda(t) (default: {d.weighting})")
     g.add_argument("--reduce", choices=("mean", "sum"), default=None,
@@ -341,6 +355,10 @@ def build_sampler(args: argparse.Namespace) -> Sampler:
         return ProbabilityFlowODE(kind.removeprefix("ode-"), **steps, **common)
     if kind == "torchsde":
         return TorchSDE("srk", **steps, **common)
+    if kind == "ddpm":
+        return DDPMAncestral()
+    if kind == "flow":
+        return FlowODE(steps=args.steps or 50, method="heun", **{k: v for k, v in common.items() if k == "eps"})
     raise CLIError(f"unknown sampler {kind!r}")  # unreachable: argparse checks the choices
 
 
@@ -523,10 +541,14 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _cmd_sample_checkpoint(args, argv)
     start = time.perf_counter()
     sub: argparse.ArgumentParser = args.subparser
+    if args.sampler is None:
+        args.sampler = DEFAULT_SAMPLER.get(args.sde or "vp", "pc")
     _check_option_combinations(args, sub)
     args.target = args.target or "eight_gaussians"
     args.sde = args.sde or "vp"
     args.n_samples = args.n_samples or 10_000
+    if args.sampler is None:
+        args.sampler = DEFAULT_SAMPLER.get(args.sde, "pc")
 
     sde = SDES[args.sde]()
     if args.eps is not None and args.eps >= sde.T:
@@ -658,6 +680,9 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
 
     start = time.perf_counter()
     sub: argparse.ArgumentParser = args.subparser
+    if args.sampler is None:
+        ckpt_sde = read_checkpoint(args.checkpoint)["config"]["sde"]["class"]
+        args.sampler = DEFAULT_SAMPLER.get(next((k for k, c in SDES.items() if c.__name__ == ckpt_sde), ""), "pc")
     _check_option_combinations(args, sub)
     if args.target is not None:
         sub.error("argument --target: does not apply with --checkpoint (the model samples its training data)")
@@ -999,6 +1024,10 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     start = time.perf_counter()
     sub: argparse.ArgumentParser = args.subparser
+    if args.objective is None:
+        args.objective = DEFAULT_OBJECTIVE.get(args.sde, "dsm")
+    if args.parameterization is None:
+        args.parameterization = "velocity" if args.objective == "flow_matching" else "eps"
     # TrainConfig options default to None, so that a resumed run can tell what was asked for
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name != "steps" and getattr(args, f.name) is not None}

@@ -27,12 +27,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
-from .sde import VPSDE, LinearSDE
+from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
+from .sde import SDE, VPSDE, LinearSDE, _as_time, _batch_vector
 
-__all__ = ["DDPMSchedule", "EpsModel", "discretized_gaussian_log_likelihood"]
+__all__ = ["DDPMSchedule", "DDPMSDE", "DDPMAncestral", "EpsModel", "discretized_gaussian_log_likelihood"]
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -116,6 +119,11 @@ class DDPMSchedule:
     """
 
     def __init__(self, betas: Any) -> None:
+        if isinstance(betas, dict):  # a config from DDPMSchedule.config
+            other = DDPMSchedule.from_config(betas)
+            betas, config = other.betas, other.config
+        else:
+            config = None
         betas = torch.as_tensor(betas, dtype=torch.float64).reshape(-1).clone()
         if betas.numel() == 0:
             raise ValueError("betas must not be empty")
@@ -128,6 +136,8 @@ class DDPMSchedule:
         #: posterior variance :math:`\tilde\beta_i = \beta_i (1 - \bar\alpha_{i-1}) / (1 - \bar\alpha_i)`
         self.beta_tildes = betas * (1 - ab_prev) / (1 - self.alpha_bars)
         self._alpha_bars_prev = ab_prev
+        #: JSON-able description that :meth:`from_config` rebuilds (recorded in checkpoints)
+        self.config: dict[str, Any] = config or {"kind": "betas", "betas": betas.tolist()}
 
     # -- constructors ---------------------------------------------------------------------
     @classmethod
@@ -136,7 +146,9 @@ class DDPMSchedule:
         T = check_positive_int("T", T)
         check_positive("beta_1", beta_1)
         check_positive("beta_T", beta_T)
-        return cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64))
+        out = cls(torch.linspace(beta_1, beta_T, T, dtype=torch.float64))
+        out.config = {"kind": "linear", "T": T, "beta_1": float(beta_1), "beta_T": float(beta_T)}
+        return out
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> DDPMSchedule:
@@ -152,7 +164,29 @@ class DDPMSchedule:
         f = torch.cos((i / T + s) / (1 + s) * math.pi / 2) ** 2
         ab = f / f[0]
         betas = (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
-        return cls(betas)
+        out = cls(betas)
+        out.config = {"kind": "cosine", "T": T, "s": float(s), "max_beta": float(max_beta)}
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DDPMSchedule:
+        """Rebuild a schedule from its :attr:`config` (``kind`` = ``linear``, ``cosine`` or ``betas``)."""
+        if not isinstance(config, dict) or config.get("kind") not in ("linear", "cosine", "betas"):
+            raise ValueError(f"not a DDPMSchedule config: {config!r}; expected kind 'linear', 'cosine' or 'betas'")
+        kwargs = {k: v for k, v in config.items() if k != "kind"}
+        if config["kind"] == "betas":
+            return cls(kwargs["betas"])
+        return getattr(cls, config["kind"])(**kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DDPMSchedule) and torch.equal(self.betas, other.betas)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def sde(self) -> DDPMSDE:
+        r"""The VP SDE with piecewise-constant :math:`\beta(t)` whose exact transitions are this chain
+        (:class:`DDPMSDE`)."""
+        return DDPMSDE(self)
 
     @property
     def T(self) -> int:
@@ -360,3 +394,158 @@ class DDPMSchedule:
             return -self._coef(sigmas, i, x) * score(x, i.to(x.dtype))
 
         return eps_fn
+
+
+class DDPMSDE(LinearSDE):
+    r"""The VP SDE whose exact transitions between the grid times :math:`t_i = i/N` are a DDPM chain.
+
+    With :math:`N` steps :math:`\beta_1..\beta_N` (a :class:`DDPMSchedule`), take the piecewise-constant rate
+
+    .. math::
+        \beta(t) = -N \log(1 - \beta_i) \quad\text{for } t \in (t_{i-1}, t_i], \qquad
+        dx = -\tfrac12 \beta(t)\,x\,dt + \sqrt{\beta(t)}\,dw \quad \text{on } [0, 1].
+
+    Then :math:`\int_{t_{i-1}}^{t_i}\beta = -\log\alpha_i`, so the exact transition over one cell is
+    :math:`x_i = \sqrt{\alpha_i}\,x_{i-1} + \sqrt{\beta_i}\,z` — DDPM's forward step, with no
+    discretisation error — and the marginals at the grid are DDPM's:
+    :math:`s(t_i) = \sqrt{\bar\alpha_i}`, :math:`\sigma(t_i) = \sqrt{1 - \bar\alpha_i}`. Between grid times
+    :math:`L(t) = -\log\bar\alpha(t) = \int_0^t \beta` is linear, :math:`s = e^{-L/2}`,
+    :math:`\sigma = \sqrt{1 - e^{-L}}`.
+
+    Everything in scoresde therefore applies to DDPM unchanged: exact mixture scores, DSM training
+    (with the time drawn from the grid this is Ho et al.'s :math:`\varepsilon`-loss; see
+    ``TrainConfig(objective="ddpm")``), every sampler, DDIM on the grid (:class:`scoresde.DDIM` with
+    ``eps = 1/N``), likelihoods, and :class:`DDPMAncestral` for Ho et al.'s Algorithm 2.
+
+    Parameters
+    ----------
+    schedule : DDPMSchedule or dict, optional
+        The chain (or its :attr:`DDPMSchedule.config`). Default: ``DDPMSchedule.linear()`` (N = 1000).
+    """
+
+    def __init__(self, schedule: DDPMSchedule | dict[str, Any] | None = None) -> None:
+        super().__init__(1.0)
+        if schedule is None:
+            schedule = DDPMSchedule.linear()
+        elif isinstance(schedule, dict):
+            schedule = DDPMSchedule.from_config(schedule)
+        elif not isinstance(schedule, DDPMSchedule):
+            raise TypeError(f"schedule must be a DDPMSchedule or its config dict, got {type(schedule).__name__}")
+        self.schedule = schedule
+        #: number of steps of the chain
+        self.N = schedule.T
+        rates = -torch.log1p(-schedule.betas)  # -log alpha_i = L_i - L_{i-1}
+        self._L = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(rates, 0)])
+        self._rate = rates * self.N
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.config}
+
+    def __repr__(self) -> str:
+        return f"DDPMSDE({self.schedule!r})"
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._tables:
+            self._tables[device] = (self._L.to(device), self._rate.to(device))
+        return self._tables[device]
+
+    def cumulative_beta(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`L(t) = \int_0^t\beta = -\log\bar\alpha(t)`, linear between the grid values
+        :math:`-\log\bar\alpha_i` (computed in float64, returned in ``t``'s dtype)."""
+        L, _ = self._on(t.device)
+        u = t.to(torch.float64) * self.N
+        i = u.floor().clamp(0, self.N - 1)
+        frac = u - i
+        i = i.long()
+        return (L[i] + frac * (L[i + 1] - L[i])).to(t.dtype)
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\beta(t) = -N\log\alpha_i` on :math:`(t_{i-1}, t_i]` (the first cell includes 0)."""
+        _, rate = self._on(t.device)
+        i = (t.to(torch.float64) * self.N).ceil().long().clamp(1, self.N) - 1
+        return rate[i].to(t.dtype)
+
+    def log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log s(t) = -L(t)/2`."""
+        return -0.5 * self.cumulative_beta(t)
+
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self.beta(t)
+
+    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_mean_coef(t))
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-torch.expm1(-self.cumulative_beta(t)))
+
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The exact transition over :math:`[t - \Delta t, t]`: :math:`f = (\sqrt{\alpha} - 1)x`,
+        :math:`G = \sqrt{1 - \alpha}` with :math:`\log\alpha = -(L(t) - L(t - \Delta t))`
+        (one DDPM step when the interval is a grid cell)."""
+        dt = self._check_dt(t, dt)
+        t = _as_time(t, x, self.T)
+        log_alpha = -(self.cumulative_beta(t) - self.cumulative_beta(torch.clamp(t - dt, min=0.0)))
+        f = broadcast_coef(torch.expm1(0.5 * log_alpha), x) * x
+        return f, _batch_vector(torch.sqrt(-torch.expm1(log_alpha)), x.shape[0])
+
+
+class DDPMAncestral(Sampler):
+    r"""Ho et al.'s ancestral sampler (Algorithm 2) through :func:`scoresde.sample`, for a :class:`DDPMSDE`.
+
+    From :math:`x_N \sim \mathcal N(0, I)`, for :math:`i = N, \dots, 1` with :math:`t_i = i/N`:
+
+    .. math::
+        x_{i-1} = \frac{x_i + \beta_i\,s_\theta(x_i, t_i)}{\sqrt{\alpha_i}} + \sigma_i z,
+        \qquad \sigma_i^2 = \beta_i \text{ or } \tilde\beta_i,
+
+    which is :meth:`DDPMSchedule.p_mean` with :math:`\hat\varepsilon = -\sqrt{1-\bar\alpha_i}\,s_\theta`;
+    no noise is added on the last step, which ends at :math:`t = 0` (``eps = 0``). NFE = N.
+    For continuous VP SDEs use ``PredictorCorrector(predictor="ancestral")`` instead.
+
+    Parameters
+    ----------
+    variance : {"beta", "beta_tilde"}
+        The reverse variance :math:`\sigma_i^2`.
+    """
+
+    def __init__(self, variance: str = "beta") -> None:
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        self.variance = variance
+        self.eps = 0.0
+        self.denoise = False
+
+    def params(self) -> dict[str, Any]:
+        return {"variance": self.variance, "eps": self.eps}
+
+    def check(self, sde: SDE) -> None:
+        if not isinstance(sde, DDPMSDE):
+            raise ValueError(
+                f"DDPMAncestral runs the chain of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), got "
+                f"{type(sde).__name__}; for a continuous VP SDE use PredictorCorrector(predictor='ancestral')"
+            )
+
+    def integrate(self, sde: DDPMSDE, score_fn: CountedScore, x: torch.Tensor, generator: torch.Generator,
+                  save_times: np.ndarray, progress: bool) -> Trajectory:
+        sch, N = sde.schedule, sde.N
+        grid = np.arange(N, -1, -1, dtype=np.float64) / N
+        save_idx = set(_nearest_indices(grid, save_times))
+        var = sch.p_variance(self.variance).tolist()
+        betas = sch.betas.tolist()
+        traj = Trajectory()
+        if 0 in save_idx:
+            traj.save(grid[0], x, score_fn.nfe)
+        for k in tqdm(range(N), desc="DDPMAncestral", disable=not progress, leave=False):
+            i = N - k
+            t = torch.full((x.shape[0],), i / N, dtype=x.dtype, device=x.device)
+            x = (x + betas[i - 1] * score_fn(x, t)) / math.sqrt(1.0 - betas[i - 1])
+            if i > 1:
+                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+                x = x + math.sqrt(var[i - 1]) * z
+            if k + 1 in save_idx:
+                traj.save(grid[k + 1], x, score_fn.nfe)
+        return traj

@@ -19,13 +19,17 @@ Time conventions: data at ``t = 0``, noise at ``t = 1``; samplers integrate from
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
-from .sde import LinearSDE, ScoreFn
+from .samplers import CountedScore, FixedStepSampler
+from .schedules import TimeGrid, get_grid
+from .sde import SDE, LinearSDE, ScoreFn
+from .solvers import _check_linear, _OnGrid
 
-__all__ = ["RectifiedFlow", "VelocityFn", "velocity", "flow_matching_loss", "sample_flow", "METHODS"]
+__all__ = ["RectifiedFlow", "FlowODE", "VelocityFn", "velocity", "flow_matching_loss", "sample_flow", "METHODS"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("euler", "heun")
@@ -60,6 +64,14 @@ class RectifiedFlow(LinearSDE):
 
     def std(self, t: torch.Tensor) -> torch.Tensor:
         return t.clone()
+
+    def mean_coef_dot(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\dot s = -1` (exact; :math:`f s` is :math:`0/0` at :math:`t = 1`)."""
+        return torch.full_like(t, -1.0)
+
+    def std_dot(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\dot\sigma = 1`."""
+        return torch.ones_like(t)
 
 
 def velocity(score_fn: ScoreFn, t_clip: float = 1e-4) -> VelocityFn:
@@ -147,3 +159,85 @@ def sample_flow(
             v1 = velocity_model(x_e, torch.full((b,), t1, dtype=x.dtype, device=x.device))
             x = x + 0.5 * dt * (v0 + v1)
     return x
+
+
+class FlowODE(_OnGrid, FixedStepSampler):
+    r"""Integrate the flow :math:`dx/dt = v(x, t)` from ``T`` to ``eps`` through :func:`scoresde.sample`.
+
+    The velocity is the model's own (:meth:`scoresde.ScoreModel.velocity`, e.g. a flow-matching model)
+    when ``score_fn`` is a :class:`~scoresde.ScoreModel` for the same SDE; otherwise it is built from the
+    score, :math:`v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon` with
+    :math:`\hat\varepsilon = -\sigma\nabla\log p_t` and :math:`\hat x_0 = (x + \sigma^2\nabla\log p_t)/s`,
+    which is the probability-flow drift :math:`f x - \tfrac12 g^2\nabla\log p_t` written without
+    :math:`f` and :math:`g`. Where :math:`s(T) = 0` (:class:`RectifiedFlow`) a score-based velocity is
+    evaluated at :math:`\min(t, T - t_\mathrm{clip})` instead of :math:`T` (an :math:`O(t_\mathrm{clip})`
+    change of the first step); a velocity model is evaluated at ``T`` itself.
+
+    Parameters
+    ----------
+    steps : int
+        Number of steps on the grid.
+    method : {"euler", "heun"}
+        Euler (order 1, ``steps`` NFE) or Heun's explicit trapezoid (order 2, ``2 * steps`` NFE).
+    grid : str or TimeGrid
+        Time grid (``"uniform"``, ``"logsnr"``, ``"karras"``; see :mod:`scoresde.schedules`).
+    eps : float
+        End time.
+    t_clip : float
+        See above. Default 1e-4.
+    """
+
+    stochastic = False
+    singular_T_ok = True
+
+    def __init__(self, steps: int = 100, method: str = "euler", grid: str | TimeGrid = "uniform",
+                 eps: float = 1e-3, t_clip: float = 1e-4) -> None:
+        super().__init__(steps, eps, denoise=False)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.time_grid = get_grid(grid)
+        self.t_clip = check_positive("t_clip", t_clip)
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps, "method": self.method, "grid": repr(self.time_grid), "eps": self.eps,
+                "t_clip": self.t_clip}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        _check_linear(self, sde)
+        self._check_grid(sde)
+
+    def prepare(self, sde: LinearSDE, score_fn: CountedScore) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        inner = score_fn.score_fn
+        model_sde = getattr(inner, "sde", None)
+        if callable(getattr(inner, "velocity", None)) and type(model_sde) is type(sde) \
+                and model_sde.params() == sde.params():
+            def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
+                score_fn.nfe += 1
+                return inner.velocity(x, _vec(t, x))
+            return v_model
+
+        T = torch.tensor(sde.T, dtype=torch.float64)
+        t_max = sde.T - self.t_clip if float(sde.mean_coef(T)) == 0.0 else sde.T
+
+        def v_score(x: torch.Tensor, t: float) -> torch.Tensor:
+            t = min(t, t_max)
+            tt = torch.tensor(t, dtype=torch.float64)
+            s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
+            s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
+            score = score_fn(x, _vec(t, x))
+            return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
+        return v_score
+
+    def step(self, v, sde, x, t, t_next, generator):
+        dt = t_next - t
+        v0 = v(x, t)
+        if self.method == "euler":
+            return x + dt * v0
+        v1 = v(x + dt * v0, t_next)
+        return x + (0.5 * dt) * (v0 + v1)
+
+
+def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)

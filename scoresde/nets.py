@@ -57,7 +57,7 @@ __all__ = [
     "model_from_config",
 ]
 
-PARAMETERIZATIONS = ("eps", "score")
+PARAMETERIZATIONS = ("eps", "score", "velocity")
 TIME_INPUTS = ("t", "log_sigma")
 
 
@@ -617,9 +617,17 @@ class ScoreModel(nn.Module):
     ``"eps"``                 :math:`-F_\theta(x, c) / \sigma(t)`            :math:`F_\theta(x, c)`
     ``"score"``               :math:`F_\theta(x, c) / \sigma(t)`             :math:`-F_\theta(x, c)`
     ``"score"`` (no scaling)  :math:`F_\theta(x, c)`                         :math:`-\sigma(t) F_\theta(x, c)`
+    ``"velocity"``            :math:`-\hat\varepsilon_\theta / \sigma(t)`     :math:`(s F_\theta - \dot s x)/D(t)`
     ========================  =============================================  ==================================
 
     using :math:`x_t = s(t) x_0 + \sigma(t)\varepsilon \Rightarrow \nabla \log p_{0t} = -\varepsilon/\sigma`.
+    With ``"velocity"`` (flow matching) the network predicts the velocity of the path,
+    :math:`F_\theta \approx \mathbb E[\dot s x_0 + \dot\sigma\varepsilon \mid x_t]`; solving
+    :math:`x = s\hat x_0 + \sigma\hat\varepsilon`, :math:`F = \dot s\hat x_0 + \dot\sigma\hat\varepsilon` for
+    :math:`\hat\varepsilon` gives the column above with :math:`D = s\dot\sigma - \dot s\sigma > 0`
+    (linear SDEs only). For every parameterisation
+    :meth:`velocity` returns :math:`\dot s\hat x_0 + \dot\sigma\hat\varepsilon`, which equals the
+    probability-flow drift :math:`f x - \tfrac12 g^2 s_\theta`.
     Calling the module returns the score, so a ``ScoreModel`` is a ``score_fn(x, t)`` for the
     samplers; :meth:`epsilon` returns the noise prediction.
 
@@ -630,8 +638,8 @@ class ScoreModel(nn.Module):
     sde : SDE
         The forward SDE; :math:`\sigma(t)` is ``sde.std(t)`` for a :class:`~scoresde.LinearSDE`,
         else ``sde.marginal_prob(zeros, t)[1]``.
-    parameterization : {"eps", "score"}
-        What the network predicts.
+    parameterization : {"eps", "score", "velocity"}
+        What the network predicts (``"velocity"`` needs a :class:`~scoresde.LinearSDE`).
     scale_by_sigma : bool, optional
         Only for ``"score"`` (default ``True``): divide the network output by :math:`\sigma(t)`
         (score_sde's ``scale_by_sigma``). Must be left unset (or ``False``) for ``"eps"``.
@@ -662,10 +670,11 @@ class ScoreModel(nn.Module):
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {list(PARAMETERIZATIONS)}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"unknown time_input {time_input!r}; choose one of {list(TIME_INPUTS)}")
-        if parameterization == "eps":
+        if parameterization == "velocity" and not isinstance(sde, LinearSDE):
+            raise TypeError(f"parameterization='velocity' needs a linear SDE, got {type(sde).__name__}")
+        if parameterization in ("eps", "velocity"):
             if scale_by_sigma:
-                raise ValueError("scale_by_sigma applies to parameterization='score' only; the 'eps' "
-                                 "parameterization already divides by sigma(t)")
+                raise ValueError(f"scale_by_sigma applies to parameterization='score' only, not {parameterization!r}")
             scale_by_sigma = False
         elif scale_by_sigma is None:
             scale_by_sigma = True
@@ -708,12 +717,25 @@ class ScoreModel(nn.Module):
         c = t if self.time_input == "t" else 0.25 * torch.log(sigma)
         return self.net(x, c), broadcast_coef(sigma, x)
 
+    def _path(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(s, sigma, s_dot, sigma_dot)`` broadcast against ``x`` (linear SDEs)."""
+        t = self._time(x, t)
+        sde = self.sde
+        return tuple(broadcast_coef(c.reshape(-1).expand(x.shape[0]).to(x.dtype), x)
+                     for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t)))
+
+    def _velocity_eps(self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        s, sigma, s_dot, sigma_dot = self._path(x, t)
+        return (s * v - s_dot * x) / (s * sigma_dot - s_dot * sigma)
+
     # -- outputs ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r"""The score :math:`s_\theta(x, t)`, shaped like ``x``."""
         out, sigma = self._output(x, t)
         if self.parameterization == "eps":
             return -out / sigma
+        if self.parameterization == "velocity":
+            return -self._velocity_eps(x, out, t) / sigma
         return out / sigma if self.scale_by_sigma else out
 
     def epsilon(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -721,7 +743,18 @@ class ScoreModel(nn.Module):
         out, sigma = self._output(x, t)
         if self.parameterization == "eps":
             return out
+        if self.parameterization == "velocity":
+            return self._velocity_eps(x, out, t)
         return -out if self.scale_by_sigma else -sigma * out
+
+    def velocity(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r"""Flow velocity :math:`\hat v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon` with
+        :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/s` (the network output for ``"velocity"``)."""
+        if self.parameterization == "velocity":
+            return self._output(x, t)[0]
+        eps = self.epsilon(x, t)
+        s, sigma, s_dot, sigma_dot = self._path(x, t)
+        return s_dot * (x - sigma * eps) / s + sigma_dot * eps
 
 
 def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:

@@ -90,6 +90,8 @@ class Sampler(abc.ABC):
 
     #: whether the sampler draws random numbers (the SDE samplers) or is deterministic (ODEs)
     stochastic: bool = True
+    #: whether the sampler can start at a T where s(T) = 0 (rectified flow): only velocity integrators
+    singular_T_ok: bool = False
 
     def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
         self.eps = check_positive("eps", eps)
@@ -109,6 +111,12 @@ class Sampler(abc.ABC):
             raise ValueError(f"eps={self.eps!r} must be smaller than the SDE's T={sde.T!r}")
         if self.denoise and not isinstance(sde, LinearSDE):
             raise ValueError("denoise=True needs a linear SDE (Tweedie's formula uses s(t), sigma(t))")
+        if not self.singular_T_ok and isinstance(sde, LinearSDE) \
+                and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0:
+            raise ValueError(
+                f"{type(sde).__name__} has s(T) = 0, so its drift f = s'/s is infinite at t = T and "
+                f"{type(self).__name__} cannot start there; sample it with scoresde.FlowODE"
+            )
 
     @abc.abstractmethod
     def integrate(

@@ -206,6 +206,16 @@ class LinearSDE(SDE):
         var = self.prior_std**2
         return -0.5 * n * math.log(2 * math.pi * var) - sq / (2 * var)
 
+    def mean_coef_dot(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\dot s(t) = f(t)\,s(t)`; subclasses override it where a closed form is better behaved."""
+        return self.drift_coef(t) * self.mean_coef(t)
+
+    def std_dot(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\dot\sigma(t) = \big(g(t)^2 + 2 f(t)\,\sigma(t)^2\big) / (2\sigma(t))`, from
+        :math:`\tfrac{d}{dt}\sigma^2 = 2f\sigma^2 + g^2` (infinite where :math:`\sigma = 0`)."""
+        sigma = self.std(t)
+        return (self.diffusion_coef(t) ** 2 + 2.0 * self.drift_coef(t) * sigma**2) / (2.0 * sigma)
+
     def coefficients(self, t: float | torch.Tensor, like: torch.Tensor | None = None):
         """Return ``(f, g, s, sigma)`` at ``t`` as tensors (dtype/device of ``like``, else float64)."""
         like = torch.empty(0, dtype=torch.float64) if like is None else like
@@ -420,10 +430,23 @@ class ReverseSDE(SDE):
 SDES: dict[str, type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
+def _recordable() -> dict[str, type[LinearSDE]]:
+    """Concrete :class:`LinearSDE` classes exported by ``scoresde`` (VP, sub-VP, VE, DDPM, rectified flow)."""
+    import scoresde
+
+    found = {}
+    for name in scoresde.__all__:
+        obj = getattr(scoresde, name, None)
+        if isinstance(obj, type) and issubclass(obj, LinearSDE) and not getattr(obj, "__abstractmethods__", None):
+            found[obj.__name__] = obj
+    return found
+
+
 def sde_config(sde: SDE) -> dict[str, Any]:
     """A JSON-able description ``{"class": name, "params": {...}}`` that :func:`sde_from_config` rebuilds."""
-    if type(sde) not in SDES.values():
-        raise TypeError(f"only {sorted(c.__name__ for c in SDES.values())} can be recorded, got {type(sde).__name__}")
+    known = _recordable()
+    if known.get(type(sde).__name__) is not type(sde):
+        raise TypeError(f"only {sorted(known)} can be recorded, got {type(sde).__name__}")
     return {"class": type(sde).__name__, "params": sde.params()}
 
 
@@ -433,8 +456,8 @@ def sde_from_config(config: dict[str, Any] | str) -> LinearSDE:
         if config.lower() not in SDES:
             raise ValueError(f"unknown SDE {config!r}; choose one of {sorted(SDES)}")
         return SDES[config.lower()]()
-    by_class = {c.__name__: c for c in SDES.values()}
+    by_class = _recordable()
     try:
         return by_class[config["class"]](**config["params"])
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"cannot rebuild an SDE from {config!r}; expected class one of {sorted(by_class)}") from None

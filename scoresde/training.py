@@ -31,13 +31,14 @@ from tqdm.auto import tqdm
 from ._checks import check_positive, check_positive_int
 from ._io import atomic_path
 from .datasets import Dataset
-from .losses import WEIGHTINGS, dsm_loss
+from .losses import WEIGHTINGS, dsm_loss, velocity_loss
 from .sde import SDE, sde_config, sde_from_config
 
 __all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "read_checkpoint",
            "save_atomic"]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
+OBJECTIVES = ("dsm", "ddpm", "flow_matching")
 CHECKPOINT_VERSION = 1
 
 
@@ -51,6 +52,16 @@ class TrainConfig:
 
     ``lr`` is reached linearly over ``warmup`` steps; ``grad_clip`` bounds the global gradient
     norm (0 disables); ``ema_decay`` is :math:`\\mu`; ``eps`` is the smallest training time.
+
+    ``objective`` selects the loss:
+
+    * ``"dsm"``: continuous-time denoising score matching, :func:`scoresde.losses.dsm_loss`
+      (``weighting``, ``eps``, ``reduce``), :math:`t \\sim U[\\varepsilon, T]`;
+    * ``"ddpm"``: the same loss with :math:`t = i/N`, :math:`i \\sim U\\{1..N\\}` on the grid of a
+      :class:`scoresde.DDPMSDE`; with ``weighting="sigma2"`` and an ``"eps"`` model this is Ho et al.'s
+      :math:`\\|\\varepsilon - \\hat\\varepsilon_\\theta(x_i, i)\\|^2`;
+    * ``"flow_matching"``: :func:`scoresde.losses.velocity_loss` for a ``"velocity"`` model (e.g. on
+      :class:`scoresde.RectifiedFlow`: :math:`\\|v_\\theta(x_t, t) - (z - x_0)\\|^2`).
     """
 
     steps: int = 5000
@@ -63,6 +74,7 @@ class TrainConfig:
     eps: float = 1e-5
     weighting: str = "sigma2"
     reduce: str = "mean"
+    objective: str = "dsm"
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -79,6 +91,8 @@ class TrainConfig:
         check_positive("eps", self.eps)
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
         check_positive_int("seed", self.seed, minimum=0)
@@ -157,7 +171,9 @@ def load_checkpoint(path: str | os.PathLike, ema: bool = True, device: str | tor
 
 
 class Trainer:
-    """Denoising score-matching trainer: AdamW, warm-up, gradient clipping, EMA, atomic checkpoints.
+    """Trainer for score, DDPM and flow-matching models: AdamW, warm-up, gradient clipping, EMA, atomic checkpoints.
+
+    The loss is chosen by ``config.objective`` (see :class:`TrainConfig`).
 
     Parameters
     ----------
@@ -189,6 +205,7 @@ class Trainer:
                 f"data has feature shape {data.feature_shape} but the network expects {expected}; "
                 "choose a network for this data (mlp for vectors, unet/dit for images)"
             )
+        self._check_objective(sde, model)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.ema = copy.deepcopy(self.model).eval()
@@ -204,6 +221,29 @@ class Trainer:
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
         self._buffer_pairs = list(zip(self.ema.buffers(), self.model.buffers(), strict=True))
+
+    def _check_objective(self, sde: SDE, model: torch.nn.Module) -> None:
+        from .ddpm import DDPMSDE
+
+        objective = self.config.objective
+        if objective == "ddpm" and not isinstance(sde, DDPMSDE):
+            raise ValueError(f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
+                             f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs")
+        if objective == "flow_matching" and getattr(model, "parameterization", None) != "velocity":
+            raise ValueError("objective='flow_matching' needs a velocity model: "
+                             "ScoreModel(net, sde, parameterization='velocity')")
+
+    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.objective == "flow_matching":
+            return velocity_loss(self.sde, self.model.velocity, x0, eps=cfg.eps, reduce=cfg.reduce,
+                                 generator=self.generator)
+        t = None
+        if cfg.objective == "ddpm":
+            n = self.sde.N
+            t = torch.randint(1, n + 1, (x0.shape[0],), generator=self.generator, device=x0.device).to(x0.dtype) / n
+        return dsm_loss(self.sde, self.model, x0, weighting=cfg.weighting, eps=cfg.eps, reduce=cfg.reduce,
+                        generator=self.generator, t=t)
 
     # -- configuration -----------------------------------------------------------------
     def full_config(self) -> dict[str, Any]:
@@ -228,8 +268,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         if not self.model.training:
             self.model.train()
-        loss = dsm_loss(self.sde, self.model, self._x[idx], weighting=cfg.weighting, eps=cfg.eps,
-                        reduce=cfg.reduce, generator=self.generator)
+        loss = self._loss(self._x[idx])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:  # clip_grad_norm_ skips parameters without a gradient
