@@ -544,6 +544,18 @@ class TorchSDE(Sampler):
     steps : int
         Number of steps of size :math:`(T - \varepsilon)/N`. Default 200 (600 NFE with srk).
 
+    brownian : callable, optional
+        Builds the Brownian motion instead of the default: called as ``brownian(t0=0.0, t1=T - eps,
+        size=(batch, D), dtype=..., device=..., dt=h, levy_area_approximation=...)`` (the keywords
+        of ``torchsde.BrownianInterval``, so ``functools.partial(torchsde.BrownianInterval,
+        entropy=...)`` works) and must return a torchsde Brownian motion in :math:`u = T - t`.
+        ``levy_area_approximation`` is ``"space-time"`` for ``"srk"`` (it must then answer
+        ``return_U=True``), else ``"none"``. The steps query :math:`(u_k, u_{k+1})` with
+        :math:`u_k = k h (1 + 10^{-9})`, the last one clipped to :math:`T - \varepsilon`. Use it to
+        drive runs with different ``steps`` by one Brownian path (a ``BrownianInterval`` with
+        a fixed entropy but a different ``dt`` gives the same :math:`W(T - \varepsilon)` but a
+        different path in between). The run's generator is then not used.
+
     ``sdeint`` checks shapes by evaluating the drift twice before integrating; these two
     evaluations are counted in the NFE. The Brownian motion is a ``torchsde.BrownianInterval``
     whose entropy is drawn from the
@@ -551,15 +563,21 @@ class TorchSDE(Sampler):
     """
 
     def __init__(self, method: str = "srk", steps: int = 200, eps: float = 1e-3,
-                 denoise: bool = False) -> None:
+                 denoise: bool = False, brownian: Callable[..., Any] | None = None) -> None:
         super().__init__(eps, denoise)
         if method not in TORCHSDE_METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; choose one of {list(TORCHSDE_METHODS)}")
+        if brownian is not None and not callable(brownian):
+            raise TypeError(f"brownian must be callable (a Brownian-motion factory), got {type(brownian).__name__}")
         self.method = method
         self.steps = check_positive_int("steps", steps)
+        self.brownian = brownian
 
     def params(self) -> dict[str, Any]:
-        return {"method": self.method, "steps": self.steps, **super().params()}
+        p: dict[str, Any] = {"method": self.method, "steps": self.steps, **super().params()}
+        if self.brownian is not None:
+            p["brownian"] = getattr(self.brownian, "__name__", type(self.brownian).__name__)
+        return p
 
     def integrate(self, sde, score_fn, x, generator, save_times, progress):
         import torchsde
@@ -572,12 +590,16 @@ class TorchSDE(Sampler):
         # save times, in u = T - t, always containing 0 and the end
         u = np.unique(np.clip(sde.T - np.concatenate([save_times, [sde.T, self.eps]]), 0.0, span))
         ts = torch.tensor(u, dtype=torch.float64, device=x.device)
-        entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         levy = "space-time" if self.method == "srk" else "none"
         y0 = x.reshape(shape[0], -1)
-        bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype,
-                                       device=x.device, entropy=entropy, dt=h,
-                                       levy_area_approximation=levy)
+        if self.brownian is not None:
+            bm = self.brownian(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype, device=x.device, dt=h,
+                               levy_area_approximation=levy)
+        else:
+            entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype,
+                                           device=x.device, entropy=entropy, dt=h,
+                                           levy_area_approximation=levy)
         # a step a hair longer than h makes sdeint take exactly `steps` steps: its last step
         # is clipped to ts[-1], and no extra ~1e-16 step appears from rounding
         with tqdm(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress, leave=False) as bar:

@@ -271,3 +271,45 @@ def test_euler_maruyama_bias_is_weak_order_one(sde):
     # at least first order (VE, with f = 0, shows second order on Gaussian moments)
     assert rates[-1] > 0.85 and (isinstance(sde, sd.VESDE) or abs(rates[-1] - 1) < 0.15), (errs, rates)
     assert errs[-2] < 0.05  # the default 1000 steps
+
+
+# ------------------------------------------------------------------------------------
+# TorchSDE(brownian=...): a user Brownian motion
+# ------------------------------------------------------------------------------------
+def test_torchsde_user_brownian_motion():
+    import functools
+
+    import torchsde
+
+    sde = sd.VPSDE()
+    score = GAUSS.score(sde)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def factory(**kwargs):
+        calls.append(kwargs)
+        return torchsde.BrownianInterval(entropy=42, **kwargs)
+
+    def end(sampler, seed):
+        ds = sd.sample(sde, score, sampler, x_T=x_T, seed=seed, progress=False)
+        return ds, torch.from_numpy(ds["x"].values[-1])
+
+    ds, a = end(sd.TorchSDE("srk", steps=10, brownian=factory), seed=1)
+    _, b = end(sd.TorchSDE("srk", steps=10, brownian=factory), seed=2)
+    assert torch.equal(a, b)  # the path comes from the factory: the run's generator is not used
+    assert set(calls[0]) == {"t0", "t1", "size", "dtype", "device", "dt", "levy_area_approximation"}
+    assert calls[0]["t0"] == 0.0 and calls[0]["t1"] == pytest.approx(sde.T - 1e-3)
+    assert tuple(calls[0]["size"]) == (64, 2) and calls[0]["dtype"] == torch.float64
+    assert calls[0]["dt"] == pytest.approx((sde.T - 1e-3) / 10)
+    assert calls[0]["levy_area_approximation"] == "space-time"
+    assert ds.attrs["sampler_brownian"] == "factory"
+    # functools.partial(BrownianInterval, entropy=...) is a valid factory; euler asks for no Levy area
+    _, c = end(sd.TorchSDE("euler", steps=10, brownian=functools.partial(torchsde.BrownianInterval, entropy=42)),
+               seed=3)
+    assert torch.isfinite(c).all() and not torch.equal(c, a)
+    # the default is unchanged: seeded from the run's generator
+    _, d1 = end(sd.TorchSDE("srk", steps=10), seed=1)
+    _, d2 = end(sd.TorchSDE("srk", steps=10), seed=1)
+    assert torch.equal(d1, d2) and "brownian" not in sd.TorchSDE().params()
+    with pytest.raises(TypeError, match="brownian"):
+        sd.TorchSDE(brownian=3)
