@@ -33,6 +33,8 @@ from scoresde import metrics
 
 TARGET = sd.eight_gaussians()
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
+#: DDPM (its chain as a VP SDE) and rectified flow, checked with their own samplers below
+ALL_SDES = {**SDES, "ddpm": sd.DDPMSchedule.linear().sde(), "rf": sd.RectifiedFlow()}
 METRICS = ("sliced_wasserstein", "energy")
 
 
@@ -45,14 +47,15 @@ def reference(sde_name: str, n: int, eps: float, key: str) -> torch.Tensor:
     0.081 +- 0.018 from fresh exact sets, against 0.052 +- 0.015 between two fresh sets.
     """
     seed = zlib.crc32(f"{sde_name}/{key}/{n}".encode())
-    return TARGET.marginal(SDES[sde_name], eps).sample(n, torch.Generator().manual_seed(seed))
+    marginal = TARGET.marginal(ALL_SDES[sde_name], eps) if eps > 0 else TARGET
+    return marginal.sample(n, torch.Generator().manual_seed(seed))
 
 
 @cache
 def floor(sde_name: str, n: int, metric: str, eps: float, key: str) -> metrics.MetricFloor:
     """The metric between fresh exact sets and the test's reference: the null distribution conditional
     on that reference. 8 pairs (the minimum) give a noisy sd; 24 pairs at 3,000 and 16 at 10,000 are cheap."""
-    marginal = TARGET.marginal(SDES[sde_name], eps)
+    marginal = TARGET.marginal(ALL_SDES[sde_name], eps) if eps > 0 else TARGET
     pairs = 24 if n <= 3000 else 16
     return metrics.metric_floor(metric, lambda k, g: marginal.sample(k, g), n, pairs=pairs, seed=1,
                                 reference=reference(sde_name, n, eps, key))
@@ -60,7 +63,7 @@ def floor(sde_name: str, n: int, metric: str, eps: float, key: str) -> metrics.M
 
 def check_against_truth(sde_name: str, sampler: sd.Sampler, n: int, key: str, seed: int = 1, k: float = 3.0,
                         metric_names: tuple[str, ...] = METRICS) -> dict:
-    sde = SDES[sde_name]
+    sde = ALL_SDES[sde_name]
     ds = sd.sample(sde, TARGET.score(sde), sampler, shape=(n, 2), seed=seed, progress=False)
     x = torch.from_numpy(ds["x"].values[-1])
     ref = reference(sde_name, n, sampler.eps, key)
@@ -126,6 +129,38 @@ def test_defaults_match_the_truth_at_10k(sde_name, sampler_name):
     for seed in (1, 2, 3):
         try:
             check_against_truth(sde_name, DEFAULTS[sampler_name], n=10_000, key=sampler_name, seed=seed)
+        except AssertionError as err:
+            failures.append(f"seed {seed}: {err}")
+        if len(failures) == 2:
+            raise AssertionError("\n".join(failures))
+        if seed - len(failures) == 2 or (seed == 1 and not failures):
+            return
+
+
+# DDPM and flow matching through sample(...) with their own samplers
+OWN = {
+    "ddpm-ancestral": ("ddpm", sd.DDPMAncestral()),
+    "ddpm-ddim": ("ddpm", sd.DDIM(steps=50)),
+    "ddpm-em": ("ddpm", sd.EulerMaruyama(steps=500)),
+    "rf-flow-heun": ("rf", sd.FlowODE(steps=30, method="heun")),
+}
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_fast_ddpm_and_flow_match_the_truth(name):
+    sde_name, sampler = OWN[name]
+    check_against_truth(sde_name, sampler, n=3000, key=name, k=4.0, metric_names=("sliced_wasserstein",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddpm-ancestral", "rf-flow-heun"])
+def test_ddpm_and_flow_match_the_truth_at_20k(name):
+    """The issue's band with 20,000 samples (SW, energy, modes at k = 3); two of three seeds as above."""
+    sde_name, sampler = OWN[name]
+    failures = []
+    for seed in (1, 2, 3):
+        try:
+            check_against_truth(sde_name, sampler, n=20_000, key=name, seed=seed)
         except AssertionError as err:
             failures.append(f"seed {seed}: {err}")
         if len(failures) == 2:
