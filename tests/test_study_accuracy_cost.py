@@ -1,0 +1,128 @@
+"""The accuracy-versus-cost study at a tiny size: what it measures, what it writes, and that its figures
+are drawn from the re-opened netCDF alone."""
+
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `studies` is not installed with the package
+    sys.path.insert(0, str(ROOT))
+
+from studies import accuracy_cost as ac  # noqa: E402
+
+TINY = replace(
+    ac.DEFAULT,
+    n_det=200,
+    nfe_targets=(10, 20, 40, 80),
+    fit_range=(20, 80),
+    grids=("uniform", "logsnr"),
+    ode_methods=("RK45",),
+    ode_tols=(1e-4,),
+    n_sto=2000,
+    levels=(3, 300),
+    adaptive_tols=(0.1, 0.02),
+    rk45_tols=(1e-2, 1e-4),
+    samplers=("EM", "PC-ancestral", "AdaptiveSDE", "ODE-DPM++3M", "ODE-RK45"),
+    floor_pairs=8,
+)
+
+
+@pytest.fixture(scope="module")
+def study():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield ac.run(TINY, progress=False, argv=["--tiny"], size="tiny")
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_fit_order_and_helpers():
+    assert ac.fit_order([10, 20, 40], [1.0, 0.25, 0.0625]) == pytest.approx(2.0)
+    assert ac.fit_order([10, 20, 40], [1.0, math.nan, 0.0625]) == pytest.approx(2.0)
+    assert math.isnan(ac.fit_order([10, 20], [1.0, math.nan]))
+    assert ac.FULL.n_sto >= 20_000 and {20, 35, 50} <= set(ac.FULL.nfe_targets) and {20, 35, 50} <= set(
+        ac.DEFAULT.nfe_targets)
+    with pytest.raises(ValueError, match="one entry per level"):
+        replace(ac.DEFAULT, levels=(10, 20))
+    with pytest.raises(ValueError, match="unknown names"):
+        replace(ac.DEFAULT, solvers=("RK4",))
+
+
+def test_part_a_errors_orders_and_nfe(study):
+    ds = study
+    assert (ds.status == ac.OK).all()
+    # the NFE is the one each run reports: one per step, Heun two
+    one = ds.nfe.sel(solver=["Euler", "DDIM", "DPM++2M", "DPM++3M"])
+    assert (one == ds.nfe_target).all()
+    assert (ds.nfe.sel(solver="Heun") == 2 * (ds.nfe_target // 2)).all()
+    vp = ds.sel(sde="VP")
+    heun = float(vp.order.sel(solver="Heun", grid="logsnr"))
+    assert 1.6 <= heun <= 2.4, heun
+    for solver in ("Euler", "DDIM"):
+        assert 0.8 <= float(vp.order.sel(solver=solver, grid="logsnr")) <= 1.2
+    assert float(vp.order.sel(solver="DPM++3M", grid="logsnr")) >= 1.9
+    at20 = vp.rmse.sel(grid="logsnr", nfe_target=20)
+    assert float(at20.sel(solver="DPM++3M")) < float(at20.sel(solver="DPM++2M")) < float(at20.sel(solver="DDIM"))
+    # DDIM(eta=0) is DPM-Solver++ of order 1
+    np.testing.assert_allclose(ds.rmse.sel(solver="DDIM"), ds.rmse.sel(solver="DPM++1"), rtol=1e-8)
+    # adaptive points: finite, and the reference is much tighter than them
+    assert np.isfinite(ds.ode_rmse).all() and (ds.ode_rmse < 1e-2).all() and (ds.ode_nfe > 0).all()
+    assert (ds.reference_nfe > ds.ode_nfe.max()).all()
+
+
+def test_part_b_band_unsupported_and_needed_nfe(study):
+    ds = study
+    em = ds.sel(sampler="EM", sde="VP")
+    assert em.sto_nfe.values.tolist() == [3, 300]
+    assert em.in_band.values.tolist() == [0, 1], (em.sw.values, ds.sw_floor_mean.values)
+    assert float(em.sw[0]) > 3 * float(ds.sw_floor_mean.sel(sde="VP"))
+    assert (ds.sto_status.sel(sampler="PC-ancestral", sde="subVP") == ac.UNSUPPORTED).all()
+    assert (ds.sto_status.sel(sampler="PC-ancestral", sde=["VP", "VE"]) == ac.OK).all()
+    # fixed-step ODE solvers run the levels up to ode_max_nfe only
+    assert ds.sto_status.sel(sampler="ODE-DPM++3M").values[:, 1].tolist() == [ac.NOT_RUN] * 3
+    ad = ds.sto_nfe.sel(sampler="AdaptiveSDE")
+    assert (ad > 0).all() and (ad.isel(level=1) > ad.isel(level=0)).all()  # tighter tolerance, more NFE
+    need = ac.needed_nfe(ds).set_index(["sampler", "SDE"])
+    assert need.loc[("EM", "VP"), "NFE needed"] == 300
+    assert need.loc[("PC-ancestral", "subVP"), "status"] == "unsupported"
+
+
+def test_outputs_and_plot_from_the_reopened_file(study, tmp_path):
+    text = ac.write_outputs(study, tmp_path)
+    for name in ("accuracy_cost.nc", "error_vs_nfe.png", "error_vs_nfe.svg", "distance_vs_nfe.png",
+                 "distance_vs_nfe.svg", "table.md", "table_needed.csv", "table_rmse_all.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "Issue 4 acceptance" in text and (tmp_path / "table.md").read_text(encoding="utf-8") == text
+    with xr.open_dataset(tmp_path / "accuracy_cost.nc") as ds:
+        ds.load()
+    assert {"solver", "grid", "sde", "nfe_target", "sampler", "level", "pair"} <= set(ds.sizes)
+    assert ds.rmse.dims == ("solver", "grid", "sde", "nfe_target")
+    assert ds.sw.dims == ("sampler", "sde", "level")
+    for key in ("study", "command", "scoresde_version", "torch_version", "created", "n_det", "n_sto", "reference"):
+        assert key in ds.attrs, key
+    assert ds.attrs["command"] == "python -m studies.accuracy_cost --tiny" and ds.attrs["n_sto"] == 2000
+    xr.testing.assert_allclose(ds.rmse, study.rmse)
+    figs = ac.plot(ds)
+    try:
+        assert set(figs) == {"error_vs_nfe", "distance_vs_nfe"}
+        assert all(isinstance(f, Figure) for f in figs.values())
+        assert len(figs["error_vs_nfe"].axes) == len(TINY.grids) * len(TINY.sdes)
+        lines = [ln for ln in figs["error_vs_nfe"].axes[0].get_lines() if ln.get_label().startswith("Heun")]
+        assert lines and len(lines[0].get_xdata()) == len(TINY.nfe_targets)
+    finally:
+        for f in figs.values():
+            plt.close(f)
+
+
+def test_noxfile_runs_the_study():
+    assert '"accuracy_cost"' in (ROOT / "noxfile.py").read_text(encoding="utf-8")
