@@ -1,0 +1,377 @@
+r"""Likelihood study: accuracy of :func:`scoresde.log_likelihood` versus solver tolerance and trace estimator.
+
+Targets with exact scores, float64: the 2-D 8-Gaussian ring (``eight_gaussians``) and a 10-D mixture
+of three Gaussians with unequal weights and random full covariances (:func:`mixture10`, the one the
+likelihood tests use), each under the VP, sub-VP and VE SDEs. The data are exact samples of the
+mixture; the ODE (scipy RK45, ``eps = 1e-5``) computes :math:`\log p_\varepsilon(x)`, which is
+compared with the exact mixture density :math:`\log p_\varepsilon(x)` (``marginal(sde, eps).log_prob``);
+the distance to :math:`\log p_0(x)` (the data density itself) is reported alongside.
+
+* Exact trace at rtol = atol over ``tols``: mean and max absolute error and NFE, with the exact
+  :math:`\log p_T` (``prior_logp=target.marginal(sde, T).log_prob``: solver error only) and with the
+  SDE's Gaussian prior (``sde.prior_logp`` at the same latent :math:`x(T)`: adds the prior mismatch
+  :math:`\log p_T - \log\mathcal N`, which no tolerance removes). Both come from one solve:
+  ``log_prob = prior(x(T)) + delta_logp``; the study checks once that a call without ``prior_logp``
+  gives the SDE-prior numbers.
+* Hutchinson at rtol = atol = ``hutch_tol`` with Gaussian and Rademacher probes, ``probes`` each:
+  mean absolute error against the exact density, NFE, and the bias against the exact-trace result at
+  the same tolerance in units of its standard error: ``z_reported`` = sum of the differences over the
+  sum of the reported variances (K >= 2), and ``z_empirical`` = mean difference over its standard
+  error across samples (any K). Both are ~ N(0, 1) for an unbiased estimator. The probes come from
+  the same seeds for every SDE (common random numbers). The three probability-flow ODEs are one flow
+  in :math:`y = x / s(t)` against :math:`\tilde\sigma = \sigma(t)/s(t)`; the SDEs differ by a
+  multiple of the identity in the drift's Jacobian (and by the range of :math:`\tilde\sigma`), which
+  Rademacher probes (:math:`v_i^2 = 1`) measure without error and Gaussian probes do not. So with
+  shared probes the Rademacher errors nearly coincide across SDEs, VP and sub-VP (same :math:`s(t)`)
+  coincide for both noises, and VE is much noisier with Gaussian probes: its flow expands every
+  direction by about :math:`\sigma_{\max}` / (data scale), an isotropic part that VP's contraction by
+  :math:`s(t)` cancels.
+
+The issue-4 acceptance row: MAE at rtol = atol = 1e-6 with the exact trace, 2-D and 10-D x VP /
+sub-VP / VE, target <= 1e-3 nats.
+
+Usage::
+
+    python -m studies.likelihood                 # default size, ~1.5 minutes on 2 cores
+    python -m studies.likelihood --full          # publication size
+    python -m studies.likelihood --out DIR --quiet --threads 1
+
+Writes to ``--out`` (default ``studies/output/likelihood/``): ``likelihood.nc`` (xarray Dataset with
+provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` (printed) and one CSV per table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import xarray as xr  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import scoresde as sd  # noqa: E402
+
+from . import _io  # noqa: E402
+
+STUDY = "studies.likelihood"
+DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "likelihood"
+
+SDES: dict[str, sd.LinearSDE] = {"VP": sd.VPSDE(), "subVP": sd.SubVPSDE(), "VE": sd.VESDE()}
+EPS = 1e-5
+PRIORS = ("exact", "sde")  # exact log p_T at the latent; the SDE's Gaussian prior
+NOISES = ("gaussian", "rademacher")
+ACCEPT_TOL = 1e-6  # issue 4: MAE at rtol = atol = 1e-6 with the exact trace ...
+ACCEPT_MAE = 1e-3  # ... at most 1e-3 nats
+
+
+def mixture10() -> sd.GaussianMixture:
+    """3 components in 10-D, weights 0.5 / 0.3 / 0.2, random full PD covariances, weighted mean zero
+    (the 10-D target of ``tests/test_likelihood.py``)."""
+    g = torch.Generator().manual_seed(1)
+    K, d = 3, 10
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    means = torch.randn(K, d, generator=g, dtype=torch.float64)
+    means = means - w @ means
+    A = torch.randn(K, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    covs = 0.5 * A @ A.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
+    return sd.GaussianMixture(w, means, covs)
+
+
+#: the targets, by the name of their dimension
+TARGETS = {"2-D": sd.eight_gaussians, "10-D": mixture10}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and seeds of one run."""
+
+    n: int = 200  # data points per target
+    tols: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+    hutch_tol: float = 1e-6
+    probes: tuple[int, ...] = (1, 4, 16)
+    targets: tuple[str, ...] = ("2-D", "10-D")
+    sdes: tuple[str, ...] = ("VP", "subVP", "VE")
+    seed_data: int = 0
+    seed_probes: int = 1
+
+
+DEFAULT = Config()
+FULL = replace(DEFAULT, n=1000, tols=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9), probes=(1, 4, 16, 64))
+
+
+def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
+    """Every target x SDE x tolerance (exact trace) and target x SDE x noise x probes (Hutchinson)."""
+    tnames, snames, tols, probes = list(cfg.targets), list(cfg.sdes), list(cfg.tols), list(cfg.probes)
+    T_, S, R, P = len(tnames), len(snames), len(tols), len(probes)
+    if ACCEPT_TOL not in tols:
+        raise ValueError(f"tols must contain the acceptance tolerance {ACCEPT_TOL:g}, got {tols}")
+    shape = (T_, S, R)
+    err = np.full((*shape, 2, cfg.n), np.nan)  # (target, sde, tol, prior, sample), log p_ODE - log p_eps
+    err0 = np.full((*shape, cfg.n), np.nan)  # exact prior, vs log p_0
+    nfe, wall = np.zeros(shape, np.int64), np.zeros(shape)
+    hshape = (T_, S, 2, P)
+    h_err = np.full((*hshape, cfg.n), np.nan)  # Hutchinson (exact prior) - exact log p_eps
+    h_diff = np.full((*hshape, cfg.n), np.nan)  # Hutchinson - exact trace, same tolerance and prior
+    h_se = np.full((*hshape, cfg.n), np.nan)  # reported standard error (NaN for K = 1)
+    h_nfe, h_wall = np.zeros(hshape, np.int64), np.zeros(hshape)
+    checks: dict[str, float] = {}
+
+    total = T_ * S * (R + 2 * P)
+    with tqdm(total=total, desc="likelihood", disable=not progress, leave=False) as bar:
+        for a, tname in enumerate(tnames):
+            mix = TARGETS[tname]()
+            x = mix.sample(cfg.n, torch.Generator().manual_seed(cfg.seed_data), dtype=torch.float64)
+            log_p0 = mix.log_prob(x)
+            for b, sname in enumerate(snames):
+                sde = SDES[sname]
+                score = mix.score(sde)
+                exact_eps = mix.marginal(sde, EPS).log_prob(x)
+                prior_T = mix.marginal(sde, sde.T).log_prob
+                ref = None
+                for c, tol in enumerate(tols):
+                    bar.set_postfix_str(f"{tname} {sname} exact tol={tol:g}")
+                    start = time.perf_counter()
+                    res = sd.log_likelihood(sde, score, x, eps=EPS, rtol=tol, atol=tol, prior_logp=prior_T)
+                    wall[a, b, c] = time.perf_counter() - start
+                    nfe[a, b, c] = res.nfe
+                    with_sde_prior = sde.prior_logp(res.latent) + res.delta_logp
+                    err[a, b, c, 0] = (res.log_prob - exact_eps).numpy()
+                    err[a, b, c, 1] = (with_sde_prior - exact_eps).numpy()
+                    err0[a, b, c] = (res.log_prob - log_p0).numpy()
+                    if tol == cfg.hutch_tol:
+                        ref = res.log_prob
+                    if tol == ACCEPT_TOL and a == 0 and b == 0:
+                        plain = sd.log_likelihood(sde, score, x, eps=EPS, rtol=tol, atol=tol)
+                        gap = (plain.log_prob - with_sde_prior).abs().max()
+                        checks["sde_prior_call_vs_latent_max_abs"] = float(gap)
+                    bar.update()
+                if ref is None:
+                    ref = sd.log_likelihood(sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol,
+                                            prior_logp=prior_T).log_prob
+                for c, noise in enumerate(NOISES):
+                    for d, K in enumerate(probes):
+                        bar.set_postfix_str(f"{tname} {sname} hutchinson {noise} K={K}")
+                        start = time.perf_counter()
+                        res = sd.log_likelihood(sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol,
+                                                divergence="hutchinson", probes=K, noise=noise,
+                                                seed=cfg.seed_probes + d, prior_logp=prior_T)
+                        h_wall[a, b, c, d] = time.perf_counter() - start
+                        h_nfe[a, b, c, d] = res.nfe
+                        h_err[a, b, c, d] = (res.log_prob - exact_eps).numpy()
+                        h_diff[a, b, c, d] = (res.log_prob - ref).numpy()
+                        if res.std_error is not None:
+                            h_se[a, b, c, d] = res.std_error.numpy()
+                        bar.update()
+
+    mae = np.abs(err).mean(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z_rep = h_diff.sum(-1) / np.sqrt(np.square(h_se).sum(-1))  # NaN for one probe (no reported se)
+        z_emp = h_diff.mean(-1) / (h_diff.std(-1, ddof=1) / math.sqrt(cfg.n))
+        mean_se = h_se.sum(-1) / cfg.n
+    dims, hdims = ("target", "sde", "tol"), ("target", "sde", "noise", "probes")
+    return xr.Dataset(
+        {
+            "error": ((*dims, "prior", "sample"), err,
+                      {"long_name": "ODE log p_eps(x) - exact log p_eps(x)", "units": "nats"}),
+            "error_vs_p0": ((*dims, "sample"), err0,
+                            {"long_name": "ODE log p_eps(x) (exact prior) - exact log p_0(x)", "units": "nats"}),
+            "mae": ((*dims, "prior"), mae, {"long_name": "mean |ODE log p - exact log p_eps|", "units": "nats"}),
+            "max_error": ((*dims, "prior"), np.abs(err).max(-1), {"units": "nats"}),
+            "mae_vs_p0": (dims, np.abs(err0).mean(-1), {"long_name": "mean |ODE log p - exact log p_0|"}),
+            "nfe": (dims, nfe, {"long_name": "score evaluations (exact trace: D backward passes each)"}),
+            "wall_time": (dims, wall, {"units": "s"}),
+            "hutch_error": ((*hdims, "sample"), h_err, {"long_name": "Hutchinson log p - exact log p_eps"}),
+            "hutch_diff": ((*hdims, "sample"), h_diff,
+                           {"long_name": "Hutchinson log p - exact-trace ODE log p (same tolerance and prior)"}),
+            "hutch_se": ((*hdims, "sample"), h_se, {"long_name": "reported standard error (NaN for one probe)"}),
+            "hutch_mae": (hdims, np.abs(h_err).mean(-1), {"long_name": "mean |Hutchinson log p - exact log p_eps|"}),
+            "hutch_bias": (hdims, h_diff.mean(-1), {"long_name": "mean (Hutchinson - exact trace)"}),
+            "hutch_z_reported": (hdims, z_rep, {"long_name": "sum of differences / sqrt(sum of reported variances)"}),
+            "hutch_z_empirical": (hdims, z_emp, {"long_name": "mean difference / its standard error across samples"}),
+            "hutch_mean_se": (hdims, mean_se, {"long_name": "mean reported standard error (NaN for one probe)"}),
+            "hutch_nfe": (hdims, h_nfe),
+            "hutch_wall_time": (hdims, h_wall, {"units": "s"}),
+        },
+        coords={"target": tnames, "sde": snames, "tol": tols, "prior": list(PRIORS), "noise": list(NOISES),
+                "probes": probes, "sample": np.arange(cfg.n),
+                "dim": ("target", [TARGETS[t]().dim for t in tnames])},
+        attrs={"eps": EPS, "method": "RK45", "hutch_tol": cfg.hutch_tol, "accept_tol": ACCEPT_TOL,
+               "accept_mae": ACCEPT_MAE, "sdes": repr([SDES[s] for s in snames]),
+               **{f"check_{k}": v for k, v in checks.items()}},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# tables and figure
+# ---------------------------------------------------------------------------------------
+def acceptance_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Issue 4: MAE at rtol = atol = 1e-6, exact trace, per target x SDE, both priors, with verdicts."""
+    rows = []
+    for t in ds.target.values:
+        for s in ds.sde.values:
+            r = ds.sel(target=t, sde=s, tol=ACCEPT_TOL)
+            ex, gp = float(r.mae.sel(prior="exact")), float(r.mae.sel(prior="sde"))
+            rows.append({"target": t, "SDE": s, "NFE": int(r.nfe),
+                         "MAE, exact log p_T": ex, "verdict (exact p_T)": "ok" if ex <= ACCEPT_MAE else "ABOVE",
+                         "max error, exact log p_T": float(r.max_error.sel(prior="exact")),
+                         "MAE, SDE prior": gp, "verdict (SDE prior)": "ok" if gp <= ACCEPT_MAE else "ABOVE",
+                         "MAE vs log p_0": float(r.mae_vs_p0)})
+    return pd.DataFrame(rows)
+
+
+def make_tables(ds: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
+    """``{key: (title, raw DataFrame for the CSV, markdown)}``."""
+    tables: dict[str, tuple[str, pd.DataFrame, str]] = {}
+    acc = acceptance_table(ds)
+    fmt = {c: ".2e" for c in acc.columns if "MAE" in c or "max" in c}
+    tables["acceptance"] = (
+        f"Issue 4 acceptance: mean |log p_ODE − log p_eps| at rtol = atol = {ACCEPT_TOL:g}, exact trace, "
+        f"n = {ds.sizes['sample']} (target ≤ {ACCEPT_MAE:g} nats)", acc, _io.markdown_table(acc, fmt))
+
+    rows, disp = [], []
+    for t in ds.target.values:
+        for s in ds.sde.values:
+            for tol in ds.tol.values:
+                r = ds.sel(target=t, sde=s, tol=tol)
+                rows.append({"target": t, "SDE": s, "rtol=atol": float(tol), "NFE": int(r.nfe),
+                             "MAE exact p_T": float(r.mae.sel(prior="exact")),
+                             "max exact p_T": float(r.max_error.sel(prior="exact")),
+                             "MAE SDE prior": float(r.mae.sel(prior="sde")), "wall_s": float(r.wall_time)})
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index="rtol=atol", columns=["target", "SDE"], values="MAE exact p_T", sort=False)
+    wide_nfe = df.pivot_table(index="rtol=atol", columns=["target", "SDE"], values="NFE", sort=False)
+    disp = pd.DataFrame({"rtol=atol": [f"{v:.0e}" for v in wide.index]})
+    for col in wide.columns:
+        disp[f"{col[0]} {col[1]}"] = [f"{e:.2e} ({int(n)})" for e, n in
+                                      zip(wide[col].values, wide_nfe[col].values, strict=True)]
+    tables["tolerance"] = ("Exact trace, exact log p_T: MAE in nats (NFE) against rtol = atol", df,
+                           _io.markdown_table(disp))
+
+    rows = []
+    for t in ds.target.values:
+        for s in ds.sde.values:
+            for noise in ds.noise.values:
+                for K in ds.probes.values:
+                    r = ds.sel(target=t, sde=s, noise=noise, probes=K)
+                    rows.append({"target": t, "SDE": s, "noise": noise, "probes": int(K), "NFE": int(r.hutch_nfe),
+                                 "MAE": float(r.hutch_mae), "mean reported se": float(r.hutch_mean_se),
+                                 "bias vs exact trace": float(r.hutch_bias),
+                                 "z (reported se)": float(r.hutch_z_reported),
+                                 "z (empirical se)": float(r.hutch_z_empirical), "wall_s": float(r.hutch_wall_time)})
+    df = pd.DataFrame(rows)
+    tables["hutchinson"] = (
+        f"Hutchinson at rtol = atol = {ds.attrs['hutch_tol']:g}, exact log p_T: MAE against the exact density, and the "
+        "bias against the exact-trace solve in units of its standard error (unbiased: |z| ≲ 3)", df,
+        _io.markdown_table(df.drop(columns="wall_s"),
+                           {"MAE": ".2e", "mean reported se": ".2e", "bias vs exact trace": ".1e",
+                            "z (reported se)": ".2f", "z (empirical se)": ".2f"}))
+    return tables
+
+
+COLORS = {"VP": "C0", "subVP": "C1", "VE": "C2"}
+
+
+def make_figure(ds: xr.Dataset) -> plt.Figure:
+    """One row per target: (a) MAE vs tolerance (both priors), (b) MAE vs NFE, (c) Hutchinson MAE vs probes."""
+    tn = list(ds.target.values)
+    fig, axes = plt.subplots(len(tn), 3, figsize=(15, 4.5 * len(tn)), squeeze=False)
+    tols = ds.tol.values
+    for row, t in enumerate(tn):
+        ax = axes[row, 0]
+        for s in ds.sde.values:
+            for prior, ls in (("exact", "-"), ("sde", "--")):
+                ax.loglog(tols, ds.mae.sel(target=t, sde=s, prior=prior), color=COLORS[s], ls=ls, marker="o", ms=4,
+                          label=f"{s}, {'exact log p_T' if prior == 'exact' else 'SDE prior'}")
+        ax.loglog(tols, tols, color="0.5", lw=1, ls=":", label="error = tolerance")
+        ax.axhline(ACCEPT_MAE, color="r", lw=0.8, ls="-.", label=f"acceptance {ACCEPT_MAE:g}")
+        ax.axvline(ACCEPT_TOL, color="0.7", lw=0.8)
+        ax.invert_xaxis()
+        ax.legend(fontsize=7)
+        ax.set(xlabel="rtol = atol", ylabel="mean |log p_ODE − log p_eps| [nats]",
+               title=f"({'ab'[row]}1) {t}, exact trace: error vs tolerance")
+
+        ax = axes[row, 1]
+        for s in ds.sde.values:
+            ax.loglog(ds.nfe.sel(target=t, sde=s), ds.mae.sel(target=t, sde=s, prior="exact"), color=COLORS[s],
+                      marker="o", ms=4, label=s)
+        ax.legend(fontsize=7)
+        ax.set(xlabel="NFE", ylabel="MAE (exact log p_T) [nats]", title=f"({'ab'[row]}2) {t}: error vs NFE (RK45)")
+
+        ax = axes[row, 2]
+        K = ds.probes.values
+        for s in ds.sde.values:
+            for noise, ls in (("gaussian", "-"), ("rademacher", "--")):
+                ax.loglog(K, ds.hutch_mae.sel(target=t, sde=s, noise=noise), color=COLORS[s], ls=ls, marker="s",
+                          ms=4, label=f"{s} {noise}")
+        top = float(ds.hutch_mae.sel(target=t).max())
+        ax.loglog(K, top * (K / K[0]) ** -0.5, color="0.5", lw=1, ls=":", label="slope −1/2")
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=7, ncol=2)
+        ax.set(xlabel="Hutchinson probes K", ylabel="MAE (exact log p_T) [nats]",
+               title=f"({'ab'[row]}3) {t}: Hutchinson at rtol = atol = {ds.attrs['hutch_tol']:g}")
+    fig.suptitle(f"log_likelihood vs exact mixture densities (n = {ds.sizes['sample']} per target, eps = {EPS:g})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=f"python -m {STUDY}", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="publication size (more samples, tolerances, probes)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study, write the outputs, print the tables; returns 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    cfg = FULL if args.full else DEFAULT
+    out = _io.output_dir(args.out)
+    start = time.perf_counter()
+
+    ds = run_likelihood(cfg, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    attrs: dict[str, Any] = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
+    ds.attrs = {**attrs, **ds.attrs, "study_wall_time_s": round(elapsed, 1)}
+    _io.write_netcdf(ds, out / "likelihood.nc")
+    fig = make_figure(ds)
+    _io.save_figure(fig, out / "figure")
+    plt.close(fig)
+
+    tables = make_tables(ds)
+    parts = [f"# Likelihood accuracy ({'full' if args.full else 'default'} size)\n",
+             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
+             f"{attrs['created']}, {elapsed:.0f} s\n"]
+    for key, (title, df, md) in tables.items():
+        parts.append(f"## {title}\n\n{md}\n")
+        _io.write_csv(df, out / f"table_{key}.csv")
+    if "check_sde_prior_call_vs_latent_max_abs" in ds.attrs:
+        parts.append("Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
+                     f"{ds.attrs['check_sde_prior_call_vs_latent_max_abs']:.1e} nats (2-D, VP, {ACCEPT_TOL:g}).\n")
+    text = "\n".join(parts)
+    _io.write_text(out / "table.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
