@@ -40,7 +40,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
 
 
-STUDIES = ("core_accuracy", "train_toy", "digits", "accuracy_cost")
+STUDIES = ("core_accuracy", "train_toy", "digits", "accuracy_cost", "convergence", "likelihood")
 
 
 @nox.session
