@@ -29,7 +29,9 @@ from .schedules import TimeGrid, get_grid
 from .sde import SDE, LinearSDE, ScoreFn
 from .solvers import _check_linear, _OnGrid
 
-__all__ = ["RectifiedFlow", "FlowODE", "VelocityFn", "velocity", "flow_matching_loss", "sample_flow", "METHODS"]
+__all__ = ["RectifiedFlow", "FlowODE", "velocity_field", "singular_at_T", "VelocityFn", "velocity",
+           "flow_matching_loss",
+           "sample_flow", "METHODS"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("euler", "heun")
@@ -209,26 +211,7 @@ class FlowODE(_OnGrid, FixedStepSampler):
         self._check_grid(sde)
 
     def prepare(self, sde: LinearSDE, score_fn: CountedScore) -> Callable[[torch.Tensor, float], torch.Tensor]:
-        inner = score_fn.score_fn
-        model_sde = getattr(inner, "sde", None)
-        if callable(getattr(inner, "velocity", None)) and type(model_sde) is type(sde) \
-                and model_sde.params() == sde.params():
-            def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
-                score_fn.nfe += 1
-                return inner.velocity(x, _vec(t, x))
-            return v_model
-
-        T = torch.tensor(sde.T, dtype=torch.float64)
-        t_max = sde.T - self.t_clip if float(sde.mean_coef(T)) == 0.0 else sde.T
-
-        def v_score(x: torch.Tensor, t: float) -> torch.Tensor:
-            t = min(t, t_max)
-            tt = torch.tensor(t, dtype=torch.float64)
-            s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
-            s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
-            score = score_fn(x, _vec(t, x))
-            return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
-        return v_score
+        return velocity_field(sde, score_fn, self.t_clip)
 
     def step(self, v, sde, x, t, t_next, generator):
         dt = t_next - t
@@ -241,3 +224,41 @@ class FlowODE(_OnGrid, FixedStepSampler):
 
 def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def singular_at_T(sde: SDE) -> bool:
+    """Whether :math:`s(T) = 0` (the path ends in pure noise, as for :class:`RectifiedFlow`)."""
+    return isinstance(sde, LinearSDE) and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0
+
+
+def velocity_field(sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4) -> Callable[[torch.Tensor, float],
+                                                                                       torch.Tensor]:
+    r"""The probability-flow velocity :math:`v(x, t)` (a callable of a state and a float time) for ``sde``.
+
+    * If ``score_fn`` (or the function a :class:`~scoresde.samplers.CountedScore` wraps) has a
+      ``velocity`` method and an ``sde`` equal to ``sde`` (a :class:`~scoresde.ScoreModel`), that is used;
+      calls are counted on the ``CountedScore``.
+    * Otherwise :math:`v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon
+      = \frac{\dot s}{s}(x + \sigma^2 s_\theta) - \dot\sigma\sigma\, s_\theta`, evaluated at
+      :math:`\min(t, T - t_\mathrm{clip})` when :math:`s(T) = 0` (it is :math:`0/0` there).
+    """
+    inner = score_fn.score_fn if isinstance(score_fn, CountedScore) else score_fn
+    model_sde = getattr(inner, "sde", None)
+    same_sde = type(model_sde) is type(sde) and model_sde.params() == sde.params()
+    if callable(getattr(inner, "velocity", None)) and same_sde:
+        def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
+            if isinstance(score_fn, CountedScore):
+                score_fn.nfe += 1
+            return inner.velocity(x, _vec(t, x))
+        return v_model
+
+    t_max = sde.T - t_clip if singular_at_T(sde) else sde.T
+
+    def v_score(x: torch.Tensor, t: float) -> torch.Tensor:
+        t = min(t, t_max)
+        tt = torch.tensor(t, dtype=torch.float64)
+        s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
+        s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
+        score = score_fn(x, _vec(t, x))
+        return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
+    return v_score

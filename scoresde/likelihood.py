@@ -75,6 +75,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_finite_tensor, check_positive, check_positive_int
+from .flow import singular_at_T, velocity_field
 from .samplers import SCIPY_METHODS, CountedScore
 from .sde import SDE, ScoreFn
 
@@ -263,14 +264,24 @@ def _log_likelihood(sde, score_fn, x, eps, method, rtol, atol, divergence, probe
     v = _probe_noise((K, *shape), noise, generator, dtype, device) if hutch else None
 
     counted = CountedScore(score_fn)
-    ode = sde.reverse(counted, probability_flow=True)
+    if singular_at_T(sde) or getattr(score_fn, "parameterization", None) == "velocity":
+        # rectified flow (f infinite at T) and flow-matching models: the velocity form of the same drift
+        velocity = velocity_field(sde, counted)
+
+        def pf_drift(xt: torch.Tensor, t: float) -> torch.Tensor:
+            return velocity(xt, t)
+    else:
+        ode = sde.reverse(counted, probability_flow=True)
+
+        def pf_drift(xt: torch.Tensor, t: float) -> torch.Tensor:
+            return ode.sde(xt, t)[0]
     n_x = B * D
 
     def drift_and_div(xt: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift (B, *features) and divergence (B, K) at one time, detached."""
         with torch.enable_grad():
             xt = xt.requires_grad_(True)
-            drift = ode.sde(xt, t)[0]
+            drift = pf_drift(xt, t)
             if hutch:
                 divs = []
                 for k in range(K):
