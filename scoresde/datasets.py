@@ -27,13 +27,24 @@ __all__ = ["Dataset", "load_dataset", "TOY_DATASETS", "DATASETS", "toy_sample"]
 
 @dataclass
 class Dataset:
-    """Training data in model space, with the affine map back to data space and its provenance."""
+    """Training data in model space, with the affine map back to data space and its provenance.
+
+    ``noise`` optionally pairs every sample with a latent (a coupling, e.g. from
+    :func:`scoresde.flow.reflow_data`); flow-matching training then uses these pairs instead of
+    independent noise.
+    """
 
     data: torch.Tensor
     name: str
     shift: float = 0.0
     scale: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    noise: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise is not None and tuple(self.noise.shape) != tuple(self.data.shape):
+            raise ValueError(f"noise must have the shape of data {tuple(self.data.shape)}, "
+                             f"got {tuple(self.noise.shape)}")
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -49,7 +60,8 @@ class Dataset:
     def config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild the data map (not the data itself)."""
         return {"name": self.name, "shift": self.shift, "scale": self.scale,
-                "feature_shape": list(self.feature_shape), "n": len(self), "params": self.params}
+                "feature_shape": list(self.feature_shape), "n": len(self), "params": self.params,
+                "coupled": self.noise is not None}
 
 
 # -- 2-D toy generators (numpy Generator for reproducibility) -----------------------------

@@ -30,7 +30,7 @@ from .sde import SDE, LinearSDE, ScoreFn
 from .solvers import _check_linear, _OnGrid
 
 __all__ = ["RectifiedFlow", "FlowODE", "velocity_field", "singular_at_T", "VelocityFn", "velocity",
-           "flow_matching_loss",
+           "flow_matching_loss", "reflow_data",
            "sample_flow", "METHODS"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -262,3 +262,40 @@ def velocity_field(sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4) -> C
         score = score_fn(x, _vec(t, x))
         return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
     return v_score
+
+
+@torch.no_grad()
+def reflow_data(
+    sde: LinearSDE,
+    model: ScoreFn,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 50,
+    method: str = "heun",
+    eps: float = 1e-4,
+    seed: int = 0,
+    data_map: Any = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Any:
+    r"""A reflow coupling (Liu, Gong & Liu 2022, "rectification"): pairs :math:`(x_0, z)` joined by the model's flow.
+
+    Draws :math:`z \sim p_T`, integrates :math:`dx/dt = v_\theta(x, t)` from :math:`T` to ``eps`` with
+    :class:`FlowODE` (``steps``, ``method``) and returns a :class:`scoresde.Dataset` of the end points
+    with ``noise = z``. Training a velocity model on it (``TrainConfig(objective="flow_matching")``) fits
+    the straight interpolation between coupled pairs, so the new flow's paths are straighter and few-step
+    Euler sampling more accurate. ``data_map`` (a :class:`~scoresde.Dataset` or its ``config()``) supplies
+    the map back to data space; ``shape`` is ``(n, *features)``.
+    """
+    from .datasets import Dataset
+    from .sampling import sample
+
+    ds = sample(sde, model, FlowODE(steps, method, eps=eps), shape=shape, seed=seed, dtype=dtype, device=device,
+                save_at=2, progress=progress)
+    x0 = torch.from_numpy(ds["x"].values[-1]).to(device)
+    z = torch.from_numpy(ds["x"].values[0]).to(device)
+    cfg = data_map.config() if hasattr(data_map, "config") else dict(data_map or {})
+    params = {"steps": steps, "method": method, "eps": eps, "seed": seed, "n": int(shape[0]),
+              "source": cfg.get("name", "model")}
+    return Dataset(x0, "reflow", cfg.get("shift", 0.0), cfg.get("scale", 1.0), params, noise=z)

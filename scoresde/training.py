@@ -205,6 +205,7 @@ class Trainer:
                 f"data has feature shape {data.feature_shape} but the network expects {expected}; "
                 "choose a network for this data (mlp for vectors, unet/dit for images)"
             )
+        self._coupled = data.noise is not None
         self._check_objective(sde, model)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -217,6 +218,7 @@ class Trainer:
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self._x = data.data.to(self.device)
+        self._z = None if data.noise is None else data.noise.to(self.device)
         # cached once: rebuilding these lists every step cost ~2% of a small-MLP step
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
@@ -229,15 +231,17 @@ class Trainer:
         if objective == "ddpm" and not isinstance(sde, DDPMSDE):
             raise ValueError(f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
                              f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs")
+        if getattr(self, "_coupled", False) and objective != "flow_matching":
+            raise ValueError("data with paired noise (a reflow coupling) trains with objective='flow_matching' only")
         if objective == "flow_matching" and getattr(model, "parameterization", None) != "velocity":
             raise ValueError("objective='flow_matching' needs a velocity model: "
                              "ScoreModel(net, sde, parameterization='velocity')")
 
-    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x0: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if cfg.objective == "flow_matching":
             return velocity_loss(self.sde, self.model.velocity, x0, eps=cfg.eps, reduce=cfg.reduce,
-                                 generator=self.generator)
+                                 generator=self.generator, z=z)
         t = None
         if cfg.objective == "ddpm":
             n = self.sde.N
@@ -268,7 +272,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         if not self.model.training:
             self.model.train()
-        loss = self._loss(self._x[idx])
+        loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:  # clip_grad_norm_ skips parameters without a gradient
@@ -313,7 +317,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        data = self.data.data if self.data.name == "array" else None
+        stored = self.data.name == "array" or self.data.noise is not None  # not regenerable from a name
+        data = self.data.data if stored else None
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -325,6 +330,7 @@ class Trainer:
             "config": self.full_config(),
             "history": {k: list(v) for k, v in self.history.items()},
             "data": data,
+            "noise": self.data.noise,
         }
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
@@ -372,7 +378,7 @@ class Trainer:
         if data is None:
             d = cfg["data"]
             if ckpt.get("data") is not None:
-                data = Dataset(ckpt["data"], d["name"], d["shift"], d["scale"], d["params"])
+                data = Dataset(ckpt["data"], d["name"], d["shift"], d["scale"], d["params"], noise=ckpt.get("noise"))
             else:
                 p = d["params"]
                 data = load_dataset(d["name"], n=p.get("n", 20_000), seed=p.get("seed", 0), scaling=p["scaling"])

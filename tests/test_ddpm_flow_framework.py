@@ -441,3 +441,47 @@ def test_log_likelihood_of_a_velocity_model_uses_its_velocity():
     z = torch.from_numpy(sol.y[:40, -1]).reshape(20, 2)
     hand = sde.prior_logp(z) + torch.from_numpy(sol.y[40:, -1])
     assert torch.allclose(res.log_prob, hand, atol=1e-8)
+
+
+# -- reflow -------------------------------------------------------------------------------------------
+def test_reflow_straightens_the_flow(tmp_path):
+    """Training on a reflow coupling makes one Euler step far more accurate (measured: SW / floor 21 -> 2.0
+    with 1500 + 1500 steps; here 800 + 800 steps, asserted: at least 3x lower and below 5x the floor).
+    The coupling is stored in the checkpoint, and a run resumed from it continues bit-identically."""
+    from scoresde.flow import reflow_data
+
+    mix, sde = sd.eight_gaussians(), sd.RectifiedFlow()
+    data = load_dataset("eight_gaussians", n=10_000, scaling="none")
+    torch.manual_seed(0)
+    model = ScoreModel(build_network("mlp", dim=2, hidden=64, layers=2, embed_dim=16), sde, parameterization="velocity")
+    cfg = TrainConfig(steps=800, batch_size=256, lr=3e-3, warmup=50, objective="flow_matching", checkpoint_every=0)
+    first = train(sde, model, data, cfg, progress=False)
+    coupling = reflow_data(sde, first.ema, (10_000, 2), steps=30, seed=3, data_map=data, progress=False)
+    assert coupling.noise.shape == coupling.data.shape and coupling.name == "reflow"
+    second_model = ScoreModel(build_network("mlp", dim=2, hidden=64, layers=2, embed_dim=16), sde,
+                              parameterization="velocity")
+    second_model.load_state_dict(first.ema.state_dict())
+    cfg2 = TrainConfig(steps=800, batch_size=256, lr=1e-3, warmup=50, objective="flow_matching", checkpoint_every=400)
+    second = train(sde, second_model, coupling, cfg2, out_dir=tmp_path, progress=False)
+
+    n = 3000
+    ref = mix.sample(n, torch.Generator().manual_seed(9))
+    floor = metrics.metric_floor("sliced_wasserstein", lambda k, g: mix.sample(k, g), n, pairs=8, reference=ref)
+
+    def one_step(m):
+        x = sd.sample(sde, m, sd.FlowODE(1, "euler", eps=1e-4), shape=(n, 2), seed=1, progress=False)["x"].values[-1]
+        return float(metrics.sliced_wasserstein(torch.from_numpy(x), ref)) / floor.mean
+
+    before, after = one_step(first.ema), one_step(second.ema)
+    assert after < before / 3 and after < 5, (before, after)
+
+    resumed = Trainer.from_checkpoint(tmp_path / "step_0000400.pt")
+    assert torch.equal(resumed.data.noise, coupling.noise)
+    resumed.train(progress=False)
+    for p, q in zip(second.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="reflow coupling"):
+        Trainer(sde, ScoreModel(build_network("mlp", dim=2), sde, parameterization="velocity"), coupling,
+                TrainConfig(objective="dsm"))
+    with pytest.raises(ValueError, match="noise must have the shape"):
+        sd.Dataset(coupling.data, "reflow", noise=coupling.noise[:10])
