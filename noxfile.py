@@ -4,6 +4,7 @@ Every session installs torch==2.13.0 first (the CPU build on the project's machi
 the plain ``torch`` requirement does not pull a multi-GB CUDA build.
 """
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -72,6 +73,7 @@ def docs(session: nox.Session) -> None:
         if not _study_has_output(name):
             session.run("python", "-m", f"studies.{name}", "--quiet", "--threads", "1", env=env)
     session.run("python", "-m", "pytest", "-q", "-m", "docs", "tests/test_docs_checker.py")
-    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
+    shutil.rmtree("docs/_build/html", ignore_errors=True)  # viewcode keeps stale pages in incremental builds
+    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html",
                 *session.posargs, env=env)
     session.run("python", "docs/check_site.py", "docs/_build/html")

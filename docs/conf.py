@@ -55,6 +55,7 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache")
 nb_merge_streams = True
+nb_output_stderr = "warn"  # anything a tutorial prints to stderr fails the -W build
 
 # -- autodoc / napoleon ---------------------------------------------------------------------
 autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource",
@@ -149,7 +150,7 @@ class _ImplicitDocstringSections(SphinxTransform):
     made implicit; explicit labels (``(name)=``) that differ from the title are left alone.
     """
 
-    default_priority = 900
+    default_priority = 840  # before SphinxDomains (850), which registers labels
 
     def apply(self, **kwargs):
         for name, explicit in list(self.document.nametypes.items()):
