@@ -19,9 +19,9 @@ from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets,
 from .adaptive import AdaptiveSDE
 from .datasets import Dataset, load_dataset
 from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
-from .flow import FlowODE, RectifiedFlow
+from .flow import FlowODE, RectifiedFlow, reflow_data
 from .likelihood import LikelihoodResult, log_likelihood
-from .losses import dsm_loss
+from .losses import dsm_loss, velocity_loss
 from .mixture import (
     TARGETS,
     GaussianMixture,
@@ -83,6 +83,7 @@ __all__ = [
     "Dataset",
     "load_dataset",
     "dsm_loss",
+    "velocity_loss",
     "ScoreModel",
     "build_network",
     "TrainConfig",
@@ -114,6 +115,7 @@ __all__ = [
     "DDPMAncestral",
     "RectifiedFlow",
     "FlowODE",
+    "reflow_data",
     "adaptive",
     "AdaptiveSDE",
 ]
