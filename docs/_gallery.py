@@ -35,9 +35,23 @@ def study_names(root: Path) -> list[str]:
     return []
 
 
+def study_module(root: Path, name: str) -> str | None:
+    """The ``studies`` module that wrote ``studies/output/<name>``: ``name`` itself, or the longest module
+    name that ``name`` extends with ``_...`` (e.g. ``accuracy_cost_full`` written with ``--out``)."""
+    modules = sorted((p.stem for p in (root / "studies").glob("*.py") if not p.stem.startswith("_")),
+                     key=len, reverse=True)
+    for mod in modules:
+        if name == mod or name.startswith(mod + "_"):
+            return mod
+    return None
+
+
 def study_summary(root: Path, name: str) -> str:
     """First paragraph of the study module's docstring, on one line (empty if none)."""
-    path = root / "studies" / f"{name}.py"
+    mod = study_module(root, name)
+    if mod is None:
+        return ""
+    path = root / "studies" / f"{mod}.py"
     try:
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
     except (OSError, SyntaxError):
@@ -90,7 +104,12 @@ def study_page(root: Path, name: str, folder: Path, out: Path) -> str:
     summary = study_summary(root, name)
     if summary:
         lines += [summary, ""]
-    lines += [f"Reproduce with `python -m studies.{name}` (outputs in `studies/output/{name}/`).", ""]
+    mod = study_module(root, name)
+    if mod == name:
+        lines += [f"Reproduce with `python -m studies.{name}` (outputs in `studies/output/{name}/`).", ""]
+    elif mod is not None:
+        lines += [f"Written by `python -m studies.{mod}` with non-default options into `studies/output/{name}/`"
+                  " (the table below records the command when the study prints it).", ""]
     for img in _images(folder):
         _copy_if_changed(img, files / img.name)
         keep.add(img.name)
@@ -138,7 +157,7 @@ def write_gallery(root: Path, out: Path) -> list[str]:
         "",
     ]
     if shown:
-        index += ["```{toctree}", ":maxdepth: 1", "", *shown, "```", ""]
+        index += ["```{toctree}", ":hidden:", ":maxdepth: 1", "", *shown, "```", ""]
         for name in shown:
             index += [f"## {name}", ""]
             summary = study_summary(root, name)
