@@ -15,7 +15,8 @@ Two passes:
    served from a local ``http.server`` thread; each page is loaded, and after MathJax has finished
    typesetting the checker requires: every ``<img>`` loaded (``naturalWidth > 0``); on pages with
    math (``.math`` elements), MathJax present, every math element typeset into an
-   ``mjx-container``, no raw ``\\(``/``\\[`` left in it and no MathJax error node (``mjx-merror``);
+   ``mjx-container``, no raw ``\\(``/``\\[`` left in it, no MathJax error node (``mjx-merror``) and
+   no undefined TeX macro (MathJax shows those as red text);
    no ``SEVERE`` entry in the browser console (JavaScript errors, failed loads). Chromium runs with
    ``--headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking`` (and
    a fresh profile; the browser's own ``/favicon.ico`` request is not counted), and every host
@@ -160,6 +161,9 @@ const finish = () => {
                   .map(el => el.textContent.trim().slice(0, 80));
   const merror = Array.from(document.querySelectorAll('mjx-merror'))
                       .map(el => (el.getAttribute('data-mjx-error') || el.textContent).slice(0, 80));
+  // TeX's undefined control sequences: MathJax's noundefined package shows them as red text
+  const undefinedMacros = Array.from(document.querySelectorAll('mjx-assistive-mml mtext[mathcolor="red"]'))
+                               .map(el => el.textContent.slice(0, 80));
   done({
     title: document.title,
     images: imgs.length,
@@ -168,7 +172,7 @@ const finish = () => {
     mathjax: !!(window.MathJax && window.MathJax.version),
     mathjaxVersion: (window.MathJax && window.MathJax.version) || null,
     containers: document.querySelectorAll('mjx-container').length,
-    untypeset: untypeset, raw: raw, merror: merror,
+    untypeset: untypeset, raw: raw, merror: merror, undefinedMacros: undefinedMacros,
   });
 };
 const waitMath = () => {
@@ -254,6 +258,7 @@ def check_rendering(root: Path, pages: Iterable[str], browser: str, driver: str,
                         problems.append(f"... {len(report['untypeset']) - 5} more untypeset math elements")
                     problems += [f"raw TeX delimiters left: {t!r}" for t in report["raw"][:5]]
                     problems += [f"MathJax error: {t!r}" for t in report["merror"][:5]]
+                    problems += [f"undefined TeX macro: {t!r}" for t in report["undefinedMacros"][:5]]
             problems += [f"console {e['level']}: {e['message'][:300]}" for e in log
                          if e["level"] == "SEVERE" and not _browser_noise(e["message"])]
             failures += [f"{name}: {p}" for p in problems]
