@@ -46,7 +46,7 @@ from .samplers import (
 from .sampling import sample
 from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, UniformTime, get_grid
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
-from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun
+from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
 from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
 __all__ = [
@@ -107,6 +107,7 @@ __all__ = [
     "Heun",
     "DDIM",
     "DPMSolverPP",
+    "UniPC",
     "SOLVERS",
     "ddpm",
     "flow",

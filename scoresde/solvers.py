@@ -27,7 +27,8 @@ Two families of solvers:
                + s(t') \int_{\lambda_t}^{\lambda_{t'}} e^{-(\lambda_{t'} - \lambda)}\,\hat x_0(\lambda)\,d\lambda.
 
   :class:`DDIM` (order 1) keeps :math:`\hat x_0` constant; :class:`DPMSolverPP` (multistep, order 2
-  or 3) extrapolates it from the previous steps. One score evaluation per step: NFE = ``steps``.
+  or 3) extrapolates it from the previous steps, and :class:`UniPC` adds a corrector that reuses the
+  next step's evaluation. One score evaluation per step: NFE = ``steps``.
 
 VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
 uses :math:`s(t)` and :math:`\sigma(t)` from the SDE. :math:`\sigma(\varepsilon) > 0`, so the last step
@@ -47,7 +48,7 @@ from .samplers import CountedScore, FixedStepSampler, ProbabilityFlowODE
 from .schedules import TimeGrid, get_grid, log_coefs
 from .sde import SDE, LinearSDE
 
-__all__ = ["Euler", "Heun", "DDIM", "DPMSolverPP", "SOLVERS"]
+__all__ = ["Euler", "Heun", "DDIM", "DPMSolverPP", "UniPC", "SOLVERS"]
 
 
 def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -346,4 +347,147 @@ class DPMSolverPP(_OnGrid, FixedStepSampler):
         return out.add_((s2 * phi2) * d1).sub_((s2 * phi3) * d2)
 
 
-SOLVERS: dict[str, type[FixedStepSampler]] = {"euler": Euler, "heun": Heun, "ddim": DDIM, "dpmsolver++": DPMSolverPP}
+@dataclass
+class _UniPCState:
+    """Per-run state of UniPC: data predictions (at the *predicted* points) and their lambdas."""
+
+    score_fn: CountedScore
+    step: int = 0
+    lams: list[float] = field(default_factory=list)
+    x0s: list[torch.Tensor] = field(default_factory=list)
+
+
+class UniPC(_OnGrid, FixedStepSampler):
+    r"""UniPC (Zhao et al. 2023): a multistep predictor (UniP) and corrector (UniC) in data-prediction form.
+
+    With :math:`h = \lambda_{i+1} - \lambda_i`, the previous data predictions :math:`D_{i-k}` at
+    :math:`\lambda_{i-k}`, :math:`r_k = (\lambda_{i-k} - \lambda_i)/h` and
+    :math:`\Delta_k = (D_{i-k} - D_i)/r_k`, both stages start from the DDIM step and add a weighted sum of
+    divided differences,
+
+    .. math::
+        \tilde x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - s_{i+1}(e^{-h} - 1) D_i
+            - s_{i+1} B(h) \sum_{k=1}^{p-1} \rho^{p}_k \Delta_k \quad \text{(UniP-}p\text{)},
+
+        x_{i+1} = \frac{\sigma_{i+1}}{\sigma_i} x_i - s_{i+1}(e^{-h} - 1) D_i
+            - s_{i+1} B(h) \Big(\sum_{k=1}^{p-1} \rho^{c}_k \Delta_k + \rho^{c}_p (D_{i+1} - D_i)\Big)
+            \quad \text{(UniC)},
+
+    where :math:`D_{i+1} = \hat x_0(\tilde x_{i+1}, t_{i+1})` is the evaluation the next step needs anyway,
+    so the corrector costs no extra NFE and raises the order to :math:`p + 1`. The weights solve
+    :math:`R\rho = b` with :math:`R_{jk} = r_k^{j-1}` and :math:`b_j = j!\,\varphi_{j+1}(-h)/B(h)` (the
+    :math:`\varphi` functions of the exponential integrator, :math:`\varphi_{j+1}(z) = (\varphi_j(z) - 1/j!)/z`);
+    :math:`B(h) = e^{-h} - 1` (``"bh2"``) or :math:`-h` (``"bh1"``). These are the updates of the authors'
+    reference implementation (``uni_pc.py``, ``predict_x0=True``). Warm-up by lower orders; no corrector
+    on the last step; with ``lower_order_final`` the order drops over the last steps,
+    :math:`p_i = \min(p, N - i)`, as in the reference code. NFE = ``steps``.
+
+    Parameters
+    ----------
+    order : {1, 2, 3}
+        Predictor order :math:`p` (the corrected update has order :math:`p + 1`). Default 3.
+    steps : int
+        Number of steps (= NFE). Default 20.
+    grid : str or TimeGrid
+        Time grid; default ``"logsnr"``.
+    variant : {"bh2", "bh1"}
+        :math:`B(h)`. Default ``"bh2"``.
+    lower_order_final : bool
+        Lower the order over the last steps. Default True.
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+    """
+
+    stochastic = False
+    VARIANTS = ("bh1", "bh2")
+
+    def __init__(self, order: int = 3, steps: int = 20, grid: str | TimeGrid = "logsnr", variant: str = "bh2",
+                 lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
+        super().__init__(steps, eps, denoise)
+        self.order = check_positive_int("order", order)
+        if self.order > 3:
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        if variant not in self.VARIANTS:
+            raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
+        self.variant = variant
+        self.time_grid = get_grid(grid)
+        self.lower_order_final = bool(lower_order_final)
+
+    def params(self) -> dict[str, Any]:
+        return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "variant": self.variant,
+                "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        _check_linear(self, sde)
+
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> _UniPCState:
+        return _UniPCState(score_fn)
+
+    def step_order(self, i: int) -> int:
+        """Predictor order of step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
+        k = min(self.order, i + 1)
+        if self.lower_order_final:
+            k = min(k, self.steps - i)
+        return k
+
+    def _weights(self, rks: list[float], h: float, order: int) -> tuple[list[float], list[float], float]:
+        """(rho_p, rho_c, B(h)) for the divided-difference ratios ``rks`` (last entry 1)."""
+        import numpy as np
+
+        hh = -h
+        h_phi_1 = math.expm1(hh)
+        b_h = hh if self.variant == "bh1" else h_phi_1
+        h_phi_k = h_phi_1 / hh - 1.0
+        factorial = 1.0
+        R, b = [], []
+        for i in range(1, order + 1):
+            R.append([r ** (i - 1) for r in rks])
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= i + 1
+            h_phi_k = h_phi_k / hh - 1.0 / factorial
+        R_, b_ = np.asarray(R), np.asarray(b)
+        if order == 1:
+            rho_p, rho_c = [], [0.5]
+        elif order == 2:
+            rho_p, rho_c = [0.5], list(np.linalg.solve(R_, b_))
+        else:
+            rho_p, rho_c = list(np.linalg.solve(R_[:-1, :-1], b_[:-1])), list(np.linalg.solve(R_, b_))
+        return rho_p, rho_c, b_h
+
+    def step(self, st: _UniPCState, sde, x, t, t_next, generator):
+        s, sigma, lam = _kernel(sde, t)
+        s2, sigma2, lam2 = _kernel(sde, t_next)
+        if not st.x0s:  # first step: evaluate at x_T
+            score = st.score_fn(x, _vec(t, x))
+            st.x0s.append((x + sigma**2 * score) / s)
+            st.lams.append(lam)
+        k = self.step_order(st.step)
+        st.step += 1
+        last = st.step == self.steps
+        h = lam2 - lam
+        d0 = st.x0s[-1]
+        rks = [(st.lams[-(j + 1)] - lam) / h for j in range(1, k)] + [1.0]
+        diffs = [(st.x0s[-(j + 1)] - d0) / rks[j - 1] for j in range(1, k)]
+        rho_p, rho_c, b_h = self._weights(rks, h, k)
+        base = (sigma2 / sigma) * x - (s2 * math.expm1(-h)) * d0
+        x_pred = base
+        for rho, d in zip(rho_p, diffs, strict=True):
+            x_pred = x_pred - (s2 * b_h * rho) * d
+        if last:
+            return x_pred
+        score = st.score_fn(x_pred, _vec(t_next, x_pred))
+        d_next = (x_pred + sigma2**2 * score) / s2
+        x_new = base - (s2 * b_h * rho_c[-1]) * (d_next - d0)
+        for rho, d in zip(rho_c[:-1], diffs, strict=True):
+            x_new = x_new - (s2 * b_h * rho) * d
+        st.x0s.append(d_next)
+        st.lams.append(lam2)
+        del st.x0s[: -self.order], st.lams[: -self.order]
+        return x_new
+
+
+SOLVERS: dict[str, type[FixedStepSampler]] = {"euler": Euler, "heun": Heun, "ddim": DDIM, "dpmsolver++": DPMSolverPP,
+                                              "unipc": UniPC}

@@ -160,6 +160,17 @@ def test_convergence_order_on_a_gaussian(sde, make, order):
 
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
+def test_unipc_orders_on_a_gaussian(sde):
+    """UniPC-p with its corrector is order p + 1 (measured 2.0, 3.0 and ~3.3 for p = 1, 2, 3; p = 3 is held
+    below 4 by its lower-order start-up steps), and more accurate than DPM-Solver++ of the same p."""
+    for p, lo, hi in ((1, 1.8, 2.2), (2, 2.7, 3.3), (3, 2.8, 4.2)):
+        errs = [gauss_end_error(sde, sd.UniPC(p, n)) for n in (40, 160)]
+        rate = math.log(errs[0] / errs[1]) / math.log(4)
+        assert lo < rate < hi, (p, errs, rate)
+        assert errs[1] < gauss_end_error(sde, DPMSolverPP(p, 160)), (p, errs)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=repr)
 def test_exponential_integrators_are_exact_for_a_point_mass(sde):
     # data = delta_m: x0_hat is exactly m, so DDIM and every multistep order are exact:
     # x_t - s(t) m = (sigma(t) / sigma(T)) (x_T - s(T) m)
@@ -173,7 +184,8 @@ def test_exponential_integrators_are_exact_for_a_point_mass(sde):
     _, _, sT, sigT = sde.coefficients(sde.T)
     _, _, se, sige = sde.coefficients(EPS)
     exact = se * m + (sige / sigT) * (x_T - sT * m)
-    for sampler in (DDIM(3), DDIM(7, grid="karras"), DPMSolverPP(2, 5), DPMSolverPP(3, 6, grid="uniform")):
+    for sampler in (DDIM(3), DDIM(7, grid="karras"), DPMSolverPP(2, 5), DPMSolverPP(3, 6, grid="uniform"),
+                    sd.UniPC(3, 6), sd.UniPC(2, 5, grid="karras", variant="bh1")):
         end = torch.from_numpy(sd.sample(sde, score, sampler, x_T=x_T, progress=False)["x"].values[-1])
         torch.testing.assert_close(end, exact, rtol=1e-10, atol=1e-10)
 
@@ -222,6 +234,8 @@ def test_lower_order_final():
     assert [s.step_order(i) for i in range(6)] == [1, 2, 3, 3, 3, 3]
     s = DPMSolverPP(2, steps=20)  # no lowering at >= 15 steps
     assert [s.step_order(i) for i in range(20)] == [1] + [2] * 19
+    s = sd.UniPC(3, steps=20)  # UniPC's reference code lowers the final orders at any step count
+    assert [s.step_order(i) for i in range(20)] == [1, 2] + [3] * 16 + [2, 1]
     assert [DPMSolverPP(3, steps=1).step_order(0)] == [1]
 
 
@@ -255,6 +269,9 @@ RING_BOUNDS = [
     (lambda: Heun(17), 34, 2.5e-2),
     (lambda: DPMSolverPP(2, 50), 50, 6.0e-3),
     (lambda: DDIM(20), 20, 9.0e-2),
+    # UniPC-3 (bh2, log-SNR): measured 1.36e-2 @ 20, 2.03e-3 @ 35, 5.19e-4 @ 50, 2.9e-5 @ 100 (2,000 samples)
+    (lambda: sd.UniPC(3, 50), 50, 6.5e-4),
+    (lambda: sd.UniPC(3, 35), 35, 2.5e-3),
 ]
 
 
@@ -290,6 +307,8 @@ def contract_solvers(steps=6):
         DDIM(steps, grid="karras", eta=0.5),
         DPMSolverPP(2, steps),
         DPMSolverPP(3, steps, grid="uniform"),
+        sd.UniPC(3, steps),
+        sd.UniPC(2, steps, grid="karras", variant="bh1"),
     ]
 
 
@@ -340,3 +359,12 @@ def test_solver_parameters_and_errors():
         Euler(grid="cosine")
     with pytest.raises(ValueError, match="steps"):
         DDIM(steps=0)
+
+
+def test_unipc_bad_input():
+    with pytest.raises(ValueError, match="order"):
+        sd.UniPC(order=4)
+    with pytest.raises(ValueError, match="variant"):
+        sd.UniPC(variant="bh3")
+    with pytest.raises(ValueError, match="steps"):
+        sd.UniPC(steps=0)
