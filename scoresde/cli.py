@@ -59,7 +59,7 @@ SAMPLERS: dict[str, str] = {
     "ode": "ProbabilityFlowODE, scipy RK45 with error control (--rtol/--atol; --steps ignored)",
     "ode-euler": "ProbabilityFlowODE, fixed-step Euler, default 100 steps",
     "ode-heun": "ProbabilityFlowODE, fixed-step Heun (2 NFE per step), default 100 steps",
-    "torchsde": "TorchSDE, torchsde's srk (SRA1) scheme, 3 NFE per step, default 1000 steps",
+    "torchsde": "TorchSDE, torchsde's srk (SRA1) scheme, 2 NFE per step, default 1000 steps",
     "ddpm": "DDPMAncestral, Ho et al.'s ancestral sampler on the DDPM chain (--sde ddpm only; 1000 NFE)",
     "flow": "FlowODE, Heun on dx/dt = v(x, t) (2 NFE per step), default 50 steps; the one for --sde rf",
 }

@@ -37,6 +37,8 @@ def expected_nfe(sampler):
         n = sampler.steps * ((sampler.predictor != "none") + sampler.corrector_steps * (sampler.corrector != "none"))
     elif isinstance(sampler, sd.ProbabilityFlowODE) and sampler.method in ("euler", "heun"):
         n = sampler.steps * (1 if sampler.method == "euler" else 2)
+    elif isinstance(sampler, sd.TorchSDE) and sampler.method in ("euler", "srk"):
+        n = sampler.steps * (1 if sampler.method == "euler" else 2)
     else:
         return None
     return n + sampler.denoise
@@ -313,3 +315,25 @@ def test_torchsde_user_brownian_motion():
     assert torch.equal(d1, d2) and "brownian" not in sd.TorchSDE().params()
     with pytest.raises(TypeError, match="brownian"):
         sd.TorchSDE(brownian=3)
+
+
+def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
+    """torchsde's SRA1 asks twice for the drift at (t0, y0); the cached answer gives bit-identical samples
+    with 2N instead of 3N + 2 score evaluations (euler: N instead of N + 2)."""
+    from scoresde.samplers import _TorchsdeReverse
+
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    cached = {m: sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
+              for m in ("srk", "euler")}
+
+    def uncached(self, u, y):
+        drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - float(u))
+        return -drift.reshape(y.shape)
+
+    monkeypatch.setattr(_TorchsdeReverse, "f", uncached)
+    for m, nfe in (("srk", 3 * 25 + 2), ("euler", 25 + 2)):
+        plain = sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
+        np.testing.assert_array_equal(plain["x"].values, cached[m]["x"].values)
+        assert plain.attrs["nfe"] == nfe
+        assert cached[m].attrs["nfe"] == (2 * 25 if m == "srk" else 25)
