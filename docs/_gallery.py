@@ -69,9 +69,9 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 
 
 def demote_headings(markdown: str) -> str:
-    """Fit a study's ``table.md`` under the page title: first heading -> H2, every later one -> H3.
-
-    Headings inside fenced code blocks are left alone.
+    """Fit a study's ``table.md`` under the page title: first heading -> H2, every later one -> a bold
+    paragraph (table captions are often long sentences; as headings they would crowd the page's
+    contents). Headings inside fenced code blocks are left alone.
     """
     out, first, fenced = [], True, False
     for line in markdown.splitlines():
@@ -79,7 +79,7 @@ def demote_headings(markdown: str) -> str:
             fenced = not fenced
         m = None if fenced else _HEADING.match(line)
         if m:
-            line = ("## " if first else "### ") + m.group(2)
+            line = f"## {m.group(2)}" if first else f"**{m.group(2).strip()}**"
             first = False
         out.append(line)
     return "\n".join(out) + "\n"

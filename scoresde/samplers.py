@@ -544,6 +544,11 @@ class TorchSDE(Sampler):
     :math:`g(T - u)` (additive noise). Each sample is flattened to a vector (torchsde wants
     2-D states) and reshaped back.
 
+    ``sdeint`` checks shapes by evaluating the drift at :math:`(0, x_T)` before integrating; that
+    evaluation is reused by the first step (cached), so NFE = N (euler) or 2N (srk). The Brownian
+    motion is a ``torchsde.BrownianInterval`` whose entropy is drawn from the run's generator, so a
+    seed gives bit-identical results on CPU.
+
     Parameters
     ----------
     method : str
@@ -554,7 +559,6 @@ class TorchSDE(Sampler):
         additive noise the Stratonovich and Itô SDEs coincide).
     steps : int
         Number of steps of size :math:`(T - \varepsilon)/N`. Default 200 (400 NFE with srk).
-
     brownian : callable, optional
         Builds the Brownian motion instead of the default: called as ``brownian(t0=0.0, t1=T - eps,
         size=(batch, D), dtype=..., device=..., dt=h, levy_area_approximation=...)`` (the keywords
@@ -566,11 +570,6 @@ class TorchSDE(Sampler):
         drive runs with different ``steps`` by one Brownian path (a ``BrownianInterval`` with
         a fixed entropy but a different ``dt`` gives the same :math:`W(T - \varepsilon)` but a
         different path in between). The run's generator is then not used.
-
-    ``sdeint`` checks shapes by evaluating the drift at :math:`(0, x_T)` before integrating; that
-    evaluation is reused by the first step (cached), so NFE = N (euler) or 2N (srk). The Brownian
-    motion is a ``torchsde.BrownianInterval`` whose entropy is drawn from the run's generator, so a
-    seed gives bit-identical results on CPU.
     """
 
     def __init__(self, method: str = "srk", steps: int = 200, eps: float = 1e-3,
