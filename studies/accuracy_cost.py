@@ -701,6 +701,7 @@ def plot_distance(ds: xr.Dataset) -> plt.Figure:
         fm, fsd = float(ds.sw_floor_mean.sel(sde=s)), float(ds.sw_floor_sd.sel(sde=s))
         em, esd = float(ds.energy_floor_mean.sel(sde=s)), float(ds.energy_floor_sd.sel(sde=s))
         for row, (ax, edge) in enumerate(((axes[0, si], (fm + K_SD * fsd) / fm), (axes[1, si], K_SD))):
+            lowest = 0.0
             for p in _str_list(ds, "sampler"):
                 r = ds.sel(sampler=p, sde=s)
                 ok = r.sto_status.values == OK
@@ -709,6 +710,7 @@ def plot_distance(ds: xr.Dataset) -> plt.Figure:
                 order = np.argsort(r.sto_nfe.values[ok], kind="stable")
                 x = r.sto_nfe.values[ok][order]
                 y = (r.sw.values[ok] / fm if row == 0 else (r.energy.values[ok] - em) / esd)[order]
+                lowest = min(lowest, float(np.nanmin(y)) if np.isfinite(y).any() else 0.0)
                 band = r.in_band.values[ok][order].astype(bool)
                 modes = r.mode_ok.values[ok][order].astype(bool)
                 kind = str(r.sampler_kind.values)
@@ -728,6 +730,7 @@ def plot_distance(ds: xr.Dataset) -> plt.Figure:
                     ax.set_ylabel("sliced Wasserstein / floor mean")
             else:
                 ax.set_yscale("symlog", linthresh=3.0)
+                ax.set_ylim(bottom=min(-3.0, 1.5 * lowest))
                 ax.axhline(0.0, color="0.5", lw=0.6)
                 ax.set_title(f"{s}: (ED − floor mean) / floor sd (band edge {K_SD:g})", fontsize=10)
                 ax.set_xlabel("NFE")
