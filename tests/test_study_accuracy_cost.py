@@ -27,7 +27,7 @@ TINY = replace(
     grids=("uniform", "logsnr"),
     ode_methods=("RK45",),
     ode_tols=(1e-4,),
-    n_sto=2000,
+    n_sto=1000,
     levels=(3, 300),
     adaptive_tols=(0.1, 0.02),
     rk45_tols=(1e-2, 1e-4),
@@ -110,7 +110,7 @@ def test_outputs_and_plot_from_the_reopened_file(study, tmp_path):
     assert ds.sw.dims == ("sampler", "sde", "level")
     for key in ("study", "command", "scoresde_version", "torch_version", "created", "n_det", "n_sto", "reference"):
         assert key in ds.attrs, key
-    assert ds.attrs["command"] == "python -m studies.accuracy_cost --tiny" and ds.attrs["n_sto"] == 2000
+    assert ds.attrs["command"] == "python -m studies.accuracy_cost --tiny" and ds.attrs["n_sto"] == 1000
     xr.testing.assert_allclose(ds.rmse, study.rmse)
     figs = ac.plot(ds)
     try:
