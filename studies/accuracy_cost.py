@@ -5,8 +5,8 @@ Target: the FFJORD 8-Gaussian ring (``scoresde.eight_gaussians()``: 8 equal mode
 from T = 1 to eps = 1e-3.
 
 Part A, deterministic solvers (float64). For every solver (``Euler``, ``Heun``, ``DDIM(eta=0)``,
-``DPMSolverPP`` order 1, 2M, 3M) x time grid (``uniform``, ``logsnr``, ``karras``) x SDE x NFE target: the
-per-sample end-point RMSE against a tight reference solve of the same probability-flow ODE from the same
+``DPMSolverPP`` order 1, 2M, 3M, ``UniPC`` order 3) x time grid (``uniform``, ``logsnr``, ``karras``) x SDE x
+NFE target: the per-sample end-point RMSE against a tight reference solve of the same probability-flow ODE from the same
 x_T (scipy DOP853, rtol = atol = 1e-10; :func:`ode_reference`), sqrt(mean_i |x_i - x_i^ref|^2) over
 ``n_det`` starting points x_T ~ p_T. The NFE is the one the run reports (``ds.attrs["nfe"]``): Heun
 takes floor(target / 2) steps. Combinations a solver cannot run are recorded as ``unsupported``, runs
@@ -96,9 +96,10 @@ SOLVERS: dict[str, tuple[Callable[[int, str], sd.Sampler], int]] = {
     "DPM++1": (lambda n, g: sd.DPMSolverPP(1, n, grid=g, eps=EPS), 1),
     "DPM++2M": (lambda n, g: sd.DPMSolverPP(2, n, grid=g, eps=EPS), 1),
     "DPM++3M": (lambda n, g: sd.DPMSolverPP(3, n, grid=g, eps=EPS), 1),
+    "UniPC-3": (lambda n, g: sd.UniPC(3, n, grid=g, eps=EPS), 1),
 }
 #: theoretical order of each solver (3M: >= 2 in practice, held near 2 by its first-order start-up)
-THEORY = {"Euler": 1.0, "Heun": 2.0, "DDIM": 1.0, "DPM++1": 1.0, "DPM++2M": 2.0, "DPM++3M": 3.0}
+THEORY = {"Euler": 1.0, "Heun": 2.0, "DDIM": 1.0, "DPM++1": 1.0, "DPM++2M": 2.0, "DPM++3M": 3.0, "UniPC-3": 4.0}
 
 #: samplers of part B; kind "sde" = stochastic, "ode" = deterministic shown for comparison
 SAMPLER_KINDS = {
@@ -637,7 +638,7 @@ def make_tables(ds: xr.Dataset,
 # figures (from the Dataset alone)
 # ---------------------------------------------------------------------------------------
 SOLVER_STYLE = {"Euler": ("C0", "o"), "Heun": ("C1", "s"), "DDIM": ("C2", "^"), "DPM++1": ("C4", "v"),
-                "DPM++2M": ("C3", "D"), "DPM++3M": ("C5", "P")}
+                "DPM++2M": ("C3", "D"), "DPM++3M": ("C5", "P"), "UniPC-3": ("C6", "X")}
 ODE_STYLE = {"RK45": ("0.3", "*"), "DOP853": ("0.6", "X")}
 
 
