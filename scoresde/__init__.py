@@ -44,7 +44,7 @@ from .samplers import (
     TorchSDE,
 )
 from .sampling import sample
-from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, UniformTime, get_grid
+from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
 from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
 from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
@@ -100,6 +100,7 @@ __all__ = [
     "TimeGrid",
     "UniformTime",
     "LogSNRUniform",
+    "TimeQuadratic",
     "KarrasSigma",
     "GRIDS",
     "get_grid",

