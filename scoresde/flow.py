@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
+from .losses import velocity_loss
 from .samplers import CountedScore, FixedStepSampler
 from .schedules import TimeGrid, get_grid
 from .sde import SDE, LinearSDE, ScoreFn
@@ -110,17 +111,10 @@ def flow_matching_loss(
     over features and batch; ``t`` (shape (batch,)) and ``z`` may be fixed.
     """
     check_finite_tensor("x0", x0, min_dim=2)
-    b = x0.shape[0]
     if t is None:
-        t = torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
-    if z is None:
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    tb = broadcast_coef(t, x0)
-    x_t = (1 - tb) * x0 + tb * z
-    pred = velocity_model(x_t, t)
-    if pred.shape != x0.shape:
-        raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
-    return (pred - (z - x0)).square().reshape(b, -1).mean(dim=1).mean()
+        t = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    # the rectified-flow case of velocity_loss (target s' x0 + sigma' z = z - x0), with t drawn on [0, 1]
+    return velocity_loss(RectifiedFlow(), velocity_model, x0, generator=generator, t=t, z=z)
 
 
 @torch.no_grad()

@@ -65,9 +65,27 @@ def dsm_loss(
     t, z : tensor, optional
         Fix the times (shape (batch,)) and noise (shape of ``x0``) instead of drawing them.
     """
+    t, z = _times_and_noise("dsm_loss", sde, x0, eps, reduce, generator, t, z, weighting=weighting)
+    mean, std = sde.marginal_prob(x0, t)
+    std_b = broadcast_coef(std, x0)
+    score = _checked(model(mean + std_b * z, t), x0)
+    if weighting == "sigma2":
+        err = (score * std_b + z).square()
+    else:
+        err = (score + z / std_b).square()
+    per_sample = _reduce(err, reduce)
+    if weighting == "likelihood":
+        per_sample = per_sample * sde.diffusion_coef(t) ** 2
+    return per_sample.mean()
+
+
+def _times_and_noise(name: str, sde: SDE, x0: torch.Tensor, eps: float, reduce: str,
+                     generator: torch.Generator | None, t: torch.Tensor | None, z: torch.Tensor | None,
+                     weighting: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the common arguments; draw ``t ~ U[eps, T]`` (unless given), then ``z ~ N(0, I)`` (unless given)."""
     if not isinstance(sde, LinearSDE):
-        raise TypeError(f"dsm_loss needs a linear SDE (VPSDE, SubVPSDE, VESDE), got {type(sde).__name__}")
-    if weighting not in WEIGHTINGS:
+        raise TypeError(f"{name} needs a linear SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
+    if weighting is not None and weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
@@ -75,27 +93,24 @@ def dsm_loss(
     if eps >= sde.T:
         raise ValueError(f"eps={eps!r} must be smaller than T={sde.T!r}")
     check_finite_tensor("x0", x0, min_dim=2)
-    b = x0.shape[0]
     if t is None:
-        u = torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
+        u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
         t = u * (sde.T - eps) + eps
     if z is None:
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    mean, std = sde.marginal_prob(x0, t)
-    std_b = broadcast_coef(std, x0)
-    x_t = mean + std_b * z
-    score = model(x_t, t)
-    if score.shape != x0.shape:
-        raise ValueError(f"model returned shape {tuple(score.shape)}, expected {tuple(x0.shape)} (the shape of x)")
-    if weighting == "sigma2":
-        err = (score * std_b + z).square()
-    else:
-        err = (score + z / std_b).square()
-    err = err.reshape(b, -1)
-    per_sample = err.mean(dim=1) if reduce == "mean" else err.sum(dim=1)
-    if weighting == "likelihood":
-        per_sample = per_sample * sde.diffusion_coef(t) ** 2
-    return per_sample.mean()
+    return t, z
+
+
+def _checked(out: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    if out.shape != x0.shape:
+        raise ValueError(f"model returned shape {tuple(out.shape)}, expected {tuple(x0.shape)} (the shape of x)")
+    return out
+
+
+def _reduce(err: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Per-sample mean or sum of the squared error over the feature dimensions."""
+    err = err.reshape(err.shape[0], -1)
+    return err.mean(dim=1) if reduce == "mean" else err.sum(dim=1)
 
 
 def velocity_loss(
@@ -122,24 +137,8 @@ def velocity_loss(
     network :math:`v_\theta(x, t)` (e.g. ``ScoreModel(..., parameterization="velocity").velocity``).
     ``eps``, ``reduce``, ``generator``, ``t`` and ``z`` are as in :func:`dsm_loss`.
     """
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"velocity_loss needs a linear SDE, got {type(sde).__name__}")
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    eps = check_positive("eps", eps)
-    if eps >= sde.T:
-        raise ValueError(f"eps={eps!r} must be smaller than T={sde.T!r}")
-    check_finite_tensor("x0", x0, min_dim=2)
-    b = x0.shape[0]
-    if t is None:
-        u = torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
-        t = u * (sde.T - eps) + eps
-    if z is None:
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    t, z = _times_and_noise("velocity_loss", sde, x0, eps, reduce, generator, t, z)
     s, sigma = broadcast_coef(sde.mean_coef(t), x0), broadcast_coef(sde.std(t), x0)
     target = broadcast_coef(sde.mean_coef_dot(t), x0) * x0 + broadcast_coef(sde.std_dot(t), x0) * z
-    pred = model(s * x0 + sigma * z, t)
-    if pred.shape != x0.shape:
-        raise ValueError(f"model returned shape {tuple(pred.shape)}, expected {tuple(x0.shape)} (the shape of x)")
-    err = (pred - target).square().reshape(b, -1)
-    return (err.mean(dim=1) if reduce == "mean" else err.sum(dim=1)).mean()
+    pred = _checked(model(s * x0 + sigma * z, t), x0)
+    return _reduce((pred - target).square(), reduce).mean()
