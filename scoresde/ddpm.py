@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
 from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
-from .sde import SDE, VPSDE, LinearSDE, _as_time, _batch_vector
+from .sde import SDE, VPSDE, LinearSDE, _VariancePreserving
 
 __all__ = ["DDPMSchedule", "DDPMSDE", "DDPMAncestral", "EpsModel", "discretized_gaussian_log_likelihood"]
 
@@ -396,7 +396,7 @@ class DDPMSchedule:
         return eps_fn
 
 
-class DDPMSDE(LinearSDE):
+class DDPMSDE(_VariancePreserving):
     r"""The VP SDE whose exact transitions between the grid times :math:`t_i = i/N` are a DDPM chain.
 
     With :math:`N` steps :math:`\beta_1..\beta_N` (a :class:`DDPMSchedule`), let :math:`L(t) = \int_0^t \beta`
@@ -480,30 +480,9 @@ class DDPMSDE(LinearSDE):
         return (out * self.N).to(t.dtype)
 
     def log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log s(t) = -L(t)/2`."""
+        r""":math:`\log s(t) = -L(t)/2`; drift, diffusion, :math:`s`, :math:`\sigma` and the exact-transition
+        ``discretize`` (one DDPM step over a grid cell) follow as for every VP SDE."""
         return -0.5 * self.cumulative_beta(t)
-
-    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return -0.5 * self.beta(t)
-
-    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(self.beta(t))
-
-    def mean_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_mean_coef(t))
-
-    def std(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(-torch.expm1(-self.cumulative_beta(t)))
-
-    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""The exact transition over :math:`[t - \Delta t, t]`: :math:`f = (\sqrt{\alpha} - 1)x`,
-        :math:`G = \sqrt{1 - \alpha}` with :math:`\log\alpha = -(L(t) - L(t - \Delta t))`
-        (one DDPM step when the interval is a grid cell)."""
-        dt = self._check_dt(t, dt)
-        t = _as_time(t, x, self.T)
-        log_alpha = -(self.cumulative_beta(t) - self.cumulative_beta(torch.clamp(t - dt, min=0.0)))
-        f = broadcast_coef(torch.expm1(0.5 * log_alpha), x) * x
-        return f, _batch_vector(torch.sqrt(-torch.expm1(log_alpha)), x.shape[0])
 
 
 class DDPMAncestral(Sampler):

@@ -223,7 +223,47 @@ class LinearSDE(SDE):
         return self.drift_coef(t), self.diffusion_coef(t), self.mean_coef(t), self.std(t)
 
 
-class VPSDE(LinearSDE):
+class _VariancePreserving(LinearSDE):
+    r"""The VP family: :math:`f = -\tfrac12\beta(t)`, :math:`g = \sqrt{\beta(t)}`, :math:`s = e^{\log s(t)}`,
+    :math:`\sigma^2 = 1 - s^2`, and the exact transition as ``discretize``.
+
+    Subclasses give :meth:`beta` and :meth:`log_mean_coef` (:math:`\log s = -\tfrac12\int_0^t\beta`):
+    :class:`VPSDE` (linear :math:`\beta`) and :class:`scoresde.DDPMSDE` (a DDPM chain's :math:`\beta`).
+    """
+
+    @abc.abstractmethod
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\beta(t)`."""
+
+    @abc.abstractmethod
+    def log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log s(t) = -\tfrac12\int_0^t \beta`."""
+
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self.beta(t)
+
+    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_mean_coef(t))
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-torch.expm1(2.0 * self.log_mean_coef(t)))
+
+    def discretize(
+        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dt = self._check_dt(t, dt)
+        t = _as_time(t, x, self.T)
+        # log alpha_i = 2 (log s(t) - log s(t - dt)), beta_i = 1 - alpha_i
+        log_alpha = 2.0 * (self.log_mean_coef(t) - self.log_mean_coef(t - dt))
+        f = broadcast_coef(torch.expm1(0.5 * log_alpha), x) * x
+        G = torch.sqrt(-torch.expm1(log_alpha))
+        return f, _batch_vector(G, x.shape[0])
+
+
+class VPSDE(_VariancePreserving):
     r"""Variance-preserving SDE (continuous DDPM), Song et al. 2021 eq. 11.
 
     .. math::
@@ -257,29 +297,6 @@ class VPSDE(LinearSDE):
     def log_mean_coef(self, t: torch.Tensor) -> torch.Tensor:
         r""":math:`\log s(t) = -\tfrac14 t^2(\beta_{\max}-\beta_{\min}) - \tfrac12 t\beta_{\min}`."""
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-
-    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return -0.5 * self.beta(t)
-
-    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(self.beta(t))
-
-    def mean_coef(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_mean_coef(t))
-
-    def std(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(-torch.expm1(2.0 * self.log_mean_coef(t)))
-
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        dt = self._check_dt(t, dt)
-        t = _as_time(t, x, self.T)
-        # log alpha_i = 2 (log s(t) - log s(t - dt)), beta_i = 1 - alpha_i
-        log_alpha = 2.0 * (self.log_mean_coef(t) - self.log_mean_coef(t - dt))
-        f = broadcast_coef(torch.expm1(0.5 * log_alpha), x) * x
-        G = torch.sqrt(-torch.expm1(log_alpha))
-        return f, _batch_vector(G, x.shape[0])
 
 
 class SubVPSDE(VPSDE):
