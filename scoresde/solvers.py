@@ -237,7 +237,41 @@ class _History:
     lower_final: bool = False
 
 
-class DPMSolverPP(_OnGrid, FixedStepSampler):
+class _Multistep(_OnGrid, FixedStepSampler):
+    """What DPM-Solver++ and UniPC share: order 1-3, a time grid, a :class:`_History`, and an order
+    schedule with warm-up and (when :meth:`lowers_final_order` says so) lowering over the final steps."""
+
+    stochastic = False
+
+    def __init__(self, order: int, steps: int, grid: str | TimeGrid, lower_order_final: bool, eps: float,
+                 denoise: bool) -> None:
+        super().__init__(steps, eps, denoise)
+        self.order = check_positive_int("order", order)
+        if self.order > 3:
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        self.time_grid = get_grid(grid)
+        self.lower_order_final = bool(lower_order_final)
+
+    def check(self, sde: SDE) -> None:
+        super().check(sde)
+        _check_linear(self, sde)
+
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
+        return _History(score_fn, lower_final=self.lowers_final_order(sde))
+
+    def lowers_final_order(self, sde: SDE | None = None) -> bool:
+        """Whether the final steps use lower orders (default: whenever ``lower_order_final``)."""
+        return self.lower_order_final
+
+    def step_order(self, i: int, lower_final: bool | None = None) -> int:
+        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
+        k = min(self.order, i + 1)
+        if self.lowers_final_order() if lower_final is None else lower_final:
+            k = min(k, self.steps - i)
+        return k
+
+
+class DPMSolverPP(_Multistep):
     r"""DPM-Solver++ multistep (Lu et al. 2022), order 2 ("2M", Algorithm 2) or 3 ("3M").
 
     With :math:`\lambda_i = \lambda(t_i)`, :math:`h_i = \lambda_i - \lambda_{i-1}`, the data
@@ -292,7 +326,6 @@ class DPMSolverPP(_OnGrid, FixedStepSampler):
         Finish with the Tweedie step (one more NFE). Default False.
     """
 
-    stochastic = False
     #: ``lower_order_final`` applies when ``steps`` is below this
     lower_order_final_below = 15
     #: ... or when the last lambda-step exceeds this multiple of the one before
@@ -300,25 +333,13 @@ class DPMSolverPP(_OnGrid, FixedStepSampler):
 
     def __init__(self, order: int = 2, steps: int = 20, grid: str | TimeGrid = "logsnr", multistep: bool = True,
                  lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
-        super().__init__(steps, eps, denoise)
-        self.order = check_positive_int("order", order)
-        if self.order > 3:
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        super().__init__(order, steps, grid, lower_order_final, eps, denoise)
         if not multistep:
             raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
-        self.time_grid = get_grid(grid)
-        self.lower_order_final = bool(lower_order_final)
 
     def params(self) -> dict[str, Any]:
         return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "multistep": True,
                 "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
-
-    def check(self, sde: SDE) -> None:
-        super().check(sde)
-        _check_linear(self, sde)
-
-    def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
-        return _History(score_fn, lower_final=self.lowers_final_order(sde))
 
     def lowers_final_order(self, sde: SDE | None = None) -> bool:
         """Whether the final steps use lower orders (for ``sde``'s grid; without it, by ``steps`` alone)."""
@@ -330,13 +351,6 @@ class DPMSolverPP(_OnGrid, FixedStepSampler):
             return False
         lam = log_snr(sde, self.grid(sde))
         return bool(lam[-1] - lam[-2] > self.lower_order_final_ratio * (lam[-2] - lam[-3]))
-
-    def step_order(self, i: int, lower_final: bool | None = None) -> int:
-        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
-        k = min(self.order, i + 1)
-        if self.lowers_final_order() if lower_final is None else lower_final:
-            k = min(k, self.steps - i)
-        return k
 
     def step(self, hist: _History, sde, x, t, t_next, generator):
         s, sigma, lam = _kernel(sde, t)
@@ -367,17 +381,7 @@ class DPMSolverPP(_OnGrid, FixedStepSampler):
         return out.add_((s2 * phi2) * d1).sub_((s2 * phi3) * d2)
 
 
-@dataclass
-class _UniPCState:
-    """Per-run state of UniPC: data predictions (at the *predicted* points) and their lambdas."""
-
-    score_fn: CountedScore
-    step: int = 0
-    lams: list[float] = field(default_factory=list)
-    x0s: list[torch.Tensor] = field(default_factory=list)
-
-
-class UniPC(_OnGrid, FixedStepSampler):
+class UniPC(_Multistep):
     r"""UniPC (Zhao et al. 2023): a multistep predictor (UniP) and corrector (UniC) in data-prediction form.
 
     With :math:`h = \lambda_{i+1} - \lambda_i`, the previous data predictions :math:`D_{i-k}` at
@@ -420,38 +424,18 @@ class UniPC(_OnGrid, FixedStepSampler):
         Finish with the Tweedie step (one more NFE). Default False.
     """
 
-    stochastic = False
     VARIANTS = ("bh1", "bh2")
 
     def __init__(self, order: int = 3, steps: int = 20, grid: str | TimeGrid = "logsnr", variant: str = "bh2",
                  lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
-        super().__init__(steps, eps, denoise)
-        self.order = check_positive_int("order", order)
-        if self.order > 3:
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        super().__init__(order, steps, grid, lower_order_final, eps, denoise)
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
         self.variant = variant
-        self.time_grid = get_grid(grid)
-        self.lower_order_final = bool(lower_order_final)
 
     def params(self) -> dict[str, Any]:
         return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "variant": self.variant,
                 "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
-
-    def check(self, sde: SDE) -> None:
-        super().check(sde)
-        _check_linear(self, sde)
-
-    def prepare(self, sde: SDE, score_fn: CountedScore) -> _UniPCState:
-        return _UniPCState(score_fn)
-
-    def step_order(self, i: int) -> int:
-        """Predictor order of step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
-        k = min(self.order, i + 1)
-        if self.lower_order_final:
-            k = min(k, self.steps - i)
-        return k
 
     def _weights(self, rks: list[float], h: float, order: int) -> tuple[list[float], list[float], float]:
         """(rho_p, rho_c, B(h)) for the divided-difference ratios ``rks`` (last entry 1)."""
@@ -477,14 +461,14 @@ class UniPC(_OnGrid, FixedStepSampler):
             rho_p, rho_c = list(np.linalg.solve(R_[:-1, :-1], b_[:-1])), list(np.linalg.solve(R_, b_))
         return rho_p, rho_c, b_h
 
-    def step(self, st: _UniPCState, sde, x, t, t_next, generator):
+    def step(self, st: _History, sde, x, t, t_next, generator):
         s, sigma, lam = _kernel(sde, t)
         s2, sigma2, lam2 = _kernel(sde, t_next)
         if not st.x0s:  # first step: evaluate at x_T
             score = st.score_fn(x, _vec(t, x))
             st.x0s.append((x + sigma**2 * score) / s)
             st.lams.append(lam)
-        k = self.step_order(st.step)
+        k = self.step_order(st.step, st.lower_final)
         st.step += 1
         last = st.step == self.steps
         h = lam2 - lam
