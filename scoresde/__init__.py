@@ -30,6 +30,7 @@ from .mixture import (
     get_target,
     grid,
     pinwheel,
+    random_mixture,
     ring,
 )
 from .nets import ScoreModel, build_network
@@ -65,6 +66,7 @@ __all__ = [
     "ring",
     "grid",
     "pinwheel",
+    "random_mixture",
     "Sampler",
     "EulerMaruyama",
     "PredictorCorrector",

@@ -33,7 +33,7 @@ from ._checks import check_finite_tensor, check_positive, check_positive_int, ch
 from .sde import SDE, LinearSDE
 
 __all__ = ["GaussianMixture", "MixtureScore", "TARGETS", "get_target", "eight_gaussians", "ring",
-           "grid", "pinwheel"]
+           "grid", "pinwheel", "random_mixture"]
 
 
 def _as_float64(name: str, value: Any) -> torch.Tensor:
@@ -204,6 +204,27 @@ class GaussianMixture:
         """The exact score function ``score_fn(x, t)`` of the marginals of this mixture under ``sde``."""
         return MixtureScore(self, sde)
 
+    def flow_map(self, sde: SDE, x: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
+        r"""Exact probability-flow ODE map of a single Gaussian :math:`\mathcal N(m, C)` from ``t_from`` to ``t_to``.
+
+        In :math:`C`'s eigenbasis (:math:`C = U\Lambda U^\top`), with :math:`z = U^\top(x - s(t)\,m)` and the
+        marginal variances :math:`v(t) = s(t)^2\lambda + \sigma(t)^2`, the flow is diagonal:
+        :math:`z(t_1) = \sqrt{v(t_1)/v(t_0)}\,z(t_0)`. The closed form the ODE solvers are checked against.
+        Only for one-component mixtures; computed in ``x``'s dtype and on its device.
+        """
+        if self.n_components != 1:
+            raise ValueError(f"flow_map is closed-form for a single Gaussian only; this mixture has "
+                             f"{self.n_components} components")
+        sde = _check_linear(sde)
+        x = self._check_x(x)
+        lam, U = torch.linalg.eigh(self.covariances[0])
+        lam, U, m = (a.to(dtype=x.dtype, device=x.device) for a in (lam, U, self.means[0]))
+        _, _, s0, sig0 = sde.coefficients(t_from, like=x.new_empty(()))
+        _, _, s1, sig1 = sde.coefficients(t_to, like=x.new_empty(()))
+        z0 = (x - s0 * m) @ U
+        z1 = z0 * torch.sqrt((s1**2 * lam + sig1**2) / (s0**2 * lam + sig0**2))
+        return s1 * m + z1 @ U.T
+
 
 def _check_linear(sde: SDE) -> LinearSDE:
     if not isinstance(sde, LinearSDE):
@@ -288,6 +309,24 @@ def pinwheel(n_arms: int = 5, radius: float = 2.0, radial_std: float = 0.8,
         covs.append(rot @ np.diag([radial_std**2, tangential_std**2]) @ rot.T)
     w = np.arange(1, n_arms + 1, dtype=float)
     return GaussianMixture(w / w.sum(), means, np.stack(covs))
+
+
+def random_mixture(dim: int = 10, weights: Sequence[float] = (0.5, 0.3, 0.2), seed: int = 1) -> GaussianMixture:
+    r"""A mixture in ``dim`` dimensions with random means and full covariances (seeded, float64).
+
+    Means :math:`\mu_k \sim \mathcal N(0, I)`, shifted so that the weighted mean is zero; covariances
+    :math:`\tfrac12 A_k A_k^\top + 0.1\,I` with :math:`A_k` of i.i.d. :math:`\mathcal N(0, 1/d)` entries.
+    One ``torch.Generator`` seeded with ``seed`` draws the means, then the :math:`A_k`.
+    """
+    dim = check_positive_int("dim", dim)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    g = torch.Generator().manual_seed(check_positive_int("seed", seed, minimum=0))
+    K = w.numel()
+    means = torch.randn(K, dim, generator=g, dtype=torch.float64)
+    means = means - w @ means
+    A = torch.randn(K, dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    covs = 0.5 * A @ A.transpose(-1, -2) + 0.1 * torch.eye(dim, dtype=torch.float64)
+    return GaussianMixture(w, means, covs)
 
 
 TARGETS = {

@@ -113,18 +113,6 @@ def supported(sde_name: str, sampler_name: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # exact answers for the Gaussian target
 # ---------------------------------------------------------------------------------------
-def exact_ode_map(sde: sd.LinearSDE, x_T: torch.Tensor, eps: float) -> torch.Tensor:
-    r"""PF-ODE flow of N(m, C) from T to eps: :math:`z_t = \sqrt{v(t)/v(T)}\,z_T` in C's eigenbasis,
-    :math:`v = s^2\lambda + \sigma^2`, :math:`z = U^\top(x - s\,m)`."""
-    lam, U = torch.linalg.eigh(GAUSS.covariances[0])
-    m = GAUSS.means[0]
-    _, _, sT, sigT = sde.coefficients(sde.T)
-    _, _, se, sige = sde.coefficients(eps)
-    zT = (x_T - sT * m) @ U
-    ze = zT * torch.sqrt((se**2 * lam + sige**2) / (sT**2 * lam + sigT**2))
-    return se * m + ze @ U.T
-
-
 def em_moments(sde: sd.LinearSDE, steps: int, eps: float, mean: torch.Tensor,
                cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact mean and covariance after ``steps`` Euler–Maruyama steps of the reverse SDE of N(m, C).
@@ -167,7 +155,7 @@ def _ode_end_error(sde: sd.LinearSDE, sampler: sd.ProbabilityFlowODE, x_T: torch
     """Max over starting points of |x_eps - exact map(x_T)|, and the NFE."""
     ds = sd.sample(sde, GAUSS.score(sde), sampler, x_T=x_T, progress=False)
     end = torch.from_numpy(ds["x"].values[-1])
-    return float((end - exact_ode_map(sde, x_T, sampler.eps)).norm(dim=1).max()), int(ds.attrs["nfe"])
+    return float((end - GAUSS.flow_map(sde, x_T, sde.T, sampler.eps)).norm(dim=1).max()), int(ds.attrs["nfe"])
 
 
 def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:

@@ -1,11 +1,11 @@
 r"""Likelihood study: accuracy of :func:`scoresde.log_likelihood` versus solver tolerance and trace estimator.
 
-Targets with exact scores, float64: the 2-D 8-Gaussian ring (``eight_gaussians``) and a 10-D mixture
-of three Gaussians with unequal weights and random full covariances (:func:`mixture10`, the one the
-likelihood tests use), each under the VP, sub-VP and VE SDEs. The data are exact samples of the
-mixture; the ODE (scipy RK45, ``eps = 1e-5``) computes :math:`\log p_\varepsilon(x)`, which is
-compared with the exact mixture density :math:`\log p_\varepsilon(x)` (``marginal(sde, eps).log_prob``);
-the distance to :math:`\log p_0(x)` (the data density itself) is reported alongside.
+Targets with exact scores, float64: the 2-D 8-Gaussian ring (``eight_gaussians``) and a 10-D mixture of
+three Gaussians with unequal weights and random full covariances (:func:`scoresde.random_mixture`, the
+one the likelihood tests use), each under the VP, sub-VP and VE SDEs. The data are exact samples of the
+mixture; the ODE (scipy RK45, ``eps = 1e-5``) computes :math:`\log p_\varepsilon(x)`, which is compared
+with the exact mixture density :math:`\log p_\varepsilon(x)` (``marginal(sde, eps).log_prob``); the
+distance to :math:`\log p_0(x)` (the data density itself) is reported alongside.
 
 * Exact trace at rtol = atol over ``tols``: mean and max absolute error and NFE, with the exact
   :math:`\log p_T` (``prior_logp=target.marginal(sde, T).log_prob``: solver error only) and with the
@@ -78,21 +78,8 @@ ACCEPT_TOL = 1e-6  # issue 4: MAE at rtol = atol = 1e-6 with the exact trace ...
 ACCEPT_MAE = 1e-3  # ... at most 1e-3 nats
 
 
-def mixture10() -> sd.GaussianMixture:
-    """3 components in 10-D, weights 0.5 / 0.3 / 0.2, random full PD covariances, weighted mean zero
-    (the 10-D target of ``tests/test_likelihood.py``)."""
-    g = torch.Generator().manual_seed(1)
-    K, d = 3, 10
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
-    means = torch.randn(K, d, generator=g, dtype=torch.float64)
-    means = means - w @ means
-    A = torch.randn(K, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    covs = 0.5 * A @ A.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
-    return sd.GaussianMixture(w, means, covs)
-
-
 #: the targets, by the name of their dimension
-TARGETS = {"2-D": sd.eight_gaussians, "10-D": mixture10}
+TARGETS = {"2-D": sd.eight_gaussians, "10-D": sd.random_mixture}
 
 
 @dataclass(frozen=True)

@@ -29,22 +29,10 @@ TOL = {"rtol": 1e-6, "atol": 1e-6}
 SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
 
 
-def mixture10() -> sd.GaussianMixture:
-    """3 components in 10-D, unequal weights, random full PD covariances, weighted mean zero."""
-    g = torch.Generator().manual_seed(1)
-    K, d = 3, 10
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
-    means = torch.randn(K, d, generator=g, dtype=torch.float64)
-    means = means - w @ means
-    A = torch.randn(K, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    covs = 0.5 * A @ A.transpose(-1, -2) + 0.1 * torch.eye(d, dtype=torch.float64)
-    return sd.GaussianMixture(w, means, covs)
-
-
 TARGETS = {
     "ring2": (sd.eight_gaussians, 200),
     "gauss2": (lambda: sd.get_target("gaussian"), 100),
-    "mix10": (mixture10, 50),
+    "mix10": (sd.random_mixture, 50),
 }
 
 

@@ -144,3 +144,31 @@ def test_bad_inputs_to_score_and_names():
         sd.get_target("nope")
     with pytest.raises(TypeError, match="linear SDE"):
         mix.score(sd.VPSDE().reverse(score))
+
+
+# -- closed-form probability-flow map and the random high-dimensional target -------------------
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()], ids=repr)
+def test_flow_map_is_a_flow_and_pushes_marginals_forward(sde):
+    gauss = sd.GaussianMixture([1.0], [[1.0, -0.5]], [[[0.8, 0.3], [0.3, 0.5]]])
+    x = gauss.marginal(sde, 0.7).sample(20_000, torch.Generator().manual_seed(1)).double()
+    y = gauss.flow_map(sde, x, 0.7, 0.2)
+    torch.testing.assert_close(gauss.flow_map(sde, x, 0.7, 0.7), x, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(gauss.flow_map(sde, y, 0.2, 0.05), gauss.flow_map(sde, x, 0.7, 0.05),
+                               rtol=1e-12, atol=1e-12)
+    # a linear map: pushes N(s m, s^2 C + sigma^2 I) at 0.7 exactly to the marginal at 0.2
+    target = gauss.marginal(sde, 0.2)
+    A = torch.linalg.lstsq(x - x.mean(0), y - y.mean(0)).solution.T
+    src = gauss.marginal(sde, 0.7)
+    torch.testing.assert_close(A @ src.covariances[0] @ A.T, target.covariances[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gauss.flow_map(sde, src.means, 0.7, 0.2), target.means, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="single Gaussian"):
+        sd.eight_gaussians().flow_map(sde, x[:3], 0.7, 0.2)
+
+
+def test_random_mixture():
+    a, b = sd.random_mixture(10), sd.random_mixture(10)
+    assert a.dim == 10 and a.n_components == 3
+    assert torch.equal(a.means, b.means) and torch.equal(a.covariances, b.covariances)
+    torch.testing.assert_close(a.weights @ a.means, torch.zeros(10, dtype=torch.float64), atol=1e-14, rtol=0)
+    assert bool((torch.linalg.eigvalsh(a.covariances) > 0.09).all())
+    assert not torch.equal(sd.random_mixture(10, seed=2).means, a.means)
