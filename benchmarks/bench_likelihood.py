@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import torch
+from _common import write_result  # benchmarks/ is sys.path[0] when a script runs
 
 import scoresde as sd
 from scoresde.likelihood import log_likelihood
@@ -170,14 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(n, rounds, args.tol)
     table = markdown(res)
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            if args.out.endswith(".json"):
-                json.dump(res, f, indent=2)
-                f.write("\n")
-            else:
-                f.write(table + "\n")
-        print(f"\nwritten to {args.out}")
+    write_result(args.out, res, table)
     return 0
 
 

@@ -26,10 +26,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import environment, write_result  # benchmarks/ is sys.path[0] when a script runs
 
 import scoresde as sd
 
@@ -222,46 +221,18 @@ def run(batch: int, steps: int, repeats: int, only: list[str] | None = None) -> 
                  "faults_per_call": med(b["faults"] for b in bare_runs),
                  "ms_per_call_each_run": [1e3 * b["wall"] for b in bare_runs]},
         "rows": rows,
-        "environment": {**environment(), "loadavg_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+        "environment": {**environment(torchsde=_torchsde_version()),
+                        "loadavg_1min_start_end": [load_start[0], os.getloadavg()[0]]},
     }
 
 
 # ---------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, Any]:
+def _torchsde_version() -> str:
     import torchsde
 
-    try:
-        n_cpu = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_cpu = os.cpu_count()
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchsde": getattr(torchsde, "__version__", "?"),
-        "scoresde": sd.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu": cpu_model(),
-        "cpus_available": n_cpu,
-        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")} or "unset",
-    }
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if k in os.environ:
-            env[k] = os.environ[k]
-    return env
+    return getattr(torchsde, "__version__", "?")
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -338,14 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(res)
     print()
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            if args.out.endswith(".json"):
-                json.dump(res, f, indent=2)
-                f.write("\n")
-            else:
-                f.write(table + "\n")
-        print(f"\nwritten to {args.out}")
+    write_result(args.out, res, table)
     return 0
 
 

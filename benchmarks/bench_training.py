@@ -43,10 +43,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _common import environment, write_result  # benchmarks/ is sys.path[0] when a script runs
 
 import scoresde as sd
 from scoresde.losses import dsm_loss
@@ -288,38 +287,6 @@ def overheads(setup: Setup, number: int = 20_000) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, Any]:
-    try:
-        n_cpu = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_cpu = os.cpu_count()
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "scoresde": sd.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu": cpu_model(),
-        "cpus_available": n_cpu,
-        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")} or "unset",
-    }
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if k in os.environ:
-            env[k] = os.environ[k]
-    return env
-
-
 def markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     lines = [
@@ -405,14 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(res)
     print()
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            if args.out.endswith(".json"):
-                json.dump(res, f, indent=2)
-                f.write("\n")
-            else:
-                f.write(table + "\n")
-        print(f"\nwritten to {args.out}")
+    write_result(args.out, res, table)
     return 0
 
 
