@@ -6,6 +6,7 @@ Every file is written to a temporary file in its destination folder and then mov
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -23,15 +24,39 @@ import xarray as xr
 from scoresde._io import atomic_path
 
 __all__ = [
+    "study_parser",
+    "prepare",
     "output_dir",
     "provenance",
     "atomic_path",
     "write_text",
     "write_netcdf",
     "save_figure",
+    "save_figures",
     "write_csv",
     "markdown_table",
+    "write_tables",
 ]
+
+
+def study_parser(study: str, doc: str | None, full_help: str, default_out: Path,
+                 threads_help: str = "torch intra-op threads (default 1)") -> argparse.ArgumentParser:
+    """The options every study has (``--full``, ``--out``, ``--quiet``, ``--threads``); add a study's own to it.
+
+    ``study`` is the module (``"studies.<name>"``), ``doc`` its docstring (the first paragraph describes it).
+    """
+    ap = argparse.ArgumentParser(prog=f"python -m {study}", description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help=full_help)
+    ap.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, default=1, help=threads_help)
+    return ap
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    """Apply ``--threads`` (at least 1) and create the ``--out`` folder; return it."""
+    torch.set_num_threads(max(1, args.threads))
+    return output_dir(args.out)
 
 
 def output_dir(path: str | os.PathLike[str]) -> Path:
@@ -94,6 +119,36 @@ def save_figure(fig: Any, stem: str | os.PathLike[str], formats: Sequence[str] =
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
         paths.append(path)
     return paths
+
+
+def save_figures(out: str | os.PathLike[str], figures: Mapping[str, Any]) -> None:
+    """Save each ``{stem: figure}`` as ``out/stem.png`` and ``.svg`` (:func:`save_figure`), then close it."""
+    import matplotlib.pyplot as plt
+
+    for stem, fig in figures.items():
+        save_figure(fig, Path(out) / stem)
+        plt.close(fig)
+
+
+def write_tables(out: str | os.PathLike[str], heading: str, attrs: Mapping[str, Any], timing: str,
+                 tables: Mapping[str, tuple[str, pd.DataFrame, str]], extra: Sequence[str] = ()) -> str:
+    """Write ``table_<key>.csv`` for every table and ``table.md``; return the markdown.
+
+    ``table.md`` holds ``# heading``, a provenance line (command, versions, date, then ``timing``), one
+    ``## title`` section per table with a non-empty markdown rendering, then the ``extra`` paragraphs.
+    """
+    out = Path(out)
+    parts = [f"# {heading}\n",
+             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
+             f"{attrs['created']}, {timing}\n"]
+    for key, (title, df, md) in tables.items():
+        write_csv(df, out / f"table_{key}.csv")
+        if md:
+            parts.append(f"## {title}\n\n{md}\n")
+    parts.extend(extra)
+    text = "\n".join(parts)
+    write_text(out / "table.md", text)
+    return text
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

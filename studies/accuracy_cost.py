@@ -758,43 +758,28 @@ def plot(ds: xr.Dataset) -> dict[str, plt.Figure]:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m studies.accuracy_cost", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="publication size (20,000 samples, finer NFE sweeps)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: small batches run fastest single-threaded on a "
-                         "shared machine)")
+    ap = _io.study_parser(STUDY, __doc__, "publication size (20,000 samples, finer NFE sweeps)", DEFAULT_OUT,
+                          threads_help="torch intra-op threads (default 1: small batches run fastest "
+                                       "single-threaded on a shared machine)")
     return ap.parse_args(argv)
 
 
 def write_outputs(ds: xr.Dataset, out: Path) -> str:
     """Write the netCDF, both figures and the tables to ``out``; return the markdown text."""
     _io.write_netcdf(ds, out / "accuracy_cost.nc")
-    for name, fig in plot(ds).items():
-        _io.save_figure(fig, out / name)
-        plt.close(fig)
-    tables = make_tables(ds)
-    parts = [f"# Accuracy versus cost ({ds.attrs.get('size', '')} size)\n",
-             f"`{ds.attrs['command']}` — scoresde {ds.attrs['scoresde_version']}, torch {ds.attrs['torch_version']}, "
-             f"{ds.attrs['created']}, {ds.attrs['study_wall_time_s']:.0f} s (part A "
-             f"{ds.attrs['part_a_wall_time_s']:.0f} s), {ds.attrs['torch_threads']} torch thread(s)\n"]
-    for key, (title, df, md) in tables.items():
-        _io.write_csv(df, out / f"table_{key}.csv")
-        if md:
-            parts.append(f"## {title}\n\n{md}\n")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    return text
+    _io.save_figures(out, plot(ds))
+    timing = (f"{ds.attrs['study_wall_time_s']:.0f} s (part A {ds.attrs['part_a_wall_time_s']:.0f} s), "
+              f"{ds.attrs['torch_threads']} torch thread(s)")
+    return _io.write_tables(out, f"Accuracy versus cost ({ds.attrs.get('size', '')} size)", ds.attrs, timing,
+                            make_tables(ds))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
-    out = _io.output_dir(args.out)
     ds = run(cfg, progress=not args.quiet, argv=argv, size="full" if args.full else "default")
     print(write_outputs(ds, out))
     return 0

@@ -590,11 +590,7 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=f"python -m {STUDY}", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="publication size (more paths, finer steps)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap = _io.study_parser(STUDY, __doc__, "publication size (more paths, finer steps)", DEFAULT_OUT)
     ap.add_argument("--target", default=None, choices=sorted(TARGETS),
                     help=f"Gaussian-mixture target (default {DEFAULT.target})")
     return ap.parse_args(argv)
@@ -604,11 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     if args.target:
         cfg = replace(cfg, target=args.target)
-    out = _io.output_dir(args.out)
     start = time.perf_counter()
 
     ds = run_convergence(cfg, progress=not args.quiet)
@@ -617,20 +612,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds.attrs = {**_io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg)),
                 **ds.attrs, **{f"check_{k}": v for k, v in checks.items()}, "study_wall_time_s": round(elapsed, 1)}
     _io.write_netcdf(ds, out / "convergence.nc")
-    fig = make_figure(ds)
-    _io.save_figure(fig, out / "figure")
-    plt.close(fig)
-
-    tables = make_tables(ds, checks)
-    parts = [f"# Convergence orders ({'full' if args.full else 'default'} size)\n",
-             f"`{ds.attrs['command']}` — scoresde {ds.attrs['scoresde_version']}, torch {ds.attrs['torch_version']}, "
-             f"{ds.attrs['created']}, {elapsed:.0f} s\n"]
-    for key, (title, df, md) in tables.items():
-        parts.append(f"## {title}\n\n{md}\n")
-        _io.write_csv(df, out / f"table_{key}.csv")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    print(text)
+    _io.save_figures(out, {"figure": make_figure(ds)})
+    print(_io.write_tables(out, f"Convergence orders ({'full' if args.full else 'default'} size)", ds.attrs,
+                           f"{elapsed:.0f} s", make_tables(ds, checks)))
     return 0
 
 

@@ -569,13 +569,9 @@ def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", 
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m studies.core_accuracy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="publication size (more steps, more samples)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: small batches run fastest and most reproducibly "
-                         "single-threaded on a shared machine)")
+    ap = _io.study_parser(STUDY, __doc__, "publication size (more steps, more samples)", DEFAULT_OUT,
+                          threads_help="torch intra-op threads (default 1: small batches run fastest and most "
+                                       "reproducibly single-threaded on a shared machine)")
     return ap.parse_args(argv)
 
 
@@ -583,9 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
-    out = _io.output_dir(args.out)
     start = time.perf_counter()
 
     g = run_gaussian(cfg, progress=not args.quiet)
@@ -601,20 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _io.write_netcdf(g, out / "gaussian.nc")
     _io.write_netcdf(m, out / "mixture.nc")
-    fig = make_figure(g, m)
-    _io.save_figure(fig, out / "figure")
-    plt.close(fig)
-
-    tables = make_tables(g, m)
-    parts = [f"# Core accuracy ({'full' if args.full else 'default'} size)\n",
-             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
-             f"{attrs['created']}, {elapsed:.0f} s\n"]
-    for key, (title, df, md) in tables.items():
-        parts.append(f"## {title}\n\n{md}\n")
-        _io.write_csv(df, out / f"table_{key}.csv")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    print(text)
+    _io.save_figures(out, {"figure": make_figure(g, m)})
+    print(_io.write_tables(out, f"Core accuracy ({'full' if args.full else 'default'} size)", attrs,
+                           f"{elapsed:.0f} s", make_tables(g, m)))
     return 0
 
 

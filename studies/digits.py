@@ -309,13 +309,9 @@ def make_tables(res: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m studies.digits", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="4x the training steps")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: fastest and most reproducible on a shared 2-core "
-                         "machine)")
+    ap = _io.study_parser(STUDY, __doc__, "4x the training steps", DEFAULT_OUT,
+                          threads_help="torch intra-op threads (default 1: fastest and most reproducible on a "
+                                       "shared 2-core machine)")
     ap.add_argument("--sampler", choices=("ode", "pc"), default=None,
                     help="ode: ProbabilityFlowODE() (RK45, default); pc: PredictorCorrector(steps=500)")
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer steps
@@ -326,13 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.sampler is not None:
         cfg = replace(cfg, sampler=args.sampler)
-    out = _io.output_dir(args.out)
     ckpt_dir = out / "checkpoints"
     progress = not args.quiet
     start = time.perf_counter()
@@ -387,22 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "checkpoint": str(ckpt_dir / "last.pt"), "classifier_input": "generated digits clipped to [0, 16]",
                  "study_wall_time_s": round(elapsed, 1)}
     _io.write_netcdf(res, out / "digits.nc")
-    for name, fig in (("samples", samples_figure(generated, real[pick])),
-                      ("trajectory", trajectory_figure(x_data[:, : cfg.n_strip], ds["time"].values)),
-                      ("figure", proxy_figure(res))):
-        _io.save_figure(fig, out / name)
-        plt.close(fig)
-
-    tables = make_tables(res)
-    parts = [f"# Digits: U-Net on scikit-learn's 8x8 digits ({'full' if args.full else 'default'} size)\n",
-             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
-             f"{attrs['created']}, {elapsed:.0f} s in all\n"]
-    for key, (title, df, md) in tables.items():
-        parts.append(f"## {title}\n\n{md}\n")
-        _io.write_csv(df, out / f"table_{key}.csv")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    print(text)
+    _io.save_figures(out, {"samples": samples_figure(generated, real[pick]),
+                           "trajectory": trajectory_figure(x_data[:, : cfg.n_strip], ds["time"].values),
+                           "figure": proxy_figure(res)})
+    size = "full" if args.full else "default"
+    print(_io.write_tables(out, f"Digits: U-Net on scikit-learn's 8x8 digits ({size} size)", attrs,
+                           f"{elapsed:.0f} s in all", make_tables(res)))
     return 0
 
 

@@ -327,11 +327,7 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=f"python -m {STUDY}", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="publication size (more samples, tolerances, probes)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap = _io.study_parser(STUDY, __doc__, "publication size (more samples, tolerances, probes)", DEFAULT_OUT)
     return ap.parse_args(argv)
 
 
@@ -339,9 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
-    out = _io.output_dir(args.out)
     start = time.perf_counter()
 
     ds = run_likelihood(cfg, progress=not args.quiet)
@@ -349,23 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     attrs: dict[str, Any] = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
     ds.attrs = {**attrs, **ds.attrs, "study_wall_time_s": round(elapsed, 1)}
     _io.write_netcdf(ds, out / "likelihood.nc")
-    fig = make_figure(ds)
-    _io.save_figure(fig, out / "figure")
-    plt.close(fig)
-
-    tables = make_tables(ds)
-    parts = [f"# Likelihood accuracy ({'full' if args.full else 'default'} size)\n",
-             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
-             f"{attrs['created']}, {elapsed:.0f} s\n"]
-    for key, (title, df, md) in tables.items():
-        parts.append(f"## {title}\n\n{md}\n")
-        _io.write_csv(df, out / f"table_{key}.csv")
+    _io.save_figures(out, {"figure": make_figure(ds)})
+    extra = []
     if "check_sde_prior_call_vs_latent_max_abs" in ds.attrs:
-        parts.append("Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
+        extra.append("Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
                      f"{ds.attrs['check_sde_prior_call_vs_latent_max_abs']:.1e} nats (2-D, VP, {ACCEPT_TOL:g}).\n")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    print(text)
+    print(_io.write_tables(out, f"Likelihood accuracy ({'full' if args.full else 'default'} size)", attrs,
+                           f"{elapsed:.0f} s", make_tables(ds), extra))
     return 0
 
 

@@ -398,13 +398,9 @@ def make_figure(res: xr.Dataset, scatter: str = "PC") -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m studies.train_toy", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="20,000 training steps")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: small batches run fastest single-threaded on a "
-                         "shared machine)")
+    ap = _io.study_parser(STUDY, __doc__, "20,000 training steps", DEFAULT_OUT,
+                          threads_help="torch intra-op threads (default 1: small batches run fastest "
+                                       "single-threaded on a shared machine)")
     ap.add_argument("--resume", action="store_true",
                     help="continue from <out>/checkpoints/last.pt instead of starting afresh")
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer steps
@@ -416,13 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.samples is not None:
         cfg = replace(cfg, n_samples=args.samples)
-    out = _io.output_dir(args.out)
     ckpt_dir = out / "checkpoints"
     progress = not args.quiet
     start = time.perf_counter()
@@ -444,22 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "training_config": hist.attrs["config"], "sde": repr(sde), "eps": EPS,
                  "checkpoint": str(ckpt_dir / "last.pt"), "study_wall_time_s": round(elapsed, 1)}
     _io.write_netcdf(res, out / "train_toy.nc")
-    fig = make_figure(res)
-    _io.save_figure(fig, out / "figure")
-    plt.close(fig)
-
-    tables = make_tables(res)
-    parts = [f"# Training acceptance: MLP on the 8-Gaussian ring ({'full' if args.full else 'default'} size)\n",
-             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
-             f"{attrs['created']}, {elapsed:.0f} s in all\n"]
-    for key, (title, df, md) in tables.items():
-        parts.append(f"## {title}\n\n{md}\n")
-        _io.write_csv(df, out / f"table_{key}.csv")
-    parts.append(f"## Acceptance (EMA network: SW ≤ {ACCEPT_RATIO:g} × reference floor mean)\n\n"
-                 + "\n".join(verdict_lines(res)) + "\n")
-    text = "\n".join(parts)
-    _io.write_text(out / "table.md", text)
-    print(text)
+    _io.save_figures(out, {"figure": make_figure(res)})
+    acceptance = (f"## Acceptance (EMA network: SW ≤ {ACCEPT_RATIO:g} × reference floor mean)\n\n"
+                  + "\n".join(verdict_lines(res)) + "\n")
+    size = "full" if args.full else "default"
+    print(_io.write_tables(out, f"Training acceptance: MLP on the 8-Gaussian ring ({size} size)", attrs,
+                           f"{elapsed:.0f} s in all", make_tables(res), [acceptance]))
     return 0
 
 
