@@ -46,7 +46,17 @@ from .samplers import (
 )
 from .sampling import sample
 from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
-from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, SubVPSDE, sde_config, sde_from_config
+from .sde import (
+    SDE,
+    VESDE,
+    VPSDE,
+    LinearSDE,
+    ReverseSDE,
+    SubVPSDE,
+    VariancePreservingSDE,
+    sde_config,
+    sde_from_config,
+)
 from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
 from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
@@ -54,6 +64,7 @@ __all__ = [
     "__version__",
     "SDE",
     "LinearSDE",
+    "VariancePreservingSDE",
     "VPSDE",
     "SubVPSDE",
     "VESDE",

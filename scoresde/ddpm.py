@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
 from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
-from .sde import SDE, VPSDE, LinearSDE, _VariancePreserving
+from .sde import SDE, VPSDE, LinearSDE, VariancePreservingSDE
 
 __all__ = ["DDPMSchedule", "DDPMSDE", "DDPMAncestral", "EpsModel", "discretized_gaussian_log_likelihood"]
 
@@ -396,7 +396,7 @@ class DDPMSchedule:
         return eps_fn
 
 
-class DDPMSDE(_VariancePreserving):
+class DDPMSDE(VariancePreservingSDE):
     r"""The VP SDE whose exact transitions between the grid times :math:`t_i = i/N` are a DDPM chain.
 
     With :math:`N` steps :math:`\beta_1..\beta_N` (a :class:`DDPMSchedule`), let :math:`L(t) = \int_0^t \beta`

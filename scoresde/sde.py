@@ -37,8 +37,8 @@ import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_time
 
-__all__ = ["SDE", "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn", "SDES", "sde_config",
-           "sde_from_config"]
+__all__ = ["SDE", "LinearSDE", "VariancePreservingSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn",
+           "SDES", "sde_config", "sde_from_config"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -223,12 +223,13 @@ class LinearSDE(SDE):
         return self.drift_coef(t), self.diffusion_coef(t), self.mean_coef(t), self.std(t)
 
 
-class _VariancePreserving(LinearSDE):
+class VariancePreservingSDE(LinearSDE):
     r"""The VP family: :math:`f = -\tfrac12\beta(t)`, :math:`g = \sqrt{\beta(t)}`, :math:`s = e^{\log s(t)}`,
     :math:`\sigma^2 = 1 - s^2`, and the exact transition as ``discretize``.
 
     Subclasses give :meth:`beta` and :meth:`log_mean_coef` (:math:`\log s = -\tfrac12\int_0^t\beta`):
-    :class:`VPSDE` (linear :math:`\beta`) and :class:`scoresde.DDPMSDE` (a DDPM chain's :math:`\beta`).
+    :class:`VPSDE` (linear :math:`\beta`) and :class:`scoresde.DDPMSDE` (a DDPM chain's :math:`\beta`);
+    subclass it for another schedule :math:`\beta(t)`.
     """
 
     @abc.abstractmethod
@@ -254,6 +255,8 @@ class _VariancePreserving(LinearSDE):
     def discretize(
         self, x: torch.Tensor, t: float | torch.Tensor, dt: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The exact transition over :math:`[t - \Delta t, t]`: :math:`f = (\sqrt{\alpha} - 1)x`,
+        :math:`G = \sqrt{1 - \alpha}` with :math:`\alpha = s(t)^2 / s(t - \Delta t)^2` (the DDPM step)."""
         dt = self._check_dt(t, dt)
         t = _as_time(t, x, self.T)
         # log alpha_i = 2 (log s(t) - log s(t - dt)), beta_i = 1 - alpha_i
@@ -263,7 +266,7 @@ class _VariancePreserving(LinearSDE):
         return f, _batch_vector(G, x.shape[0])
 
 
-class VPSDE(_VariancePreserving):
+class VPSDE(VariancePreservingSDE):
     r"""Variance-preserving SDE (continuous DDPM), Song et al. 2021 eq. 11.
 
     .. math::
