@@ -74,6 +74,18 @@ def docs(session: nox.Session) -> None:
             session.run("python", "-m", f"studies.{name}", "--quiet", "--threads", "1", env=env)
     session.run("python", "-m", "pytest", "-q", "-m", "docs", "tests/test_docs_checker.py")
     shutil.rmtree("docs/_build/html", ignore_errors=True)  # viewcode keeps stale pages in incremental builds
-    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html",
-                *session.posargs, env=env)
+    session.run(
+        "python",
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-E",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+        env=env,
+    )
     session.run("python", "docs/check_site.py", "docs/_build/html")

@@ -90,6 +90,7 @@ def run(n: int, rounds: int, tol: float) -> dict[str, Any]:
         def go():
             r = log_likelihood(sde, score, x, eps=EPS, method=method, rtol=tol, atol=tol)
             return {"log_prob": r.log_prob, "latent": r.latent, "delta_logp": r.delta_logp, "nfe": r.nfe}
+
         return go
 
     solvers = {"scipy RK45": scipy_solver("RK45"), "scipy DOP853": scipy_solver("DOP853")}
@@ -104,7 +105,7 @@ def run(n: int, rounds: int, tol: float) -> dict[str, Any]:
     last: dict[str, dict[str, Any]] = {}
     names = list(solvers)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             last[name] = solvers[name]()
             times[name].append(time.perf_counter() - t0)
@@ -114,27 +115,38 @@ def run(n: int, rounds: int, tol: float) -> dict[str, Any]:
         out = last[name]
         e2e = (out["log_prob"] - exact).abs()
         solver_only = (p_T.log_prob(out["latent"]) + out["delta_logp"] - exact).abs()
-        rows.append({
-            "solver": name,
-            "wall_s": statistics.median(times[name]),
-            "wall_s_all": times[name],
-            "nfe": int(out["nfe"]),
-            "err_end_to_end_mean": float(e2e.mean()),
-            "err_end_to_end_max": float(e2e.max()),
-            "err_solver_only_mean": float(solver_only.mean()),
-            "err_solver_only_max": float(solver_only.max()),
-            "evals_outside_span": int(out.get("outside", 0)),
-        })
+        rows.append(
+            {
+                "solver": name,
+                "wall_s": statistics.median(times[name]),
+                "wall_s_all": times[name],
+                "nfe": int(out["nfe"]),
+                "err_end_to_end_mean": float(e2e.mean()),
+                "err_end_to_end_max": float(e2e.max()),
+                "err_solver_only_mean": float(solver_only.mean()),
+                "err_solver_only_max": float(solver_only.max()),
+                "evals_outside_span": int(out.get("outside", 0)),
+            }
+        )
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import scipy
+
         versions["scipy"] = scipy.__version__
         import torchdiffeq
+
         versions["torchdiffeq"] = torchdiffeq.__version__
     except ImportError:
         pass
-    return {"n": n, "rounds": rounds, "tol": tol, "eps": EPS, "torch_threads": torch.get_num_threads(),
-            "versions": versions, "rows": rows}
+    return {
+        "n": n,
+        "rounds": rounds,
+        "tol": tol,
+        "eps": EPS,
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "rows": rows,
+    }
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -146,17 +158,23 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
-        lines.append(f"| {r['solver']} | {r['wall_s']:.2f} | {r['nfe']} | {r['err_end_to_end_mean']:.1e} | "
-                     f"{r['err_end_to_end_max']:.1e} | {r['err_solver_only_mean']:.1e} | "
-                     f"{r['err_solver_only_max']:.1e} |")
-    lines += ["", "end to end: against exact log p_eps with the SDE's N(0, I) prior; solver only: the exact "
-              "log p_T substituted at x(T). Versions: " + json.dumps(res["versions"])]
+        lines.append(
+            f"| {r['solver']} | {r['wall_s']:.2f} | {r['nfe']} | {r['err_end_to_end_mean']:.1e} | "
+            f"{r['err_end_to_end_max']:.1e} | {r['err_solver_only_mean']:.1e} | "
+            f"{r['err_solver_only_max']:.1e} |"
+        )
+    lines += [
+        "",
+        "end to end: against exact log p_eps with the SDE's N(0, I) prior; solver only: the exact "
+        "log p_T substituted at x(T). Versions: " + json.dumps(res["versions"]),
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=None, help="number of points (default 1000; --quick: 200)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
     p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol (default 1e-5)")

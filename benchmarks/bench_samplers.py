@@ -62,16 +62,18 @@ class ScoreMLP(torch.nn.Module):
     would cost more than the bare calls on N(0, I) inputs and bias the overhead ratio.
     """
 
-    def __init__(self, dim: int = 2, width: int = 128, n_freq: int = 16, scale: float = 4.0,
-                 seed: int = 0) -> None:
+    def __init__(self, dim: int = 2, width: int = 128, n_freq: int = 16, scale: float = 4.0, seed: int = 0) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("freq", 2 * math.pi * scale * torch.randn(n_freq, generator=gen))
         torch.manual_seed(seed)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim + 2 * n_freq, width), torch.nn.SiLU(),
-            torch.nn.Linear(width, width), torch.nn.SiLU(),
-            torch.nn.Linear(width, width), torch.nn.SiLU(),
+            torch.nn.Linear(dim + 2 * n_freq, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
             torch.nn.Linear(width, dim),
         )
 
@@ -169,27 +171,40 @@ def run(batch: int, steps: int, repeats: int, only: list[str] | None = None) -> 
     def bare() -> dict[str, float]:
         m = time_bare_calls(score_fn, batch, steps)
         bare_runs.append({"wall": m.wall / steps, "cpu": m.cpu / steps, "faults": m.faults / steps})
-        print(f"    {steps} bare calls{'':<{22 - len(str(steps))}s} {m.wall:8.3f} s  "
-              f"({1e3 * m.wall / steps:.3f} ms/call, {m.faults / steps:.0f} page faults/call)", flush=True)
+        print(
+            f"    {steps} bare calls{'':<{22 - len(str(steps))}s} {m.wall:8.3f} s  "
+            f"({1e3 * m.wall / steps:.3f} ms/call, {m.faults / steps:.0f} page faults/call)",
+            flush=True,
+        )
         return bare_runs[-1]
 
     for r in range(repeats):
         print(f"  round {r + 1}/{repeats}", flush=True)
         rec: dict[str, Any] = {}
         before = bare()
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             m, loop, nfe, xmax = time_sampler(sde, score_fn, factories[name](), batch)
             after = bare()
             per_call = 0.5 * (before["wall"] + after["wall"])
             cpu_per_call = 0.5 * (before["cpu"] + after["cpu"])
             denom = nfe * per_call
-            rec[name] = {"wall": m.wall, "loop": loop, "nfe": nfe, "ratio": m.wall / denom,
-                         "loop_ratio": loop / denom, "raw_ratio": m.wall / (steps * per_call),
-                         "cpu_ratio": m.cpu / (nfe * cpu_per_call), "faults_per_nfe": m.faults / nfe,
-                         "final_abs_max": xmax}
-            print(f"    {name:<36s} {m.wall:8.3f} s  NFE {nfe:5d}  ratio {m.wall / denom:6.3f}  "
-                  f"({m.faults / nfe:.0f} page faults/NFE)", flush=True)
+            rec[name] = {
+                "wall": m.wall,
+                "loop": loop,
+                "nfe": nfe,
+                "ratio": m.wall / denom,
+                "loop_ratio": loop / denom,
+                "raw_ratio": m.wall / (steps * per_call),
+                "cpu_ratio": m.cpu / (nfe * cpu_per_call),
+                "faults_per_nfe": m.faults / nfe,
+                "final_abs_max": xmax,
+            }
+            print(
+                f"    {name:<36s} {m.wall:8.3f} s  NFE {nfe:5d}  ratio {m.wall / denom:6.3f}  "
+                f"({m.faults / nfe:.0f} page faults/NFE)",
+                flush=True,
+            )
             before = after
         rounds.append(rec)
 
@@ -200,29 +215,44 @@ def run(batch: int, steps: int, repeats: int, only: list[str] | None = None) -> 
         recs = [r[name] for r in rounds]
         nfe = recs[0]["nfe"]
         wall = med(x["wall"] for x in recs)
-        rows.append({
-            "sampler": name,
-            "wall_s": wall,
-            "loop_s": med(x["loop"] for x in recs),
-            "nfe": nfe,
-            "ms_per_nfe": 1e3 * wall / nfe,
-            "ratio": med(x["ratio"] for x in recs),
-            "loop_ratio": med(x["loop_ratio"] for x in recs),
-            "raw_ratio": med(x["raw_ratio"] for x in recs),
-            "cpu_ratio": med(x["cpu_ratio"] for x in recs),
-            "faults_per_nfe": med(x["faults_per_nfe"] for x in recs),
-            "final_abs_max": recs[0]["final_abs_max"],
-            "ratios": [x["ratio"] for x in recs],
-        })
+        rows.append(
+            {
+                "sampler": name,
+                "wall_s": wall,
+                "loop_s": med(x["loop"] for x in recs),
+                "nfe": nfe,
+                "ms_per_nfe": 1e3 * wall / nfe,
+                "ratio": med(x["ratio"] for x in recs),
+                "loop_ratio": med(x["loop_ratio"] for x in recs),
+                "raw_ratio": med(x["raw_ratio"] for x in recs),
+                "cpu_ratio": med(x["cpu_ratio"] for x in recs),
+                "faults_per_nfe": med(x["faults_per_nfe"] for x in recs),
+                "final_abs_max": recs[0]["final_abs_max"],
+                "ratios": [x["ratio"] for x in recs],
+            }
+        )
     return {
-        "config": {"batch": batch, "steps": steps, "repeats": repeats, "sde": repr(sde), "dim": 2,
-                   "model": "MLP 34-128-128-128-2, SiLU, 16 Gaussian Fourier features of t"},
-        "bare": {"calls": steps, "runs": len(bare_runs), "wall_s": steps * per_call, "ms_per_call": 1e3 * per_call,
-                 "faults_per_call": med(b["faults"] for b in bare_runs),
-                 "ms_per_call_each_run": [1e3 * b["wall"] for b in bare_runs]},
+        "config": {
+            "batch": batch,
+            "steps": steps,
+            "repeats": repeats,
+            "sde": repr(sde),
+            "dim": 2,
+            "model": "MLP 34-128-128-128-2, SiLU, 16 Gaussian Fourier features of t",
+        },
+        "bare": {
+            "calls": steps,
+            "runs": len(bare_runs),
+            "wall_s": steps * per_call,
+            "ms_per_call": 1e3 * per_call,
+            "faults_per_call": med(b["faults"] for b in bare_runs),
+            "ms_per_call_each_run": [1e3 * b["wall"] for b in bare_runs],
+        },
         "rows": rows,
-        "environment": {**environment(torchsde=_torchsde_version()),
-                        "loadavg_1min_start_end": [load_start[0], os.getloadavg()[0]]},
+        "environment": {
+            **environment(torchsde=_torchsde_version()),
+            "loadavg_1min_start_end": [load_start[0], os.getloadavg()[0]],
+        },
     }
 
 
@@ -242,9 +272,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"round(s); model {cfg['model']}",
         f"torch {env['torch']}, torchsde {env['torchsde']}, threads {env['torch_threads']}, "
         f"CPU {env['cpu']} ({env['cpus_available']} available), MALLOC_*: "
-        + (", ".join(f"{k}={v}" for k, v in env["malloc_env"].items())
-           if isinstance(env["malloc_env"], dict) else "unset"),
-        "1-min load average at start / end: " + " / ".join(f"{v:.2f}" for v in env["loadavg_1min_start_end"])
+        + (
+            ", ".join(f"{k}={v}" for k, v in env["malloc_env"].items())
+            if isinstance(env["malloc_env"], dict)
+            else "unset"
+        ),
+        "1-min load average at start / end: "
+        + " / ".join(f"{v:.2f}" for v in env["loadavg_1min_start_end"])
         + f" (this benchmark adds up to {env['torch_threads']}; clearly more than {env['cpus_available']} means "
         "other processes competed for the CPU: repeat)",
         "",
@@ -280,8 +314,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--batch", type=int, default=None, help="batch size (default 10000; --quick: 2000)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 1000; --quick: 200)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
@@ -289,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke check: batch 2000, 200 steps, 1 round")
     p.add_argument("--only", nargs="+", default=None, help="run only samplers whose name contains one of these")
     p.add_argument("--out", default=None, help="also write the results: .json as JSON, otherwise markdown")
-    p.add_argument("--malloc-tuned", action="store_true",
-                   help="re-execute with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items()))
+    p.add_argument(
+        "--malloc-tuned",
+        action="store_true",
+        help="re-execute with " + " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items()),
+    )
     args = p.parse_args(argv)
 
     if args.malloc_tuned and any(os.environ.get(k) != v for k, v in MALLOC_TUNED.items()):
@@ -303,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"scoresde sampler benchmark: batch {batch}, {steps} steps, {repeats} round(s), "
-          f"{torch.get_num_threads()} torch thread(s)", flush=True)
+    print(
+        f"scoresde sampler benchmark: batch {batch}, {steps} steps, {repeats} round(s), "
+        f"{torch.get_num_threads()} torch thread(s)",
+        flush=True,
+    )
     res = run(batch, steps, repeats, args.only)
     table = markdown(res)
     print()

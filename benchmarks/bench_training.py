@@ -80,8 +80,10 @@ class Setup:
         torch.manual_seed(0)
         self.template = sd.ScoreModel(sd.build_network(network, **net_kwargs), self.sde)
         self.n_params = sum(p.numel() for p in self.template.parameters())
-        self.description = (f"{network} {net_kwargs or '(defaults)'}, {self.n_params:,} parameters, "
-                            f"data {data} {tuple(self.data.data.shape)}, batch {batch}")
+        self.description = (
+            f"{network} {net_kwargs or '(defaults)'}, {self.n_params:,} parameters, "
+            f"data {data} {tuple(self.data.data.shape)}, batch {batch}"
+        )
 
     def config(self) -> TrainConfig:
         return TrainConfig(batch_size=self.batch)
@@ -127,8 +129,7 @@ class HandLoop:
             if warmup:
                 opt.param_groups[0]["lr"] = cfg.lr * min(1.0, (k + 1) / cfg.warmup)
             idx = torch.randint(0, n, (self.batch,), generator=gen)
-            loss = dsm_loss(sde, model, x[idx], weighting=cfg.weighting, eps=cfg.eps, reduce=cfg.reduce,
-                            generator=gen)
+            loss = dsm_loss(sde, model, x[idx], weighting=cfg.weighting, eps=cfg.eps, reduce=cfg.reduce, generator=gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -146,8 +147,10 @@ def check_equivalence(setup: Setup, steps: int = 12) -> bool:
     tr.train(steps=steps, progress=False)
     hand = HandLoop(setup)
     hand.run(steps, warmup=True)
-    pairs = [*zip(tr.model.parameters(), hand.model.parameters(), strict=True),
-             *zip(tr.ema.parameters(), hand.ema.parameters(), strict=True)]
+    pairs = [
+        *zip(tr.model.parameters(), hand.model.parameters(), strict=True),
+        *zip(tr.ema.parameters(), hand.ema.parameters(), strict=True),
+    ]
     return all(torch.equal(a, b) for a, b in pairs)
 
 
@@ -184,8 +187,9 @@ def time_variant(setup: Setup, variant: str, steps: int) -> Meter:
 def run_setup(setup: Setup, steps: int, repeats: int) -> dict[str, Any]:
     print(f"  {setup.name}: {setup.description}", flush=True)
     same = check_equivalence(setup)
-    print(f"    hand loop with the trainer's lr warm-up reproduces the trainer's weights bit for bit: {same}",
-          flush=True)
+    print(
+        f"    hand loop with the trainer's lr warm-up reproduces the trainer's weights bit for bit: {same}", flush=True
+    )
     warm = max(5, steps // 10)
     for v in VARIANTS:  # warm-up: code paths, allocator, AdamW state creation
         time_variant(setup, v, warm)
@@ -193,12 +197,17 @@ def run_setup(setup: Setup, steps: int, repeats: int) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     rounds: list[dict[str, Meter]] = []
     for r in range(repeats):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         rec = {v: time_variant(setup, v, steps) for v in order}
         rounds.append(rec)
-        print(f"    round {r + 1}/{repeats}: " + ", ".join(
-            f"{v} {1e3 * rec[v].wall / steps:.3f} ms/step (CPU {1e3 * rec[v].cpu / steps:.3f})" for v in VARIANTS)
-            + f"; ratio {rec[TRAINER].wall / rec[HAND].wall:.3f}", flush=True)
+        print(
+            f"    round {r + 1}/{repeats}: "
+            + ", ".join(
+                f"{v} {1e3 * rec[v].wall / steps:.3f} ms/step (CPU {1e3 * rec[v].cpu / steps:.3f})" for v in VARIANTS
+            )
+            + f"; ratio {rec[TRAINER].wall / rec[HAND].wall:.3f}",
+            flush=True,
+        )
 
     med = statistics.median
     rows = []
@@ -206,20 +215,29 @@ def run_setup(setup: Setup, steps: int, repeats: int) -> dict[str, Any]:
         walls = [rec[v].wall for rec in rounds]
         ratios = [rec[v].wall / rec[HAND].wall for rec in rounds]
         cpu_ratios = [rec[v].cpu / rec[HAND].cpu for rec in rounds]
-        rows.append({
-            "variant": v,
-            "steps_per_s": steps / med(walls),
-            "ms_per_step": 1e3 * med(walls) / steps,
-            "ratio": med(ratios),
-            "cpu_ratio": med(cpu_ratios),
-            "ratios": ratios,
-            "ms_per_step_each_round": [1e3 * w / steps for w in walls],
-        })
+        rows.append(
+            {
+                "variant": v,
+                "steps_per_s": steps / med(walls),
+                "ms_per_step": 1e3 * med(walls) / steps,
+                "ratio": med(ratios),
+                "cpu_ratio": med(cpu_ratios),
+                "ratios": ratios,
+                "ms_per_step_each_round": [1e3 * w / steps for w in walls],
+            }
+        )
     # a run more than 1.5x slower than the fastest run of its variant was disturbed by other load
     disturbed = sum(any(rec[v].wall > 1.5 * min(r[v].wall for r in rounds) for v in VARIANTS) for rec in rounds)
-    return {"setup": setup.name, "description": setup.description, "steps": steps, "repeats": repeats,
-            "equivalent": same, "rows": rows, "disturbed_rounds": disturbed,
-            "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]}
+    return {
+        "setup": setup.name,
+        "description": setup.description,
+        "steps": steps,
+        "repeats": repeats,
+        "equivalent": same,
+        "rows": rows,
+        "disturbed_rounds": disturbed,
+        "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
+    }
 
 
 def overheads(setup: Setup, number: int = 20_000) -> list[dict[str, Any]]:
@@ -292,8 +310,11 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"scoresde {env['scoresde']}, torch {env['torch']}, Python {env['python']}, threads {env['torch_threads']}, "
         f"CPU {env['cpu']} ({env['cpus_available']} available), MALLOC_*: "
-        + (", ".join(f"{k}={v}" for k, v in env["malloc_env"].items())
-           if isinstance(env["malloc_env"], dict) else "unset"),
+        + (
+            ", ".join(f"{k}={v}" for k, v in env["malloc_env"].items())
+            if isinstance(env["malloc_env"], dict)
+            else "unset"
+        ),
         "VPSDE, default TrainConfig (AdamW lr 2e-3, warm-up 100, clip 1.0, EMA 0.999, log every 10), "
         "no checkpoints; ratio = wall time / wall time of the hand loop (clip + EMA) of the same round "
         "(= hand steps/s / steps/s), median over interleaved rounds",
@@ -316,12 +337,20 @@ def markdown(res: dict[str, Any]) -> str:
             )
     for s in res["setups"]:
         if s["disturbed_rounds"]:
-            lines.append(f"\n**{s['setup']}: {s['disturbed_rounds']} of {s['repeats']} round(s) had a run more "
-                         "than 1.5x slower than the fastest of its variant: other load on the machine; "
-                         "the medians are less reliable, re-run when it is idle.**")
-    lines += ["", "Models: " + "; ".join(f"{s['setup']}: {s['description']} (hand loop with lr warm-up "
-                                          f"bit-identical to the trainer: {s['equivalent']})"
-                                          for s in res["setups"])]
+            lines.append(
+                f"\n**{s['setup']}: {s['disturbed_rounds']} of {s['repeats']} round(s) had a run more "
+                "than 1.5x slower than the fastest of its variant: other load on the machine; "
+                "the medians are less reliable, re-run when it is idle.**"
+            )
+    lines += [
+        "",
+        "Models: "
+        + "; ".join(
+            f"{s['setup']}: {s['description']} (hand loop with lr warm-up "
+            f"bit-identical to the trainer: {s['equivalent']})"
+            for s in res["setups"]
+        ),
+    ]
     if res.get("overheads"):
         hand_ms = next(r["ms_per_step"] for r in res["setups"][0]["rows"] if r["variant"] == HAND)
         total = sum(o["us_per_step"] for o in res["overheads"])
@@ -340,8 +369,9 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--steps", type=int, default=None, help="MLP steps per run (default 300; --quick: 100)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; --quick: 2)")
     p.add_argument("--batch", type=int, default=512, help="MLP batch size (default 512)")
@@ -360,15 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"scoresde training benchmark: MLP {repeats} x {steps} steps (batch {args.batch})"
-          + ("" if args.no_unet else f", U-Net {unet_repeats} x {unet_steps} steps (batch {args.unet_batch})")
-          + f", {torch.get_num_threads()} torch thread(s)", flush=True)
+    print(
+        f"scoresde training benchmark: MLP {repeats} x {steps} steps (batch {args.batch})"
+        + ("" if args.no_unet else f", U-Net {unet_repeats} x {unet_steps} steps (batch {args.unet_batch})")
+        + f", {torch.get_num_threads()} torch thread(s)",
+        flush=True,
+    )
     mlp = mlp_setup(args.batch)
     setups = [run_setup(mlp, steps, repeats)]
     if not args.no_unet:
         setups.append(run_setup(unet_setup(args.unet_batch), unet_steps, unet_repeats))
-    res = {"setups": setups, "overheads": overheads(mlp, 2_000 if args.quick else 20_000),
-           "environment": environment()}
+    res = {"setups": setups, "overheads": overheads(mlp, 2_000 if args.quick else 20_000), "environment": environment()}
     table = markdown(res)
     print()
     print(table)

@@ -25,8 +25,9 @@ def study_names(root: Path) -> list[str]:
     except (OSError, SyntaxError):
         return []
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id == "STUDIES" for t in targets) and node.value is not None:
             try:
                 return [str(s) for s in ast.literal_eval(node.value)]
@@ -38,8 +39,9 @@ def study_names(root: Path) -> list[str]:
 def study_module(root: Path, name: str) -> str | None:
     """The ``studies`` module that wrote ``studies/output/<name>``: ``name`` itself, or the longest module
     name that ``name`` extends with ``_...`` (e.g. ``accuracy_cost_full`` written with ``--out``)."""
-    modules = sorted((p.stem for p in (root / "studies").glob("*.py") if not p.stem.startswith("_")),
-                     key=len, reverse=True)
+    modules = sorted(
+        (p.stem for p in (root / "studies").glob("*.py") if not p.stem.startswith("_")), key=len, reverse=True
+    )
     for mod in modules:
         if name == mod or name.startswith(mod + "_"):
             return mod
@@ -108,8 +110,11 @@ def study_page(root: Path, name: str, folder: Path, out: Path) -> str:
     if mod == name:
         lines += [f"Reproduce with `python -m studies.{name}` (outputs in `studies/output/{name}/`).", ""]
     elif mod is not None:
-        lines += [f"Written by `python -m studies.{mod}` with non-default options into `studies/output/{name}/`"
-                  " (the table below records the command when the study prints it).", ""]
+        lines += [
+            f"Written by `python -m studies.{mod}` with non-default options into `studies/output/{name}/`"
+            " (the table below records the command when the study prints it).",
+            "",
+        ]
     for img in _images(folder):
         _copy_if_changed(img, files / img.name)
         keep.add(img.name)
@@ -165,14 +170,24 @@ def write_gallery(root: Path, out: Path) -> list[str]:
                 index += [summary, ""]
             imgs = _images(output / name)
             if imgs:
-                index += [f"```{{image}} {name}/{imgs[0].name}", f":alt: {name}", ":width: 60%",
-                          f":target: {name}.html", "```", ""]
+                index += [
+                    f"```{{image}} {name}/{imgs[0].name}",
+                    f":alt: {name}",
+                    ":width: 60%",
+                    f":target: {name}.html",
+                    "```",
+                    "",
+                ]
             index += [f"Details: {{doc}}`{name}`.", ""]
     else:
         index += ["No study outputs were found when these pages were built.", ""]
     if missing:
-        index += ["```{note}", "Not built into this copy (no outputs in `studies/output/`): "
-                  + ", ".join(f"`{n}`" for n in missing) + ".", "```", ""]
+        index += [
+            "```{note}",
+            "Not built into this copy (no outputs in `studies/output/`): " + ", ".join(f"`{n}`" for n in missing) + ".",
+            "```",
+            "",
+        ]
     _write_if_changed(out / "index.md", "\n".join(index))
     for stale in out.glob("*.md"):
         if stale.stem != "index" and stale.stem not in shown:

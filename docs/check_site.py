@@ -46,8 +46,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-LINK_ATTRS = {"a": "href", "link": "href", "img": "src", "script": "src", "source": "src", "iframe": "src",
-              "area": "href"}
+LINK_ATTRS = {
+    "a": "href",
+    "link": "href",
+    "img": "src",
+    "script": "src",
+    "source": "src",
+    "iframe": "src",
+    "area": "href",
+}
 SKIP_SCHEMES = ("http:", "https:", "mailto:", "data:", "javascript:", "ftp:", "tel:")
 
 
@@ -140,10 +147,21 @@ def check_links(root: Path, pages: dict[str, Page] | None = None) -> tuple[list[
 # pass 2: rendering in headless Chromium
 # --------------------------------------------------------------------------------------------
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
-    "--disable-extensions", "--disable-default-apps", "--metrics-recording-only", "--mute-audio",
-    "--no-default-browser-check", "--window-size=1280,1024",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--metrics-recording-only",
+    "--mute-audio",
+    "--no-default-browser-check",
+    "--window-size=1280,1024",
     # offline by construction: nothing but the local server resolves
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 )
@@ -229,8 +247,9 @@ def _browser_noise(message: str) -> bool:
     return "/favicon.ico " in message and "404" in message
 
 
-def check_rendering(root: Path, pages: Iterable[str], browser: str, driver: str,
-                    verbose: bool = False) -> tuple[list[str], dict[str, int]]:
+def check_rendering(
+    root: Path, pages: Iterable[str], browser: str, driver: str, verbose: bool = False
+) -> tuple[list[str], dict[str, int]]:
     """Open every page in headless Chromium; return (failures, totals)."""
     failures: list[str] = []
     totals = {"pages": 0, "images": 0, "math": 0, "math_pages": 0, "console_messages": 0}
@@ -259,13 +278,18 @@ def check_rendering(root: Path, pages: Iterable[str], browser: str, driver: str,
                     problems += [f"raw TeX delimiters left: {t!r}" for t in report["raw"][:5]]
                     problems += [f"MathJax error: {t!r}" for t in report["merror"][:5]]
                     problems += [f"undefined TeX macro: {t!r}" for t in report["undefinedMacros"][:5]]
-            problems += [f"console {e['level']}: {e['message'][:300]}" for e in log
-                         if e["level"] == "SEVERE" and not _browser_noise(e["message"])]
+            problems += [
+                f"console {e['level']}: {e['message'][:300]}"
+                for e in log
+                if e["level"] == "SEVERE" and not _browser_noise(e["message"])
+            ]
             failures += [f"{name}: {p}" for p in problems]
             if verbose:
                 status = "ok" if not problems else f"{len(problems)} problem(s)"
-                print(f"  {name}: {report['images']} images, {report['math']} math "
-                      f"({report['containers']} typeset), {len(log)} console messages: {status}")
+                print(
+                    f"  {name}: {report['images']} images, {report['math']} math "
+                    f"({report['containers']} typeset), {len(log)} console messages: {status}"
+                )
     finally:
         if wd is not None:
             wd.quit()
@@ -277,11 +301,16 @@ def check_rendering(root: Path, pages: Iterable[str], browser: str, driver: str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parent / "_build" / "html"),
-                    help="the built site (default docs/_build/html)")
+    ap.add_argument(
+        "root",
+        nargs="?",
+        default=str(Path(__file__).resolve().parent / "_build" / "html"),
+        help="the built site (default docs/_build/html)",
+    )
     ap.add_argument("--browser", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-    ap.add_argument("--driver", default=os.environ.get("CHROMEDRIVER", shutil.which("chromedriver")
-                                                       or "/usr/bin/chromedriver"))
+    ap.add_argument(
+        "--driver", default=os.environ.get("CHROMEDRIVER", shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    )
     ap.add_argument("--links-only", action="store_true", help="skip the browser pass")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per page")
     args = ap.parse_args(argv)
@@ -294,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     pages = parse_site(root)
     failures, external = check_links(root, pages)
     n_links = sum(len(p.links) for p in pages.values())
-    print(f"check_site: {len(pages)} pages, {n_links} links/resources ({external} external, not fetched): "
-          f"{len(failures)} broken")
+    print(
+        f"check_site: {len(pages)} pages, {n_links} links/resources ({external} external, not fetched): "
+        f"{len(failures)} broken"
+    )
     if not args.links_only:
         for exe in (args.browser, args.driver):
             if not exe or not Path(exe).is_file():
@@ -303,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         render_failures, totals = check_rendering(root, list(pages), args.browser, args.driver, args.verbose)
         failures += render_failures
-        print(f"check_site: Chromium rendered {totals['pages']} pages: {totals['images']} images, "
-              f"{totals['math']} math elements on {totals['math_pages']} pages, "
-              f"{totals['console_messages']} console messages: {len(render_failures)} problems")
+        print(
+            f"check_site: Chromium rendered {totals['pages']} pages: {totals['images']} images, "
+            f"{totals['math']} math elements on {totals['math_pages']} pages, "
+            f"{totals['console_messages']} console messages: {len(render_failures)} problems"
+        )
     elapsed = time.perf_counter() - start
     if failures:
         print(f"check_site: FAILED ({len(failures)} problems, {elapsed:.1f} s):")

@@ -58,8 +58,7 @@ nb_merge_streams = True
 nb_output_stderr = "warn"  # anything a tutorial prints to stderr fails the -W build
 
 # -- autodoc / napoleon ---------------------------------------------------------------------
-autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource",
-                           "show-inheritance": True}
+autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource", "show-inheritance": True}
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 autoclass_content = "class"
@@ -81,8 +80,7 @@ html_last_updated_fmt = None
 # defining module, and turn any reference to a ``scoresde.*`` name that still does not resolve
 # into a warning (so -W catches theory pages that point at functions that do not exist).
 _PUBLIC_MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(scoresde.__path__) if not m.name.startswith("_") and m.name not in
-    ("cli",)
+    m.name for m in pkgutil.iter_modules(scoresde.__path__) if not m.name.startswith("_") and m.name not in ("cli",)
 )
 
 
@@ -155,8 +153,13 @@ class _ImplicitDocstringSections(SphinxTransform):
     def apply(self, **kwargs):
         for name, explicit in list(self.document.nametypes.items()):
             node = self.document.ids.get(self.document.nameids.get(name) or "")
-            if explicit and isinstance(node, nodes.section) and node.children and isinstance(
-                    node[0], nodes.title) and nodes.fully_normalize_name(node[0].astext()) == name:
+            if (
+                explicit
+                and isinstance(node, nodes.section)
+                and node.children
+                and isinstance(node[0], nodes.title)
+                and nodes.fully_normalize_name(node[0].astext()) == name
+            ):
                 self.document.nametypes[name] = False
 
 

@@ -51,10 +51,7 @@ def check_finite_tensor(name: str, x: torch.Tensor, *, min_dim: int = 1) -> torc
             f"convert it with {name}.float() or {name}.double()"
         )
     if x.dim() < min_dim:
-        raise ValueError(
-            f"{name} must have at least {min_dim} dimension(s) (batch first), got shape "
-            f"{tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s) (batch first), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf values; clean the input before passing it")
     return x
@@ -70,8 +67,7 @@ def check_time(t: float | torch.Tensor, T: float, *, name: str = "t", lower: flo
         bad = ~torch.isfinite(t) | (t < lower) | (t > T)
         if bool(bad.any()):
             raise ValueError(
-                f"{name} must lie in [{lower:g}, T={T:g}]; got values in "
-                f"[{float(t.min()):g}, {float(t.max()):g}]"
+                f"{name} must lie in [{lower:g}, T={T:g}]; got values in [{float(t.min()):g}, {float(t.max()):g}]"
             )
         return
     if isinstance(t, bool) or not isinstance(t, Real):

@@ -204,8 +204,9 @@ class AdaptiveSDE(Sampler):
         return traj
 
     @staticmethod
-    def _draw(stack: _BrownianStack, idx: torch.Tensor, h: torch.Tensor, like: torch.Tensor,
-              generator: torch.Generator) -> torch.Tensor:
+    def _draw(
+        stack: _BrownianStack, idx: torch.Tensor, h: torch.Tensor, like: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """Brownian increments over ``h`` for samples ``idx``, consistent with their stored path."""
         dw = torch.zeros_like(like)
         rem = h.clone()

@@ -51,8 +51,13 @@ __all__ = ["main", "build_parser", "build_sampler"]
 
 PROG = "scoresde"
 
-SDES: dict[str, Callable[[], LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "ddpm": DDPMSDE,
-                                            "rf": RectifiedFlow}
+SDES: dict[str, Callable[[], LinearSDE]] = {
+    "vp": VPSDE,
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+    "ddpm": DDPMSDE,
+    "rf": RectifiedFlow,
+}
 SAMPLERS: dict[str, str] = {
     "pc": "PredictorCorrector (reverse diffusion + Langevin corrector), default 1000 steps",
     "em": "EulerMaruyama on the reverse SDE, default 1000 steps",
@@ -149,10 +154,12 @@ def _device(text: str) -> torch.device:
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(
                 f"{text!r} requested but CUDA is not available on this machine "
-                "(torch.cuda.is_available() is False); use --device cpu")
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise argparse.ArgumentTypeError(
-                f"{text!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+                f"{text!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise argparse.ArgumentTypeError("'mps' requested but the MPS backend is not available; use --device cpu")
@@ -171,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Score-based diffusion models as SDEs: train score networks on toy sets, digits or "
-                    "your own arrays, and sample trained models or exact Gaussian-mixture targets through "
-                    "reverse-time SDEs and probability-flow ODEs.",
+        "your own arrays, and sample trained models or exact Gaussian-mixture targets through "
+        "reverse-time SDEs and probability-flow ODEs.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -185,7 +192,7 @@ def _add_sample_parser(commands: Any) -> None:
     p = commands.add_parser(
         "sample",
         help="sample a 2-D target with its exact score, or a trained model (--checkpoint); "
-             "write samples.nc and samples.png",
+        "write samples.nc and samples.png",
         description=(
             "Sample through the reverse-time SDE (or the probability-flow ODE), driven either by\n"
             "the exact score of a 2-D Gaussian-mixture target (--target) or by a trained model\n"
@@ -196,56 +203,109 @@ def _add_sample_parser(commands: Any) -> None:
             "sliced-Wasserstein distance to exact samples (or to the training data) next to its\n"
             "statistical floor; for targets also a mode-weight check."
         ),
-        epilog="samplers:\n" + "\n".join(f"  {k:<10} {v}" for k, v in SAMPLERS.items())
-               + "\n\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
-               + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons",
+        epilog="samplers:\n"
+        + "\n".join(f"  {k:<10} {v}" for k, v in SAMPLERS.items())
+        + "\n\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
+        + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("problem")
-    g.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
-                   help="sample a model trained by `scoresde train` (e.g. runs/moons/last.pt) instead of a target")
-    g.add_argument("--target", choices=sorted(TARGETS), default=None,
-                   help="2-D target distribution, sampled with its exact score (default: eight_gaussians; "
-                        "not with --checkpoint)")
-    g.add_argument("--sde", choices=list(SDES), default=None,
-                   help="forward SDE: VP, sub-VP or VE, default parameters (default: vp; with --checkpoint "
-                        "the checkpoint's, and a different --sde is an error)")
-    g.add_argument("--n-samples", type=_int_at_least(2, " (the metrics compare sample sets)"), default=None,
-                   metavar="N", help="number of samples (default: 10000; 64 for image checkpoints)")
-    g.add_argument("--seed", type=_int_at_least(0), default=0,
-                   help="seed of the prior draw and all sampler noise (default: %(default)s)")
+    g.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="sample a model trained by `scoresde train` (e.g. runs/moons/last.pt) instead of a target",
+    )
+    g.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default=None,
+        help="2-D target distribution, sampled with its exact score (default: eight_gaussians; not with --checkpoint)",
+    )
+    g.add_argument(
+        "--sde",
+        choices=list(SDES),
+        default=None,
+        help="forward SDE: VP, sub-VP or VE, default parameters (default: vp; with --checkpoint "
+        "the checkpoint's, and a different --sde is an error)",
+    )
+    g.add_argument(
+        "--n-samples",
+        type=_int_at_least(2, " (the metrics compare sample sets)"),
+        default=None,
+        metavar="N",
+        help="number of samples (default: 10000; 64 for image checkpoints)",
+    )
+    g.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        help="seed of the prior draw and all sampler noise (default: %(default)s)",
+    )
 
     g = p.add_argument_group("sampler")
-    g.add_argument("--sampler", choices=list(SAMPLERS), default=None,
-                   help="reverse-time integrator, see below (default: pc; ddpm for --sde ddpm, flow for --sde rf)")
-    g.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
-                   help="number of sampler steps (default: the sampler's own; ignored by --sampler ode)")
-    g.add_argument("--predictor", choices=sorted(PREDICTORS), default=None,
-                   help="pc only: predictor (default: reverse_diffusion)")
-    g.add_argument("--corrector", choices=sorted(CORRECTORS), default=None,
-                   help="pc only: corrector (default: langevin)")
-    g.add_argument("--snr", type=_positive_float, default=None,
-                   help="pc only: corrector signal-to-noise ratio (default: 0.16)")
+    g.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        default=None,
+        help="reverse-time integrator, see below (default: pc; ddpm for --sde ddpm, flow for --sde rf)",
+    )
+    g.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="number of sampler steps (default: the sampler's own; ignored by --sampler ode)",
+    )
+    g.add_argument(
+        "--predictor", choices=sorted(PREDICTORS), default=None, help="pc only: predictor (default: reverse_diffusion)"
+    )
+    g.add_argument(
+        "--corrector", choices=sorted(CORRECTORS), default=None, help="pc only: corrector (default: langevin)"
+    )
+    g.add_argument(
+        "--snr", type=_positive_float, default=None, help="pc only: corrector signal-to-noise ratio (default: 0.16)"
+    )
     g.add_argument("--rtol", type=_positive_float, default=None, help="ode only: relative tolerance (default: 1e-5)")
     g.add_argument("--atol", type=_positive_float, default=None, help="ode only: absolute tolerance (default: 1e-5)")
-    g.add_argument("--eps", type=_positive_float, default=None,
-                   help="final time of the reverse process (default: 1e-3)")
-    g.add_argument("--denoise", action="store_true",
-                   help="finish with the Tweedie denoising step (one more NFE) and compare with the "
-                        "target itself instead of its marginal at t = eps")
+    g.add_argument(
+        "--eps", type=_positive_float, default=None, help="final time of the reverse process (default: 1e-3)"
+    )
+    g.add_argument(
+        "--denoise",
+        action="store_true",
+        help="finish with the Tweedie denoising step (one more NFE) and compare with the "
+        "target itself instead of its marginal at t = eps",
+    )
 
     g = p.add_argument_group("run and output")
     g.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="precision of the integration (default: %(default)s)")
-    g.add_argument("--save-at", type=_int_at_least(2), default=11, metavar="K",
-                   help="number of saved states, evenly spaced in time from T to eps (default: %(default)s)")
-    g.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
-                   help="output directory, created if needed; samples.nc and samples.png in it are "
-                        "replaced (default: out)")
-    g.add_argument("--threads", type=_int_at_least(0), default=1, metavar="N",
-                   help="torch CPU threads; 0 keeps torch's default (default: 1: the 2-D problems are too "
-                        "small for intra-op parallelism, which is much slower when cores are shared)")
+    g.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="precision of the integration (default: %(default)s)"
+    )
+    g.add_argument(
+        "--save-at",
+        type=_int_at_least(2),
+        default=11,
+        metavar="K",
+        help="number of saved states, evenly spaced in time from T to eps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        metavar="DIR",
+        help="output directory, created if needed; samples.nc and samples.png in it are replaced (default: out)",
+    )
+    g.add_argument(
+        "--threads",
+        type=_int_at_least(0),
+        default=1,
+        metavar="N",
+        help="torch CPU threads; 0 keeps torch's default (default: 1: the 2-D problems are too "
+        "small for intra-op parallelism, which is much slower when cores are shared)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sample, subparser=p)
 
@@ -265,69 +325,150 @@ def _add_train_parser(commands: Any) -> None:
             "E sigma^2 |s_theta - s|^2 / E sigma^2 |s|^2 against the exact score."
         ),
         epilog="data:\n  " + ", ".join(DATASETS) + "\n  or a path to a .npy file (n, *features) or a netCDF "
-               "file (--var NAME; first dimension: samples);\n  vectors are standardised, images (n, C, H, W) "
-               "mapped to [-1, 1]\n\nexamples:\n  scoresde train --data moons --sde vp --steps 5000 --out "
-               "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits",
+        "file (--var NAME; first dimension: samples);\n  vectors are standardised, images (n, C, H, W) "
+        "mapped to [-1, 1]\n\nexamples:\n  scoresde train --data moons --sde vp --steps 5000 --out "
+        "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", required=True, metavar="NAME|PATH",
-                   help=f"a named data set ({', '.join(DATASETS)}) or a .npy / netCDF file")
-    g.add_argument("--var", default=None, metavar="NAME",
-                   help="netCDF only: the data variable (default: the file's only data variable)")
-    g.add_argument("--n-data", type=_int_at_least(2), default=None, metavar="N",
-                   help=f"number of points drawn from a generated toy set (default: {DEFAULT_N_DATA})")
+    g.add_argument(
+        "--data",
+        required=True,
+        metavar="NAME|PATH",
+        help=f"a named data set ({', '.join(DATASETS)}) or a .npy / netCDF file",
+    )
+    g.add_argument(
+        "--var",
+        default=None,
+        metavar="NAME",
+        help="netCDF only: the data variable (default: the file's only data variable)",
+    )
+    g.add_argument(
+        "--n-data",
+        type=_int_at_least(2),
+        default=None,
+        metavar="N",
+        help=f"number of points drawn from a generated toy set (default: {DEFAULT_N_DATA})",
+    )
     g.add_argument("--sde", choices=list(SDES), default="vp", help="forward SDE (default: %(default)s)")
-    g.add_argument("--net", choices=NETS, default=None,
-                   help="score network (default: mlp for vector data, unet for images)")
-    g.add_argument("--hidden", type=_int_at_least(1), default=None, metavar="N",
-                   help="network width: MLP hidden units, U-Net base channels, DiT token width "
-                        f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_HIDDEN.items())})")
-    g.add_argument("--parameterization", choices=("eps", "score", "velocity"), default=None,
-                   help="what the network predicts: the noise (eps), sigma(t) x the score, or the flow velocity "
-                        "(default: velocity for --objective flow_matching, else eps)")
+    g.add_argument(
+        "--net", choices=NETS, default=None, help="score network (default: mlp for vector data, unet for images)"
+    )
+    g.add_argument(
+        "--hidden",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="network width: MLP hidden units, U-Net base channels, DiT token width "
+        f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_HIDDEN.items())})",
+    )
+    g.add_argument(
+        "--parameterization",
+        choices=("eps", "score", "velocity"),
+        default=None,
+        help="what the network predicts: the noise (eps), sigma(t) x the score, or the flow velocity "
+        "(default: velocity for --objective flow_matching, else eps)",
+    )
 
     g = p.add_argument_group("optimisation (TrainConfig)")
-    g.add_argument("--steps", type=_int_at_least(1), default=d.steps, metavar="N",
-                   help="total number of optimiser steps, including those of a resumed run (default: %(default)s)")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=None, metavar="N",
-                   help=f"batch size (default: {d.batch_size})")
+    g.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=d.steps,
+        metavar="N",
+        help="total number of optimiser steps, including those of a resumed run (default: %(default)s)",
+    )
+    g.add_argument(
+        "--batch-size", type=_int_at_least(1), default=None, metavar="N", help=f"batch size (default: {d.batch_size})"
+    )
     g.add_argument("--lr", type=_positive_float, default=None, help=f"peak learning rate (default: {d.lr:g})")
-    g.add_argument("--weight-decay", type=_nonnegative_float, default=None,
-                   help=f"AdamW weight decay (default: {d.weight_decay:g})")
-    g.add_argument("--warmup", type=_int_at_least(0), default=None, metavar="N",
-                   help=f"linear learning-rate warm-up steps (default: {d.warmup})")
-    g.add_argument("--grad-clip", type=_nonnegative_float, default=None,
-                   help=f"gradient-norm bound, 0 disables (default: {d.grad_clip:g})")
-    g.add_argument("--ema-decay", type=_fraction, default=None,
-                   help=f"EMA decay of the weights used for sampling, in [0, 1) (default: {d.ema_decay:g})")
-    g.add_argument("--eps", type=_positive_float, default=None,
-                   help=f"smallest training time (default: {d.eps:g})")
-    g.add_argument("--objective", choices=OBJECTIVES, default=None,
-                   help="loss: dsm (continuous-time score matching), ddpm (Ho et al.'s eps-loss on the DDPM grid; "
-                        "--sde ddpm), flow_matching (velocity regression; --sde rf) (default: ddpm for --sde "
-                        "ddpm, flow_matching for --sde rf, else dsm)")
-    g.add_argument("--weighting", choices=WEIGHTINGS, default=None,
-                   help=f"loss weighting lambda(t) (default: {d.weighting})")
-    g.add_argument("--reduce", choices=("mean", "sum"), default=None,
-                   help=f"reduction of the loss over features (default: {d.reduce})")
-    g.add_argument("--seed", type=_int_at_least(0), default=None,
-                   help=f"seed of the network initialisation, the toy data and the batches (default: {d.seed})")
-    g.add_argument("--checkpoint-every", type=_int_at_least(0), default=None, metavar="N",
-                   help="write a checkpoint every N steps (and at the end); 0: only at the end "
-                        f"(default: {d.checkpoint_every})")
-    g.add_argument("--log-every", type=_int_at_least(1), default=None, metavar="N",
-                   help=f"record the loss every N steps (default: {d.log_every})")
+    g.add_argument(
+        "--weight-decay",
+        type=_nonnegative_float,
+        default=None,
+        help=f"AdamW weight decay (default: {d.weight_decay:g})",
+    )
+    g.add_argument(
+        "--warmup",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help=f"linear learning-rate warm-up steps (default: {d.warmup})",
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=_nonnegative_float,
+        default=None,
+        help=f"gradient-norm bound, 0 disables (default: {d.grad_clip:g})",
+    )
+    g.add_argument(
+        "--ema-decay",
+        type=_fraction,
+        default=None,
+        help=f"EMA decay of the weights used for sampling, in [0, 1) (default: {d.ema_decay:g})",
+    )
+    g.add_argument("--eps", type=_positive_float, default=None, help=f"smallest training time (default: {d.eps:g})")
+    g.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="loss: dsm (continuous-time score matching), ddpm (Ho et al.'s eps-loss on the DDPM grid; "
+        "--sde ddpm), flow_matching (velocity regression; --sde rf) (default: ddpm for --sde "
+        "ddpm, flow_matching for --sde rf, else dsm)",
+    )
+    g.add_argument(
+        "--weighting", choices=WEIGHTINGS, default=None, help=f"loss weighting lambda(t) (default: {d.weighting})"
+    )
+    g.add_argument(
+        "--reduce",
+        choices=("mean", "sum"),
+        default=None,
+        help=f"reduction of the loss over features (default: {d.reduce})",
+    )
+    g.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=None,
+        help=f"seed of the network initialisation, the toy data and the batches (default: {d.seed})",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help=f"write a checkpoint every N steps (and at the end); 0: only at the end (default: {d.checkpoint_every})",
+    )
+    g.add_argument(
+        "--log-every",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"record the loss every N steps (default: {d.log_every})",
+    )
 
     g = p.add_argument_group("run and output")
     g.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
-    g.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output directory, created if needed (default: runs/<data>)")
-    g.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start over even if DIR/last.pt exists (its checkpoints are overwritten)")
-    g.add_argument("--threads", type=_int_at_least(0), default=1, metavar="N",
-                   help="torch CPU threads; 0 keeps torch's default (default: 1: the small networks gain "
-                        "little from intra-op parallelism, which is much slower when cores are shared)")
+    g.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output directory, created if needed (default: runs/<data>)",
+    )
+    g.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over even if DIR/last.pt exists (its checkpoints are overwritten)",
+    )
+    g.add_argument(
+        "--threads",
+        type=_int_at_least(0),
+        default=1,
+        metavar="N",
+        help="torch CPU threads; 0 keeps torch's default (default: 1: the small networks gain "
+        "little from intra-op parallelism, which is much slower when cores are shared)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train, subparser=p)
 
@@ -343,8 +484,11 @@ def build_sampler(args: argparse.Namespace) -> Sampler:
     steps: dict[str, Any] = {} if args.steps is None else {"steps": args.steps}
     kind = args.sampler
     if kind == "pc":
-        pc: dict[str, Any] = {k: v for k, v in (("predictor", args.predictor), ("corrector", args.corrector),
-                                                 ("snr", args.snr)) if v is not None}
+        pc: dict[str, Any] = {
+            k: v
+            for k, v in (("predictor", args.predictor), ("corrector", args.corrector), ("snr", args.snr))
+            if v is not None
+        }
         return PredictorCorrector(**pc, **steps, **common)
     if kind == "em":
         return EulerMaruyama(**steps, **common)
@@ -370,8 +514,11 @@ def _check_option_combinations(args: argparse.Namespace, sub: argparse.ArgumentP
         if getattr(args, opt) is not None and args.sampler != "ode":
             sub.error(f"argument --{opt}: only applies to --sampler ode (got --sampler {args.sampler})")
     if args.steps is not None and args.sampler == "ode":
-        print(f"{PROG}: warning: --steps is ignored by --sampler ode (adaptive RK45; use --rtol/--atol, or "
-              "--sampler ode-euler / ode-heun for fixed steps)", file=sys.stderr)
+        print(
+            f"{PROG}: warning: --steps is ignored by --sampler ode (adaptive RK45; use --rtol/--atol, or "
+            "--sampler ode-euler / ode-heun for fixed steps)",
+            file=sys.stderr,
+        )
 
 
 def _prepare_out(out: Path, sub: argparse.ArgumentParser, names: Sequence[str] = OUTPUT_FILES) -> Path:
@@ -407,8 +554,9 @@ class Evaluation:
     exact: torch.Tensor
 
 
-def expected_mode_fractions(reference: GaussianMixture, n: int, generator: torch.Generator,
-                            chunk: int = 1_000_000) -> tuple[np.ndarray, int]:
+def expected_mode_fractions(
+    reference: GaussianMixture, n: int, generator: torch.Generator, chunk: int = 1_000_000
+) -> tuple[np.ndarray, int]:
     """Probability that an exact sample's nearest mode centre is mode k, by Monte Carlo.
 
     Equal to the mixture weights only for well-separated modes (not for ``pinwheel``), so
@@ -442,12 +590,20 @@ def evaluate(final: torch.Tensor, reference: GaussianMixture, seed: int) -> Eval
 
     exact = draw(n, torch.Generator().manual_seed(base + 500))
     sw = metrics.sliced_wasserstein(final, exact, projections=SW_PROJECTIONS)
-    floor = metrics.metric_floor("sliced_wasserstein", draw, n, pairs=FLOOR_PAIRS, seed=seed + 1,
-                                 projections=SW_PROJECTIONS)
+    floor = metrics.metric_floor(
+        "sliced_wasserstein", draw, n, pairs=FLOOR_PAIRS, seed=seed + 1, projections=SW_PROJECTIONS
+    )
     expected, m = expected_mode_fractions(reference, n, torch.Generator().manual_seed(base + 501))
     modes = metrics.mode_weight_test(final, reference.means, expected, k=mode_limit(reference.n_components))
-    return Evaluation(sw=sw, floor=floor, within=floor.contains(sw, k=FLOOR_K), modes=modes,
-                      expected=expected, reference_draws=m, exact=exact)
+    return Evaluation(
+        sw=sw,
+        floor=floor,
+        within=floor.contains(sw, k=FLOOR_K),
+        modes=modes,
+        expected=expected,
+        reference_draws=m,
+        exact=exact,
+    )
 
 
 def mode_limit(n_modes: int) -> float:
@@ -481,8 +637,15 @@ def _metric_attrs(ev: Evaluation, reference_desc: str) -> dict[str, Any]:
     }
 
 
-def _format_report(ds: Any, args: argparse.Namespace, target_name: str, ev: Evaluation | None,
-                   reference_desc: str, total_s: float, paths: Sequence[Path]) -> str:
+def _format_report(
+    ds: Any,
+    args: argparse.Namespace,
+    target_name: str,
+    ev: Evaluation | None,
+    reference_desc: str,
+    total_s: float,
+    paths: Sequence[Path],
+) -> str:
     a = ds.attrs
     n = ds.sizes["sample"]
     lines = [
@@ -495,8 +658,11 @@ def _format_report(ds: Any, args: argparse.Namespace, target_name: str, ev: Eval
     if ev is None:
         lines.append("  metrics    skipped: the final samples contain NaN or inf")
     else:
-        verdict = (f"within floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})" if ev.within
-                   else f"ABOVE floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})")
+        verdict = (
+            f"within floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})"
+            if ev.within
+            else f"ABOVE floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})"
+        )
         z = _mode_z(ev.modes)
         worst = int(np.argmax(np.abs(z))) if z.size else 0
         lines += [
@@ -508,8 +674,10 @@ def _format_report(ds: Any, args: argparse.Namespace, target_name: str, ev: Eval
         ]
         fr = np.asarray(torch.as_tensor(ev.modes.fractions).cpu(), dtype=np.float64)
         if fr.size <= 10:
-            lines.append("             fraction nearest each mode centre / exact probability: "
-                         + "  ".join(f"{f:.3f}/{e:.3f}" for f, e in zip(fr, ev.expected, strict=True)))
+            lines.append(
+                "             fraction nearest each mode centre / exact probability: "
+                + "  ".join(f"{f:.3f}/{e:.3f}" for f, e in zip(fr, ev.expected, strict=True))
+            )
     lines.append(f"  wrote      {', '.join(str(p) for p in paths)}")
     return "\n".join(lines)
 
@@ -525,8 +693,10 @@ def _json_dict(text: Any) -> dict[str, Any]:
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                     for k, v in params.items())
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+        for k, v in params.items()
+    )
 
 
 def _write_netcdf(ds: Any, path: Path) -> None:
@@ -567,8 +737,17 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        ds = sample(sde, target.score(sde), sampler, shape=(args.n_samples, target.dim), seed=args.seed,
-                    device=args.device, dtype=DTYPES[args.dtype], save_at=args.save_at, progress=not args.quiet)
+        ds = sample(
+            sde,
+            target.score(sde),
+            sampler,
+            shape=(args.n_samples, target.dim),
+            seed=args.seed,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+            save_at=args.save_at,
+            progress=not args.quiet,
+        )
         ds.attrs["target"] = args.target
         ds.attrs["command"] = shlex.join([PROG, *argv])
 
@@ -588,11 +767,9 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     fig = plot_samples(ds, target=reference, reference=None if ev is None else ev.exact)
     save_figure(fig, png_path)
 
-    print(_format_report(ds, args, args.target, ev, reference_desc, time.perf_counter() - start,
-                         (nc_path, png_path)))
+    print(_format_report(ds, args, args.target, ev, reference_desc, time.perf_counter() - start, (nc_path, png_path)))
     if ev is None:
-        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)",
-              file=sys.stderr)
+        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)", file=sys.stderr)
         return 1
     return 0
 
@@ -634,7 +811,7 @@ def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_imag
     for i in range(n):
         r, c = divmod(i, cols)
         top, left = pad + r * (H + pad), pad + c * (W + pad)
-        canvas[top:top + H, left:left + W] = tiles[i]
+        canvas[top : top + H, left : left + W] = tiles[i]
     side = min(9.0, max(3.0, 0.6 * cols + 1.0))
     fig = Figure(figsize=(side, side * canvas.shape[0] / canvas.shape[1] + 0.6), layout="constrained")
     ax = fig.add_subplot()
@@ -693,8 +870,10 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
     sde = sde_from_config(cfg["sde"])
     if args.sde is not None and type(sde) is not SDES[args.sde]:
         key = next((k for k, c in SDES.items() if type(sde) is c), type(sde).__name__)
-        sub.error(f"argument --sde: the checkpoint was trained with {type(sde).__name__} ({key}), not --sde "
-                  f"{args.sde}; omit --sde or pass --sde {key}")
+        sub.error(
+            f"argument --sde: the checkpoint was trained with {type(sde).__name__} ({key}), not --sde "
+            f"{args.sde}; omit --sde or pass --sde {key}"
+        )
     if args.eps is not None and args.eps >= sde.T:
         sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
     data_cfg = cfg["data"]
@@ -719,14 +898,31 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
     try:
         _, model, _ = load_checkpoint(path, ema=True, device=args.device)
         model.to(DTYPES[args.dtype])
-        ds = sample(sde, model, sampler, shape=(n, *feature_shape), seed=args.seed, device=args.device,
-                    dtype=DTYPES[args.dtype], save_at=args.save_at, progress=not args.quiet)
+        ds = sample(
+            sde,
+            model,
+            sampler,
+            shape=(n, *feature_shape),
+            seed=args.seed,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+            save_at=args.save_at,
+            progress=not args.quiet,
+        )
         x_data = (ds["x"].isel(time=-1) * scale + shift).drop_vars("time")
-        x_data.attrs = {"long_name": "final state in data space",
-                        "description": "x at the last saved time mapped back to data space: x * scale + shift"}
+        x_data.attrs = {
+            "long_name": "final state in data space",
+            "description": "x at the last saved time mapped back to data space: x * scale + shift",
+        }
         ds["x_data"] = x_data
-        ds.attrs.update(checkpoint=str(path), checkpoint_step=step, data=label, data_shift=shift, data_scale=scale,
-                        command=shlex.join([PROG, *argv]))
+        ds.attrs.update(
+            checkpoint=str(path),
+            checkpoint_step=step,
+            data=label,
+            data_shift=shift,
+            data_scale=scale,
+            command=shlex.join([PROG, *argv]),
+        )
         final = torch.from_numpy(np.asarray(x_data.values, dtype=np.float64))
         finite = bool(torch.isfinite(final).all())
         train_data = _training_data(ckpt) if len(feature_shape) == 1 else None
@@ -737,23 +933,38 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
             # the floor is conditional on it: fresh toy sets of n points against the same subset
             perm = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(1000 * (args.seed + 1)))
             reference = train_data[perm[:n]]
-            reference_desc = (f"{len(reference)} random points of the training data ({len(train_data)} points of "
-                              f"{label}, data space)")
+            reference_desc = (
+                f"{len(reference)} random points of the training data ({len(train_data)} points of {label}, data space)"
+            )
             sw = metrics.sliced_wasserstein(final, reference, projections=SW_PROJECTIONS)
-            floor = metrics.metric_floor("sliced_wasserstein", _toy_draw(data_cfg["name"]), n, pairs=FLOOR_PAIRS,
-                                         seed=args.seed + 1, reference=reference, projections=SW_PROJECTIONS)
+            floor = metrics.metric_floor(
+                "sliced_wasserstein",
+                _toy_draw(data_cfg["name"]),
+                n,
+                pairs=FLOOR_PAIRS,
+                seed=args.seed + 1,
+                reference=reference,
+                projections=SW_PROJECTIONS,
+            )
             ev = (sw, floor)
     finally:
         torch.set_num_threads(threads)
 
     if ev is not None:
         sw, floor = ev
-        ds.attrs.update({
-            "metric_sw2": sw, "metric_sw2_projections": SW_PROJECTIONS, "metric_sw2_reference": reference_desc,
-            "metric_sw2_floor_mean": floor.mean, "metric_sw2_floor_std": floor.std,
-            "metric_sw2_floor_pairs": len(floor.values), "metric_sw2_floor_threshold": floor.threshold(FLOOR_K),
-            "metric_sw2_floor_k": FLOOR_K, "metric_sw2_within_floor": int(floor.contains(sw, k=FLOOR_K)),
-        })
+        ds.attrs.update(
+            {
+                "metric_sw2": sw,
+                "metric_sw2_projections": SW_PROJECTIONS,
+                "metric_sw2_reference": reference_desc,
+                "metric_sw2_floor_mean": floor.mean,
+                "metric_sw2_floor_std": floor.std,
+                "metric_sw2_floor_pairs": len(floor.values),
+                "metric_sw2_floor_threshold": floor.threshold(FLOOR_K),
+                "metric_sw2_floor_k": FLOOR_K,
+                "metric_sw2_within_floor": int(floor.contains(sw, k=FLOOR_K)),
+            }
+        )
 
     nc_path, png_path = out / "samples.nc", out / "samples.png"
     _write_netcdf(ds, nc_path)
@@ -775,8 +986,13 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
         images = np.asarray(x_data.values, dtype=np.float64)
         lo, hi = _display_range(images, data_cfg)
         k = min(64, n)
-        fig = plot_image_grid(images, lo, hi, title=f"{title}: first {k} of {n} samples, {ds.attrs['sampler']}, "
-                                                    f"NFE {ds.attrs['nfe']}\n(data space, shown in [{lo:g}, {hi:g}])")
+        fig = plot_image_grid(
+            images,
+            lo,
+            hi,
+            title=f"{title}: first {k} of {n} samples, {ds.attrs['sampler']}, "
+            f"NFE {ds.attrs['nfe']}\n(data space, shown in [{lo:g}, {hi:g}])",
+        )
     if fig is not None:
         save_figure(fig, png_path)
         written.append(png_path)
@@ -797,8 +1013,11 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
     elif ev is not None:
         sw, floor = ev
         thr = floor.threshold(FLOOR_K)
-        verdict = (f"within floor (mean + {FLOOR_K:g} sd = {thr:.4g})" if floor.contains(sw, k=FLOOR_K)
-                   else f"ABOVE floor (mean + {FLOOR_K:g} sd = {thr:.4g})")
+        verdict = (
+            f"within floor (mean + {FLOOR_K:g} sd = {thr:.4g})"
+            if floor.contains(sw, k=FLOOR_K)
+            else f"ABOVE floor (mean + {FLOOR_K:g} sd = {thr:.4g})"
+        )
         lines += [
             f"  SW2        {sw:.4g} to {reference_desc}; {SW_PROJECTIONS} projections, samples at t = "
             f"{float(ds['time'][-1]):.3g}",
@@ -808,8 +1027,7 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
     lines.append(f"  wrote      {', '.join(str(p) for p in written)}")
     print("\n".join(lines))
     if not finite:
-        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)",
-              file=sys.stderr)
+        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)", file=sys.stderr)
         return 1
     return 0
 
@@ -817,9 +1035,14 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
 # ---------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------
-def _score_error(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sde: LinearSDE,
-                 mixture: GaussianMixture, n: int = SCORE_ERROR_POINTS, t_min: float = SCORE_ERROR_T_MIN,
-                 seed: int = 0) -> float:
+def _score_error(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: LinearSDE,
+    mixture: GaussianMixture,
+    n: int = SCORE_ERROR_POINTS,
+    t_min: float = SCORE_ERROR_T_MIN,
+    seed: int = 0,
+) -> float:
     r"""Weighted relative score error :math:`E\,\sigma^2\|s_\theta - s\|^2 / E\,\sigma^2\|s\|^2`.
 
     Over :math:`t \sim U[t_{\min}, T]` and :math:`x \sim p_t` (``n`` points, one time each), with
@@ -859,11 +1082,17 @@ def plot_loss(history: Any, title: str = "") -> Any:
     ax = fig.add_subplot()
     if loss.size:
         w = max(1, loss.size // 25)
-        ax.plot(steps, loss, lw=0.7 if w > 1 else 1.2, alpha=0.45 if w > 1 else 1.0, color="C0",
-                label=f"loss ({loss.size} logged values)")
+        ax.plot(
+            steps,
+            loss,
+            lw=0.7 if w > 1 else 1.2,
+            alpha=0.45 if w > 1 else 1.0,
+            color="C0",
+            label=f"loss ({loss.size} logged values)",
+        )
         if w > 1:
             smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], smooth, lw=1.8, color="C3", label=f"running mean of {w}")
+            ax.plot(steps[w - 1 :], smooth, lw=1.8, color="C3", label=f"running mean of {w}")
         if np.all(loss[np.isfinite(loss)] > 0):
             ax.set_yscale("log")
         ax.legend(loc="upper right", fontsize="small")
@@ -891,8 +1120,10 @@ def _load_training_data(args: argparse.Namespace, sub: argparse.ArgumentParser) 
         return load_dataset(spec), spec
     path = Path(spec)
     if not path.exists():
-        sub.error(f"argument --data: unknown dataset {spec!r} and no such file; choose one of "
-                  f"{', '.join(DATASETS)}, or give the path of a .npy or netCDF file")
+        sub.error(
+            f"argument --data: unknown dataset {spec!r} and no such file; choose one of "
+            f"{', '.join(DATASETS)}, or give the path of a .npy or netCDF file"
+        )
     if not path.is_file():
         sub.error(f"argument --data: {spec!r} is not a file")
     if args.n_data is not None:
@@ -911,8 +1142,9 @@ def _load_training_data(args: argparse.Namespace, sub: argparse.ArgumentParser) 
         try:
             ds = xr.open_dataset(path)
         except Exception as err:  # xarray raises ValueError, OSError, KeyError... for unreadable files
-            raise CLIError(f"--data {spec!r}: not a .npy file and not readable as netCDF "
-                           f"({type(err).__name__}: {err})") from None
+            raise CLIError(
+                f"--data {spec!r}: not a .npy file and not readable as netCDF ({type(err).__name__}: {err})"
+            ) from None
         with ds:
             names = [str(k) for k in ds.data_vars]
             if args.var is None:
@@ -942,12 +1174,16 @@ def _build_score_model(args: argparse.Namespace, data: Dataset, sde: LinearSDE, 
     net = args.net or ("mlp" if len(fs) == 1 else "unet")
     hidden = args.hidden or DEFAULT_HIDDEN[net]
     if net == "mlp" and len(fs) != 1:
-        raise CLIError(f"--net mlp needs vector data (n, features), but {label} has feature shape {fs}; "
-                       "use --net unet or --net dit for images")
+        raise CLIError(
+            f"--net mlp needs vector data (n, features), but {label} has feature shape {fs}; "
+            "use --net unet or --net dit for images"
+        )
     if net != "mlp" and len(fs) != 3:
         hint = "; for single-channel images add a channel axis, (n, 1, H, W)" if len(fs) == 2 else ""
-        raise CLIError(f"--net {net} needs images (n, channels, height, width), but {label} has feature shape "
-                       f"{fs}; use --net mlp for vectors{hint}")
+        raise CLIError(
+            f"--net {net} needs images (n, channels, height, width), but {label} has feature shape "
+            f"{fs}; use --net mlp for vectors{hint}"
+        )
     with torch.random.fork_rng(devices=[]):  # the initialisation follows --seed; the caller's RNG is untouched
         torch.manual_seed(args.seed)
         if net == "mlp":
@@ -956,8 +1192,7 @@ def _build_score_model(args: argparse.Namespace, data: Dataset, sde: LinearSDE, 
             network = build_network("unet", channels=fs[0], base=hidden, groups=math.gcd(8, hidden))
         else:
             patch = 2 if fs[1] % 2 == 0 and fs[2] % 2 == 0 else 1
-            network = build_network("dit", image_size=(fs[1], fs[2]), channels=fs[0], hidden=hidden,
-                                    patch_size=patch)
+            network = build_network("dit", image_size=(fs[1], fs[2]), channels=fs[0], hidden=hidden, patch_size=patch)
     return ScoreModel(network, sde, parameterization=args.parameterization)
 
 
@@ -969,8 +1204,16 @@ def _canonical(value: Any) -> str:
 BOOKKEEPING = ("checkpoint_every", "log_every")
 
 
-def _resume_trainer(last: Path, sde: LinearSDE, model: Any, data: Dataset, config: TrainConfig,
-                    given: dict[str, Any], out: Path, device: torch.device) -> Any:
+def _resume_trainer(
+    last: Path,
+    sde: LinearSDE,
+    model: Any,
+    data: Dataset,
+    config: TrainConfig,
+    given: dict[str, Any],
+    out: Path,
+    device: torch.device,
+) -> Any:
     """A Trainer continued from ``last``, after checking that it is the same run (SDE, network, data).
 
     The checkpoint's optimisation settings are kept (so that the run continues as it would have
@@ -988,26 +1231,41 @@ def _resume_trainer(last: Path, sde: LinearSDE, model: Any, data: Dataset, confi
     cfg = ckpt["config"]
     hint = f"use --no-resume to start over in {str(out)!r}, or another --out"
     if _canonical(cfg["sde"]) != _canonical(sde_config(sde)):
-        raise CLIError(f"{str(last)!r} was trained with {cfg['sde']['class']}({_params_text(cfg['sde']['params'])}),"
-                       f" not {type(sde).__name__}({_params_text(sde.params())}); {hint}")
+        raise CLIError(
+            f"{str(last)!r} was trained with {cfg['sde']['class']}({_params_text(cfg['sde']['params'])}),"
+            f" not {type(sde).__name__}({_params_text(sde.params())}); {hint}"
+        )
     if _canonical(cfg["model"]) != _canonical(model_config(model)):
         old = cfg["model"]["network"]
-        raise CLIError(f"{str(last)!r} holds a different network ({_params_text(dict(old))}, "
-                       f"{cfg['model'].get('parameterization')}); {hint}")
+        raise CLIError(
+            f"{str(last)!r} holds a different network ({_params_text(dict(old))}, "
+            f"{cfg['model'].get('parameterization')}); {hint}"
+        )
     new_data, old_data = data.config(), cfg["data"]
     for key in ("name", "feature_shape", "n", "shift", "scale"):
         a, b = old_data.get(key), new_data.get(key)
-        same = math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12) if key in ("shift", "scale") \
+        same = (
+            math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+            if key in ("shift", "scale")
             else _canonical(a) == _canonical(b)
+        )
         if not same:
             raise CLIError(f"{str(last)!r} was trained on other data ({key} {a!r}, now {b!r}); {hint}")
     train_cfg = dict(cfg["train"])
-    ignored = [f"--{k.replace('_', '-')} {v:g} (checkpoint: {train_cfg[k]:g})" if isinstance(v, float)
-               else f"--{k.replace('_', '-')} {v} (checkpoint: {train_cfg[k]})"
-               for k, v in given.items() if k not in BOOKKEEPING and k in train_cfg and train_cfg[k] != v]
+    ignored = [
+        f"--{k.replace('_', '-')} {v:g} (checkpoint: {train_cfg[k]:g})"
+        if isinstance(v, float)
+        else f"--{k.replace('_', '-')} {v} (checkpoint: {train_cfg[k]})"
+        for k, v in given.items()
+        if k not in BOOKKEEPING and k in train_cfg and train_cfg[k] != v
+    ]
     if ignored:
-        print(f"{PROG}: warning: resuming keeps the checkpoint's settings; ignoring " + ", ".join(ignored)
-              + " (use --no-resume to start over with them)", file=sys.stderr)
+        print(
+            f"{PROG}: warning: resuming keeps the checkpoint's settings; ignoring "
+            + ", ".join(ignored)
+            + " (use --no-resume to start over with them)",
+            file=sys.stderr,
+        )
     keep = {k: getattr(config, k) for k in BOOKKEEPING if k in given}
     try:
         resumed = TrainConfig(**{**train_cfg, **keep, "steps": config.steps})
@@ -1029,8 +1287,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.parameterization is None:
         args.parameterization = "velocity" if args.objective == "flow_matching" else "eps"
     # TrainConfig options default to None, so that a resumed run can tell what was asked for
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name != "steps" and getattr(args, f.name) is not None}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name != "steps" and getattr(args, f.name) is not None
+    }
     config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **given, "steps": args.steps})
     args.seed = config.seed
     data, label = _load_training_data(args, sub)
@@ -1054,8 +1315,10 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             print(f"resuming from {last} at step {trainer.step} (to step {args.steps})", flush=True)
         else:
             if last.exists():
-                print(f"{PROG}: note: --no-resume: starting over at step 0; the checkpoints in {out} are replaced",
-                      file=sys.stderr)
+                print(
+                    f"{PROG}: note: --no-resume: starting over at step 0; the checkpoints in {out} are replaced",
+                    file=sys.stderr,
+                )
             trainer = Trainer(sde, model, data, config, out_dir=out, device=args.device)
         first = trainer.step
         t0 = time.perf_counter()
@@ -1065,8 +1328,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             try:
                 trainer.train(progress=not args.quiet)
             except KeyboardInterrupt:
-                print(f"\n{PROG}: training interrupted at step {trainer.step}; run the same command again to resume "
-                      f"from the last checkpoint ({last})", file=sys.stderr)
+                print(
+                    f"\n{PROG}: training interrupted at step {trainer.step}; run the same command again to resume "
+                    f"from the last checkpoint ({last})",
+                    file=sys.stderr,
+                )
                 raise
             except FloatingPointError as err:
                 print(f"{PROG}: error: {err} (checkpoints up to the last one before it are in {out})", file=sys.stderr)
@@ -1081,9 +1347,13 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     history = trainer.history_dataset()
     net_name = model_config(trainer.model)["network"]["name"]
-    png = save_figure(plot_loss(history, f"{label} · {type(sde).__name__} · {net_name} "
-                                         f"({trainer.model.parameterization}) · {trainer.step} steps"),
-                      out / "loss.png")
+    png = save_figure(
+        plot_loss(
+            history,
+            f"{label} · {type(sde).__name__} · {net_name} ({trainer.model.parameterization}) · {trainer.step} steps",
+        ),
+        out / "loss.png",
+    )
     losses = np.asarray(history["loss"].values, dtype=np.float64)
     tail = losses[-10:]
     n_params = sum(p.numel() for p in trainer.model.parameters())
@@ -1095,14 +1365,21 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"  steps      {trainer.step} ({trained} this run in {train_s:.1f} s: "
         + (f"{trained / train_s:.1f} steps/s)" if trained and train_s > 0 else "-)"),
         f"  wall time  {time.perf_counter() - start:.1f} s in all",
-        "  final loss " + ("-" if not tail.size else f"{tail[0]:.4g} (the only logged value, step "
-                           f"{int(history['step'][-1])})" if tail.size == 1 else
-                           f"{tail.mean():.4g} (mean of the last {tail.size} logged values, steps "
-                           f"{int(history['step'][-tail.size])}-{int(history['step'][-1])})"),
+        "  final loss "
+        + (
+            "-"
+            if not tail.size
+            else f"{tail[0]:.4g} (the only logged value, step {int(history['step'][-1])})"
+            if tail.size == 1
+            else f"{tail.mean():.4g} (mean of the last {tail.size} logged values, steps "
+            f"{int(history['step'][-tail.size])}-{int(history['step'][-1])})"
+        ),
     ]
     if score_err is not None:
-        lines.append(f"  score err  {score_err:.4g} (EMA model: E sigma^2 |s_theta - s|^2 / E sigma^2 |s|^2 "
-                     f"against the exact score; {SCORE_ERROR_POINTS} points, t ~ U[{SCORE_ERROR_T_MIN:g}, {sde.T:g}])")
+        lines.append(
+            f"  score err  {score_err:.4g} (EMA model: E sigma^2 |s_theta - s|^2 / E sigma^2 |s|^2 "
+            f"against the exact score; {SCORE_ERROR_POINTS} points, t ~ U[{SCORE_ERROR_T_MIN:g}, {sde.T:g}])"
+        )
     lines += [
         f"  wrote      {last} (step {trainer.step}), {out / 'history.nc'}, {png}",
         f"  sample     {PROG} sample --checkpoint {shlex.quote(str(last))} --out {shlex.quote(str(out / 'samples'))}",

@@ -43,8 +43,9 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.noise is not None and tuple(self.noise.shape) != tuple(self.data.shape):
-            raise ValueError(f"noise must have the shape of data {tuple(self.data.shape)}, "
-                             f"got {tuple(self.noise.shape)}")
+            raise ValueError(
+                f"noise must have the shape of data {tuple(self.data.shape)}, got {tuple(self.noise.shape)}"
+            )
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -59,9 +60,15 @@ class Dataset:
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild the data map (not the data itself)."""
-        return {"name": self.name, "shift": self.shift, "scale": self.scale,
-                "feature_shape": list(self.feature_shape), "n": len(self), "params": self.params,
-                "coupled": self.noise is not None}
+        return {
+            "name": self.name,
+            "shift": self.shift,
+            "scale": self.scale,
+            "feature_shape": list(self.feature_shape),
+            "n": len(self),
+            "params": self.params,
+            "coupled": self.noise is not None,
+        }
 
 
 # -- 2-D toy generators (numpy Generator for reproducibility) -----------------------------

@@ -521,8 +521,15 @@ class DDPMAncestral(Sampler):
                 f"{type(sde).__name__}; for a continuous VP SDE use PredictorCorrector(predictor='ancestral')"
             )
 
-    def integrate(self, sde: DDPMSDE, score_fn: CountedScore, x: torch.Tensor, generator: torch.Generator,
-                  save_times: np.ndarray, progress: bool) -> Trajectory:
+    def integrate(
+        self,
+        sde: DDPMSDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool,
+    ) -> Trajectory:
         sch, N = sde.schedule, sde.N
         grid = np.arange(N, -1, -1, dtype=np.float64) / N
         save_idx = set(_nearest_indices(grid, save_times))

@@ -30,9 +30,18 @@ from .schedules import TimeGrid, get_grid
 from .sde import SDE, LinearSDE, ScoreFn
 from .solvers import _check_linear, _OnGrid
 
-__all__ = ["RectifiedFlow", "FlowODE", "velocity_field", "singular_at_T", "VelocityFn", "velocity",
-           "flow_matching_loss", "reflow_data",
-           "sample_flow", "METHODS"]
+__all__ = [
+    "RectifiedFlow",
+    "FlowODE",
+    "velocity_field",
+    "singular_at_T",
+    "VelocityFn",
+    "velocity",
+    "flow_matching_loss",
+    "reflow_data",
+    "sample_flow",
+    "METHODS",
+]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("euler", "heun")
@@ -186,8 +195,14 @@ class FlowODE(_OnGrid, FixedStepSampler):
     stochastic = False
     singular_T_ok = True
 
-    def __init__(self, steps: int = 100, method: str = "euler", grid: str | TimeGrid = "uniform",
-                 eps: float = 1e-3, t_clip: float = 1e-4) -> None:
+    def __init__(
+        self,
+        steps: int = 100,
+        method: str = "euler",
+        grid: str | TimeGrid = "uniform",
+        eps: float = 1e-3,
+        t_clip: float = 1e-4,
+    ) -> None:
         super().__init__(steps, eps, denoise=False)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -196,8 +211,13 @@ class FlowODE(_OnGrid, FixedStepSampler):
         self.t_clip = check_positive("t_clip", t_clip)
 
     def params(self) -> dict[str, Any]:
-        return {"steps": self.steps, "method": self.method, "grid": repr(self.time_grid), "eps": self.eps,
-                "t_clip": self.t_clip}
+        return {
+            "steps": self.steps,
+            "method": self.method,
+            "grid": repr(self.time_grid),
+            "eps": self.eps,
+            "t_clip": self.t_clip,
+        }
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
@@ -225,8 +245,9 @@ def singular_at_T(sde: SDE) -> bool:
     return isinstance(sde, LinearSDE) and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0
 
 
-def velocity_field(sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4) -> Callable[[torch.Tensor, float],
-                                                                                       torch.Tensor]:
+def velocity_field(
+    sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
     r"""The probability-flow velocity :math:`v(x, t)` (a callable of a state and a float time) for ``sde``.
 
     * If ``score_fn`` (or the function a :class:`~scoresde.samplers.CountedScore` wraps) has a
@@ -240,10 +261,12 @@ def velocity_field(sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4) -> C
     model_sde = getattr(inner, "sde", None)
     same_sde = type(model_sde) is type(sde) and model_sde.params() == sde.params()
     if callable(getattr(inner, "velocity", None)) and same_sde:
+
         def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
             if isinstance(score_fn, CountedScore):
                 score_fn.nfe += 1
             return inner.velocity(x, _vec(t, x))
+
         return v_model
 
     t_max = sde.T - t_clip if singular_at_T(sde) else sde.T
@@ -255,6 +278,7 @@ def velocity_field(sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4) -> C
         s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
         score = score_fn(x, _vec(t, x))
         return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
+
     return v_score
 
 
@@ -285,11 +309,26 @@ def reflow_data(
     from .datasets import Dataset
     from .sampling import sample
 
-    ds = sample(sde, model, FlowODE(steps, method, eps=eps), shape=shape, seed=seed, dtype=dtype, device=device,
-                save_at=2, progress=progress)
+    ds = sample(
+        sde,
+        model,
+        FlowODE(steps, method, eps=eps),
+        shape=shape,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        save_at=2,
+        progress=progress,
+    )
     x0 = torch.from_numpy(ds["x"].values[-1]).to(device)
     z = torch.from_numpy(ds["x"].values[0]).to(device)
     cfg = data_map.config() if hasattr(data_map, "config") else dict(data_map or {})
-    params = {"steps": steps, "method": method, "eps": eps, "seed": seed, "n": int(shape[0]),
-              "source": cfg.get("name", "model")}
+    params = {
+        "steps": steps,
+        "method": method,
+        "eps": eps,
+        "seed": seed,
+        "n": int(shape[0]),
+        "source": cfg.get("name", "model"),
+    }
     return Dataset(x0, "reflow", cfg.get("shift", 0.0), cfg.get("scale", 1.0), params, noise=z)

@@ -238,15 +238,31 @@ def log_likelihood(
         If the solver fails.
     """
     eps, rtol, atol, probes, seed, dequantize = _check_args(
-        sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize)
+        sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize
+    )
     # autograd must work even when called under torch.inference_mode() or torch.no_grad()
     with torch.inference_mode(False):
-        return _log_likelihood(sde, score_fn, x.detach().clone(), eps, method, rtol, atol, divergence, probes,
-                               noise, seed, dequantize, progress, prior_logp)
+        return _log_likelihood(
+            sde,
+            score_fn,
+            x.detach().clone(),
+            eps,
+            method,
+            rtol,
+            atol,
+            divergence,
+            probes,
+            noise,
+            seed,
+            dequantize,
+            progress,
+            prior_logp,
+        )
 
 
-def _log_likelihood(sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize,
-                    progress, prior_logp=None) -> LikelihoodResult:
+def _log_likelihood(
+    sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize, progress, prior_logp=None
+) -> LikelihoodResult:
     from scipy.integrate import solve_ivp
     from threadpoolctl import threadpool_limits
 
@@ -275,6 +291,7 @@ def _log_likelihood(sde, score_fn, x, eps, method, rtol, atol, divergence, probe
 
         def pf_drift(xt: torch.Tensor, t: float) -> torch.Tensor:
             return ode.sde(xt, t)[0]
+
     n_x = B * D
 
     def drift_and_div(xt: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,8 +314,9 @@ def _log_likelihood(sde, score_fn, x, eps, method, rtol, atol, divergence, probe
                 div = div[:, None]
         return drift.detach(), div.detach()
 
-    bar = tqdm(total=100, desc="log_likelihood", disable=not progress, leave=False,
-               bar_format="{l_bar}{bar}| t {postfix}")
+    bar = tqdm(
+        total=100, desc="log_likelihood", disable=not progress, leave=False, bar_format="{l_bar}{bar}| t {postfix}"
+    )
     span = T - eps
     done = [0]
 

@@ -79,9 +79,17 @@ def dsm_loss(
     return per_sample.mean()
 
 
-def _times_and_noise(name: str, sde: SDE, x0: torch.Tensor, eps: float, reduce: str,
-                     generator: torch.Generator | None, t: torch.Tensor | None, z: torch.Tensor | None,
-                     weighting: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _times_and_noise(
+    name: str,
+    sde: SDE,
+    x0: torch.Tensor,
+    eps: float,
+    reduce: str,
+    generator: torch.Generator | None,
+    t: torch.Tensor | None,
+    z: torch.Tensor | None,
+    weighting: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the common arguments; draw ``t ~ U[eps, T]`` (unless given), then ``z ~ N(0, I)`` (unless given)."""
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"{name} needs a linear SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")

@@ -629,7 +629,7 @@ def metric_floor(
         g.manual_seed(int(seed) * 1000 + k)
         xs = sample(n, g)
         ys = sample(n, g) if reference is None else reference
-        for name, t in ((("x", xs), ("y", ys)) if reference is None else (("x", xs),)):
+        for name, t in (("x", xs), ("y", ys)) if reference is None else (("x", xs),):
             if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n:
                 raise ValueError(
                     f"sample(n, generator) must return a tensor with {n} rows; "

@@ -32,14 +32,25 @@ import torch
 from ._checks import check_finite_tensor, check_positive, check_positive_int, check_time
 from .sde import SDE, LinearSDE
 
-__all__ = ["GaussianMixture", "MixtureScore", "TARGETS", "get_target", "eight_gaussians", "ring",
-           "grid", "pinwheel", "random_mixture"]
+__all__ = [
+    "GaussianMixture",
+    "MixtureScore",
+    "TARGETS",
+    "get_target",
+    "eight_gaussians",
+    "ring",
+    "grid",
+    "pinwheel",
+    "random_mixture",
+]
 
 
 def _as_float64(name: str, value: Any) -> torch.Tensor:
     try:
-        t = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor)
-                            else value.detach().cpu(), dtype=torch.float64)
+        t = torch.as_tensor(
+            np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor) else value.detach().cpu(),
+            dtype=torch.float64,
+        )
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be array-like of numbers: {err}") from None
     if not bool(torch.isfinite(t).all()):
@@ -84,8 +95,7 @@ class GaussianMixture:
             cov = torch.diag_embed(cov)
         if cov.shape != (K, d, d):
             raise ValueError(
-                f"covariances must have shape (K, d, d), (K, d), (K,) or () with K={K}, d={d}; "
-                f"got {tuple(cov.shape)}"
+                f"covariances must have shape (K, d, d), (K, d), (K,) or () with K={K}, d={d}; got {tuple(cov.shape)}"
             )
         if not torch.allclose(cov, cov.transpose(-1, -2), rtol=1e-10, atol=1e-12):
             raise ValueError("covariances must be symmetric")
@@ -137,8 +147,7 @@ class GaussianMixture:
         key = (dtype, torch.device(device))
         if key not in self._cache:
             self._cache[key] = tuple(
-                a.to(dtype=dtype, device=device)
-                for a in (self._log_w, self.means, self._evals, self._evecs)
+                a.to(dtype=dtype, device=device) for a in (self._log_w, self.means, self._evals, self._evecs)
             )
         return self._cache[key]
 
@@ -179,9 +188,7 @@ class GaussianMixture:
         diff = x[:, None, :] - s * mu[None]  # (B, K, d)
         y = torch.einsum("kji,bkj->bki", evecs, diff)  # U_k^T (x - s mu_k)
         v = s**2 * evals[None] + sigma**2  # (B, K, d)
-        log_joint = log_w - 0.5 * (
-            (y.square() / v).sum(-1) + torch.log(v).sum(-1) + self.dim * math.log(2 * math.pi)
-        )
+        log_joint = log_w - 0.5 * ((y.square() / v).sum(-1) + torch.log(v).sum(-1) + self.dim * math.log(2 * math.pi))
         return y, v, log_joint
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,8 +220,9 @@ class GaussianMixture:
         Only for one-component mixtures; computed in ``x``'s dtype and on its device.
         """
         if self.n_components != 1:
-            raise ValueError(f"flow_map is closed-form for a single Gaussian only; this mixture has "
-                             f"{self.n_components} components")
+            raise ValueError(
+                f"flow_map is closed-form for a single Gaussian only; this mixture has {self.n_components} components"
+            )
         sde = _check_linear(sde)
         x = self._check_x(x)
         lam, U = torch.linalg.eigh(self.covariances[0])
@@ -272,8 +280,12 @@ class MixtureScore:
 
 
 # -- named 2-D targets ------------------------------------------------------------------
-def ring(n_modes: int = 8, radius: float = 4 / math.sqrt(2), std: float = 0.5 / math.sqrt(2),
-         weights: Sequence[float] | None = None) -> GaussianMixture:
+def ring(
+    n_modes: int = 8,
+    radius: float = 4 / math.sqrt(2),
+    std: float = 0.5 / math.sqrt(2),
+    weights: Sequence[float] | None = None,
+) -> GaussianMixture:
     """``n_modes`` isotropic Gaussians of std ``std`` evenly spaced on a circle of ``radius``."""
     n_modes = check_positive_int("n_modes", n_modes)
     radius = check_positive("radius", radius, allow_zero=True)
@@ -297,8 +309,9 @@ def grid(n: int = 5, spacing: float = 2.0, std: float = 0.25) -> GaussianMixture
     return GaussianMixture(np.full(n * n, 1.0 / n**2), means, check_positive("std", std) ** 2)
 
 
-def pinwheel(n_arms: int = 5, radius: float = 2.0, radial_std: float = 0.8,
-             tangential_std: float = 0.15) -> GaussianMixture:
+def pinwheel(
+    n_arms: int = 5, radius: float = 2.0, radial_std: float = 0.8, tangential_std: float = 0.15
+) -> GaussianMixture:
     """Elongated, rotated Gaussians with unequal weights: exercises full covariances."""
     n_arms = check_positive_int("n_arms", n_arms)
     ang = 2 * math.pi * np.arange(n_arms) / n_arms

@@ -567,8 +567,9 @@ class DiT(nn.Module):
         """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)`` -> shaped like ``x``."""
         expected = (self.channels, *self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"x must have shape (batch, {', '.join(map(str, expected))}) for this DiT, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape (batch, {', '.join(map(str, expected))}) for this DiT, got {tuple(x.shape)}"
+            )
         emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
         h = self.embed(x)
         for blk in self.blocks:
@@ -597,8 +598,10 @@ def network_config(net: nn.Module) -> dict[str, Any]:
     """The constructor arguments of ``net`` including ``name`` (a copy), for :func:`build_network`."""
     config = getattr(net, "config", None)
     if not isinstance(config, dict) or config.get("name") not in NETWORKS:
-        raise TypeError(f"{type(net).__name__} was not built by scoresde.nets (no network config); "
-                        f"expected one of {[c.__name__ for c in NETWORKS.values()]}")
+        raise TypeError(
+            f"{type(net).__name__} was not built by scoresde.nets (no network config); "
+            f"expected one of {[c.__name__ for c in NETWORKS.values()]}"
+        )
     return dict(config)
 
 
@@ -721,8 +724,10 @@ class ScoreModel(nn.Module):
         """``(s, sigma, s_dot, sigma_dot)`` broadcast against ``x`` (linear SDEs)."""
         t = self._time(x, t)
         sde = self.sde
-        return tuple(broadcast_coef(c.reshape(-1).expand(x.shape[0]).to(x.dtype), x)
-                     for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t)))
+        return tuple(
+            broadcast_coef(c.reshape(-1).expand(x.shape[0]).to(x.dtype), x)
+            for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t))
+        )
 
     def _velocity_eps(self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         s, sigma, s_dot, sigma_dot = self._path(x, t)
@@ -783,6 +788,10 @@ def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
     """Rebuild the :class:`ScoreModel` described by :func:`model_config` (weights not included)."""
     net_cfg = dict(config["network"])
     net = build_network(net_cfg.pop("name"), **net_cfg)
-    return ScoreModel(net, sde, parameterization=config["parameterization"],
-                      scale_by_sigma=config["scale_by_sigma"] if config["parameterization"] == "score" else None,
-                      time_input=config["time_input"])
+    return ScoreModel(
+        net,
+        sde,
+        parameterization=config["parameterization"],
+        scale_by_sigma=config["scale_by_sigma"] if config["parameterization"] == "score" else None,
+        time_input=config["time_input"],
+    )

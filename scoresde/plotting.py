@@ -61,8 +61,10 @@ def _title(ds: xr.Dataset) -> str:
     title = " · ".join(parts)
     if "metric_sw2" in a:
         verdict = "within floor" if int(a.get("metric_sw2_within_floor", 0)) else "ABOVE floor"
-        title += (f"\nSW$_2$ = {float(a['metric_sw2']):.4g} (floor {float(a['metric_sw2_floor_mean']):.3g}"
-                  f" ± {float(a['metric_sw2_floor_std']):.2g}: {verdict})")
+        title += (
+            f"\nSW$_2$ = {float(a['metric_sw2']):.4g} (floor {float(a['metric_sw2_floor_mean']):.3g}"
+            f" ± {float(a['metric_sw2_floor_std']):.2g}: {verdict})"
+        )
     return title
 
 
@@ -86,8 +88,14 @@ def _plot_final(ax: Axes, final: np.ndarray, target: Any, reference: Any, t_fina
         bins = int(np.clip(np.sqrt(n), 10, 100))
         finite = final[np.isfinite(final[:, 0]), 0]
         if reference is not None:
-            ax.hist(_as_numpy(reference).reshape(-1), bins=bins, density=True, color=_REFERENCE_COLOR,
-                    alpha=0.5, label="exact samples")
+            ax.hist(
+                _as_numpy(reference).reshape(-1),
+                bins=bins,
+                density=True,
+                color=_REFERENCE_COLOR,
+                alpha=0.5,
+                label="exact samples",
+            )
         ax.hist(finite, bins=bins, density=True, histtype="step", color=_SAMPLE_COLOR, lw=1.5, label="samples")
         if target is not None:
             for i, m in enumerate(_as_numpy(target.means).reshape(-1)):
@@ -98,11 +106,11 @@ def _plot_final(ax: Axes, final: np.ndarray, target: Any, reference: Any, t_fina
     else:
         if reference is not None:
             ref = _as_numpy(reference).reshape(len(reference), -1)
-            ax.scatter(ref[:, 0], ref[:, 1], s=size, alpha=alpha, color=_REFERENCE_COLOR, lw=0,
-                       rasterized=True, zorder=1)
+            ax.scatter(
+                ref[:, 0], ref[:, 1], s=size, alpha=alpha, color=_REFERENCE_COLOR, lw=0, rasterized=True, zorder=1
+            )
             entries.append((f"exact samples ({len(ref)})", {"marker": "o", "ms": 5, "color": _REFERENCE_COLOR}))
-        ax.scatter(final[:, 0], final[:, 1], s=size, alpha=alpha, color=_SAMPLE_COLOR, lw=0,
-                   rasterized=True, zorder=2)
+        ax.scatter(final[:, 0], final[:, 1], s=size, alpha=alpha, color=_SAMPLE_COLOR, lw=0, rasterized=True, zorder=2)
         entries.append((f"samples ({n})", {"marker": "o", "ms": 5, "color": _SAMPLE_COLOR}))
         if target is not None:
             mu = _as_numpy(target.means).reshape(len(target.means), -1)

@@ -111,8 +111,11 @@ class Sampler(abc.ABC):
             raise ValueError(f"eps={self.eps!r} must be smaller than the SDE's T={sde.T!r}")
         if self.denoise and not isinstance(sde, LinearSDE):
             raise ValueError("denoise=True needs a linear SDE (Tweedie's formula uses s(t), sigma(t))")
-        if not self.singular_T_ok and isinstance(sde, LinearSDE) \
-                and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0:
+        if (
+            not self.singular_T_ok
+            and isinstance(sde, LinearSDE)
+            and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0
+        ):
             raise ValueError(
                 f"{type(sde).__name__} has s(T) = 0, so its drift f = s'/s is infinite at t = T and "
                 f"{type(self).__name__} cannot start there; sample it with scoresde.FlowODE"
@@ -169,8 +172,9 @@ class FixedStepSampler(Sampler):
         return sde.reverse(score_fn)
 
     @abc.abstractmethod
-    def step(self, state: Any, sde: SDE, x: torch.Tensor, t: float, t_next: float,
-             generator: torch.Generator) -> torch.Tensor:
+    def step(
+        self, state: Any, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         """Advance ``x`` from ``t`` to ``t_next < t``."""
 
     def integrate(self, sde, score_fn, x, generator, save_times, progress):
@@ -277,9 +281,13 @@ def _langevin_alpha(sde: SDE, t: float, dt: float) -> float:
     """Song's ``alpha``: :math:`1 - \\beta_i` for VP (the DDPM step), 1 otherwise."""
     if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
         lo = max(t - dt, 0.0)
-        return math.exp(2.0 * float(
-            sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
-            - sde.log_mean_coef(torch.tensor(lo, dtype=torch.float64))))
+        return math.exp(
+            2.0
+            * float(
+                sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
+                - sde.log_mean_coef(torch.tensor(lo, dtype=torch.float64))
+            )
+        )
     return 1.0
 
 
@@ -350,9 +358,16 @@ class PredictorCorrector(FixedStepSampler):
         Corrector steps :math:`M` per time step. Default 1.
     """
 
-    def __init__(self, predictor: str = "reverse_diffusion", corrector: str = "langevin",
-                 steps: int = 1000, snr: float = 0.16, corrector_steps: int = 1,
-                 eps: float = 1e-3, denoise: bool = False) -> None:
+    def __init__(
+        self,
+        predictor: str = "reverse_diffusion",
+        corrector: str = "langevin",
+        steps: int = 1000,
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+        eps: float = 1e-3,
+        denoise: bool = False,
+    ) -> None:
         super().__init__(steps, eps, denoise)
         if predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
@@ -366,8 +381,13 @@ class PredictorCorrector(FixedStepSampler):
         self.corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
 
     def params(self) -> dict[str, Any]:
-        return {"predictor": self.predictor, "corrector": self.corrector, "snr": self.snr,
-                "corrector_steps": self.corrector_steps, **super().params()}
+        return {
+            "predictor": self.predictor,
+            "corrector": self.corrector,
+            "snr": self.snr,
+            "corrector_steps": self.corrector_steps,
+            **super().params(),
+        }
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
@@ -417,8 +437,15 @@ class ProbabilityFlowODE(FixedStepSampler):
 
     stochastic = False
 
-    def __init__(self, method: str = "RK45", rtol: float = 1e-5, atol: float = 1e-5,
-                 steps: int = 100, eps: float = 1e-3, denoise: bool = False) -> None:
+    def __init__(
+        self,
+        method: str = "RK45",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        steps: int = 100,
+        eps: float = 1e-3,
+        denoise: bool = False,
+    ) -> None:
         super().__init__(steps, eps, denoise)
         if method not in SCIPY_METHODS + _FIXED_ODE_METHODS:
             raise ValueError(
@@ -461,8 +488,13 @@ class ProbabilityFlowODE(FixedStepSampler):
         ode = sde.reverse(score_fn, probability_flow=True)
         shape, dtype, device = x.shape, x.dtype, x.device
         t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
-        bar = tqdm(total=100, desc="ProbabilityFlowODE", disable=not progress, leave=False,
-                   bar_format="{l_bar}{bar}| t {postfix}")
+        bar = tqdm(
+            total=100,
+            desc="ProbabilityFlowODE",
+            disable=not progress,
+            leave=False,
+            bar_format="{l_bar}{bar}| t {postfix}",
+        )
         span = sde.T - self.eps
         done = [0]
 
@@ -478,13 +510,20 @@ class ProbabilityFlowODE(FixedStepSampler):
 
         y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
         with threadpool_limits(limits=1, user_api="blas"):
-            sol = solve_ivp(fun, (sde.T, self.eps), y0, method=self.method, t_eval=t_eval,
-                            rtol=self.rtol, atol=self.atol)
+            sol = solve_ivp(
+                fun, (sde.T, self.eps), y0, method=self.method, t_eval=t_eval, rtol=self.rtol, atol=self.atol
+            )
         bar.close()
         if sol.status != 0:
             raise RuntimeError(f"solve_ivp({self.method}) failed: {sol.message}")
-        traj = Trajectory(stats={"nfev": int(sol.nfev), "njev": int(sol.njev), "nlu": int(sol.nlu),
-                                 "solver_message": str(sol.message)})
+        traj = Trajectory(
+            stats={
+                "nfev": int(sol.nfev),
+                "njev": int(sol.njev),
+                "nlu": int(sol.nlu),
+                "solver_message": str(sol.message),
+            }
+        )
         for j, t in enumerate(sol.t):
             state = torch.from_numpy(np.ascontiguousarray(sol.y[:, j])).to(dtype=dtype, device=device)
             # scipy's dense output gives no NFE per time: record the total at the end only
@@ -572,8 +611,14 @@ class TorchSDE(Sampler):
         different path in between). The run's generator is then not used.
     """
 
-    def __init__(self, method: str = "srk", steps: int = 200, eps: float = 1e-3,
-                 denoise: bool = False, brownian: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        method: str = "srk",
+        steps: int = 200,
+        eps: float = 1e-3,
+        denoise: bool = False,
+        brownian: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(eps, denoise)
         if method not in TORCHSDE_METHODS:
             raise ValueError(f"unknown torchsde method {method!r}; choose one of {list(TORCHSDE_METHODS)}")
@@ -603,13 +648,21 @@ class TorchSDE(Sampler):
         levy = "space-time" if self.method == "srk" else "none"
         y0 = x.reshape(shape[0], -1)
         if self.brownian is not None:
-            bm = self.brownian(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype, device=x.device, dt=h,
-                               levy_area_approximation=levy)
+            bm = self.brownian(
+                t0=0.0, t1=span, size=y0.shape, dtype=x.dtype, device=x.device, dt=h, levy_area_approximation=levy
+            )
         else:
             entropy = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=y0.shape, dtype=x.dtype,
-                                           device=x.device, entropy=entropy, dt=h,
-                                           levy_area_approximation=levy)
+            bm = torchsde.BrownianInterval(
+                t0=0.0,
+                t1=span,
+                size=y0.shape,
+                dtype=x.dtype,
+                device=x.device,
+                entropy=entropy,
+                dt=h,
+                levy_area_approximation=levy,
+            )
         # a step a hair longer than h makes sdeint take exactly `steps` steps: its last step
         # is clipped to ts[-1], and no extra ~1e-16 step appears from rounding
         with tqdm(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress, leave=False) as bar:

@@ -173,15 +173,27 @@ def sample(
 
     states = torch.stack(traj.states).cpu().numpy()
     dims = ("time", "sample", *feature_dims(states.shape[2:]))
-    attrs = provenance(sde, sampler, score_fn, nfe=counted.nfe, seed=int(seed), eps=sampler.eps,
-                       dtype=str(dtype).replace("torch.", ""), device=str(device),
-                       wall_time_s=round(wall, 4), denoised=sampler.denoise,
-                       **{f"stat_{k}": v for k, v in traj.stats.items()})
+    attrs = provenance(
+        sde,
+        sampler,
+        score_fn,
+        nfe=counted.nfe,
+        seed=int(seed),
+        eps=sampler.eps,
+        dtype=str(dtype).replace("torch.", ""),
+        device=str(device),
+        wall_time_s=round(wall, 4),
+        denoised=sampler.denoise,
+        **{f"stat_{k}": v for k, v in traj.stats.items()},
+    )
     return xr.Dataset(
         {
             "x": (dims, states, {"long_name": "state", "description": "saved states of the reverse-time process"}),
-            "nfe": (("time",), np.asarray(traj.nfe, dtype=np.int64),
-                    {"long_name": "cumulative score evaluations at each saved state (-1: unknown)"}),
+            "nfe": (
+                ("time",),
+                np.asarray(traj.nfe, dtype=np.int64),
+                {"long_name": "cumulative score evaluations at each saved state (-1: unknown)"},
+            ),
         },
         coords={
             "time": ("time", np.asarray(traj.times, dtype=np.float64), {"long_name": "SDE time t"}),

@@ -267,8 +267,12 @@ class KarrasSigma(TimeGrid):
         return invert_log_snr(sde, -np.log(self.sigmas(sde, steps, eps)), eps)
 
 
-GRIDS: dict[str, type[TimeGrid]] = {"uniform": UniformTime, "logsnr": LogSNRUniform, "quadratic": TimeQuadratic,
-                                    "karras": KarrasSigma}
+GRIDS: dict[str, type[TimeGrid]] = {
+    "uniform": UniformTime,
+    "logsnr": LogSNRUniform,
+    "quadratic": TimeQuadratic,
+    "karras": KarrasSigma,
+}
 
 
 def get_grid(grid: str | TimeGrid) -> TimeGrid:

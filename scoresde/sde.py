@@ -37,8 +37,19 @@ import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_time
 
-__all__ = ["SDE", "LinearSDE", "VariancePreservingSDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "ScoreFn",
-           "SDES", "sde_config", "sde_from_config"]
+__all__ = [
+    "SDE",
+    "LinearSDE",
+    "VariancePreservingSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "ReverseSDE",
+    "ScoreFn",
+    "SDES",
+    "sde_config",
+    "sde_from_config",
+]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,8 +61,7 @@ def _as_time(t: float | torch.Tensor, x: torch.Tensor, T: float) -> torch.Tensor
         t = t.to(dtype=x.dtype, device=x.device)
         if t.dim() == 1 and t.shape[0] not in (1, x.shape[0]):
             raise ValueError(
-                f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}; pass one time per "
-                "sample or a scalar"
+                f"t has {t.shape[0]} entries but x has batch size {x.shape[0]}; pass one time per sample or a scalar"
             )
         return t
     return torch.tensor(float(t), dtype=x.dtype, device=x.device)
@@ -82,9 +92,7 @@ class SDE(abc.ABC):
         """Return ``(drift, diffusion)``: ``f(x, t)`` shaped like ``x`` and ``g(t)`` of shape ``(batch,)``."""
 
     @abc.abstractmethod
-    def marginal_prob(
-        self, x0: torch.Tensor, t: float | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def marginal_prob(self, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Return mean (shaped like ``x0``) and std (shape ``(batch,)``) of :math:`p_{0t}(x_t \mid x_0)`."""
 
     @abc.abstractmethod
@@ -102,9 +110,7 @@ class SDE(abc.ABC):
         """Log-density of the prior at ``z``, one value per sample (shape ``(batch,)``)."""
 
     # -- derived -------------------------------------------------------------------------
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Discrete forward transition over :math:`[t - \Delta t, t]`: :math:`x_t \approx x + f + G z`.
 
         The default is Euler–Maruyama, :math:`f = f(x, t)\,\Delta t`, :math:`G = g(t)\sqrt{\Delta t}`.
@@ -176,9 +182,7 @@ class LinearSDE(SDE):
         drift = broadcast_coef(self.drift_coef(t), x) * x
         return drift, _batch_vector(self.diffusion_coef(t), x.shape[0])
 
-    def marginal_prob(
-        self, x0: torch.Tensor, t: float | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def marginal_prob(self, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = _as_time(t, x0, self.T)
         mean = broadcast_coef(self.mean_coef(t), x0) * x0
         return mean, _batch_vector(self.std(t), x0.shape[0])
@@ -252,9 +256,7 @@ class VariancePreservingSDE(LinearSDE):
     def std(self, t: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(-torch.expm1(2.0 * self.log_mean_coef(t)))
 
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         r"""The exact transition over :math:`[t - \Delta t, t]`: :math:`f = (\sqrt{\alpha} - 1)x`,
         :math:`G = \sqrt{1 - \alpha}` with :math:`\alpha = s(t)^2 / s(t - \Delta t)^2` (the DDPM step)."""
         dt = self._check_dt(t, dt)
@@ -286,9 +288,7 @@ class VPSDE(VariancePreservingSDE):
         self.beta_min = check_positive("beta_min", beta_min)
         self.beta_max = check_positive("beta_max", beta_max)
         if self.beta_max < self.beta_min:
-            raise ValueError(
-                f"beta_max must be >= beta_min, got beta_min={beta_min!r}, beta_max={beta_max!r}"
-            )
+            raise ValueError(f"beta_max must be >= beta_min, got beta_min={beta_min!r}, beta_max={beta_max!r}")
 
     def params(self) -> dict[str, Any]:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "T": self.T}
@@ -321,9 +321,7 @@ class SubVPSDE(VPSDE):
     def std(self, t: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(2.0 * self.log_mean_coef(t))
 
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         return SDE.discretize(self, x, t, dt)
 
 
@@ -347,9 +345,7 @@ class VESDE(LinearSDE):
         self.sigma_min = check_positive("sigma_min", sigma_min)
         self.sigma_max = check_positive("sigma_max", sigma_max)
         if self.sigma_max <= self.sigma_min:
-            raise ValueError(
-                f"sigma_max must be > sigma_min, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}"
-            )
+            raise ValueError(f"sigma_max must be > sigma_min, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         self.prior_std = self.sigma_max
 
     def params(self) -> dict[str, Any]:
@@ -375,9 +371,7 @@ class VESDE(LinearSDE):
         t = _as_time(t, x, self.T)
         return torch.zeros_like(x), _batch_vector(self.diffusion_coef(t), x.shape[0])
 
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         dt = self._check_dt(t, dt)
         t = _as_time(t, x, self.T)
         G = torch.sqrt(self.sigma(t) ** 2 - self.sigma(torch.clamp(t - dt, min=0.0)) ** 2)
@@ -426,9 +420,7 @@ class ReverseSDE(SDE):
             diffusion = torch.zeros_like(diffusion)
         return drift, diffusion
 
-    def discretize(
-        self, x: torch.Tensor, t: float | torch.Tensor, dt: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Reverse of the base transition: :math:`\bar f = f - c\,G^2 s_\theta`, :math:`\bar G = G` or 0."""
         f, G = self.base.discretize(x, t, dt)
         score = self.score_fn(x, self._vec_t(x, t))

@@ -116,14 +116,20 @@ class Euler(_OnGrid, ProbabilityFlowODE):
 
     _method = "euler"
 
-    def __init__(self, steps: int = 100, grid: str | TimeGrid = "uniform", eps: float = 1e-3,
-                 denoise: bool = False) -> None:
+    def __init__(
+        self, steps: int = 100, grid: str | TimeGrid = "uniform", eps: float = 1e-3, denoise: bool = False
+    ) -> None:
         super().__init__(self._method, steps=steps, eps=eps, denoise=denoise)
         self.time_grid = get_grid(grid)
 
     def params(self) -> dict[str, Any]:
-        return {"method": self.method, "steps": self.steps, "grid": repr(self.time_grid), "eps": self.eps,
-                "denoise": self.denoise}
+        return {
+            "method": self.method,
+            "steps": self.steps,
+            "grid": repr(self.time_grid),
+            "eps": self.eps,
+            "denoise": self.denoise,
+        }
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
@@ -189,8 +195,14 @@ class DDIM(_OnGrid, FixedStepSampler):
 
     stochastic = False
 
-    def __init__(self, steps: int = 50, grid: str | TimeGrid = "uniform", eta: float = 0.0, eps: float = 1e-3,
-                 denoise: bool = False) -> None:
+    def __init__(
+        self,
+        steps: int = 50,
+        grid: str | TimeGrid = "uniform",
+        eta: float = 0.0,
+        eps: float = 1e-3,
+        denoise: bool = False,
+    ) -> None:
         super().__init__(steps, eps, denoise)
         self.time_grid = get_grid(grid)
         self.eta = check_positive("eta", eta, allow_zero=True)
@@ -199,8 +211,13 @@ class DDIM(_OnGrid, FixedStepSampler):
         self.stochastic = self.eta > 0
 
     def params(self) -> dict[str, Any]:
-        return {"steps": self.steps, "grid": repr(self.time_grid), "eta": self.eta, "eps": self.eps,
-                "denoise": self.denoise}
+        return {
+            "steps": self.steps,
+            "grid": repr(self.time_grid),
+            "eta": self.eta,
+            "eps": self.eps,
+            "denoise": self.denoise,
+        }
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
@@ -243,8 +260,9 @@ class _Multistep(_OnGrid, FixedStepSampler):
 
     stochastic = False
 
-    def __init__(self, order: int, steps: int, grid: str | TimeGrid, lower_order_final: bool, eps: float,
-                 denoise: bool) -> None:
+    def __init__(
+        self, order: int, steps: int, grid: str | TimeGrid, lower_order_final: bool, eps: float, denoise: bool
+    ) -> None:
         super().__init__(steps, eps, denoise)
         self.order = check_positive_int("order", order)
         if self.order > 3:
@@ -331,15 +349,30 @@ class DPMSolverPP(_Multistep):
     #: ... or when the last lambda-step exceeds this multiple of the one before
     lower_order_final_ratio = 2.0
 
-    def __init__(self, order: int = 2, steps: int = 20, grid: str | TimeGrid = "logsnr", multistep: bool = True,
-                 lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
+    def __init__(
+        self,
+        order: int = 2,
+        steps: int = 20,
+        grid: str | TimeGrid = "logsnr",
+        multistep: bool = True,
+        lower_order_final: bool = True,
+        eps: float = 1e-3,
+        denoise: bool = False,
+    ) -> None:
         super().__init__(order, steps, grid, lower_order_final, eps, denoise)
         if not multistep:
             raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
 
     def params(self) -> dict[str, Any]:
-        return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "multistep": True,
-                "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
+        return {
+            "order": self.order,
+            "steps": self.steps,
+            "grid": repr(self.time_grid),
+            "multistep": True,
+            "lower_order_final": self.lower_order_final,
+            "eps": self.eps,
+            "denoise": self.denoise,
+        }
 
     def lowers_final_order(self, sde: SDE | None = None) -> bool:
         """Whether the final steps use lower orders (for ``sde``'s grid; without it, by ``steps`` alone)."""
@@ -426,16 +459,31 @@ class UniPC(_Multistep):
 
     VARIANTS = ("bh1", "bh2")
 
-    def __init__(self, order: int = 3, steps: int = 20, grid: str | TimeGrid = "logsnr", variant: str = "bh2",
-                 lower_order_final: bool = True, eps: float = 1e-3, denoise: bool = False) -> None:
+    def __init__(
+        self,
+        order: int = 3,
+        steps: int = 20,
+        grid: str | TimeGrid = "logsnr",
+        variant: str = "bh2",
+        lower_order_final: bool = True,
+        eps: float = 1e-3,
+        denoise: bool = False,
+    ) -> None:
         super().__init__(order, steps, grid, lower_order_final, eps, denoise)
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
         self.variant = variant
 
     def params(self) -> dict[str, Any]:
-        return {"order": self.order, "steps": self.steps, "grid": repr(self.time_grid), "variant": self.variant,
-                "lower_order_final": self.lower_order_final, "eps": self.eps, "denoise": self.denoise}
+        return {
+            "order": self.order,
+            "steps": self.steps,
+            "grid": repr(self.time_grid),
+            "variant": self.variant,
+            "lower_order_final": self.lower_order_final,
+            "eps": self.eps,
+            "denoise": self.denoise,
+        }
 
     def _weights(self, rks: list[float], h: float, order: int) -> tuple[list[float], list[float], float]:
         """(rho_p, rho_c, B(h)) for the divided-difference ratios ``rks`` (last entry 1)."""
@@ -493,5 +541,10 @@ class UniPC(_Multistep):
         return x_new
 
 
-SOLVERS: dict[str, type[FixedStepSampler]] = {"euler": Euler, "heun": Heun, "ddim": DDIM, "dpmsolver++": DPMSolverPP,
-                                              "unipc": UniPC}
+SOLVERS: dict[str, type[FixedStepSampler]] = {
+    "euler": Euler,
+    "heun": Heun,
+    "ddim": DDIM,
+    "dpmsolver++": DPMSolverPP,
+    "unipc": UniPC,
+}

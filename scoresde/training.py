@@ -34,8 +34,7 @@ from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss, velocity_loss
 from .sde import SDE, sde_config, sde_from_config
 
-__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "read_checkpoint",
-           "save_atomic"]
+__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "read_checkpoint", "save_atomic"]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
 OBJECTIVES = ("dsm", "ddpm", "flow_matching")
@@ -189,8 +188,15 @@ class Trainer:
     device : str or torch.device
     """
 
-    def __init__(self, sde: SDE, model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None,
-                 out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        sde: SDE,
+        model: torch.nn.Module,
+        data: Dataset,
+        config: TrainConfig | None = None,
+        out_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         from .nets import model_config
 
         self.config = config or TrainConfig()
@@ -212,8 +218,9 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
@@ -229,30 +236,46 @@ class Trainer:
 
         objective = self.config.objective
         if objective == "ddpm" and not isinstance(sde, DDPMSDE):
-            raise ValueError(f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
-                             f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs")
+            raise ValueError(
+                f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
+                f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs"
+            )
         if getattr(self, "_coupled", False) and objective != "flow_matching":
             raise ValueError("data with paired noise (a reflow coupling) trains with objective='flow_matching' only")
         if objective == "flow_matching" and getattr(model, "parameterization", None) != "velocity":
-            raise ValueError("objective='flow_matching' needs a velocity model: "
-                             "ScoreModel(net, sde, parameterization='velocity')")
+            raise ValueError(
+                "objective='flow_matching' needs a velocity model: ScoreModel(net, sde, parameterization='velocity')"
+            )
 
     def _loss(self, x0: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         if cfg.objective == "flow_matching":
-            return velocity_loss(self.sde, self.model.velocity, x0, eps=cfg.eps, reduce=cfg.reduce,
-                                 generator=self.generator, z=z)
+            return velocity_loss(
+                self.sde, self.model.velocity, x0, eps=cfg.eps, reduce=cfg.reduce, generator=self.generator, z=z
+            )
         t = None
         if cfg.objective == "ddpm":
             n = self.sde.N
             t = torch.randint(1, n + 1, (x0.shape[0],), generator=self.generator, device=x0.device).to(x0.dtype) / n
-        return dsm_loss(self.sde, self.model, x0, weighting=cfg.weighting, eps=cfg.eps, reduce=cfg.reduce,
-                        generator=self.generator, t=t)
+        return dsm_loss(
+            self.sde,
+            self.model,
+            x0,
+            weighting=cfg.weighting,
+            eps=cfg.eps,
+            reduce=cfg.reduce,
+            generator=self.generator,
+            t=t,
+        )
 
     # -- configuration -----------------------------------------------------------------
     def full_config(self) -> dict[str, Any]:
-        return {"sde": sde_config(self.sde), "model": self.model_config, "data": self.data.config(),
-                "train": dataclasses.asdict(self.config)}
+        return {
+            "sde": sde_config(self.sde),
+            "model": self.model_config,
+            "data": self.data.config(),
+            "train": dataclasses.asdict(self.config),
+        }
 
     # -- one step ---------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -358,9 +381,14 @@ class Trainer:
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, data: Dataset | None = None,
-                        out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        steps: int | None = None) -> Trainer:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        data: Dataset | None = None,
+        out_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        steps: int | None = None,
+    ) -> Trainer:
         """Rebuild a trainer from a checkpoint alone and continue where it stopped.
 
         Named data sets are regenerated from their recorded configuration; user arrays are stored
@@ -382,8 +410,14 @@ class Trainer:
             else:
                 p = d["params"]
                 data = load_dataset(d["name"], n=p.get("n", 20_000), seed=p.get("seed", 0), scaling=p["scaling"])
-        trainer = cls(sde, model, data, TrainConfig(**train_cfg),
-                      out_dir=out_dir if out_dir is not None else Path(path).parent, device=device)
+        trainer = cls(
+            sde,
+            model,
+            data,
+            TrainConfig(**train_cfg),
+            out_dir=out_dir if out_dir is not None else Path(path).parent,
+            device=device,
+        )
         trainer.load_state(ckpt, path)
         return trainer
 
@@ -398,8 +432,11 @@ class Trainer:
         return xr.Dataset(
             {k: ("step", np.asarray(h[k], dtype=np.float64)) for k in ("loss", "lr", "grad_norm")},
             coords={"step": np.asarray(h["step"], dtype=np.int64)},
-            attrs={"config": json.dumps(self.full_config()), "scoresde_version": __version__,
-                   "torch_version": torch.__version__},
+            attrs={
+                "config": json.dumps(self.full_config()),
+                "scoresde_version": __version__,
+                "torch_version": torch.__version__,
+            },
         )
 
     def write_history(self) -> Path:
@@ -410,9 +447,16 @@ class Trainer:
         return path
 
 
-def train(sde: SDE, model: torch.nn.Module, data: Dataset, config: TrainConfig | None = None,
-          out_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu", progress: bool = True,
-          resume: bool = True) -> Trainer:
+def train(
+    sde: SDE,
+    model: torch.nn.Module,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    resume: bool = True,
+) -> Trainer:
     """Train ``model`` on ``data``; resume from ``out_dir/last.pt`` if it exists and ``resume``.
 
     Returns the :class:`Trainer` (``trainer.ema`` is the EMA score model, ``trainer.history_dataset()``
@@ -421,8 +465,9 @@ def train(sde: SDE, model: torch.nn.Module, data: Dataset, config: TrainConfig |
     start = time.perf_counter()
     last = Path(out_dir) / "last.pt" if out_dir is not None else None
     if resume and last is not None and last.exists():
-        trainer = Trainer.from_checkpoint(last, data=data, out_dir=out_dir, device=device,
-                                          steps=(config or TrainConfig()).steps)
+        trainer = Trainer.from_checkpoint(
+            last, data=data, out_dir=out_dir, device=device, steps=(config or TrainConfig()).steps
+        )
     else:
         trainer = Trainer(sde, model, data, config, out_dir=out_dir, device=device)
     trainer.train(progress=progress)

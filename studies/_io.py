@@ -39,8 +39,13 @@ __all__ = [
 ]
 
 
-def study_parser(study: str, doc: str | None, full_help: str, default_out: Path,
-                 threads_help: str = "torch intra-op threads (default 1)") -> argparse.ArgumentParser:
+def study_parser(
+    study: str,
+    doc: str | None,
+    full_help: str,
+    default_out: Path,
+    threads_help: str = "torch intra-op threads (default 1)",
+) -> argparse.ArgumentParser:
     """The options every study has (``--full``, ``--out``, ``--quiet``, ``--threads``); add a study's own to it.
 
     ``study`` is the module (``"studies.<name>"``), ``doc`` its docstring (the first paragraph describes it).
@@ -102,15 +107,15 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Atomically write ``ds`` to ``path`` as netCDF-4 (zlib-compressed data variables)."""
-    encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items()
-                if var.dtype.kind in "fiu"}
+    encoding = {name: {"zlib": True, "complevel": 4} for name, var in ds.data_vars.items() if var.dtype.kind in "fiu"}
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
     return Path(path)
 
 
-def save_figure(fig: Any, stem: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg"),
-                dpi: int = 150) -> list[Path]:
+def save_figure(
+    fig: Any, stem: str | os.PathLike[str], formats: Sequence[str] = ("png", "svg"), dpi: int = 150
+) -> list[Path]:
     """Atomically save a matplotlib figure as ``stem.<fmt>`` for every format; return the paths."""
     paths = []
     for fmt in formats:
@@ -130,17 +135,25 @@ def save_figures(out: str | os.PathLike[str], figures: Mapping[str, Any]) -> Non
         plt.close(fig)
 
 
-def write_tables(out: str | os.PathLike[str], heading: str, attrs: Mapping[str, Any], timing: str,
-                 tables: Mapping[str, tuple[str, pd.DataFrame, str]], extra: Sequence[str] = ()) -> str:
+def write_tables(
+    out: str | os.PathLike[str],
+    heading: str,
+    attrs: Mapping[str, Any],
+    timing: str,
+    tables: Mapping[str, tuple[str, pd.DataFrame, str]],
+    extra: Sequence[str] = (),
+) -> str:
     """Write ``table_<key>.csv`` for every table and ``table.md``; return the markdown.
 
     ``table.md`` holds ``# heading``, a provenance line (command, versions, date, then ``timing``), one
     ``## title`` section per table with a non-empty markdown rendering, then the ``extra`` paragraphs.
     """
     out = Path(out)
-    parts = [f"# {heading}\n",
-             f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
-             f"{attrs['created']}, {timing}\n"]
+    parts = [
+        f"# {heading}\n",
+        f"`{attrs['command']}` — scoresde {attrs['scoresde_version']}, torch {attrs['torch_version']}, "
+        f"{attrs['created']}, {timing}\n",
+    ]
     for key, (title, df, md) in tables.items():
         write_csv(df, out / f"table_{key}.csv")
         if md:
@@ -173,6 +186,8 @@ def markdown_table(df: pd.DataFrame, formats: Mapping[str, str | Callable[[Any],
 
     header = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
-            for row in df.itertuples(index=False, name=None)]
+    body = [
+        "| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row, strict=True)) + " |"
+        for row in df.itertuples(index=False, name=None)
+    ]
     return "\n".join([header, rule, *body])

@@ -85,8 +85,10 @@ K_MODES = float(norm.isf(norm.sf(K_SD) / TARGET.n_components))
 
 # status flags shared by both parts
 OK, UNSUPPORTED, DIVERGED, NOT_RUN = 1, 0, -1, -2
-FLAG = {"flag_values": np.array([NOT_RUN, DIVERGED, UNSUPPORTED, OK], np.int8),
-        "flag_meanings": "not_run diverged unsupported ok"}
+FLAG = {
+    "flag_values": np.array([NOT_RUN, DIVERGED, UNSUPPORTED, OK], np.int8),
+    "flag_meanings": "not_run diverged unsupported ok",
+}
 
 #: deterministic solvers of part A: name -> (factory(steps, grid), NFE per step)
 SOLVERS: dict[str, tuple[Callable[[int, str], sd.Sampler], int]] = {
@@ -103,9 +105,17 @@ THEORY = {"Euler": 1.0, "Heun": 2.0, "DDIM": 1.0, "DPM++1": 1.0, "DPM++2M": 2.0,
 
 #: samplers of part B; kind "sde" = stochastic, "ode" = deterministic shown for comparison
 SAMPLER_KINDS = {
-    "EM": "sde", "PC": "sde", "PC-ancestral": "sde", "TorchSDE-euler": "sde", "TorchSDE-srk": "sde",
-    "AdaptiveSDE": "sde", "DDPMAncestral": "sde",
-    "ODE-Euler": "ode", "ODE-Heun": "ode", "ODE-DPM++3M": "ode", "ODE-RK45": "ode",
+    "EM": "sde",
+    "PC": "sde",
+    "PC-ancestral": "sde",
+    "TorchSDE-euler": "sde",
+    "TorchSDE-srk": "sde",
+    "AdaptiveSDE": "sde",
+    "DDPMAncestral": "sde",
+    "ODE-Euler": "ode",
+    "ODE-Heun": "ode",
+    "ODE-DPM++3M": "ode",
+    "ODE-RK45": "ode",
 }
 
 
@@ -138,8 +148,12 @@ class Config:
     def __post_init__(self) -> None:
         if not (len(self.adaptive_tols) == len(self.rk45_tols) == len(self.levels)):
             raise ValueError("adaptive_tols and rk45_tols need one entry per level")
-        unknown = set(self.solvers) - set(SOLVERS) | set(self.samplers) - set(SAMPLER_KINDS) \
-            | set(self.grids) - set(GRIDS) | set(self.sdes) - set(SDES)
+        unknown = (
+            set(self.solvers) - set(SOLVERS)
+            | set(self.samplers) - set(SAMPLER_KINDS)
+            | set(self.grids) - set(GRIDS)
+            | set(self.sdes) - set(SDES)
+        )
         if unknown:
             raise ValueError(f"unknown names {sorted(unknown)}")
 
@@ -162,8 +176,9 @@ FULL = replace(
 # ---------------------------------------------------------------------------------------
 # shared helpers (also used by tests/test_study_accuracy_cost.py)
 # ---------------------------------------------------------------------------------------
-def ode_reference(sde: sd.SDE, score_fn: Callable, x_T: torch.Tensor, tol: float = REF_TOL,
-                  eps: float = EPS) -> tuple[np.ndarray, int]:
+def ode_reference(
+    sde: sd.SDE, score_fn: Callable, x_T: torch.Tensor, tol: float = REF_TOL, eps: float = EPS
+) -> tuple[np.ndarray, int]:
     """End points at ``eps`` of the probability-flow ODE from ``x_T``, solved by scipy's DOP853 at
     ``rtol = atol = tol`` (the reference of the RMSE; float64 when ``x_T`` is), and the NFE it took."""
     ode = sd.ProbabilityFlowODE("DOP853", rtol=tol, atol=tol, eps=eps)
@@ -171,8 +186,9 @@ def ode_reference(sde: sd.SDE, score_fn: Callable, x_T: torch.Tensor, tol: float
     return ds["x"].values[-1], int(ds.attrs["nfe"])
 
 
-def end_point_rmse(sde: sd.SDE, score_fn: Callable, sampler: sd.Sampler, x_T: torch.Tensor,
-                   reference: np.ndarray) -> tuple[float, int, float]:
+def end_point_rmse(
+    sde: sd.SDE, score_fn: Callable, sampler: sd.Sampler, x_T: torch.Tensor, reference: np.ndarray
+) -> tuple[float, int, float]:
     r"""Run ``sampler`` from ``x_T``; return the RMSE :math:`\sqrt{\mathrm{mean}_i |x_i - x_i^{ref}|^2}`, the NFE
     the run reports, and the RMSE's standard error over the starting points (delta method,
     :math:`\mathrm{sd}_i(e_i^2) / (2\,\mathrm{RMSE}\sqrt n)`); ``nan`` when the end points are not finite."""
@@ -231,8 +247,9 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
         for d, sname in enumerate(cfg.sdes):
             sde = SDES[sname]
             score = TARGET.score(sde)
-            x_T = sde.prior_sampling((cfg.n_det, 2), generator=torch.Generator().manual_seed(cfg.seed_det),
-                                     dtype=torch.float64)
+            x_T = sde.prior_sampling(
+                (cfg.n_det, 2), generator=torch.Generator().manual_seed(cfg.seed_det), dtype=torch.float64
+            )
             bar.set_postfix_str(f"{sname} DOP853 reference")
             t0 = time.perf_counter()
             ref, ref_nfe[d] = ode_reference(sde, score, x_T)
@@ -279,29 +296,54 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
 
     return xr.Dataset(
         {
-            "rmse": (("solver", "grid", "sde", "nfe_target"), rmse,
-                     {"long_name": "end-point RMSE against the DOP853 reference",
-                      "description": "sqrt(mean_i |x_i - x_i_ref|^2) over the starting points"}),
-            "rmse_se": (("solver", "grid", "sde", "nfe_target"), rmse_se,
-                        {"long_name": "standard error of the RMSE over the starting points (delta method)"}),
-            "nfe": (("solver", "grid", "sde", "nfe_target"), nfe,
-                    {"long_name": "score evaluations reported by the run (-1: not run)"}),
+            "rmse": (
+                ("solver", "grid", "sde", "nfe_target"),
+                rmse,
+                {
+                    "long_name": "end-point RMSE against the DOP853 reference",
+                    "description": "sqrt(mean_i |x_i - x_i_ref|^2) over the starting points",
+                },
+            ),
+            "rmse_se": (
+                ("solver", "grid", "sde", "nfe_target"),
+                rmse_se,
+                {"long_name": "standard error of the RMSE over the starting points (delta method)"},
+            ),
+            "nfe": (
+                ("solver", "grid", "sde", "nfe_target"),
+                nfe,
+                {"long_name": "score evaluations reported by the run (-1: not run)"},
+            ),
             "steps": (("solver", "nfe_target"), steps, {"long_name": "solver steps"}),
             "status": (("solver", "grid", "sde", "nfe_target"), status, {"long_name": "run status", **FLAG}),
             "wall_time": (("solver", "grid", "sde", "nfe_target"), wall, {"long_name": "run wall time", "units": "s"}),
-            "order": (("solver", "grid", "sde"), order,
-                      {"long_name": f"observed order: -slope of log RMSE vs log NFE over NFE targets in [{lo}, {hi}]"}),
-            "order_theory": (("solver",), np.array([THEORY[s] for s in cfg.solvers]),
-                             {"long_name": "theoretical order (DPM++3M: 3; >= 2 expected, start-up step)"}),
-            "ode_rmse": (("ode_method", "sde", "ode_tol"), ode_rmse,
-                         {"long_name": "end-point RMSE of scipy's adaptive solver against the reference"}),
+            "order": (
+                ("solver", "grid", "sde"),
+                order,
+                {"long_name": f"observed order: -slope of log RMSE vs log NFE over NFE targets in [{lo}, {hi}]"},
+            ),
+            "order_theory": (
+                ("solver",),
+                np.array([THEORY[s] for s in cfg.solvers]),
+                {"long_name": "theoretical order (DPM++3M: 3; >= 2 expected, start-up step)"},
+            ),
+            "ode_rmse": (
+                ("ode_method", "sde", "ode_tol"),
+                ode_rmse,
+                {"long_name": "end-point RMSE of scipy's adaptive solver against the reference"},
+            ),
             "ode_nfe": (("ode_method", "sde", "ode_tol"), ode_nfe, {"long_name": "score evaluations (adaptive)"}),
             "reference_nfe": (("sde",), ref_nfe, {"long_name": f"NFE of the DOP853 reference (rtol=atol={REF_TOL:g})"}),
             "reference_wall_time": (("sde",), ref_wall, {"units": "s"}),
         },
-        coords={"solver": list(cfg.solvers), "grid": list(cfg.grids), "sde": list(cfg.sdes),
-                "nfe_target": list(cfg.nfe_targets), "ode_method": list(cfg.ode_methods),
-                "ode_tol": list(cfg.ode_tols)},
+        coords={
+            "solver": list(cfg.solvers),
+            "grid": list(cfg.grids),
+            "sde": list(cfg.sdes),
+            "nfe_target": list(cfg.nfe_targets),
+            "ode_method": list(cfg.ode_methods),
+            "ode_tol": list(cfg.ode_tols),
+        },
         attrs={"unsupported_notes": repr(notes)},
     )
 
@@ -378,8 +420,14 @@ def run_distances(cfg: Config, progress: bool) -> xr.Dataset:
             ref = p_eps.sample(n, torch.Generator().manual_seed(cfg.seed_reference + d))
             for m in fns:
                 bar.set_postfix_str(f"{sname} {m} floor")
-                fl = metrics.metric_floor(metric_names[m], lambda k, g, p=p_eps: p.sample(k, g), n,
-                                          pairs=cfg.floor_pairs, seed=cfg.seed_floor, reference=ref)
+                fl = metrics.metric_floor(
+                    metric_names[m],
+                    lambda k, g, p=p_eps: p.sample(k, g),
+                    n,
+                    pairs=cfg.floor_pairs,
+                    seed=cfg.seed_floor,
+                    reference=ref,
+                )
                 floors[m][d] = fl.values
                 bar.update()
             for j, pname in enumerate(names):
@@ -415,33 +463,51 @@ def run_distances(cfg: Config, progress: bool) -> xr.Dataset:
     fmean = {m: floors[m].mean(1) for m in floors}
     fsd = {m: floors[m].std(1, ddof=1) for m in floors}
     thr = {m: fmean[m] + K_SD * fsd[m] for m in floors}
-    in_band = ((status == OK) & (sw <= thr["sw"][None, :, None]) & (ed <= thr["energy"][None, :, None])
-               & (mode_ok == 1)).astype(np.int8)
+    in_band = (
+        (status == OK) & (sw <= thr["sw"][None, :, None]) & (ed <= thr["energy"][None, :, None]) & (mode_ok == 1)
+    ).astype(np.int8)
     long = {"sw": "sliced Wasserstein-2 (500 projections)", "energy": "energy distance (U-statistic)"}
     data: dict[str, tuple] = {
         "sw": (("sampler", "sde", "level"), sw, {"long_name": f"{long['sw']} to the exact reference sample"}),
         "energy": (("sampler", "sde", "level"), ed, {"long_name": f"{long['energy']} to the exact reference sample"}),
-        "mode_max_abs_z": (("sampler", "sde", "level"), modez,
-                           {"long_name": "max binomial |z| of the nearest-mode fractions"}),
-        "mode_ok": (("sampler", "sde", "level"), mode_ok,
-                    {"long_name": f"max |z| <= {K_MODES:.2f} (3 sd family-wise)"}),
-        "in_band": (("sampler", "sde", "level"), in_band,
-                    {"long_name": f"SW and ED <= floor mean + {K_SD:g} sd, and mode weights ok"}),
+        "mode_max_abs_z": (
+            ("sampler", "sde", "level"),
+            modez,
+            {"long_name": "max binomial |z| of the nearest-mode fractions"},
+        ),
+        "mode_ok": (
+            ("sampler", "sde", "level"),
+            mode_ok,
+            {"long_name": f"max |z| <= {K_MODES:.2f} (3 sd family-wise)"},
+        ),
+        "in_band": (
+            ("sampler", "sde", "level"),
+            in_band,
+            {"long_name": f"SW and ED <= floor mean + {K_SD:g} sd, and mode weights ok"},
+        ),
         "sto_nfe": (("sampler", "sde", "level"), nfe, {"long_name": "score evaluations reported by the run"}),
         "sto_status": (("sampler", "sde", "level"), status, {"long_name": "run status", **FLAG}),
         "sto_wall_time": (("sampler", "sde", "level"), wall, {"long_name": "sampling wall time", "units": "s"}),
         "setting": (("sampler", "level"), setting.astype(str), {"long_name": "steps or tolerance of the run"}),
     }
     for m in floors:
-        data[f"{m}_floor"] = (("sde", "pair"), floors[m],
-                              {"long_name": f"{long[m]}: fresh exact sets vs the same reference (metric_floor)"})
+        data[f"{m}_floor"] = (
+            ("sde", "pair"),
+            floors[m],
+            {"long_name": f"{long[m]}: fresh exact sets vs the same reference (metric_floor)"},
+        )
         data[f"{m}_floor_mean"] = (("sde",), fmean[m])
         data[f"{m}_floor_sd"] = (("sde",), fsd[m])
     return xr.Dataset(
         data,
-        coords={"sampler": names, "sde": list(cfg.sdes), "level": np.arange(L), "pair": np.arange(cfg.floor_pairs),
-                "level_nfe_target": ("level", list(cfg.levels)),
-                "sampler_kind": ("sampler", [SAMPLER_KINDS[p] for p in names])},
+        coords={
+            "sampler": names,
+            "sde": list(cfg.sdes),
+            "level": np.arange(L),
+            "pair": np.arange(cfg.floor_pairs),
+            "level_nfe_target": ("level", list(cfg.levels)),
+            "sampler_kind": ("sampler", [SAMPLER_KINDS[p] for p in names]),
+        },
         attrs={"unsupported_notes_sto": repr(notes)},
     )
 
@@ -454,11 +520,19 @@ def run(cfg: Config, progress: bool = True, argv: Sequence[str] = (), size: str 
     b = run_distances(cfg, progress)
     elapsed = time.perf_counter() - start
     ds = xr.merge([a, b], combine_attrs="drop")
-    ds.attrs = {**_io.provenance(STUDY, list(argv), size=size, **asdict(cfg)), **a.attrs, **b.attrs,
-                "target": "eight_gaussians (radius 4/sqrt(2), std 0.5/sqrt(2))", "eps": EPS,
-                "reference": f"scipy DOP853 rtol=atol={REF_TOL:g} from the same x_T", "k_sd": K_SD,
-                "k_modes": K_MODES, "sdes": repr([SDES[s] for s in cfg.sdes]),
-                "part_a_wall_time_s": round(t_a, 1), "study_wall_time_s": round(elapsed, 1)}
+    ds.attrs = {
+        **_io.provenance(STUDY, list(argv), size=size, **asdict(cfg)),
+        **a.attrs,
+        **b.attrs,
+        "target": "eight_gaussians (radius 4/sqrt(2), std 0.5/sqrt(2))",
+        "eps": EPS,
+        "reference": f"scipy DOP853 rtol=atol={REF_TOL:g} from the same x_T",
+        "k_sd": K_SD,
+        "k_modes": K_MODES,
+        "sdes": repr([SDES[s] for s in cfg.sdes]),
+        "part_a_wall_time_s": round(t_a, 1),
+        "study_wall_time_s": round(elapsed, 1),
+    }
     return ds
 
 
@@ -491,19 +565,28 @@ def needed_nfe(ds: xr.Dataset) -> pd.DataFrame:
             if band.any():
                 first = int(np.argmax(band))
                 k = int(lvl[first])
-                row |= {"status": "in band", "NFE needed": int(nf[first]), "setting": str(r.setting.values[k]),
-                        "stays in band": bool(band[first:].all()),
-                        "SW/floor": float(r.sw.values[k] / ds.sw_floor_mean.sel(sde=s)),
-                        "ED z": float((r.energy.values[k] - ds.energy_floor_mean.sel(sde=s))
-                                      / ds.energy_floor_sd.sel(sde=s)),
-                        "modes |z|": float(r.mode_max_abs_z.values[k])}
+                row |= {
+                    "status": "in band",
+                    "NFE needed": int(nf[first]),
+                    "setting": str(r.setting.values[k]),
+                    "stays in band": bool(band[first:].all()),
+                    "SW/floor": float(r.sw.values[k] / ds.sw_floor_mean.sel(sde=s)),
+                    "ED z": float(
+                        (r.energy.values[k] - ds.energy_floor_mean.sel(sde=s)) / ds.energy_floor_sd.sel(sde=s)
+                    ),
+                    "modes |z|": float(r.mode_max_abs_z.values[k]),
+                }
             else:
                 k = int(lvl[-1])
-                row |= {"status": "never in band", "setting": f"best tried: {r.setting.values[k]}",
-                        "SW/floor": float(r.sw.values[k] / ds.sw_floor_mean.sel(sde=s)),
-                        "ED z": float((r.energy.values[k] - ds.energy_floor_mean.sel(sde=s))
-                                      / ds.energy_floor_sd.sel(sde=s)),
-                        "modes |z|": float(r.mode_max_abs_z.values[k])}
+                row |= {
+                    "status": "never in band",
+                    "setting": f"best tried: {r.setting.values[k]}",
+                    "SW/floor": float(r.sw.values[k] / ds.sw_floor_mean.sel(sde=s)),
+                    "ED z": float(
+                        (r.energy.values[k] - ds.energy_floor_mean.sel(sde=s)) / ds.energy_floor_sd.sel(sde=s)
+                    ),
+                    "modes |z|": float(r.mode_max_abs_z.values[k]),
+                }
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -525,15 +608,25 @@ def issue_thresholds(ds: xr.Dataset, sde: str = "VP") -> pd.DataFrame:
         solver, grid = str(best.solver.values), str(best.grid.values)
         used = int(r.nfe.sel(solver=solver, grid=grid, nfe_target=target))
         se = float(r.rmse_se.sel(solver=solver, grid=grid, nfe_target=target))
-        rows.append({"criterion": f"{who or 'best solver'} at {'about ' if who else ''}{target} NFE, {sde}",
-                     "solver": solver, "grid": grid, "NFE": used, "RMSE": float(best), "RMSE se": se,
-                     "bound": bound, "verdict": "pass" if float(best) <= bound else "FAIL",
-                     "(RMSE - bound) / se": (float(best) - bound) / se})
+        rows.append(
+            {
+                "criterion": f"{who or 'best solver'} at {'about ' if who else ''}{target} NFE, {sde}",
+                "solver": solver,
+                "grid": grid,
+                "NFE": used,
+                "RMSE": float(best),
+                "RMSE se": se,
+                "bound": bound,
+                "verdict": "pass" if float(best) <= bound else "FAIL",
+                "(RMSE - bound) / se": (float(best) - bound) / se,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def make_tables(ds: xr.Dataset,
-                show: Sequence[int] = (10, 20, 35, 50, 100)) -> dict[str, tuple[str, pd.DataFrame, str]]:
+def make_tables(
+    ds: xr.Dataset, show: Sequence[int] = (10, 20, 35, 50, 100)
+) -> dict[str, tuple[str, pd.DataFrame, str]]:
     """``{key: (title, raw DataFrame for the CSV, markdown)}`` for every table."""
     tables: dict[str, tuple[str, pd.DataFrame, str]] = {}
     n_det = ds.attrs.get("n_det", "")
@@ -546,8 +639,11 @@ def make_tables(ds: xr.Dataset,
                 row = {"SDE": s, "solver": sv, "grid": g}
                 for t in ds.nfe_target.values:
                     st = int(r.status.sel(nfe_target=t))
-                    row[f"NFE {t}"] = float(r.rmse.sel(nfe_target=t)) if st == OK else \
-                        {UNSUPPORTED: "unsupported", DIVERGED: "diverged"}.get(st, "—")
+                    row[f"NFE {t}"] = (
+                        float(r.rmse.sel(nfe_target=t))
+                        if st == OK
+                        else {UNSUPPORTED: "unsupported", DIVERGED: "diverged"}.get(st, "—")
+                    )
                 row["order"] = float(r.order)
                 rows.append(row)
     raw = pd.DataFrame(rows)
@@ -556,8 +652,10 @@ def make_tables(ds: xr.Dataset,
         sub = raw[raw.SDE == s][["solver", "grid", *[f"NFE {t}" for t in cols], "order"]]
         tables[f"rmse_{s}"] = (
             f"{s}: end-point RMSE vs DOP853 (rtol=atol={REF_TOL:g}), n = {n_det} starting points, at the NFE "
-            f"targets (Heun: actual NFE = 2 floor(target/2)); last column: fitted order", sub,
-            _io.markdown_table(sub, {**fmt, "order": ".2f"}))
+            f"targets (Heun: actual NFE = 2 floor(target/2)); last column: fitted order",
+            sub,
+            _io.markdown_table(sub, {**fmt, "order": ".2f"}),
+        )
     tables["rmse_all"] = ("every solver x grid x SDE x NFE target", raw, "")
 
     best = []
@@ -573,31 +671,49 @@ def make_tables(ds: xr.Dataset,
     bdf = pd.DataFrame(best)
     tables["best"] = ("Best solver x grid per SDE at each NFE target", bdf, _io.markdown_table(bdf))
 
-    orders = ds.order.to_dataframe().reset_index().pivot_table(index=["solver", "grid"], columns="sde",
-                                                               values="order").reset_index()
+    orders = (
+        ds.order.to_dataframe()
+        .reset_index()
+        .pivot_table(index=["solver", "grid"], columns="sde", values="order")
+        .reset_index()
+    )
     orders = orders[["solver", "grid", *[s for s in _str_list(ds, "sde") if s in orders.columns]]]
     orders.insert(2, "theory", [THEORY.get(s, math.nan) for s in orders.solver])
     lo, hi = (int(v) for v in ds.attrs.get("fit_range", "[20, 100]").strip("[]()").split(","))
-    tables["orders"] = (f"Observed orders (-slope of log RMSE vs log NFE, NFE targets {lo}–{hi}); expected ≈ 1 "
-                        "Euler/DDIM/DPM++1, ≈ 2 Heun/2M, ≥ 2 3M (first-order start-up step)", orders,
-                        _io.markdown_table(orders, {c: ".2f" for c in orders.columns[2:]}))
+    tables["orders"] = (
+        f"Observed orders (-slope of log RMSE vs log NFE, NFE targets {lo}–{hi}); expected ≈ 1 "
+        "Euler/DDIM/DPM++1, ≈ 2 Heun/2M, ≥ 2 3M (first-order start-up step)",
+        orders,
+        _io.markdown_table(orders, {c: ".2f" for c in orders.columns[2:]}),
+    )
 
     thr = issue_thresholds(ds)
-    tables["issue4"] = (f"Issue 4 acceptance (VP, n = {n_det} starting points; RMSE se: standard error over them, "
-                        "delta method; the verdict compares the RMSE itself with the bound)", thr,
-                        _io.markdown_table(thr, {"RMSE": ".3e", "RMSE se": ".1e", "bound": ".1e",
-                                                 "(RMSE - bound) / se": "+.1f"}))
+    tables["issue4"] = (
+        f"Issue 4 acceptance (VP, n = {n_det} starting points; RMSE se: standard error over them, "
+        "delta method; the verdict compares the RMSE itself with the bound)",
+        thr,
+        _io.markdown_table(thr, {"RMSE": ".3e", "RMSE se": ".1e", "bound": ".1e", "(RMSE - bound) / se": "+.1f"}),
+    )
 
     ode = []
     for m in _str_list(ds, "ode_method"):
         for s in _str_list(ds, "sde"):
             for tol in ds.ode_tol.values:
-                ode.append({"method": m, "SDE": s, "rtol=atol": float(tol),
-                            "NFE": int(ds.ode_nfe.sel(ode_method=m, sde=s, ode_tol=tol)),
-                            "RMSE": float(ds.ode_rmse.sel(ode_method=m, sde=s, ode_tol=tol))})
+                ode.append(
+                    {
+                        "method": m,
+                        "SDE": s,
+                        "rtol=atol": float(tol),
+                        "NFE": int(ds.ode_nfe.sel(ode_method=m, sde=s, ode_tol=tol)),
+                        "RMSE": float(ds.ode_rmse.sel(ode_method=m, sde=s, ode_tol=tol)),
+                    }
+                )
     odf = pd.DataFrame(ode)
-    tables["adaptive_ode"] = ("scipy adaptive solvers on the same ODE (error control joint over the batch)", odf,
-                              _io.markdown_table(odf, {"rtol=atol": ".0e", "RMSE": ".2e"}))
+    tables["adaptive_ode"] = (
+        "scipy adaptive solvers on the same ODE (error control joint over the batch)",
+        odf,
+        _io.markdown_table(odf, {"rtol=atol": ".0e", "RMSE": ".2e"}),
+    )
 
     need = needed_nfe(ds)
     n_sto = ds.attrs.get("n_sto", "")
@@ -606,16 +722,21 @@ def make_tables(ds: xr.Dataset,
         if c in disp:
             disp[c] = [format(v, f) if isinstance(v, float) and np.isfinite(v) else "—" for v in disp[c]]
     if "NFE needed" in disp:
-        disp["NFE needed"] = [str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "—"
-                              for v in disp["NFE needed"]]
-    floors = ", ".join(f"{s}: SW {float(ds.sw_floor_mean.sel(sde=s)):.4f} ± {float(ds.sw_floor_sd.sel(sde=s)):.4f}, "
-                       f"ED {float(ds.energy_floor_mean.sel(sde=s)):.1e} ± {float(ds.energy_floor_sd.sel(sde=s)):.1e}"
-                       for s in _str_list(ds, "sde"))
+        disp["NFE needed"] = [
+            str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "—" for v in disp["NFE needed"]
+        ]
+    floors = ", ".join(
+        f"{s}: SW {float(ds.sw_floor_mean.sel(sde=s)):.4f} ± {float(ds.sw_floor_sd.sel(sde=s)):.4f}, "
+        f"ED {float(ds.energy_floor_mean.sel(sde=s)):.1e} ± {float(ds.energy_floor_sd.sel(sde=s)):.1e}"
+        for s in _str_list(ds, "sde")
+    )
     tables["needed"] = (
         f"NFE each sampler needs to lie within the band (n = {n_sto} samples, seed {ds.attrs.get('seed_sto', '')}; "
         f"SW and ED ≤ floor mean + {K_SD:g} sd with {ds.sizes['pair']} reference-conditional floor pairs, modes "
         f"|z| ≤ {K_MODES:.2f}). SW/floor = SW / floor mean; ED z = (ED − floor mean) / floor sd. Floors: {floors}",
-        need, _io.markdown_table(disp.fillna("—")))
+        need,
+        _io.markdown_table(disp.fillna("—")),
+    )
 
     rows = []
     for p in _str_list(ds, "sampler"):
@@ -624,12 +745,21 @@ def make_tables(ds: xr.Dataset,
                 r = ds.sel(sampler=p, sde=s, level=k)
                 if int(r.sto_status) != OK:
                     continue
-                rows.append({"sampler": p, "SDE": s, "setting": str(r.setting.values), "NFE": int(r.sto_nfe),
-                             "wall_s": float(r.sto_wall_time), "SW": float(r.sw),
-                             "SW/floor": float(r.sw / ds.sw_floor_mean.sel(sde=s)), "ED": float(r.energy),
-                             "ED z": float((r.energy - ds.energy_floor_mean.sel(sde=s))
-                                           / ds.energy_floor_sd.sel(sde=s)),
-                             "modes |z|": float(r.mode_max_abs_z), "in band": int(r.in_band)})
+                rows.append(
+                    {
+                        "sampler": p,
+                        "SDE": s,
+                        "setting": str(r.setting.values),
+                        "NFE": int(r.sto_nfe),
+                        "wall_s": float(r.sto_wall_time),
+                        "SW": float(r.sw),
+                        "SW/floor": float(r.sw / ds.sw_floor_mean.sel(sde=s)),
+                        "ED": float(r.energy),
+                        "ED z": float((r.energy - ds.energy_floor_mean.sel(sde=s)) / ds.energy_floor_sd.sel(sde=s)),
+                        "modes |z|": float(r.mode_max_abs_z),
+                        "in band": int(r.in_band),
+                    }
+                )
     tables["distances"] = ("every run of part B", pd.DataFrame(rows), "")
     return tables
 
@@ -637,8 +767,15 @@ def make_tables(ds: xr.Dataset,
 # ---------------------------------------------------------------------------------------
 # figures (from the Dataset alone)
 # ---------------------------------------------------------------------------------------
-SOLVER_STYLE = {"Euler": ("C0", "o"), "Heun": ("C1", "s"), "DDIM": ("C2", "^"), "DPM++1": ("C4", "v"),
-                "DPM++2M": ("C3", "D"), "DPM++3M": ("C5", "P"), "UniPC-3": ("C6", "X")}
+SOLVER_STYLE = {
+    "Euler": ("C0", "o"),
+    "Heun": ("C1", "s"),
+    "DDIM": ("C2", "^"),
+    "DPM++1": ("C4", "v"),
+    "DPM++2M": ("C3", "D"),
+    "DPM++3M": ("C5", "P"),
+    "UniPC-3": ("C6", "X"),
+}
 ODE_STYLE = {"RK45": ("0.3", "*"), "DOP853": ("0.6", "X")}
 
 
@@ -647,15 +784,23 @@ def _slope_guides(ax: plt.Axes, x: np.ndarray, y0: float, orders: Sequence[int] 
     for p in orders:
         ys = y0 * (xs / xs[0]) ** (-p)
         ax.plot(xs, ys, color="0.6", lw=0.8, ls=(0, (1, 2)))
-        ax.annotate(f"slope −{p}", (xs[1], ys[1]), fontsize=7, color="0.45", xytext=(2, 0),
-                    textcoords="offset points", va="center")
+        ax.annotate(
+            f"slope −{p}",
+            (xs[1], ys[1]),
+            fontsize=7,
+            color="0.45",
+            xytext=(2, 0),
+            textcoords="offset points",
+            va="center",
+        )
 
 
 def plot_error(ds: xr.Dataset) -> plt.Figure:
     """Log-log RMSE vs NFE: rows = grids, columns = SDEs; one line per solver, scipy adaptive points, slopes."""
     grids, sdes = _str_list(ds, "grid"), _str_list(ds, "sde")
-    fig, axes = plt.subplots(len(grids), len(sdes), figsize=(4.2 * len(sdes), 3.6 * len(grids)), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        len(grids), len(sdes), figsize=(4.2 * len(sdes), 3.6 * len(grids)), squeeze=False, sharex=True, sharey=True
+    )
     finite = ds.rmse.where(ds.status == OK)
     top = float(finite.max()) if np.isfinite(finite).any() else 1.0
     nfe_all = ds.nfe.where(ds.status == OK).values
@@ -666,13 +811,27 @@ def plot_error(ds: xr.Dataset) -> plt.Figure:
                 r = ds.sel(solver=sv, grid=g, sde=s)
                 ok = r.status.values == OK
                 color, marker = SOLVER_STYLE.get(sv, ("k", "."))
-                ax.loglog(r.nfe.values[ok], r.rmse.values[ok], color=color, marker=marker, ms=3.5, lw=1.2,
-                          label=f"{sv} ({float(r.order):.2f})")
+                ax.loglog(
+                    r.nfe.values[ok],
+                    r.rmse.values[ok],
+                    color=color,
+                    marker=marker,
+                    ms=3.5,
+                    lw=1.2,
+                    label=f"{sv} ({float(r.order):.2f})",
+                )
             for m in _str_list(ds, "ode_method"):
                 color, marker = ODE_STYLE.get(m, ("k", "x"))
                 r = ds.sel(ode_method=m, sde=s)
-                ax.loglog(r.ode_nfe.values, r.ode_rmse.values, color=color, marker=marker, ls="none", ms=6,
-                          label=f"{m} (tol {float(ds.ode_tol.min()):.0e}–{float(ds.ode_tol.max()):.0e})")
+                ax.loglog(
+                    r.ode_nfe.values,
+                    r.ode_rmse.values,
+                    color=color,
+                    marker=marker,
+                    ls="none",
+                    ms=6,
+                    label=f"{m} (tol {float(ds.ode_tol.min()):.0e}–{float(ds.ode_tol.max()):.0e})",
+                )
             _slope_guides(ax, nfe_all, min(top, 1.0))
             ax.grid(True, which="both", lw=0.3, alpha=0.5)
             ax.set_title(f"{s}, {g} grid", fontsize=10)
@@ -681,15 +840,28 @@ def plot_error(ds: xr.Dataset) -> plt.Figure:
             if si == 0:
                 ax.set_ylabel("end-point RMSE vs DOP853")
             ax.legend(fontsize=6.5, title="solver (fitted order)", title_fontsize=7, loc="lower left")
-    fig.suptitle(f"8-Gaussian ring, exact score: PF-ODE end-point RMSE vs NFE (n = {ds.attrs.get('n_det', '')}, "
-                 f"reference DOP853 rtol=atol={REF_TOL:g})", fontsize=11)
+    fig.suptitle(
+        f"8-Gaussian ring, exact score: PF-ODE end-point RMSE vs NFE (n = {ds.attrs.get('n_det', '')}, "
+        f"reference DOP853 rtol=atol={REF_TOL:g})",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
-SAMPLER_STYLE = {"EM": "C0", "PC": "C1", "PC-ancestral": "C2", "TorchSDE-euler": "C3", "TorchSDE-srk": "C4",
-                 "AdaptiveSDE": "C5", "DDPMAncestral": "C6", "ODE-Euler": "C7", "ODE-Heun": "C8",
-                 "ODE-DPM++3M": "C9", "ODE-RK45": "k"}
+SAMPLER_STYLE = {
+    "EM": "C0",
+    "PC": "C1",
+    "PC-ancestral": "C2",
+    "TorchSDE-euler": "C3",
+    "TorchSDE-srk": "C4",
+    "AdaptiveSDE": "C5",
+    "DDPMAncestral": "C6",
+    "ODE-Euler": "C7",
+    "ODE-Heun": "C8",
+    "ODE-DPM++3M": "C9",
+    "ODE-RK45": "k",
+}
 
 
 def plot_distance(ds: xr.Dataset) -> plt.Figure:
@@ -738,12 +910,17 @@ def plot_distance(ds: xr.Dataset) -> plt.Figure:
                 if si == 0:
                     ax.set_ylabel("energy distance, floor sd above the floor")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    handles += [Line2D([], [], color="k", ls=":", label=f"band edge (floor mean + {K_SD:g} sd)"),
-                Line2D([], [], marker="o", mfc="white", mec="k", ls="none", label="outside the band"),
-                Line2D([], [], marker="x", color="k", ls="none", label="mode weights fail")]
+    handles += [
+        Line2D([], [], color="k", ls=":", label=f"band edge (floor mean + {K_SD:g} sd)"),
+        Line2D([], [], marker="o", mfc="white", mec="k", ls="none", label="outside the band"),
+        Line2D([], [], marker="x", color="k", ls="none", label="mode weights fail"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle(f"8-Gaussian ring: distance to exact p_eps vs NFE (n = {ds.attrs.get('n_sto', '')}; solid: "
-                 "stochastic samplers, dashed: deterministic solvers)", fontsize=11)
+    fig.suptitle(
+        f"8-Gaussian ring: distance to exact p_eps vs NFE (n = {ds.attrs.get('n_sto', '')}; solid: "
+        "stochastic samplers, dashed: deterministic solvers)",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
@@ -758,9 +935,14 @@ def plot(ds: xr.Dataset) -> dict[str, plt.Figure]:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "publication size (20,000 samples, finer NFE sweeps)", DEFAULT_OUT,
-                          threads_help="torch intra-op threads (default 1: small batches run fastest "
-                                       "single-threaded on a shared machine)")
+    ap = _io.study_parser(
+        STUDY,
+        __doc__,
+        "publication size (20,000 samples, finer NFE sweeps)",
+        DEFAULT_OUT,
+        threads_help="torch intra-op threads (default 1: small batches run fastest "
+        "single-threaded on a shared machine)",
+    )
     return ap.parse_args(argv)
 
 
@@ -768,10 +950,13 @@ def write_outputs(ds: xr.Dataset, out: Path) -> str:
     """Write the netCDF, both figures and the tables to ``out``; return the markdown text."""
     _io.write_netcdf(ds, out / "accuracy_cost.nc")
     _io.save_figures(out, plot(ds))
-    timing = (f"{ds.attrs['study_wall_time_s']:.0f} s (part A {ds.attrs['part_a_wall_time_s']:.0f} s), "
-              f"{ds.attrs['torch_threads']} torch thread(s)")
-    return _io.write_tables(out, f"Accuracy versus cost ({ds.attrs.get('size', '')} size)", ds.attrs, timing,
-                            make_tables(ds))
+    timing = (
+        f"{ds.attrs['study_wall_time_s']:.0f} s (part A {ds.attrs['part_a_wall_time_s']:.0f} s), "
+        f"{ds.attrs['torch_threads']} torch thread(s)"
+    )
+    return _io.write_tables(
+        out, f"Accuracy versus cost ({ds.attrs.get('size', '')} size)", ds.attrs, timing, make_tables(ds)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,9 +98,11 @@ def overlap3() -> sd.GaussianMixture:
     """Three overlapping 2-D Gaussians (weights 0.5 / 0.3 / 0.2, full covariances, means about 3 sd apart):
     bimodal and nonlinear, but smooth enough that the asymptotic orders show at N <= 512."""
     v = 0.5
-    return sd.GaussianMixture([0.5, 0.3, 0.2], [[-1.0, 0.0], [1.0, 1.2], [0.6, -1.4]],
-                              [[[v, 0.3 * v], [0.3 * v, 0.6 * v]], [[0.8 * v, -0.2 * v], [-0.2 * v, v]],
-                               [[0.5 * v, 0.0], [0.0, 0.5 * v]]])
+    return sd.GaussianMixture(
+        [0.5, 0.3, 0.2],
+        [[-1.0, 0.0], [1.0, 1.2], [0.6, -1.4]],
+        [[[v, 0.3 * v], [0.3 * v, 0.6 * v]], [[0.8 * v, -0.2 * v], [-0.2 * v, v]], [[0.5 * v, 0.0], [0.0, 0.5 * v]]],
+    )
 
 
 #: targets by name: ``overlap3`` and the library's named 2-D targets (``sd.TARGETS``)
@@ -211,8 +213,9 @@ class GridBrownian(torchsde.BaseBrownian):
 
         def grid_brownian(*, t0, t1, size, dtype, device, dt, levy_area_approximation):
             if t0 != 0.0 or abs(t1 - self._t1) > 1e-12 * self._t1 or tuple(size) != tuple(self.shape):
-                raise ValueError(f"GridBrownian covers [0, {self._t1}] x {tuple(self.shape)}, asked for "
-                                 f"[{t0}, {t1}] x {tuple(size)}")
+                raise ValueError(
+                    f"GridBrownian covers [0, {self._t1}] x {tuple(self.shape)}, asked for [{t0}, {t1}] x {tuple(size)}"
+                )
             if dtype != self.dtype:
                 raise ValueError(f"GridBrownian is {self.dtype}, asked for {dtype}")
             self._levy = levy_area_approximation
@@ -261,8 +264,9 @@ def exact_moments(p: sd.GaussianMixture) -> np.ndarray:
     return np.array([m[0], m[1], C[0, 0] + m[0] ** 2, C[0, 1] + m[0] * m[1], C[1, 1] + m[1] ** 2])
 
 
-def fit_order(steps: Sequence[int], err: Sequence[float], se: Sequence[float] | None = None,
-              k_se: float = K_SE) -> tuple[float, int]:
+def fit_order(
+    steps: Sequence[int], err: Sequence[float], se: Sequence[float] | None = None, k_se: float = K_SE
+) -> tuple[float, int]:
     """Minus the log-log least-squares slope of ``err`` against ``steps`` over the finer half of the
     points with ``err > k_se * se`` (at least two); returns ``(order, points used)``, NaN if < 2."""
     steps, err = np.asarray(steps, float), np.asarray(err, float)
@@ -272,7 +276,7 @@ def fit_order(steps: Sequence[int], err: Sequence[float], se: Sequence[float] | 
     idx = np.flatnonzero(ok)
     if idx.size < 2:
         return float("nan"), int(idx.size)
-    idx = idx[-max(2, idx.size // 2):]
+    idx = idx[-max(2, idx.size // 2) :]
     slope = np.polyfit(np.log(steps[idx]), np.log(err[idx]), 1)[0]
     return float(-slope), int(idx.size)
 
@@ -315,8 +319,16 @@ class _Acc:
 # ---------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------
-def _run_chunk(sde: sd.LinearSDE, target: sd.GaussianMixture, cfg: Config, x_T: torch.Tensor, bm: GridBrownian,
-               acc: dict[tuple[str, int], _Acc], ref_acc: dict[str, list[torch.Tensor]], bar: Any) -> None:
+def _run_chunk(
+    sde: sd.LinearSDE,
+    target: sd.GaussianMixture,
+    cfg: Config,
+    x_T: torch.Tensor,
+    bm: GridBrownian,
+    acc: dict[tuple[str, int], _Acc],
+    ref_acc: dict[str, list[torch.Tensor]],
+    bar: Any,
+) -> None:
     score = target.score(sde)
 
     def run(sampler: sd.Sampler) -> torch.Tensor:
@@ -324,8 +336,10 @@ def _run_chunk(sde: sd.LinearSDE, target: sd.GaussianMixture, cfg: Config, x_T: 
         return torch.from_numpy(ds["x"].values[-1])
 
     bar.set_postfix_str(f"{type(sde).__name__} references")
-    ref = {"SDE": run(sd.TorchSDE("srk", steps=cfg.ref_steps, eps=EPS, brownian=bm.factory())),
-           "ODE": run(sd.ProbabilityFlowODE("DOP853", rtol=cfg.ode_ref_tol, atol=cfg.ode_ref_tol, eps=EPS))}
+    ref = {
+        "SDE": run(sd.TorchSDE("srk", steps=cfg.ref_steps, eps=EPS, brownian=bm.factory())),
+        "ODE": run(sd.ProbabilityFlowODE("DOP853", rtol=cfg.ode_ref_tol, atol=cfg.ode_ref_tol, eps=EPS)),
+    }
     for k, v in ref.items():
         ref_acc[k].append(v)
     bar.update()
@@ -394,22 +408,44 @@ def run_convergence(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
             "weak_se": (dims3, weak_se, {"long_name": "Monte-Carlo standard error of weak_error (delta method)"}),
             "weak_bias": ((*dims3, "functional"), bias, {"long_name": "E[phi(X_N)] - E[phi(X_ref)], coupled"}),
             "weak_bias_se": ((*dims3, "functional"), bias_se, {"long_name": "standard error of weak_bias"}),
-            "nfe": (("integrator", "steps"), np.array([[nfe_of(m, n) for n in steps] for m in INTEGRATORS]),
-                    {"long_name": "score evaluations per run"}),
-            "order": (("sde", "integrator", "kind"), orders,
-                      {"long_name": "observed order: minus the log-log slope over the finer half of the "
-                                    f"points (weak: of those above {K_SE:g} standard errors)"}),
+            "nfe": (
+                ("integrator", "steps"),
+                np.array([[nfe_of(m, n) for n in steps] for m in INTEGRATORS]),
+                {"long_name": "score evaluations per run"},
+            ),
+            "order": (
+                ("sde", "integrator", "kind"),
+                orders,
+                {
+                    "long_name": "observed order: minus the log-log slope over the finer half of the "
+                    f"points (weak: of those above {K_SE:g} standard errors)"
+                },
+            ),
             "order_points": (("sde", "integrator", "kind"), used, {"long_name": "points in the order fit"}),
             "theory": (("integrator", "kind"), theory, {"long_name": "theoretical order (additive noise)"}),
-            "reference_bias": (("sde", "reference", "functional"), ref_bias,
-                               {"long_name": "E[phi(X_ref)] - exact E[phi] under p_eps (plain Monte Carlo)"}),
+            "reference_bias": (
+                ("sde", "reference", "functional"),
+                ref_bias,
+                {"long_name": "E[phi(X_ref)] - exact E[phi] under p_eps (plain Monte Carlo)"},
+            ),
             "reference_bias_se": (("sde", "reference", "functional"), ref_se),
             "exact_expectation": (("sde", "functional"), exact, {"long_name": "exact E[phi] under p_eps"}),
         },
-        coords={"sde": names, "integrator": list(INTEGRATORS), "steps": steps, "kind": ["strong", "weak"],
-                "functional": list(FUNCTIONALS), "reference": list(REFERENCES)},
-        attrs={"target": cfg.target, "eps": EPS, "n_paths": cfg.n_paths, "ref_steps": cfg.ref_steps,
-               "sdes": repr([SDES[s] for s in names])},
+        coords={
+            "sde": names,
+            "integrator": list(INTEGRATORS),
+            "steps": steps,
+            "kind": ["strong", "weak"],
+            "functional": list(FUNCTIONALS),
+            "reference": list(REFERENCES),
+        },
+        attrs={
+            "target": cfg.target,
+            "eps": EPS,
+            "n_paths": cfg.n_paths,
+            "ref_steps": cfg.ref_steps,
+            "sdes": repr([SDES[s] for s in names]),
+        },
     )
 
 
@@ -438,14 +474,16 @@ def run_checks(cfg: Config = DEFAULT) -> dict[str, float]:
     h = span / N
     z = torch.stack([torch.randn(x_T.shape, generator=g, dtype=torch.float64) for _ in range(N)])
     W = torch.cat([torch.zeros_like(z[:1]), (math.sqrt(h) * z).cumsum(0)])
-    out["em_hand_vs_library_max_abs"] = float((euler_maruyama(sde, score, x_T, W, EPS)
-                                               - end(sd.EulerMaruyama(steps=N, eps=EPS), seed=5)).abs().max())
+    out["em_hand_vs_library_max_abs"] = float(
+        (euler_maruyama(sde, score, x_T, W, EPS) - end(sd.EulerMaruyama(steps=N, eps=EPS), seed=5)).abs().max()
+    )
 
     # (2) torchsde's Euler driven by the fine path equals the hand EM on the summed increments
     bm = draw_path(cfg.ref_steps, n, target.dim, span, gen)
     em = euler_maruyama(sde, score, x_T, coarse_values(bm, N), EPS)
     out["em_hand_vs_torchsde_euler_gridpath_max_abs"] = float(
-        (end(sd.TorchSDE("euler", steps=N, eps=EPS, brownian=bm.factory())) - em).abs().max())
+        (end(sd.TorchSDE("euler", steps=N, eps=EPS, brownian=bm.factory())) - em).abs().max()
+    )
 
     # (3) in law: SRK with the library's default BrownianInterval vs with the fine path, max |z| over
     # the five moments (independent samples of the same law)
@@ -457,8 +495,15 @@ def run_checks(cfg: Config = DEFAULT) -> dict[str, float]:
     # (4) torchsde's BrownianInterval, one entropy, dt = h as TorchSDE builds it: same end value,
     # different path in between (max over the coarse grid of |W_N(u_k) - W_fine(u_k)|)
     def interval_path(steps: int) -> torch.Tensor:
-        bi = torchsde.BrownianInterval(t0=0.0, t1=span, size=(n, target.dim), dtype=torch.float64, entropy=123,
-                                       dt=span / steps, levy_area_approximation="space-time")
+        bi = torchsde.BrownianInterval(
+            t0=0.0,
+            t1=span,
+            size=(n, target.dim),
+            dtype=torch.float64,
+            entropy=123,
+            dt=span / steps,
+            levy_area_approximation="space-time",
+        )
         u = [k * span / steps for k in range(steps)] + [span]
         return torch.stack([bi(u[k], u[k + 1]) for k in range(steps)]).cumsum(0)
 
@@ -470,11 +515,25 @@ def run_checks(cfg: Config = DEFAULT) -> dict[str, float]:
     # steps with one entropy, vs the fine-path difference of the same two runs
     bi = functools.partial(torchsde.BrownianInterval, entropy=123)
     out["srk_same_entropy_rms_diff_N_vs_8N"] = float(
-        (end(sd.TorchSDE("srk", steps=N, eps=EPS, brownian=bi))
-         - end(sd.TorchSDE("srk", steps=fine_steps, eps=EPS, brownian=bi))).square().sum(1).mean().sqrt())
+        (
+            end(sd.TorchSDE("srk", steps=N, eps=EPS, brownian=bi))
+            - end(sd.TorchSDE("srk", steps=fine_steps, eps=EPS, brownian=bi))
+        )
+        .square()
+        .sum(1)
+        .mean()
+        .sqrt()
+    )
     out["srk_gridpath_rms_diff_N_vs_8N"] = float(
-        (end(sd.TorchSDE("srk", steps=N, eps=EPS, brownian=bm.factory()))
-         - end(sd.TorchSDE("srk", steps=fine_steps, eps=EPS, brownian=bm.factory()))).square().sum(1).mean().sqrt())
+        (
+            end(sd.TorchSDE("srk", steps=N, eps=EPS, brownian=bm.factory()))
+            - end(sd.TorchSDE("srk", steps=fine_steps, eps=EPS, brownian=bm.factory()))
+        )
+        .square()
+        .sum(1)
+        .mean()
+        .sqrt()
+    )
     return out
 
 
@@ -490,17 +549,27 @@ def make_tables(ds: xr.Dataset, checks: dict[str, float]) -> dict[str, tuple[str
             o = ds.order.sel(sde=s, integrator=m)
             th = ds.theory.sel(integrator=m)
             pts = ds.order_points.sel(sde=s, integrator=m)
-            rows.append({"SDE": s, "integrator": m,
-                         "strong observed": float(o.sel(kind="strong")), "strong theory": float(th.sel(kind="strong")),
-                         "weak observed": float(o.sel(kind="weak")), "weak theory": float(th.sel(kind="weak")),
-                         "weak fit points": int(pts.sel(kind="weak"))})
+            rows.append(
+                {
+                    "SDE": s,
+                    "integrator": m,
+                    "strong observed": float(o.sel(kind="strong")),
+                    "strong theory": float(th.sel(kind="strong")),
+                    "weak observed": float(o.sel(kind="weak")),
+                    "weak theory": float(th.sel(kind="weak")),
+                    "weak fit points": int(pts.sel(kind="weak")),
+                }
+            )
     df = pd.DataFrame(rows)
     tables["orders"] = (
         f"Observed orders (minus the log-log slope over the finer half of the points; weak: of those above "
         f"{K_SE:g} s.e.) vs "
         f"theory; target {ds.attrs['target']}, {ds.attrs['n_paths']} paths, N = {list(map(int, ds.steps.values))}",
-        df, _io.markdown_table(df, {"strong observed": ".2f", "weak observed": ".2f",
-                                    "strong theory": ".1f", "weak theory": ".1f"}))
+        df,
+        _io.markdown_table(
+            df, {"strong observed": ".2f", "weak observed": ".2f", "strong theory": ".1f", "weak theory": ".1f"}
+        ),
+    )
 
     for kind in ("strong", "weak"):
         raw = pd.DataFrame({"N": ds.steps.values})
@@ -511,8 +580,11 @@ def make_tables(ds: xr.Dataset, checks: dict[str, float]) -> dict[str, tuple[str
                 se = ds[f"{kind}_se"].sel(sde=s, integrator=m).values
                 raw[f"{s} {m}"], raw[f"{s} {m} se"] = e, se
                 disp[f"{s} {m}"] = [f"{a:.2e} ± {b:.0e}" for a, b in zip(e, se, strict=True)]
-        label = ("RMS end-point error vs the same-path reference" if kind == "strong"
-                 else "weak error ‖E φ(X_N) − E φ(X_ref)‖ (coupled), φ = first and second moments")
+        label = (
+            "RMS end-point error vs the same-path reference"
+            if kind == "strong"
+            else "weak error ‖E φ(X_N) − E φ(X_ref)‖ (coupled), φ = first and second moments"
+        )
         tables[f"{kind}_errors"] = (f"{label} (± 1 s.e.)", raw, _io.markdown_table(disp))
 
     rows = []
@@ -520,13 +592,21 @@ def make_tables(ds: xr.Dataset, checks: dict[str, float]) -> dict[str, tuple[str
         for r in ds.reference.values:
             b = ds.reference_bias.sel(sde=s, reference=r).values
             se = ds.reference_bias_se.sel(sde=s, reference=r).values
-            rows.append({"SDE": s, "reference": {"SDE": "SRK, ref_steps", "ODE": "DOP853"}[r],
-                         "max abs bias": float(np.abs(b).max()), "max abs z": float(np.abs(b / se).max())})
+            rows.append(
+                {
+                    "SDE": s,
+                    "reference": {"SDE": "SRK, ref_steps", "ODE": "DOP853"}[r],
+                    "max abs bias": float(np.abs(b).max()),
+                    "max abs z": float(np.abs(b / se).max()),
+                }
+            )
     df = pd.DataFrame(rows)
     tables["reference_bias"] = (
         f"The references' own bias: E φ(X_ref) − exact E φ under p_eps over the {len(ds.functional)} moments "
-        "(plain Monte Carlo; |z| ≲ 3 means no detectable bias)", df,
-        _io.markdown_table(df, {"max abs bias": ".2e", "max abs z": ".2f"}))
+        "(plain Monte Carlo; |z| ≲ 3 means no detectable bias)",
+        df,
+        _io.markdown_table(df, {"max abs bias": ".2e", "max abs z": ".2f"}),
+    )
 
     labels = {
         "em_hand_vs_library_max_abs": "hand EM vs sd.EulerMaruyama, same normals (max abs diff)",
@@ -549,8 +629,15 @@ MARKERS = {"EM": "o", "SRK": "s", "ODE-Euler": "^", "ODE-Heun": "v"}
 def _slope_line(ax: plt.Axes, x: np.ndarray, y_anchor: float, order: float, label: str) -> None:
     xs = np.array([x.min(), x.max()], float)
     ax.plot(xs, y_anchor * (xs / xs[0]) ** (-order), color="0.5", lw=1, ls=(0, (1, 2)))
-    ax.annotate(label, (xs[1], y_anchor * (xs[1] / xs[0]) ** (-order)), fontsize=7, color="0.4",
-                xytext=(3, 0), textcoords="offset points", va="center")
+    ax.annotate(
+        label,
+        (xs[1], y_anchor * (xs[1] / xs[0]) ** (-order)),
+        fontsize=7,
+        color="0.4",
+        xytext=(3, 0),
+        textcoords="offset points",
+        va="center",
+    )
 
 
 def make_figure(ds: xr.Dataset) -> plt.Figure:
@@ -568,8 +655,17 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
                 o = float(ds.order.sel(sde=s, integrator=m, kind=kind))
                 th = float(ds.theory.sel(integrator=m, kind=kind))
                 good = (e > K_SE * se) | (kind == "strong")
-                ax.errorbar(steps, e, yerr=se, color=COLORS[m], marker=MARKERS[m], ms=4, lw=1, capsize=2,
-                            label=f"{m}: {o:.2f} (theory {th:g})")
+                ax.errorbar(
+                    steps,
+                    e,
+                    yerr=se,
+                    color=COLORS[m],
+                    marker=MARKERS[m],
+                    ms=4,
+                    lw=1,
+                    capsize=2,
+                    label=f"{m}: {o:.2f} (theory {th:g})",
+                )
                 ax.scatter(steps[~good], e[~good], s=60, facecolor="none", edgecolor="0.4", zorder=3)
                 top = max(top, float(np.nanmax(e)))
             ax.set_xscale("log", base=2)
@@ -579,9 +675,11 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
             ax.legend(fontsize=7, loc="lower left", title="observed order", title_fontsize=7)
             ylabel = "RMS |X_N − X_ref|" if kind == "strong" else "‖E φ(X_N) − E φ(X_ref)‖"
             ax.set(xlabel="steps N", ylabel=ylabel, title=f"{s}: {kind} error")
-    fig.suptitle(f"Reverse-time integrators on '{ds.attrs['target']}' with its exact score "
-                 f"({ds.attrs['n_paths']} paths; open circles: weak error below {K_SE:g} s.e., not fitted)",
-                 fontsize=10)
+    fig.suptitle(
+        f"Reverse-time integrators on '{ds.attrs['target']}' with its exact score "
+        f"({ds.attrs['n_paths']} paths; open circles: weak error below {K_SE:g} s.e., not fitted)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -591,8 +689,9 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = _io.study_parser(STUDY, __doc__, "publication size (more paths, finer steps)", DEFAULT_OUT)
-    ap.add_argument("--target", default=None, choices=sorted(TARGETS),
-                    help=f"Gaussian-mixture target (default {DEFAULT.target})")
+    ap.add_argument(
+        "--target", default=None, choices=sorted(TARGETS), help=f"Gaussian-mixture target (default {DEFAULT.target})"
+    )
     return ap.parse_args(argv)
 
 
@@ -609,12 +708,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = run_convergence(cfg, progress=not args.quiet)
     checks = run_checks(cfg)
     elapsed = time.perf_counter() - start
-    ds.attrs = {**_io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg)),
-                **ds.attrs, **{f"check_{k}": v for k, v in checks.items()}, "study_wall_time_s": round(elapsed, 1)}
+    ds.attrs = {
+        **_io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg)),
+        **ds.attrs,
+        **{f"check_{k}": v for k, v in checks.items()},
+        "study_wall_time_s": round(elapsed, 1),
+    }
     _io.write_netcdf(ds, out / "convergence.nc")
     _io.save_figures(out, {"figure": make_figure(ds)})
-    print(_io.write_tables(out, f"Convergence orders ({'full' if args.full else 'default'} size)", ds.attrs,
-                           f"{elapsed:.0f} s", make_tables(ds, checks)))
+    print(
+        _io.write_tables(
+            out,
+            f"Convergence orders ({'full' if args.full else 'default'} size)",
+            ds.attrs,
+            f"{elapsed:.0f} s",
+            make_tables(ds, checks),
+        )
+    )
     return 0
 
 

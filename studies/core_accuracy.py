@@ -113,8 +113,9 @@ def supported(sde_name: str, sampler_name: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # exact answers for the Gaussian target
 # ---------------------------------------------------------------------------------------
-def em_moments(sde: sd.LinearSDE, steps: int, eps: float, mean: torch.Tensor,
-               cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def em_moments(
+    sde: sd.LinearSDE, steps: int, eps: float, mean: torch.Tensor, cov: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact mean and covariance after ``steps`` Euler–Maruyama steps of the reverse SDE of N(m, C).
 
     The exact score is affine, :math:`-C_t^{-1}(x - s m)`, so one step is
@@ -173,8 +174,9 @@ def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
     with tqdm(total=total, desc="gaussian", disable=not progress, leave=False) as bar:
         for i, name in enumerate(names):
             sde = SDES[name]
-            x_T = sde.prior_sampling((cfg.n_ode, 2), generator=torch.Generator().manual_seed(cfg.seed_ode),
-                                     dtype=torch.float64)
+            x_T = sde.prior_sampling(
+                (cfg.n_ode, 2), generator=torch.Generator().manual_seed(cfg.seed_ode), dtype=torch.float64
+            )
             for j, method in enumerate(("euler", "heun")):
                 for k, n in enumerate(steps):
                     bar.set_postfix_str(f"{name} {method} N={n}")
@@ -182,8 +184,7 @@ def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
                     bar.update()
             for k, tol in enumerate(tols):
                 bar.set_postfix_str(f"{name} RK45 tol={tol:g}")
-                rk_err[i, k], rk_nfe[i, k] = _ode_end_error(sde, sd.ProbabilityFlowODE("RK45", rtol=tol, atol=tol),
-                                                            x_T)
+                rk_err[i, k], rk_nfe[i, k] = _ode_end_error(sde, sd.ProbabilityFlowODE("RK45", rtol=tol, atol=tol), x_T)
                 bar.update()
 
             p_T, p_eps = GAUSS.marginal(sde, sde.T), GAUSS.marginal(sde, EPS)
@@ -199,16 +200,28 @@ def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
                 bar.set_postfix_str(f"{name} EM sampler N={n}")
                 gen = torch.Generator().manual_seed(cfg.seed_em)
                 x_T = p_T.sample(cfg.n_em, gen, dtype=torch.float64)
-                ds = sd.sample(sde, GAUSS.score(sde), sd.EulerMaruyama(steps=n, eps=EPS), x_T=x_T,
-                               seed=cfg.seed_em + n, progress=False)
+                ds = sd.sample(
+                    sde,
+                    GAUSS.score(sde),
+                    sd.EulerMaruyama(steps=n, eps=EPS),
+                    x_T=x_T,
+                    seed=cfg.seed_em + n,
+                    progress=False,
+                )
                 x = torch.from_numpy(ds["x"].values[-1])
                 mean, cov = em_moments(sde, n, EPS, p_T.mean(), p_T.covariance())
                 smean, scov = x.mean(0), torch.cov(x.T)
                 mean_se = torch.sqrt(torch.diag(cov) / cfg.n_em)
                 cov_se = torch.sqrt((torch.outer(torch.diag(cov), torch.diag(cov)) + cov**2) / cfg.n_em)
                 z = torch.cat([((smean - mean) / mean_se), ((scov - cov) / cov_se)[[0, 0, 1], [0, 1, 1]]])
-                for key, val in (("mc_mean", smean), ("rec_mean", mean), ("mc_mean_se", mean_se),
-                                 ("mc_cov", scov), ("rec_cov", cov), ("mc_cov_se", cov_se)):
+                for key, val in (
+                    ("mc_mean", smean),
+                    ("rec_mean", mean),
+                    ("mc_mean_se", mean_se),
+                    ("mc_cov", scov),
+                    ("rec_cov", cov),
+                    ("mc_cov_se", cov_se),
+                ):
                     mc[key][i, k] = val.numpy()
                 mc_weak[i, k] = weak_error(smean, scov, true_mean, true_cov)
                 rec_weak[i, k] = weak_error(mean, cov, true_mean, true_cov)
@@ -216,50 +229,97 @@ def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
                 bar.update()
 
     solvers = ["euler", "heun", "RK45"]
-    order = np.array([[fit_order(steps, ode_err[i, 0]), fit_order(steps, ode_err[i, 1]),
-                       fit_order(rk_nfe[i], rk_err[i])] for i in range(S)])
+    order = np.array(
+        [
+            [fit_order(steps, ode_err[i, 0]), fit_order(steps, ode_err[i, 1]), fit_order(rk_nfe[i], rk_err[i])]
+            for i in range(S)
+        ]
+    )
     # tolerance proportionality: error ~ tol^q, ideally q = 1 (fit_order returns -slope vs 1/tol)
     tol_slope = np.array([fit_order([1 / t for t in tols], rk_err[i]) for i in range(S)])
     em_order = np.array([fit_order(steps, em_err[i]) for i in range(S)])
     feat = ("feature", [0, 1])
     return xr.Dataset(
         {
-            "ode_error": (("sde", "scheme", "steps"), ode_err,
-                          {"long_name": "PF-ODE end-point error, max over starting points of |x - exact|"}),
-            "ode_nfe": (("scheme", "steps"), np.array([steps, [2 * n for n in steps]], np.int64),
-                        {"long_name": "score evaluations of the fixed-step ODE solver"}),
+            "ode_error": (
+                ("sde", "scheme", "steps"),
+                ode_err,
+                {"long_name": "PF-ODE end-point error, max over starting points of |x - exact|"},
+            ),
+            "ode_nfe": (
+                ("scheme", "steps"),
+                np.array([steps, [2 * n for n in steps]], np.int64),
+                {"long_name": "score evaluations of the fixed-step ODE solver"},
+            ),
             "rk45_error": (("sde", "tol"), rk_err, {"long_name": "RK45 end-point error, max over starting points"}),
             "rk45_nfe": (("sde", "tol"), rk_nfe, {"long_name": "RK45 score evaluations (rtol = atol = tol)"}),
-            "ode_order": (("sde", "solver"), order,
-                          {"long_name": "observed order: -slope of log error vs log steps (RK45: vs log NFE), "
-                                        "finer half"}),
-            "ode_order_theory": (("solver",), [THEORY[s] for s in solvers],
-                                 {"long_name": "theoretical order (RK45: nominal 5)"}),
-            "rk45_tol_slope": (("sde",), tol_slope,
-                               {"long_name": "slope of log RK45 error vs log tol, finer half (ideal 1)"}),
-            "em_weak_error": (("sde", "em_steps"), em_err,
-                              {"long_name": "EM weak error |mean - exact| + ||cov - exact||_F (exact recursion, "
-                                            "started at the exact p_T)"}),
+            "ode_order": (
+                ("sde", "solver"),
+                order,
+                {"long_name": "observed order: -slope of log error vs log steps (RK45: vs log NFE), finer half"},
+            ),
+            "ode_order_theory": (
+                ("solver",),
+                [THEORY[s] for s in solvers],
+                {"long_name": "theoretical order (RK45: nominal 5)"},
+            ),
+            "rk45_tol_slope": (
+                ("sde",),
+                tol_slope,
+                {"long_name": "slope of log RK45 error vs log tol, finer half (ideal 1)"},
+            ),
+            "em_weak_error": (
+                ("sde", "em_steps"),
+                em_err,
+                {
+                    "long_name": "EM weak error |mean - exact| + ||cov - exact||_F (exact recursion, "
+                    "started at the exact p_T)"
+                },
+            ),
             "em_mean_error": (("sde", "em_steps"), em_merr, {"long_name": "|mean - exact| of the EM recursion"}),
             "em_cov_error": (("sde", "em_steps"), em_cerr, {"long_name": "||cov - exact||_F of the EM recursion"}),
             "em_order": (("sde",), em_order, {"long_name": "observed weak order of EM (finer half); theory 1"}),
             "mc_mean": (("sde", "check_steps", "feature"), mc["mc_mean"], {"long_name": "EM sample mean"}),
-            "mc_mean_se": (("sde", "check_steps", "feature"), mc["mc_mean_se"],
-                           {"long_name": "standard error of the sample mean"}),
+            "mc_mean_se": (
+                ("sde", "check_steps", "feature"),
+                mc["mc_mean_se"],
+                {"long_name": "standard error of the sample mean"},
+            ),
             "rec_mean": (("sde", "check_steps", "feature"), mc["rec_mean"], {"long_name": "EM recursion mean"}),
-            "mc_cov": (("sde", "check_steps", "feature", "feature_b"), mc["mc_cov"],
-                       {"long_name": "EM sample covariance"}),
-            "mc_cov_se": (("sde", "check_steps", "feature", "feature_b"), mc["mc_cov_se"],
-                          {"long_name": "standard error of the sample covariance entries"}),
-            "rec_cov": (("sde", "check_steps", "feature", "feature_b"), mc["rec_cov"],
-                        {"long_name": "EM recursion covariance"}),
-            "mc_max_abs_z": (("sde", "check_steps"), mc_z,
-                             {"long_name": "max |sample - recursion| / se over 2 mean and 3 covariance entries"}),
+            "mc_cov": (
+                ("sde", "check_steps", "feature", "feature_b"),
+                mc["mc_cov"],
+                {"long_name": "EM sample covariance"},
+            ),
+            "mc_cov_se": (
+                ("sde", "check_steps", "feature", "feature_b"),
+                mc["mc_cov_se"],
+                {"long_name": "standard error of the sample covariance entries"},
+            ),
+            "rec_cov": (
+                ("sde", "check_steps", "feature", "feature_b"),
+                mc["rec_cov"],
+                {"long_name": "EM recursion covariance"},
+            ),
+            "mc_max_abs_z": (
+                ("sde", "check_steps"),
+                mc_z,
+                {"long_name": "max |sample - recursion| / se over 2 mean and 3 covariance entries"},
+            ),
             "mc_weak_error": (("sde", "check_steps"), mc_weak, {"long_name": "weak error of the EM samples"}),
             "rec_weak_error": (("sde", "check_steps"), rec_weak, {"long_name": "weak error of the EM recursion"}),
         },
-        coords={"sde": names, "scheme": ["euler", "heun"], "steps": steps, "tol": tols, "solver": solvers,
-                "em_steps": steps, "check_steps": checks, "feature": feat[1], "feature_b": feat[1]},
+        coords={
+            "sde": names,
+            "scheme": ["euler", "heun"],
+            "steps": steps,
+            "tol": tols,
+            "solver": solvers,
+            "em_steps": steps,
+            "check_steps": checks,
+            "feature": feat[1],
+            "feature_b": feat[1],
+        },
     )
 
 
@@ -270,13 +330,13 @@ METRIC_FNS = {"sw": metrics.sliced_wasserstein, "energy": metrics.energy_distanc
 FLOOR_KINDS = ("pairs", "ref")
 
 
-def reference_floor(metric: str, p_eps: sd.GaussianMixture, ref: torch.Tensor, draws: int,
-                    seed: int) -> np.ndarray:
+def reference_floor(metric: str, p_eps: sd.GaussianMixture, ref: torch.Tensor, draws: int, seed: int) -> np.ndarray:
     """``metric(X_k, ref)`` for ``draws`` fresh exact sets X_k (generator seed ``seed * 1000 + k``): the
     null distribution of a sampler's distance *to this reference*, whose own sampling noise it includes."""
     fn = METRIC_FNS[metric]
-    return np.array([fn(p_eps.sample(ref.shape[0], torch.Generator().manual_seed(seed * 1000 + k)), ref)
-                     for k in range(draws)])
+    return np.array(
+        [fn(p_eps.sample(ref.shape[0], torch.Generator().manual_seed(seed * 1000 + k)), ref) for k in range(draws)]
+    )
 
 
 def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
@@ -307,8 +367,9 @@ def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
             ref_z[i] = metrics.mode_weight_test(ref, p_eps.means, p_eps.weights).z_scores.numpy()
             bar.set_postfix_str(f"{name} floors")
             for m, fn in METRIC_FNS.items():
-                floors[m][i, 0] = metrics.metric_floor(fn, p_eps.sample, n, pairs=cfg.floor_pairs,
-                                                       seed=cfg.seed_floor).values
+                floors[m][i, 0] = metrics.metric_floor(
+                    fn, p_eps.sample, n, pairs=cfg.floor_pairs, seed=cfg.seed_floor
+                ).values
                 floors[m][i, 1] = reference_floor(m, p_eps, ref, cfg.floor_pairs, cfg.seed_ref_floor)
             threshold = {m: floors[m][i].mean(-1) + K_SD * floors[m][i].std(-1, ddof=1) for m in METRIC_FNS}
             bar.update()
@@ -316,8 +377,7 @@ def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
                 if not supported(name, sname):
                     continue
                 bar.set_postfix_str(f"{name} {sname}")
-                ds = sd.sample(sde, RING.score(sde), samplers[sname], shape=(n, 2), seed=cfg.seed_mix,
-                               progress=False)
+                ds = sd.sample(sde, RING.score(sde), samplers[sname], shape=(n, 2), seed=cfg.seed_mix, progress=False)
                 x = torch.from_numpy(ds["x"].values[-1])
                 samples[i, j] = x.numpy()
                 out["nfe"][i, j] = ds.attrs["nfe"]
@@ -336,8 +396,11 @@ def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
     data: dict[str, tuple] = {
         "nfe": (("sde", "sampler"), out["nfe"], {"long_name": "score evaluations"}),
         "wall_time": (("sde", "sampler"), out["wall_time"], {"long_name": "sampling wall time", "units": "s"}),
-        "mode_max_abs_z": (("sde", "sampler"), out["mode_max_abs_z"],
-                           {"long_name": "max binomial |z| of the nearest-mode fractions"}),
+        "mode_max_abs_z": (
+            ("sde", "sampler"),
+            out["mode_max_abs_z"],
+            {"long_name": "max binomial |z| of the nearest-mode fractions"},
+        ),
         "mode_ok": (("sde", "sampler"), mode_ok, {"long_name": f"max |z| <= {K_SD:g}", **flag}),
         "mode_fraction": (("sde", "sampler", "mode"), mode_frac, {"long_name": "fraction nearest each mode"}),
         "reference_mode_z": (("sde", "mode"), ref_z, {"long_name": "binomial z of the reference's mode fractions"}),
@@ -346,18 +409,33 @@ def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
     }
     for m in METRIC_FNS:
         data[m] = (("sde", "sampler"), out[m], {"long_name": f"{long[m]} to the exact reference sample"})
-        data[f"{m}_floor"] = (("sde", "floor", "pair"), floors[m],
-                              {"long_name": f"{long[m]} between exact sets: independent pairs (pairs) or fresh "
-                                            "sets vs the reference (ref)"})
+        data[f"{m}_floor"] = (
+            ("sde", "floor", "pair"),
+            floors[m],
+            {
+                "long_name": f"{long[m]} between exact sets: independent pairs (pairs) or fresh "
+                "sets vs the reference (ref)"
+            },
+        )
         data[f"{m}_floor_mean"] = (("sde", "floor"), floors[m].mean(-1))
         data[f"{m}_floor_sd"] = (("sde", "floor"), floors[m].std(-1, ddof=1))
-        data[f"{m}_ok"] = (("sde", "sampler", "floor"), flags[f"{m}_ok"],
-                           {"long_name": f"{m} <= floor mean + {K_SD:g} sd", **flag})
+        data[f"{m}_ok"] = (
+            ("sde", "sampler", "floor"),
+            flags[f"{m}_ok"],
+            {"long_name": f"{m} <= floor mean + {K_SD:g} sd", **flag},
+        )
     return xr.Dataset(
         data,
-        coords={"sde": names, "sampler": snames, "floor": list(FLOOR_KINDS), "pair": np.arange(cfg.floor_pairs),
-                "mode": np.arange(RING.n_components), "sample": np.arange(n), "feature": [0, 1],
-                "sampler_repr": ("sampler", [repr(samplers[s]) for s in snames])},
+        coords={
+            "sde": names,
+            "sampler": snames,
+            "floor": list(FLOOR_KINDS),
+            "pair": np.arange(cfg.floor_pairs),
+            "mode": np.arange(RING.n_components),
+            "sample": np.arange(n),
+            "feature": [0, 1],
+            "sampler_repr": ("sampler", [repr(samplers[s]) for s in snames]),
+        },
     )
 
 
@@ -378,15 +456,21 @@ def make_tables(g: xr.Dataset, m: xr.Dataset) -> dict[str, tuple[str, pd.DataFra
         for meth in ("euler", "heun"):
             ode[f"{s} {meth}"] = g.ode_error.sel(sde=s, scheme=meth).values
     fmt = {c: ".2e" for c in ode.columns[2:]}
-    tables["ode_errors"] = ("PF-ODE end-point max error vs the exact map (Heun: NFE = 2N)", ode,
-                            _io.markdown_table(ode, fmt))
+    tables["ode_errors"] = (
+        "PF-ODE end-point max error vs the exact map (Heun: NFE = 2N)",
+        ode,
+        _io.markdown_table(ode, fmt),
+    )
 
     rk = pd.DataFrame({"rtol=atol": g.tol.values})
     for s in names:
         rk[f"{s} error"] = g.rk45_error.sel(sde=s).values
         rk[f"{s} NFE"] = g.rk45_nfe.sel(sde=s).values
-    tables["rk45"] = ("RK45 end-point max error and NFE", rk,
-                      _io.markdown_table(rk, {"rtol=atol": ".0e", **{c: ".2e" for c in rk.columns if "error" in c}}))
+    tables["rk45"] = (
+        "RK45 end-point max error and NFE",
+        rk,
+        _io.markdown_table(rk, {"rtol=atol": ".0e", **{c: ".2e" for c in rk.columns if "error" in c}}),
+    )
 
     orders = pd.DataFrame({"SDE": names})
     for solver, label in (("euler", "Euler"), ("heun", "Heun"), ("RK45", "RK45 (vs NFE)")):
@@ -395,77 +479,135 @@ def make_tables(g: xr.Dataset, m: xr.Dataset) -> dict[str, tuple[str, pd.DataFra
     orders["RK45 error-vs-tol slope"] = g.rk45_tol_slope.values
     orders["EM weak observed"] = g.em_order.values
     orders["EM weak theory"] = THEORY["EM"]
-    tables["orders"] = ("Observed orders (log-log slope over the finer half) vs theory", orders,
-                        _io.markdown_table(orders, {c: ".2f" for c in orders.columns if "observed" in c or "slope" in c}
-                                           | {c: ".0f" for c in orders.columns if "theory" in c}))
+    tables["orders"] = (
+        "Observed orders (log-log slope over the finer half) vs theory",
+        orders,
+        _io.markdown_table(
+            orders,
+            {c: ".2f" for c in orders.columns if "observed" in c or "slope" in c}
+            | {c: ".0f" for c in orders.columns if "theory" in c},
+        ),
+    )
 
     em = pd.DataFrame({"N": g.em_steps.values})
     for s in names:
         em[s] = g.em_weak_error.sel(sde=s).values
-    tables["em_weak"] = ("Euler–Maruyama weak error |mean − exact| + ‖cov − exact‖_F (exact recursion from p_T)",
-                         em, _io.markdown_table(em, {s: ".2e" for s in names}))
+    tables["em_weak"] = (
+        "Euler–Maruyama weak error |mean − exact| + ‖cov − exact‖_F (exact recursion from p_T)",
+        em,
+        _io.markdown_table(em, {s: ".2e" for s in names}),
+    )
 
     rows = []
     for s in names:
         for n in g.check_steps.values:
             r = g.sel(sde=s, check_steps=n)
-            rows.append({"SDE": s, "N": int(n), "recursion weak error": float(r.rec_weak_error),
-                         "sample weak error": float(r.mc_weak_error),
-                         "mean[0] sample": float(r.mc_mean[0]), "mean[0] recursion": float(r.rec_mean[0]),
-                         "mean se": float(r.mc_mean_se[0]),
-                         "cov[0,0] sample": float(r.mc_cov[0, 0]), "cov[0,0] recursion": float(r.rec_cov[0, 0]),
-                         "cov se": float(r.mc_cov_se[0, 0]),
-                         "max abs z": float(r.mc_max_abs_z)})
+            rows.append(
+                {
+                    "SDE": s,
+                    "N": int(n),
+                    "recursion weak error": float(r.rec_weak_error),
+                    "sample weak error": float(r.mc_weak_error),
+                    "mean[0] sample": float(r.mc_mean[0]),
+                    "mean[0] recursion": float(r.rec_mean[0]),
+                    "mean se": float(r.mc_mean_se[0]),
+                    "cov[0,0] sample": float(r.mc_cov[0, 0]),
+                    "cov[0,0] recursion": float(r.rec_cov[0, 0]),
+                    "cov se": float(r.mc_cov_se[0, 0]),
+                    "max abs z": float(r.mc_max_abs_z),
+                }
+            )
     mc = pd.DataFrame(rows)
     n_em = g.attrs.get("n_em", "")
     tables["em_samples"] = (
         f"EulerMaruyama sample moments (n = {n_em}) vs the exact recursion; max |z| over 2 mean + 3 cov entries",
-        mc, _io.markdown_table(mc, {c: ".4g" for c in mc.columns if c not in ("SDE", "N")} | {"max abs z": ".2f"}))
+        mc,
+        _io.markdown_table(mc, {c: ".4g" for c in mc.columns if c not in ("SDE", "N")} | {"max abs z": ".2f"}),
+    )
 
     rows, disp, frows = [], [], []
     for s in names:
-        fl = {(k, f): (float(m[f"{k}_floor_mean"].sel(sde=s, floor=f)), float(m[f"{k}_floor_sd"].sel(sde=s, floor=f)))
-              for k in METRIC_FNS for f in FLOOR_KINDS}
-        frows.append({"SDE": s, **{f"{lab} floor {f} {st}": fl[k, f][q] for k, lab in (("sw", "SW"), ("energy", "ED"))
-                                   for f in FLOOR_KINDS for q, st in enumerate(("mean", "sd"))},
-                      "reference max abs mode z": float(np.abs(m.reference_mode_z.sel(sde=s)).max())})
+        fl = {
+            (k, f): (float(m[f"{k}_floor_mean"].sel(sde=s, floor=f)), float(m[f"{k}_floor_sd"].sel(sde=s, floor=f)))
+            for k in METRIC_FNS
+            for f in FLOOR_KINDS
+        }
+        frows.append(
+            {
+                "SDE": s,
+                **{
+                    f"{lab} floor {f} {st}": fl[k, f][q]
+                    for k, lab in (("sw", "SW"), ("energy", "ED"))
+                    for f in FLOOR_KINDS
+                    for q, st in enumerate(("mean", "sd"))
+                },
+                "reference max abs mode z": float(np.abs(m.reference_mode_z.sel(sde=s)).max()),
+            }
+        )
         for p in m.sampler.values:
             r = m.sel(sde=s, sampler=p)
             if int(r.mode_ok) < 0:
                 continue
             ok = {(k, f): int(r[f"{k}_ok"].sel(floor=f)) for k in METRIC_FNS for f in FLOOR_KINDS}
-            rows.append({"SDE": s, "sampler": p, "NFE": int(r.nfe), "wall_s": float(r.wall_time),
-                         "SW": float(r.sw), "SW_floor_mean": fl["sw", "pairs"][0], "SW_floor_sd": fl["sw", "pairs"][1],
-                         "SW_ok": ok["sw", "pairs"], "SW_ok_ref_floor": ok["sw", "ref"],
-                         "ED": float(r.energy), "ED_floor_mean": fl["energy", "pairs"][0],
-                         "ED_floor_sd": fl["energy", "pairs"][1], "ED_ok": ok["energy", "pairs"],
-                         "ED_ok_ref_floor": ok["energy", "ref"],
-                         "mode_max_abs_z": float(r.mode_max_abs_z), "mode_ok": int(r.mode_ok)})
-            disp.append({"SDE": s, "sampler": p, "NFE": int(r.nfe), "wall [s]": f"{float(r.wall_time):.2f}",
-                         "SW": f"{float(r.sw):.4f}",
-                         "SW floor": f"{fl['sw', 'pairs'][0]:.4f} ± {fl['sw', 'pairs'][1]:.4f}",
-                         "SW verdict": _verdict(ok["sw", "pairs"]), "SW verdict (ref floor)": _verdict(ok["sw", "ref"]),
-                         "ED": f"{float(r.energy):.2e}",
-                         "ED floor": f"{fl['energy', 'pairs'][0]:.1e} ± {fl['energy', 'pairs'][1]:.1e}",
-                         "ED verdict": _verdict(ok["energy", "pairs"]),
-                         "ED verdict (ref floor)": _verdict(ok["energy", "ref"]),
-                         "modes max abs z": f"{float(r.mode_max_abs_z):.2f}",
-                         "modes": _verdict(int(r.mode_ok), "FAIL")})
+            rows.append(
+                {
+                    "SDE": s,
+                    "sampler": p,
+                    "NFE": int(r.nfe),
+                    "wall_s": float(r.wall_time),
+                    "SW": float(r.sw),
+                    "SW_floor_mean": fl["sw", "pairs"][0],
+                    "SW_floor_sd": fl["sw", "pairs"][1],
+                    "SW_ok": ok["sw", "pairs"],
+                    "SW_ok_ref_floor": ok["sw", "ref"],
+                    "ED": float(r.energy),
+                    "ED_floor_mean": fl["energy", "pairs"][0],
+                    "ED_floor_sd": fl["energy", "pairs"][1],
+                    "ED_ok": ok["energy", "pairs"],
+                    "ED_ok_ref_floor": ok["energy", "ref"],
+                    "mode_max_abs_z": float(r.mode_max_abs_z),
+                    "mode_ok": int(r.mode_ok),
+                }
+            )
+            disp.append(
+                {
+                    "SDE": s,
+                    "sampler": p,
+                    "NFE": int(r.nfe),
+                    "wall [s]": f"{float(r.wall_time):.2f}",
+                    "SW": f"{float(r.sw):.4f}",
+                    "SW floor": f"{fl['sw', 'pairs'][0]:.4f} ± {fl['sw', 'pairs'][1]:.4f}",
+                    "SW verdict": _verdict(ok["sw", "pairs"]),
+                    "SW verdict (ref floor)": _verdict(ok["sw", "ref"]),
+                    "ED": f"{float(r.energy):.2e}",
+                    "ED floor": f"{fl['energy', 'pairs'][0]:.1e} ± {fl['energy', 'pairs'][1]:.1e}",
+                    "ED verdict": _verdict(ok["energy", "pairs"]),
+                    "ED verdict (ref floor)": _verdict(ok["energy", "ref"]),
+                    "modes max abs z": f"{float(r.mode_max_abs_z):.2f}",
+                    "modes": _verdict(int(r.mode_ok), "FAIL"),
+                }
+            )
     n_mix, pairs = m.attrs.get("n_mix", ""), m.sizes["pair"]
     tables["mixture"] = (
         f"8-Gaussian ring, samplers at their defaults, n = {n_mix}, seed {m.attrs.get('seed_mix', '')}: distance to "
         f"an exact reference sample of p_eps vs its floor (metric_floor, {pairs} exact pairs; verdict ≤ mean + {K_SD:g}"
         f" sd; 'ref floor': {pairs} fresh exact sets vs the same reference); modes: |z| ≤ {K_SD:g}",
-        pd.DataFrame(rows), _io.markdown_table(pd.DataFrame(disp))
+        pd.DataFrame(rows),
+        _io.markdown_table(pd.DataFrame(disp))
         + "\n\nAll rows share one reference sample and seed: rows with the same prior draw and noise stream "
-          "(the ODE solvers of all SDEs; EM and PC-ancestral; TorchSDE for VP and subVP) are strongly correlated, "
-          "not independent tests.")
+        "(the ODE solvers of all SDEs; EM and PC-ancestral; TorchSDE for VP and subVP) are strongly correlated, "
+        "not independent tests.",
+    )
     floors = pd.DataFrame(frows)
     tables["floors"] = (
         "Floors per SDE (mean, sd): 'pairs' = independent exact pairs (metric_floor), 'ref' = fresh exact sets vs "
-        "the fixed reference; last column: the reference's own largest mode-weight |z|", floors,
-        _io.markdown_table(floors, {c: (".4f" if c.startswith("SW") else ".2e") for c in floors.columns[1:-1]}
-                           | {floors.columns[-1]: ".2f"}))
+        "the fixed reference; last column: the reference's own largest mode-weight |z|",
+        floors,
+        _io.markdown_table(
+            floors,
+            {c: (".4f" if c.startswith("SW") else ".2e") for c in floors.columns[1:-1]} | {floors.columns[-1]: ".2f"},
+        ),
+    )
     return tables
 
 
@@ -478,8 +620,15 @@ COLORS = {"VP": "C0", "subVP": "C1", "VE": "C2"}
 def _slope_line(ax: plt.Axes, x: np.ndarray, y_anchor: float, order: float, label: str) -> None:
     xs = np.array([x.min(), x.max()], float)
     ax.plot(xs, y_anchor * (xs / xs[0]) ** (-order), color="0.5", lw=1, ls=(0, (1, 2)))
-    ax.annotate(label, (xs[1], y_anchor * (xs[1] / xs[0]) ** (-order)), fontsize=8, color="0.4",
-                xytext=(3, 0), textcoords="offset points", va="center")
+    ax.annotate(
+        label,
+        (xs[1], y_anchor * (xs[1] / xs[0]) ** (-order)),
+        fontsize=8,
+        color="0.4",
+        xytext=(3, 0),
+        textcoords="offset points",
+        va="center",
+    )
 
 
 def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", "EM")) -> plt.Figure:
@@ -491,10 +640,22 @@ def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", 
     styles = {"euler": ("-", "o"), "heun": ("--", "s"), "RK45": (":", "^")}
     for s in names:
         for meth in ("euler", "heun"):
-            ax.loglog(g.ode_nfe.sel(scheme=meth), g.ode_error.sel(sde=s, scheme=meth), color=COLORS[s],
-                      ls=styles[meth][0], marker=styles[meth][1], ms=4)
-        ax.loglog(g.rk45_nfe.sel(sde=s), g.rk45_error.sel(sde=s), color=COLORS[s], ls=styles["RK45"][0],
-                  marker=styles["RK45"][1], ms=4)
+            ax.loglog(
+                g.ode_nfe.sel(scheme=meth),
+                g.ode_error.sel(sde=s, scheme=meth),
+                color=COLORS[s],
+                ls=styles[meth][0],
+                marker=styles[meth][1],
+                ms=4,
+            )
+        ax.loglog(
+            g.rk45_nfe.sel(sde=s),
+            g.rk45_error.sel(sde=s),
+            color=COLORS[s],
+            ls=styles["RK45"][0],
+            marker=styles["RK45"][1],
+            ms=4,
+        )
     nfe = g.ode_nfe.values.ravel()
     top = float(g.ode_error.max())
     _slope_line(ax, nfe, top, 1, "slope −1")
@@ -507,17 +668,33 @@ def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", 
     ax = axes[0, 1]
     top = 10 * float(g.em_weak_error.max())
     for s in names:
-        rec = xr.concat([g.em_weak_error.sel(sde=s).rename(em_steps="N"),
-                         g.rec_weak_error.sel(sde=s).rename(check_steps="N")], "N").sortby("N")
+        rec = xr.concat(
+            [g.em_weak_error.sel(sde=s).rename(em_steps="N"), g.rec_weak_error.sel(sde=s).rename(check_steps="N")], "N"
+        ).sortby("N")
         rec = rec.drop_duplicates("N")
         ax.loglog(rec.N, rec, color=COLORS[s], marker="o", ms=4, label=f"{s} exact recursion")
         mc = g.mc_weak_error.sel(sde=s)
-        ax.loglog(mc.check_steps, mc.where(mc < top), color=COLORS[s], marker="x", ls="none", ms=7,
-                  label=f"{s} sampler, n = {g.attrs.get('n_em', '')} (incl. MC noise)")
+        ax.loglog(
+            mc.check_steps,
+            mc.where(mc < top),
+            color=COLORS[s],
+            marker="x",
+            ls="none",
+            ms=7,
+            label=f"{s} sampler, n = {g.attrs.get('n_em', '')} (incl. MC noise)",
+        )
         off = [f"{s} N={n_}: {v:.1e}" for n_, v in zip(rec.N.values, rec.values, strict=True) if v > top]
         if off:
-            ax.text(0.98, 0.97, "off scale (EM unstable): " + ", ".join(off), transform=ax.transAxes, ha="right",
-                    va="top", fontsize=8, color=COLORS[s])
+            ax.text(
+                0.98,
+                0.97,
+                "off scale (EM unstable): " + ", ".join(off),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                color=COLORS[s],
+            )
     _slope_line(ax, g.em_steps.values, float(g.em_weak_error.max()), 1, "slope −1")
     ax.set_ylim(top=top)
     ax.legend(fontsize=8, loc="lower left")
@@ -530,26 +707,35 @@ def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", 
     for s in names:
         run = [p for p in snames if int(m.mode_ok.sel(sde=s, sampler=p)) >= 0]
         xs = np.arange(x0, x0 + len(run))
-        for f, style in (("pairs", {"color": COLORS[s], "alpha": 0.15, "lw": 0}),
-                         ("ref", {"facecolor": "none", "edgecolor": COLORS[s], "hatch": "//", "lw": 0.5})):
+        for f, style in (
+            ("pairs", {"color": COLORS[s], "alpha": 0.15, "lw": 0}),
+            ("ref", {"facecolor": "none", "edgecolor": COLORS[s], "hatch": "//", "lw": 0.5}),
+        ):
             mean, sd_ = float(m.sw_floor_mean.sel(sde=s, floor=f)), float(m.sw_floor_sd.sel(sde=s, floor=f))
             ax.fill_between([xs[0] - 0.4, xs[-1] + 0.4], max(mean - K_SD * sd_, 0), mean + K_SD * sd_, **style)
             ax.hlines(mean, xs[0] - 0.4, xs[-1] + 0.4, color=COLORS[s], lw=1, ls="-" if f == "pairs" else "--")
         vals = [float(m.sw.sel(sde=s, sampler=p)) for p in run]
         ok = [int(m.sw_ok.sel(sde=s, sampler=p, floor="pairs")) == 1 for p in run]
         ax.scatter(xs, vals, color=COLORS[s], marker="o", zorder=3)
-        ax.scatter(xs[~np.array(ok)], np.array(vals)[~np.array(ok)], facecolor="none", edgecolor="r", s=120,
-                   zorder=4)
+        ax.scatter(xs[~np.array(ok)], np.array(vals)[~np.array(ok)], facecolor="none", edgecolor="r", s=120, zorder=4)
         ticks += list(xs)
         labels += [f"{s} {p}" for p in run]
         x0 += len(run) + 1
     ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
-    ax.legend(handles=[Patch(color="0.5", alpha=0.3, label=f"floor, exact pairs (mean ± {K_SD:g} sd)"),
-                       Patch(facecolor="none", edgecolor="0.3", hatch="//", label="floor, exact sets vs reference"),
-                       Line2D([], [], marker="o", mfc="none", mec="r", ls="none", ms=10,
-                              label="above the pairs threshold")], fontsize=8, loc="lower center", framealpha=0.9)
-    ax.set(ylabel="sliced Wasserstein to exact p_eps",
-           title=f"(c) 8-Gaussian ring, n = {m.attrs.get('n_mix', '')}: SW vs floor (mean ± {K_SD:g} sd)")
+    ax.legend(
+        handles=[
+            Patch(color="0.5", alpha=0.3, label=f"floor, exact pairs (mean ± {K_SD:g} sd)"),
+            Patch(facecolor="none", edgecolor="0.3", hatch="//", label="floor, exact sets vs reference"),
+            Line2D([], [], marker="o", mfc="none", mec="r", ls="none", ms=10, label="above the pairs threshold"),
+        ],
+        fontsize=8,
+        loc="lower center",
+        framealpha=0.9,
+    )
+    ax.set(
+        ylabel="sliced Wasserstein to exact p_eps",
+        title=f"(c) 8-Gaussian ring, n = {m.attrs.get('n_mix', '')}: SW vs floor (mean ± {K_SD:g} sd)",
+    )
 
     ax = axes[1, 1]
     s, p = scatter
@@ -569,9 +755,14 @@ def make_figure(g: xr.Dataset, m: xr.Dataset, scatter: tuple[str, str] = ("VP", 
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "publication size (more steps, more samples)", DEFAULT_OUT,
-                          threads_help="torch intra-op threads (default 1: small batches run fastest and most "
-                                       "reproducibly single-threaded on a shared machine)")
+    ap = _io.study_parser(
+        STUDY,
+        __doc__,
+        "publication size (more steps, more samples)",
+        DEFAULT_OUT,
+        threads_help="torch intra-op threads (default 1: small batches run fastest and most "
+        "reproducibly single-threaded on a shared machine)",
+    )
     return ap.parse_args(argv)
 
 
@@ -586,19 +777,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = run_gaussian(cfg, progress=not args.quiet)
     m = run_mixture(cfg, progress=not args.quiet)
     attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
-    g.attrs = {**attrs, "part": "1: single Gaussian N(m, C)", "target_mean": repr(GAUSS.means[0].tolist()),
-               "target_cov": repr(GAUSS.covariances[0].tolist()), "eps": EPS,
-               "sdes": repr([SDES[s] for s in SDES])}
-    m.attrs = {**attrs, "part": "2: 8-Gaussian ring", "eps": EPS, "k_sd": K_SD,
-               "sdes": repr([SDES[s] for s in SDES])}
+    g.attrs = {
+        **attrs,
+        "part": "1: single Gaussian N(m, C)",
+        "target_mean": repr(GAUSS.means[0].tolist()),
+        "target_cov": repr(GAUSS.covariances[0].tolist()),
+        "eps": EPS,
+        "sdes": repr([SDES[s] for s in SDES]),
+    }
+    m.attrs = {**attrs, "part": "2: 8-Gaussian ring", "eps": EPS, "k_sd": K_SD, "sdes": repr([SDES[s] for s in SDES])}
     elapsed = time.perf_counter() - start
     g.attrs["study_wall_time_s"] = m.attrs["study_wall_time_s"] = round(elapsed, 1)
 
     _io.write_netcdf(g, out / "gaussian.nc")
     _io.write_netcdf(m, out / "mixture.nc")
     _io.save_figures(out, {"figure": make_figure(g, m)})
-    print(_io.write_tables(out, f"Core accuracy ({'full' if args.full else 'default'} size)", attrs,
-                           f"{elapsed:.0f} s", make_tables(g, m)))
+    print(
+        _io.write_tables(
+            out,
+            f"Core accuracy ({'full' if args.full else 'default'} size)",
+            attrs,
+            f"{elapsed:.0f} s",
+            make_tables(g, m),
+        )
+    )
     return 0
 
 

@@ -112,15 +112,23 @@ def clear_checkpoints(ckpt_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def run_training(sde: sd.LinearSDE, data: Dataset, cfg: Config, ckpt_dir: Path,
-                 progress: bool) -> tuple[Trainer, dict[str, float]]:
+def run_training(
+    sde: sd.LinearSDE, data: Dataset, cfg: Config, ckpt_dir: Path, progress: bool
+) -> tuple[Trainer, dict[str, float]]:
     """Train the default U-Net (eps parameterisation) from scratch; return the trainer and the timing."""
     torch.manual_seed(cfg.seed_model)
     model = ScoreModel(build_network("unet", channels=1), sde, parameterization="eps")
     clear_checkpoints(ckpt_dir)
     start = time.perf_counter()
-    trainer = train(sde, model, data, TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size), out_dir=ckpt_dir,
-                    progress=progress, resume=False)
+    trainer = train(
+        sde,
+        model,
+        data,
+        TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size),
+        out_dir=ckpt_dir,
+        progress=progress,
+        resume=False,
+    )
     wall = time.perf_counter() - start
     n_params = sum(p.numel() for p in model.parameters())
     return trainer, {"train_wall_s": wall, "steps_per_s": cfg.steps / wall, "n_params": n_params}
@@ -128,8 +136,15 @@ def run_training(sde: sd.LinearSDE, data: Dataset, cfg: Config, ckpt_dir: Path,
 
 def run_sampling(sde: sd.LinearSDE, score_fn: torch.nn.Module, cfg: Config, progress: bool) -> xr.Dataset:
     """``cfg.n_samples`` images from ``score_fn`` with ``cfg.save_at`` saved states (model space)."""
-    return sd.sample(sde, score_fn, make_sampler(cfg.sampler), shape=(cfg.n_samples, 1, 8, 8), seed=cfg.seed_sample,
-                     save_at=cfg.save_at, progress=progress)
+    return sd.sample(
+        sde,
+        score_fn,
+        make_sampler(cfg.sampler),
+        shape=(cfg.n_samples, 1, 8, 8),
+        seed=cfg.seed_sample,
+        save_at=cfg.save_at,
+        progress=progress,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,8 +161,7 @@ def classify(generated: np.ndarray, cfg: Config) -> dict[str, np.ndarray | float
     (clipped to [0, 16]), of the held-out real digits and of uniform-noise images; nearest-neighbour distances."""
     digits = load_digits()
     X, y = digits.data.astype(np.float64), digits.target
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=cfg.test_size, random_state=cfg.seed_split,
-                                              stratify=y)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=cfg.test_size, random_state=cfg.seed_split, stratify=y)
     clf = LogisticRegression(max_iter=2000).fit(X_tr, y_tr)
     gen = np.clip(generated.reshape(generated.shape[0], -1), 0.0, PIXEL_MAX)
     noise = np.random.default_rng(cfg.seed_noise).uniform(0.0, PIXEL_MAX, (generated.shape[0], X.shape[1]))
@@ -176,7 +190,7 @@ def mosaic(images: np.ndarray, rows: int, cols: int, gap: int = 1) -> np.ndarray
     out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
     for k in range(min(rows * cols, images.shape[0])):
         r, c = divmod(k, cols)
-        out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = images[k]
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = images[k]
     return out
 
 
@@ -229,8 +243,11 @@ def proxy_figure(res: xr.Dataset) -> plt.Figure:
 
     ax = axes[0, 1]
     bins = np.linspace(0.0, 1.0, 26)
-    for name, var, c in (("generated", "prob_generated", "C0"), ("real (held out)", "prob_real", "0.5"),
-                         ("uniform noise", "prob_noise", "C3")):
+    for name, var, c in (
+        ("generated", "prob_generated", "C0"),
+        ("real (held out)", "prob_real", "0.5"),
+        ("uniform noise", "prob_noise", "C3"),
+    ):
         m = res[var].max("class").values
         ax.hist(m, bins=bins, density=True, histtype="step", lw=1.5, color=c, label=f"{name}: mean {m.mean():.3f}")
     ax.legend(fontsize=8, loc="upper left")
@@ -238,25 +255,50 @@ def proxy_figure(res: xr.Dataset) -> plt.Figure:
 
     ax = axes[1, 0]
     bins = np.linspace(0.0, float(max(res.nn_generated.max(), res.nn_real.max())) * 1.05, 30)
-    ax.hist(res.nn_generated, bins=bins, density=True, histtype="step", lw=1.5, color="C0",
-            label="generated → all 1,797 real")
-    ax.hist(res.nn_real, bins=bins, density=True, histtype="step", lw=1.5, color="0.5",
-            label="held-out real → training split")
+    ax.hist(
+        res.nn_generated,
+        bins=bins,
+        density=True,
+        histtype="step",
+        lw=1.5,
+        color="C0",
+        label="generated → all 1,797 real",
+    )
+    ax.hist(
+        res.nn_real,
+        bins=bins,
+        density=True,
+        histtype="step",
+        lw=1.5,
+        color="0.5",
+        label="held-out real → training split",
+    )
     ax.legend(fontsize=8)
-    ax.set(xlabel="nearest-neighbour distance (pixels 0..16)", ylabel="density",
-           title="(c) distance to the nearest real digit (copies would sit at 0)")
+    ax.set(
+        xlabel="nearest-neighbour distance (pixels 0..16)",
+        ylabel="density",
+        title="(c) distance to the nearest real digit (copies would sit at 0)",
+    )
 
     ax = axes[1, 1]
     step, loss = res.step.values, res["loss"].values
     w = max(1, len(loss) // 50)
     ax.plot(step, loss, color="0.7", lw=0.6, label="logged loss")
     if w > 1:
-        ax.plot(step[w - 1:], np.convolve(loss, np.ones(w) / w, mode="valid"), color="C0", lw=1.5,
-                label=f"running mean ({w} logs)")
+        ax.plot(
+            step[w - 1 :],
+            np.convolve(loss, np.ones(w) / w, mode="valid"),
+            color="C0",
+            lw=1.5,
+            label=f"running mean ({w} logs)",
+        )
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    ax.set(xlabel="step", ylabel="DSM loss",
-           title=f"(d) loss; {res.attrs['train_wall_s']:.0f} s, {res.attrs['steps_per_s']:.1f} steps/s")
+    ax.set(
+        xlabel="step",
+        ylabel="DSM loss",
+        title=f"(d) loss; {res.attrs['train_wall_s']:.0f} s, {res.attrs['steps_per_s']:.1f} steps/s",
+    )
     fig.tight_layout()
     return fig
 
@@ -269,39 +311,86 @@ def make_tables(res: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
     a = res.attrs
     tables: dict[str, tuple[str, pd.DataFrame, str]] = {}
     loss = res["loss"].values
-    run = pd.DataFrame([{"steps": int(a["steps"]), "batch": int(a["batch_size"]), "parameters": int(a["n_params"]),
-                         "train wall [s]": float(a["train_wall_s"]), "steps/s": float(a["steps_per_s"]),
-                         "final loss (last 10% of log)": float(np.mean(loss[-max(1, len(loss) // 10):])),
-                         "sampler": a["sampler_repr"], "NFE": int(a["nfe"]),
-                         "sampling wall [s]": float(a["sampling_wall_s"]), "threads": int(a["torch_threads"])}])
-    tables["run"] = ("Training and sampling (U-Net, eps parameterisation, VP SDE; wall time includes checkpoints)",
-                     run, _io.markdown_table(run, {"train wall [s]": ".1f", "steps/s": ".2f",
-                                                   "sampling wall [s]": ".1f", "final loss (last 10% of log)": ".4f"}))
+    run = pd.DataFrame(
+        [
+            {
+                "steps": int(a["steps"]),
+                "batch": int(a["batch_size"]),
+                "parameters": int(a["n_params"]),
+                "train wall [s]": float(a["train_wall_s"]),
+                "steps/s": float(a["steps_per_s"]),
+                "final loss (last 10% of log)": float(np.mean(loss[-max(1, len(loss) // 10) :])),
+                "sampler": a["sampler_repr"],
+                "NFE": int(a["nfe"]),
+                "sampling wall [s]": float(a["sampling_wall_s"]),
+                "threads": int(a["torch_threads"]),
+            }
+        ]
+    )
+    tables["run"] = (
+        "Training and sampling (U-Net, eps parameterisation, VP SDE; wall time includes checkpoints)",
+        run,
+        _io.markdown_table(
+            run,
+            {
+                "train wall [s]": ".1f",
+                "steps/s": ".2f",
+                "sampling wall [s]": ".1f",
+                "final loss (last 10% of log)": ".4f",
+            },
+        ),
+    )
 
     rows = []
-    for src, var, label in (("generated", "prob_generated", "generated (clipped to [0, 16])"),
-                            ("real", "prob_real", "real, held out"), ("noise", "prob_noise", "uniform noise")):
+    for src, var, label in (
+        ("generated", "prob_generated", "generated (clipped to [0, 16])"),
+        ("real", "prob_real", "real, held out"),
+        ("noise", "prob_noise", "uniform noise"),
+    ):
         p = res[var].values
         frac = res.class_fraction.sel(source=src).values
         tv = 0.5 * float(np.abs(frac - res.class_fraction.sel(source="real").values).sum())
-        rows.append({"images": label, "n": p.shape[0], "mean max prob": float(p.max(1).mean()),
-                     "frac max prob > 0.9": float((p.max(1) > 0.9).mean()),
-                     "TV to real classes": tv,
-                     **{f"{c}": float(frac[c]) for c in range(N_CLASSES)}})
+        rows.append(
+            {
+                "images": label,
+                "n": p.shape[0],
+                "mean max prob": float(p.max(1).mean()),
+                "frac max prob > 0.9": float((p.max(1) > 0.9).mean()),
+                "TV to real classes": tv,
+                **{f"{c}": float(frac[c]) for c in range(N_CLASSES)},
+            }
+        )
     proxy = pd.DataFrame(rows)
     tables["classifier"] = (
         f"Sanity proxy: LogisticRegression(max_iter=2000) on {100 * (1 - a['test_size']):.0f} % of the real digits "
         f"(held-out accuracy {a['test_accuracy']:.3f}); mean max class probability, fraction above 0.9, "
         "total-variation distance of the predicted-class histogram to that of the held-out real digits, and "
-        "predicted-class fractions 0–9", proxy,
-        _io.markdown_table(proxy, {c: ".3f" for c in proxy.columns if c not in ("images", "n")}))
+        "predicted-class fractions 0–9",
+        proxy,
+        _io.markdown_table(proxy, {c: ".3f" for c in proxy.columns if c not in ("images", "n")}),
+    )
 
-    nn = pd.DataFrame([{"pair": "generated → all 1,797 real", "median": float(np.median(res.nn_generated)),
-                        "min": float(res.nn_generated.min()), "mean": float(res.nn_generated.mean())},
-                       {"pair": "held-out real → training split", "median": float(np.median(res.nn_real)),
-                        "min": float(res.nn_real.min()), "mean": float(res.nn_real.mean())}])
-    tables["nearest"] = ("Nearest-neighbour pixel distance (0..16 scale, 64 pixels): copies of training digits "
-                         "would sit near 0", nn, _io.markdown_table(nn, {c: ".2f" for c in ("median", "min", "mean")}))
+    nn = pd.DataFrame(
+        [
+            {
+                "pair": "generated → all 1,797 real",
+                "median": float(np.median(res.nn_generated)),
+                "min": float(res.nn_generated.min()),
+                "mean": float(res.nn_generated.mean()),
+            },
+            {
+                "pair": "held-out real → training split",
+                "median": float(np.median(res.nn_real)),
+                "min": float(res.nn_real.min()),
+                "mean": float(res.nn_real.mean()),
+            },
+        ]
+    )
+    tables["nearest"] = (
+        "Nearest-neighbour pixel distance (0..16 scale, 64 pixels): copies of training digits would sit near 0",
+        nn,
+        _io.markdown_table(nn, {c: ".2f" for c in ("median", "min", "mean")}),
+    )
     return tables
 
 
@@ -309,11 +398,19 @@ def make_tables(res: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "4x the training steps", DEFAULT_OUT,
-                          threads_help="torch intra-op threads (default 1: fastest and most reproducible on a "
-                                       "shared 2-core machine)")
-    ap.add_argument("--sampler", choices=("ode", "pc"), default=None,
-                    help="ode: ProbabilityFlowODE() (RK45, default); pc: PredictorCorrector(steps=500)")
+    ap = _io.study_parser(
+        STUDY,
+        __doc__,
+        "4x the training steps",
+        DEFAULT_OUT,
+        threads_help="torch intra-op threads (default 1: fastest and most reproducible on a shared 2-core machine)",
+    )
+    ap.add_argument(
+        "--sampler",
+        choices=("ode", "pc"),
+        default=None,
+        help="ode: ProbabilityFlowODE() (RK45, default); pc: PredictorCorrector(steps=500)",
+    )
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer steps
     return ap.parse_args(argv)
 
@@ -349,45 +446,95 @@ def main(argv: Sequence[str] | None = None) -> int:
     fractions = np.stack([class_fractions(cls[f"prob_{s}"]) for s in ("generated", "real", "noise")])
     res = xr.Dataset(
         {
-            "x_data": (("sample", "channel", "height", "width"), generated.astype(np.float32),
-                       {"long_name": "generated digits in data space (pixels, nominally 0..16; unclipped)"}),
-            "trajectory_data": (("time", "strip", "channel", "height", "width"),
-                                x_data[:, : cfg.n_strip].astype(np.float32),
-                                {"long_name": f"reverse trajectory of the first {cfg.n_strip} samples, data space"}),
-            "prob_generated": (("sample", "class"), cls["prob_generated"],
-                               {"long_name": "LogisticRegression class probabilities of the generated digits "
-                                             "(clipped to [0, 16] for the classifier)"}),
-            "prob_real": (("real_sample", "class"), cls["prob_real"],
-                          {"long_name": "class probabilities of the held-out real digits"}),
+            "x_data": (
+                ("sample", "channel", "height", "width"),
+                generated.astype(np.float32),
+                {"long_name": "generated digits in data space (pixels, nominally 0..16; unclipped)"},
+            ),
+            "trajectory_data": (
+                ("time", "strip", "channel", "height", "width"),
+                x_data[:, : cfg.n_strip].astype(np.float32),
+                {"long_name": f"reverse trajectory of the first {cfg.n_strip} samples, data space"},
+            ),
+            "prob_generated": (
+                ("sample", "class"),
+                cls["prob_generated"],
+                {
+                    "long_name": "LogisticRegression class probabilities of the generated digits "
+                    "(clipped to [0, 16] for the classifier)"
+                },
+            ),
+            "prob_real": (
+                ("real_sample", "class"),
+                cls["prob_real"],
+                {"long_name": "class probabilities of the held-out real digits"},
+            ),
             "label_real": (("real_sample",), cls["label_real"], {"long_name": "true class of the held-out digits"}),
-            "prob_noise": (("sample", "class"), cls["prob_noise"],
-                           {"long_name": "class probabilities of uniform-noise images (control)"}),
+            "prob_noise": (
+                ("sample", "class"),
+                cls["prob_noise"],
+                {"long_name": "class probabilities of uniform-noise images (control)"},
+            ),
             "class_fraction": (("source", "class"), fractions, {"long_name": "fraction predicted as each class"}),
-            "nn_generated": (("sample",), cls["nn_generated"],
-                             {"long_name": "pixel distance of each generated digit to the nearest real digit"}),
-            "nn_real": (("real_sample",), cls["nn_real"],
-                        {"long_name": "pixel distance of each held-out digit to the nearest training-split digit"}),
+            "nn_generated": (
+                ("sample",),
+                cls["nn_generated"],
+                {"long_name": "pixel distance of each generated digit to the nearest real digit"},
+            ),
+            "nn_real": (
+                ("real_sample",),
+                cls["nn_real"],
+                {"long_name": "pixel distance of each held-out digit to the nearest training-split digit"},
+            ),
             **{k: ("step", hist[k].values) for k in ("loss", "lr", "grad_norm")},
         },
-        coords={"sample": np.arange(cfg.n_samples), "strip": np.arange(cfg.n_strip), "time": ds["time"].values,
-                "class": np.arange(N_CLASSES), "source": ["generated", "real", "noise"],
-                "real_sample": np.arange(cls["prob_real"].shape[0]), "step": hist["step"].values, **img},
+        coords={
+            "sample": np.arange(cfg.n_samples),
+            "strip": np.arange(cfg.n_strip),
+            "time": ds["time"].values,
+            "class": np.arange(N_CLASSES),
+            "source": ["generated", "real", "noise"],
+            "real_sample": np.arange(cls["prob_real"].shape[0]),
+            "step": hist["step"].values,
+            **img,
+        },
     )
     attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
-    res.attrs = {**attrs, **{k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
-                 "nfe": int(ds.attrs["nfe"]), "sampling_wall_s": float(ds.attrs["wall_time_s"]),
-                 "sampler_repr": repr(make_sampler(cfg.sampler)), "sampling_attrs": json.dumps(ds.attrs, default=str),
-                 "test_accuracy": cls["test_accuracy"], "data_shift": data.shift, "data_scale": data.scale,
-                 "training_config": hist.attrs["config"], "sde": repr(sde),
-                 "checkpoint": str(ckpt_dir / "last.pt"), "classifier_input": "generated digits clipped to [0, 16]",
-                 "study_wall_time_s": round(elapsed, 1)}
+    res.attrs = {
+        **attrs,
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
+        "nfe": int(ds.attrs["nfe"]),
+        "sampling_wall_s": float(ds.attrs["wall_time_s"]),
+        "sampler_repr": repr(make_sampler(cfg.sampler)),
+        "sampling_attrs": json.dumps(ds.attrs, default=str),
+        "test_accuracy": cls["test_accuracy"],
+        "data_shift": data.shift,
+        "data_scale": data.scale,
+        "training_config": hist.attrs["config"],
+        "sde": repr(sde),
+        "checkpoint": str(ckpt_dir / "last.pt"),
+        "classifier_input": "generated digits clipped to [0, 16]",
+        "study_wall_time_s": round(elapsed, 1),
+    }
     _io.write_netcdf(res, out / "digits.nc")
-    _io.save_figures(out, {"samples": samples_figure(generated, real[pick]),
-                           "trajectory": trajectory_figure(x_data[:, : cfg.n_strip], ds["time"].values),
-                           "figure": proxy_figure(res)})
+    _io.save_figures(
+        out,
+        {
+            "samples": samples_figure(generated, real[pick]),
+            "trajectory": trajectory_figure(x_data[:, : cfg.n_strip], ds["time"].values),
+            "figure": proxy_figure(res),
+        },
+    )
     size = "full" if args.full else "default"
-    print(_io.write_tables(out, f"Digits: U-Net on scikit-learn's 8x8 digits ({size} size)", attrs,
-                           f"{elapsed:.0f} s in all", make_tables(res)))
+    print(
+        _io.write_tables(
+            out,
+            f"Digits: U-Net on scikit-learn's 8x8 digits ({size} size)",
+            attrs,
+            f"{elapsed:.0f} s in all",
+            make_tables(res),
+        )
+    )
     return 0
 
 

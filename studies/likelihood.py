@@ -147,15 +147,26 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
                         checks["sde_prior_call_vs_latent_max_abs"] = float(gap)
                     bar.update()
                 if ref is None:
-                    ref = sd.log_likelihood(sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol,
-                                            prior_logp=prior_T).log_prob
+                    ref = sd.log_likelihood(
+                        sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol, prior_logp=prior_T
+                    ).log_prob
                 for c, noise in enumerate(NOISES):
                     for d, K in enumerate(probes):
                         bar.set_postfix_str(f"{tname} {sname} hutchinson {noise} K={K}")
                         start = time.perf_counter()
-                        res = sd.log_likelihood(sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol,
-                                                divergence="hutchinson", probes=K, noise=noise,
-                                                seed=cfg.seed_probes + d, prior_logp=prior_T)
+                        res = sd.log_likelihood(
+                            sde,
+                            score,
+                            x,
+                            eps=EPS,
+                            rtol=cfg.hutch_tol,
+                            atol=cfg.hutch_tol,
+                            divergence="hutchinson",
+                            probes=K,
+                            noise=noise,
+                            seed=cfg.seed_probes + d,
+                            prior_logp=prior_T,
+                        )
                         h_wall[a, b, c, d] = time.perf_counter() - start
                         h_nfe[a, b, c, d] = res.nfe
                         h_err[a, b, c, d] = (res.log_prob - exact_eps).numpy()
@@ -172,18 +183,27 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
     dims, hdims = ("target", "sde", "tol"), ("target", "sde", "noise", "probes")
     return xr.Dataset(
         {
-            "error": ((*dims, "prior", "sample"), err,
-                      {"long_name": "ODE log p_eps(x) - exact log p_eps(x)", "units": "nats"}),
-            "error_vs_p0": ((*dims, "sample"), err0,
-                            {"long_name": "ODE log p_eps(x) (exact prior) - exact log p_0(x)", "units": "nats"}),
+            "error": (
+                (*dims, "prior", "sample"),
+                err,
+                {"long_name": "ODE log p_eps(x) - exact log p_eps(x)", "units": "nats"},
+            ),
+            "error_vs_p0": (
+                (*dims, "sample"),
+                err0,
+                {"long_name": "ODE log p_eps(x) (exact prior) - exact log p_0(x)", "units": "nats"},
+            ),
             "mae": ((*dims, "prior"), mae, {"long_name": "mean |ODE log p - exact log p_eps|", "units": "nats"}),
             "max_error": ((*dims, "prior"), np.abs(err).max(-1), {"units": "nats"}),
             "mae_vs_p0": (dims, np.abs(err0).mean(-1), {"long_name": "mean |ODE log p - exact log p_0|"}),
             "nfe": (dims, nfe, {"long_name": "score evaluations (exact trace: D backward passes each)"}),
             "wall_time": (dims, wall, {"units": "s"}),
             "hutch_error": ((*hdims, "sample"), h_err, {"long_name": "Hutchinson log p - exact log p_eps"}),
-            "hutch_diff": ((*hdims, "sample"), h_diff,
-                           {"long_name": "Hutchinson log p - exact-trace ODE log p (same tolerance and prior)"}),
+            "hutch_diff": (
+                (*hdims, "sample"),
+                h_diff,
+                {"long_name": "Hutchinson log p - exact-trace ODE log p (same tolerance and prior)"},
+            ),
             "hutch_se": ((*hdims, "sample"), h_se, {"long_name": "reported standard error (NaN for one probe)"}),
             "hutch_mae": (hdims, np.abs(h_err).mean(-1), {"long_name": "mean |Hutchinson log p - exact log p_eps|"}),
             "hutch_bias": (hdims, h_diff.mean(-1), {"long_name": "mean (Hutchinson - exact trace)"}),
@@ -193,12 +213,25 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
             "hutch_nfe": (hdims, h_nfe),
             "hutch_wall_time": (hdims, h_wall, {"units": "s"}),
         },
-        coords={"target": tnames, "sde": snames, "tol": tols, "prior": list(PRIORS), "noise": list(NOISES),
-                "probes": probes, "sample": np.arange(cfg.n),
-                "dim": ("target", [TARGETS[t]().dim for t in tnames])},
-        attrs={"eps": EPS, "method": "RK45", "hutch_tol": cfg.hutch_tol, "accept_tol": ACCEPT_TOL,
-               "accept_mae": ACCEPT_MAE, "sdes": repr([SDES[s] for s in snames]),
-               **{f"check_{k}": v for k, v in checks.items()}},
+        coords={
+            "target": tnames,
+            "sde": snames,
+            "tol": tols,
+            "prior": list(PRIORS),
+            "noise": list(NOISES),
+            "probes": probes,
+            "sample": np.arange(cfg.n),
+            "dim": ("target", [TARGETS[t]().dim for t in tnames]),
+        },
+        attrs={
+            "eps": EPS,
+            "method": "RK45",
+            "hutch_tol": cfg.hutch_tol,
+            "accept_tol": ACCEPT_TOL,
+            "accept_mae": ACCEPT_MAE,
+            "sdes": repr([SDES[s] for s in snames]),
+            **{f"check_{k}": v for k, v in checks.items()},
+        },
     )
 
 
@@ -212,11 +245,19 @@ def acceptance_table(ds: xr.Dataset) -> pd.DataFrame:
         for s in ds.sde.values:
             r = ds.sel(target=t, sde=s, tol=ACCEPT_TOL)
             ex, gp = float(r.mae.sel(prior="exact")), float(r.mae.sel(prior="sde"))
-            rows.append({"target": t, "SDE": s, "NFE": int(r.nfe),
-                         "MAE, exact log p_T": ex, "verdict (exact p_T)": "ok" if ex <= ACCEPT_MAE else "ABOVE",
-                         "max error, exact log p_T": float(r.max_error.sel(prior="exact")),
-                         "MAE, SDE prior": gp, "verdict (SDE prior)": "ok" if gp <= ACCEPT_MAE else "ABOVE",
-                         "MAE vs log p_0": float(r.mae_vs_p0)})
+            rows.append(
+                {
+                    "target": t,
+                    "SDE": s,
+                    "NFE": int(r.nfe),
+                    "MAE, exact log p_T": ex,
+                    "verdict (exact p_T)": "ok" if ex <= ACCEPT_MAE else "ABOVE",
+                    "max error, exact log p_T": float(r.max_error.sel(prior="exact")),
+                    "MAE, SDE prior": gp,
+                    "verdict (SDE prior)": "ok" if gp <= ACCEPT_MAE else "ABOVE",
+                    "MAE vs log p_0": float(r.mae_vs_p0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -227,26 +268,41 @@ def make_tables(ds: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
     fmt = {c: ".2e" for c in acc.columns if "MAE" in c or "max" in c}
     tables["acceptance"] = (
         f"Issue 4 acceptance: mean |log p_ODE − log p_eps| at rtol = atol = {ACCEPT_TOL:g}, exact trace, "
-        f"n = {ds.sizes['sample']} (target ≤ {ACCEPT_MAE:g} nats)", acc, _io.markdown_table(acc, fmt))
+        f"n = {ds.sizes['sample']} (target ≤ {ACCEPT_MAE:g} nats)",
+        acc,
+        _io.markdown_table(acc, fmt),
+    )
 
     rows, disp = [], []
     for t in ds.target.values:
         for s in ds.sde.values:
             for tol in ds.tol.values:
                 r = ds.sel(target=t, sde=s, tol=tol)
-                rows.append({"target": t, "SDE": s, "rtol=atol": float(tol), "NFE": int(r.nfe),
-                             "MAE exact p_T": float(r.mae.sel(prior="exact")),
-                             "max exact p_T": float(r.max_error.sel(prior="exact")),
-                             "MAE SDE prior": float(r.mae.sel(prior="sde")), "wall_s": float(r.wall_time)})
+                rows.append(
+                    {
+                        "target": t,
+                        "SDE": s,
+                        "rtol=atol": float(tol),
+                        "NFE": int(r.nfe),
+                        "MAE exact p_T": float(r.mae.sel(prior="exact")),
+                        "max exact p_T": float(r.max_error.sel(prior="exact")),
+                        "MAE SDE prior": float(r.mae.sel(prior="sde")),
+                        "wall_s": float(r.wall_time),
+                    }
+                )
     df = pd.DataFrame(rows)
     wide = df.pivot_table(index="rtol=atol", columns=["target", "SDE"], values="MAE exact p_T", sort=False)
     wide_nfe = df.pivot_table(index="rtol=atol", columns=["target", "SDE"], values="NFE", sort=False)
     disp = pd.DataFrame({"rtol=atol": [f"{v:.0e}" for v in wide.index]})
     for col in wide.columns:
-        disp[f"{col[0]} {col[1]}"] = [f"{e:.2e} ({int(n)})" for e, n in
-                                      zip(wide[col].values, wide_nfe[col].values, strict=True)]
-    tables["tolerance"] = ("Exact trace, exact log p_T: MAE in nats (NFE) against rtol = atol", df,
-                           _io.markdown_table(disp))
+        disp[f"{col[0]} {col[1]}"] = [
+            f"{e:.2e} ({int(n)})" for e, n in zip(wide[col].values, wide_nfe[col].values, strict=True)
+        ]
+    tables["tolerance"] = (
+        "Exact trace, exact log p_T: MAE in nats (NFE) against rtol = atol",
+        df,
+        _io.markdown_table(disp),
+    )
 
     rows = []
     for t in ds.target.values:
@@ -254,18 +310,37 @@ def make_tables(ds: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
             for noise in ds.noise.values:
                 for K in ds.probes.values:
                     r = ds.sel(target=t, sde=s, noise=noise, probes=K)
-                    rows.append({"target": t, "SDE": s, "noise": noise, "probes": int(K), "NFE": int(r.hutch_nfe),
-                                 "MAE": float(r.hutch_mae), "mean reported se": float(r.hutch_mean_se),
-                                 "bias vs exact trace": float(r.hutch_bias),
-                                 "z (reported se)": float(r.hutch_z_reported),
-                                 "z (empirical se)": float(r.hutch_z_empirical), "wall_s": float(r.hutch_wall_time)})
+                    rows.append(
+                        {
+                            "target": t,
+                            "SDE": s,
+                            "noise": noise,
+                            "probes": int(K),
+                            "NFE": int(r.hutch_nfe),
+                            "MAE": float(r.hutch_mae),
+                            "mean reported se": float(r.hutch_mean_se),
+                            "bias vs exact trace": float(r.hutch_bias),
+                            "z (reported se)": float(r.hutch_z_reported),
+                            "z (empirical se)": float(r.hutch_z_empirical),
+                            "wall_s": float(r.hutch_wall_time),
+                        }
+                    )
     df = pd.DataFrame(rows)
     tables["hutchinson"] = (
         f"Hutchinson at rtol = atol = {ds.attrs['hutch_tol']:g}, exact log p_T: MAE against the exact density, and the "
-        "bias against the exact-trace solve in units of its standard error (unbiased: |z| ≲ 3)", df,
-        _io.markdown_table(df.drop(columns="wall_s"),
-                           {"MAE": ".2e", "mean reported se": ".2e", "bias vs exact trace": ".1e",
-                            "z (reported se)": ".2f", "z (empirical se)": ".2f"}))
+        "bias against the exact-trace solve in units of its standard error (unbiased: |z| ≲ 3)",
+        df,
+        _io.markdown_table(
+            df.drop(columns="wall_s"),
+            {
+                "MAE": ".2e",
+                "mean reported se": ".2e",
+                "bias vs exact trace": ".1e",
+                "z (reported se)": ".2f",
+                "z (empirical se)": ".2f",
+            },
+        ),
+    )
     return tables
 
 
@@ -287,18 +362,29 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
         ax.axvline(ACCEPT_TOL, color="0.7", lw=0.8)
         ax.invert_xaxis()
         handles = [Line2D([], [], color=COLORS[s], marker="o", ms=4, label=s) for s in ds.sde.values]
-        handles += [Line2D([], [], color="k", ls="-", label="exact log p_T (prior_logp=)"),
-                    Line2D([], [], color="k", ls="--", label="SDE prior (prior mismatch)"),
-                    Line2D([], [], color="0.5", ls=":", label="error = tolerance"),
-                    Line2D([], [], color="r", ls="-.", lw=0.8, label=f"acceptance {ACCEPT_MAE:g} nats")]
+        handles += [
+            Line2D([], [], color="k", ls="-", label="exact log p_T (prior_logp=)"),
+            Line2D([], [], color="k", ls="--", label="SDE prior (prior mismatch)"),
+            Line2D([], [], color="0.5", ls=":", label="error = tolerance"),
+            Line2D([], [], color="r", ls="-.", lw=0.8, label=f"acceptance {ACCEPT_MAE:g} nats"),
+        ]
         ax.legend(handles=handles, fontsize=7)
-        ax.set(xlabel="rtol = atol", ylabel="mean |log p_ODE − log p_eps| [nats]",
-               title=f"({'ab'[row]}1) {t}, exact trace: error vs tolerance")
+        ax.set(
+            xlabel="rtol = atol",
+            ylabel="mean |log p_ODE − log p_eps| [nats]",
+            title=f"({'ab'[row]}1) {t}, exact trace: error vs tolerance",
+        )
 
         ax = axes[row, 1]
         for s in ds.sde.values:
-            ax.loglog(ds.nfe.sel(target=t, sde=s), ds.mae.sel(target=t, sde=s, prior="exact"), color=COLORS[s],
-                      marker="o", ms=4, label=s)
+            ax.loglog(
+                ds.nfe.sel(target=t, sde=s),
+                ds.mae.sel(target=t, sde=s, prior="exact"),
+                color=COLORS[s],
+                marker="o",
+                ms=4,
+                label=s,
+            )
         ax.legend(fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="NFE", ylabel="MAE (exact log p_T) [nats]", title=f"({'ab'[row]}2) {t}: error vs NFE (RK45)")
@@ -307,18 +393,35 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
         K = ds.probes.values
         for s in ds.sde.values:
             for noise, ls in (("gaussian", "-"), ("rademacher", "--")):
-                ax.loglog(K, ds.hutch_mae.sel(target=t, sde=s, noise=noise), color=COLORS[s], ls=ls, marker="s",
-                          ms=4, label=f"{s} {noise}")
+                ax.loglog(
+                    K,
+                    ds.hutch_mae.sel(target=t, sde=s, noise=noise),
+                    color=COLORS[s],
+                    ls=ls,
+                    marker="s",
+                    ms=4,
+                    label=f"{s} {noise}",
+                )
         top = float(ds.hutch_mae.sel(target=t).max())
         ax.loglog(K, top * (K / K[0]) ** -0.5, color="0.5", lw=1, ls=":", label="slope −1/2")
         ax.set_xscale("log", base=2)
-        ax.text(0.02, 0.02, "shared probes: VP and sub-VP coincide,\nand all three SDEs with Rademacher probes",
-                transform=ax.transAxes, fontsize=7, color="0.3")
+        ax.text(
+            0.02,
+            0.02,
+            "shared probes: VP and sub-VP coincide,\nand all three SDEs with Rademacher probes",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="0.3",
+        )
         ax.legend(fontsize=7, ncol=2)
-        ax.set(xlabel="Hutchinson probes K", ylabel="MAE (exact log p_T) [nats]",
-               title=f"({'ab'[row]}3) {t}: Hutchinson at rtol = atol = {ds.attrs['hutch_tol']:g}")
-    fig.suptitle(f"log_likelihood vs exact mixture densities (n = {ds.sizes['sample']} per target, eps = {EPS:g})",
-                 fontsize=10)
+        ax.set(
+            xlabel="Hutchinson probes K",
+            ylabel="MAE (exact log p_T) [nats]",
+            title=f"({'ab'[row]}3) {t}: Hutchinson at rtol = atol = {ds.attrs['hutch_tol']:g}",
+        )
+    fig.suptitle(
+        f"log_likelihood vs exact mixture densities (n = {ds.sizes['sample']} per target, eps = {EPS:g})", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -347,10 +450,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _io.save_figures(out, {"figure": make_figure(ds)})
     extra = []
     if "check_sde_prior_call_vs_latent_max_abs" in ds.attrs:
-        extra.append("Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
-                     f"{ds.attrs['check_sde_prior_call_vs_latent_max_abs']:.1e} nats (2-D, VP, {ACCEPT_TOL:g}).\n")
-    print(_io.write_tables(out, f"Likelihood accuracy ({'full' if args.full else 'default'} size)", attrs,
-                           f"{elapsed:.0f} s", make_tables(ds), extra))
+        extra.append(
+            "Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
+            f"{ds.attrs['check_sde_prior_call_vs_latent_max_abs']:.1e} nats (2-D, VP, {ACCEPT_TOL:g}).\n"
+        )
+    print(
+        _io.write_tables(
+            out,
+            f"Likelihood accuracy ({'full' if args.full else 'default'} size)",
+            attrs,
+            f"{elapsed:.0f} s",
+            make_tables(ds),
+            extra,
+        )
+    )
     return 0
 
 

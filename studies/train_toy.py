@@ -166,20 +166,33 @@ def score_errors(models: dict[str, torch.nn.Module], sde: sd.LinearSDE, cfg: Con
     sigma_mid = sde.std(torch.as_tensor(t_mid)).numpy()
     return xr.Dataset(
         {
-            "score_error": (("model",), err, {"long_name": "E sigma^2 ||s_theta - s||^2 / E sigma^2 ||s||^2, "
-                                                           f"t ~ U[{EPS:g}, 1]"}),
+            "score_error": (
+                ("model",),
+                err,
+                {"long_name": f"E sigma^2 ||s_theta - s||^2 / E sigma^2 ||s||^2, t ~ U[{EPS:g}, 1]"},
+            ),
             "score_error_se": (("model",), se, {"long_name": "delta-method standard error of score_error"}),
             "rel_error_t": (("model", "t_bin"), rel, {"long_name": "weighted relative score error in the t bin"}),
             "rel_error_t_se": (("model", "t_bin"), rel_se, {"long_name": "its standard error"}),
-            "contribution_t": (("model", "t_bin"), contribution,
-                               {"long_name": "share of the t-uniform global error from the bin (sums to the "
-                                             "binned estimate of score_error)"}),
+            "contribution_t": (
+                ("model", "t_bin"),
+                contribution,
+                {
+                    "long_name": "share of the t-uniform global error from the bin (sums to the "
+                    "binned estimate of score_error)"
+                },
+            ),
             "num_t": (("model", "t_bin"), num_mean, {"long_name": "E sigma^2 ||s_theta - s||^2 in the bin"}),
             "den_t": (("t_bin",), den_mean, {"long_name": "E sigma^2 ||s||^2 in the bin"}),
         },
-        coords={"model": names, "t_bin": np.arange(cfg.bins), "t_lo": ("t_bin", edges[:-1]),
-                "t_hi": ("t_bin", edges[1:]), "t_mid": ("t_bin", t_mid, {"long_name": "geometric bin centre"}),
-                "sigma_mid": ("t_bin", sigma_mid, {"long_name": "sigma(t_mid)"})},
+        coords={
+            "model": names,
+            "t_bin": np.arange(cfg.bins),
+            "t_lo": ("t_bin", edges[:-1]),
+            "t_hi": ("t_bin", edges[1:]),
+            "t_mid": ("t_bin", t_mid, {"long_name": "geometric bin centre"}),
+            "sigma_mid": ("t_bin", sigma_mid, {"long_name": "sigma(t_mid)"}),
+        },
         attrs={"n_err": cfg.n_err, "n_bin": cfg.n_bin, "seed_err": cfg.seed_err},
     )
 
@@ -192,8 +205,9 @@ def run_sampling(score_fns: dict[str, Callable], sde: sd.LinearSDE, cfg: Config,
     snames, n = list(samplers()), cfg.n_samples
     p_eps = RING.marginal(sde, EPS)
     ref = p_eps.sample(n, torch.Generator().manual_seed(cfg.seed_reference))
-    floor = metrics.metric_floor(metrics.sliced_wasserstein, p_eps.sample, n, pairs=cfg.floor_pairs,
-                                 seed=cfg.seed_floor, reference=ref)
+    floor = metrics.metric_floor(
+        metrics.sliced_wasserstein, p_eps.sample, n, pairs=cfg.floor_pairs, seed=cfg.seed_floor, reference=ref
+    )
     shape = (len(snames), len(SCORE_KINDS))
     out = {k: np.full(shape, np.nan) for k in ("nfe", "wall_time", "sw", "mode_max_abs_z")}
     samples = np.full((*shape, n, 2), np.nan, np.float32)
@@ -201,8 +215,9 @@ def run_sampling(score_fns: dict[str, Callable], sde: sd.LinearSDE, cfg: Config,
         for i, sname in enumerate(snames):
             for j, kind in enumerate(SCORE_KINDS):
                 bar.set_postfix_str(f"{sname} {kind}")
-                ds = sd.sample(sde, score_fns[kind], samplers()[sname], shape=(n, 2), seed=cfg.seed_sample,
-                               progress=False)
+                ds = sd.sample(
+                    sde, score_fns[kind], samplers()[sname], shape=(n, 2), seed=cfg.seed_sample, progress=False
+                )
                 x = torch.from_numpy(ds["x"].values[-1])
                 samples[i, j] = x.numpy()
                 out["nfe"][i, j] = ds.attrs["nfe"]
@@ -216,25 +231,43 @@ def run_sampling(score_fns: dict[str, Callable], sde: sd.LinearSDE, cfg: Config,
         {
             "nfe": (("sampler", "score"), out["nfe"], {"long_name": "score evaluations"}),
             "wall_time": (("sampler", "score"), out["wall_time"], {"long_name": "sampling wall time", "units": "s"}),
-            "sw": (("sampler", "score"), out["sw"],
-                   {"long_name": "sliced Wasserstein-2 (500 projections) to the exact reference sample of p_eps"}),
+            "sw": (
+                ("sampler", "score"),
+                out["sw"],
+                {"long_name": "sliced Wasserstein-2 (500 projections) to the exact reference sample of p_eps"},
+            ),
             "sw_ratio": (("sampler", "score"), ratio, {"long_name": "sw / floor mean"}),
-            "accepted": (("sampler", "score"), (ratio <= ACCEPT_RATIO).astype(np.int8),
-                         {"long_name": f"sw <= {ACCEPT_RATIO:g} x floor mean"}),
-            "mode_max_abs_z": (("sampler", "score"), out["mode_max_abs_z"],
-                               {"long_name": "max binomial |z| of the nearest-mode fractions"}),
-            "sw_floor": (("pair",), np.asarray(floor.values),
-                         {"long_name": "SW of fresh exact sets of p_eps to the same reference (metric_floor, "
-                                       "reference=ref)"}),
+            "accepted": (
+                ("sampler", "score"),
+                (ratio <= ACCEPT_RATIO).astype(np.int8),
+                {"long_name": f"sw <= {ACCEPT_RATIO:g} x floor mean"},
+            ),
+            "mode_max_abs_z": (
+                ("sampler", "score"),
+                out["mode_max_abs_z"],
+                {"long_name": "max binomial |z| of the nearest-mode fractions"},
+            ),
+            "sw_floor": (
+                ("pair",),
+                np.asarray(floor.values),
+                {"long_name": "SW of fresh exact sets of p_eps to the same reference (metric_floor, reference=ref)"},
+            ),
             "samples": (("sampler", "score", "sample", "feature"), samples, {"long_name": "final samples (t = eps)"}),
-            "reference": (("sample", "feature"), ref.numpy().astype(np.float32),
-                          {"long_name": "exact reference sample of p_eps"}),
+            "reference": (
+                ("sample", "feature"),
+                ref.numpy().astype(np.float32),
+                {"long_name": "exact reference sample of p_eps"},
+            ),
         },
-        coords={"sampler": snames, "score": list(SCORE_KINDS), "pair": np.arange(cfg.floor_pairs),
-                "sample": np.arange(n), "feature": [0, 1],
-                "sampler_repr": ("sampler", [repr(s) for s in samplers().values()])},
-        attrs={"sw_floor_mean": floor.mean, "sw_floor_sd": floor.std, "n_samples": n,
-               "accept_ratio": ACCEPT_RATIO},
+        coords={
+            "sampler": snames,
+            "score": list(SCORE_KINDS),
+            "pair": np.arange(cfg.floor_pairs),
+            "sample": np.arange(n),
+            "feature": [0, 1],
+            "sampler_repr": ("sampler", [repr(s) for s in samplers().values()]),
+        },
+        attrs={"sw_floor_mean": floor.mean, "sw_floor_sd": floor.std, "n_samples": n, "accept_ratio": ACCEPT_RATIO},
     )
 
 
@@ -248,8 +281,9 @@ def clear_checkpoints(ckpt_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def run_training(sde: sd.LinearSDE, cfg: Config, ckpt_dir: Path, resume: bool,
-                 progress: bool) -> tuple[Trainer, ScoreModel, dict[str, float]]:
+def run_training(
+    sde: sd.LinearSDE, cfg: Config, ckpt_dir: Path, resume: bool, progress: bool
+) -> tuple[Trainer, ScoreModel, dict[str, float]]:
     """Train the default network with TrainConfig defaults (``cfg.steps`` steps); return the trainer, a
     copy of the untrained network and the timing."""
     torch.manual_seed(cfg.seed_model)
@@ -263,12 +297,14 @@ def run_training(sde: sd.LinearSDE, cfg: Config, ckpt_dir: Path, resume: bool,
     last = ckpt_dir / "last.pt"
     start_step = int(torch.load(last, weights_only=True)["step"]) if resume and last.exists() else 0
     start = time.perf_counter()
-    trainer = train(sde, model, data, TrainConfig(steps=cfg.steps), out_dir=ckpt_dir, progress=progress,
-                    resume=resume)
+    trainer = train(sde, model, data, TrainConfig(steps=cfg.steps), out_dir=ckpt_dir, progress=progress, resume=resume)
     wall = time.perf_counter() - start
     trained = trainer.step - start_step
-    return trainer, initial, {"train_wall_s": wall, "steps_this_run": trained,
-                              "steps_per_s": trained / wall if wall > 0 else float("nan")}
+    return (
+        trainer,
+        initial,
+        {"train_wall_s": wall, "steps_this_run": trained, "steps_per_s": trained / wall if wall > 0 else float("nan")},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,22 +315,40 @@ def make_tables(res: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
     tables: dict[str, tuple[str, pd.DataFrame, str]] = {}
     a = res.attrs
     loss = res["loss"].values
-    tail = float(np.mean(loss[-max(1, len(loss) // 10):]))
-    tr = pd.DataFrame([{"steps": int(res.step.values[-1]), "steps this run": int(a["steps_this_run"]),
-                        "batch": int(a["batch_size"]), "train wall [s]": float(a["train_wall_s"]),
-                        "steps/s": float(a["steps_per_s"]), "final loss (last 10% of log)": tail,
-                        "threads": int(a["torch_threads"])}])
-    tables["training"] = ("Training (TrainConfig defaults; wall time includes checkpoint writes)", tr,
-                          _io.markdown_table(tr, {"train wall [s]": ".1f", "steps/s": ".0f",
-                                                  "final loss (last 10% of log)": ".4f"}))
+    tail = float(np.mean(loss[-max(1, len(loss) // 10) :]))
+    tr = pd.DataFrame(
+        [
+            {
+                "steps": int(res.step.values[-1]),
+                "steps this run": int(a["steps_this_run"]),
+                "batch": int(a["batch_size"]),
+                "train wall [s]": float(a["train_wall_s"]),
+                "steps/s": float(a["steps_per_s"]),
+                "final loss (last 10% of log)": tail,
+                "threads": int(a["torch_threads"]),
+            }
+        ]
+    )
+    tables["training"] = (
+        "Training (TrainConfig defaults; wall time includes checkpoint writes)",
+        tr,
+        _io.markdown_table(tr, {"train wall [s]": ".1f", "steps/s": ".0f", "final loss (last 10% of log)": ".4f"}),
+    )
 
-    glob = pd.DataFrame({"model": res.model.values, "score error": res.score_error.values,
-                         "se": res.score_error_se.values,
-                         "binned estimate": res.contribution_t.sum("t_bin").values})
+    glob = pd.DataFrame(
+        {
+            "model": res.model.values,
+            "score error": res.score_error.values,
+            "se": res.score_error_se.values,
+            "binned estimate": res.contribution_t.sum("t_bin").values,
+        }
+    )
     tables["score_error"] = (
         f"Weighted relative score error E σ²‖s_θ − s‖² / E σ²‖s‖², t ~ U[{EPS:g}, 1], n = {a['n_err']} "
-        "(binned estimate: the same from the t bins)", glob,
-        _io.markdown_table(glob, {"score error": ".3e", "se": ".1e", "binned estimate": ".3e"}))
+        "(binned estimate: the same from the t bins)",
+        glob,
+        _io.markdown_table(glob, {"score error": ".3e", "se": ".1e", "binned estimate": ".3e"}),
+    )
 
     bins = pd.DataFrame({"t_lo": res.t_lo.values, "t_hi": res.t_hi.values, "sigma(t_mid)": res.sigma_mid.values})
     for m in res.model.values:
@@ -305,27 +359,51 @@ def make_tables(res: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
     fmt |= {c: ".3e" for c in bins.columns if "rel error" in c or "contribution" in c}
     tables["error_vs_t"] = (
         f"Score error resolved in t ({res.sizes['t_bin']} log bins, {a['n_bin']} points each, t log-uniform in the "
-        "bin): relative error per bin, and each bin's contribution to the t-uniform global error", bins,
-        _io.markdown_table(bins, fmt))
+        "bin): relative error per bin, and each bin's contribution to the t-uniform global error",
+        bins,
+        _io.markdown_table(bins, fmt),
+    )
 
     rows, disp = [], []
     fm, fs = float(a["sw_floor_mean"]), float(a["sw_floor_sd"])
     for p in res.sampler.values:
         for k in res.score.values:
             r = res.sel(sampler=p, score=k)
-            rows.append({"sampler": p, "score": k, "NFE": int(r.nfe), "wall_s": float(r.wall_time),
-                         "SW": float(r.sw), "floor_mean": fm, "floor_sd": fs, "ratio": float(r.sw_ratio),
-                         "accepted": int(r.accepted), "mode_max_abs_z": float(r.mode_max_abs_z)})
-            disp.append({"sampler": p, "score": k, "NFE": int(r.nfe), "wall [s]": f"{float(r.wall_time):.1f}",
-                         "SW": f"{float(r.sw):.4f}", "floor (ref)": f"{fm:.4f} ± {fs:.4f}",
-                         "SW / floor mean": f"{float(r.sw_ratio):.2f}",
-                         f"verdict (≤ {ACCEPT_RATIO:g})": "PASS" if int(r.accepted) else "FAIL",
-                         "modes max |z|": f"{float(r.mode_max_abs_z):.2f}"})
+            rows.append(
+                {
+                    "sampler": p,
+                    "score": k,
+                    "NFE": int(r.nfe),
+                    "wall_s": float(r.wall_time),
+                    "SW": float(r.sw),
+                    "floor_mean": fm,
+                    "floor_sd": fs,
+                    "ratio": float(r.sw_ratio),
+                    "accepted": int(r.accepted),
+                    "mode_max_abs_z": float(r.mode_max_abs_z),
+                }
+            )
+            disp.append(
+                {
+                    "sampler": p,
+                    "score": k,
+                    "NFE": int(r.nfe),
+                    "wall [s]": f"{float(r.wall_time):.1f}",
+                    "SW": f"{float(r.sw):.4f}",
+                    "floor (ref)": f"{fm:.4f} ± {fs:.4f}",
+                    "SW / floor mean": f"{float(r.sw_ratio):.2f}",
+                    f"verdict (≤ {ACCEPT_RATIO:g})": "PASS" if int(r.accepted) else "FAIL",
+                    "modes max |z|": f"{float(r.mode_max_abs_z):.2f}",
+                }
+            )
     tables["sampling"] = (
         f"Samples (n = {a['n_samples']}, seed {a['seed_sample']}) from the EMA network and, as a control, from the "
         f"exact score: SW to an exact reference sample of p_eps vs the reference-conditional floor "
         f"({res.sizes['pair']} fresh exact sets); acceptance SW ≤ {ACCEPT_RATIO:g} × floor mean "
-        "(network rows)", pd.DataFrame(rows), _io.markdown_table(pd.DataFrame(disp)))
+        "(network rows)",
+        pd.DataFrame(rows),
+        _io.markdown_table(pd.DataFrame(disp)),
+    )
     return tables
 
 
@@ -334,10 +412,12 @@ def verdict_lines(res: xr.Dataset) -> list[str]:
     lines = []
     for p in res.sampler.values:
         r = res.sel(sampler=p, score="network")
-        lines.append(f"- {p}: SW / floor mean = {float(r.sw_ratio):.2f} → "
-                     f"{'PASS' if int(r.accepted) else 'FAIL'} (exact-score control: "
-                     f"{float(res.sw_ratio.sel(sampler=p, score='exact')):.2f}; modes max |z| = "
-                     f"{float(r.mode_max_abs_z):.2f}, not part of the acceptance)")
+        lines.append(
+            f"- {p}: SW / floor mean = {float(r.sw_ratio):.2f} → "
+            f"{'PASS' if int(r.accepted) else 'FAIL'} (exact-score control: "
+            f"{float(res.sw_ratio.sel(sampler=p, score='exact')):.2f}; modes max |z| = "
+            f"{float(r.mode_max_abs_z):.2f}, not part of the acceptance)"
+        )
     return lines
 
 
@@ -350,23 +430,47 @@ def make_figure(res: xr.Dataset, scatter: str = "PC") -> plt.Figure:
     smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
     ax.plot(step, loss, color="0.7" if k > 1 else "C0", lw=0.6, label="logged loss")
     if k > 1:
-        ax.plot(step[k - 1:], smooth, color="C0", lw=1.5, label=f"running mean ({k} logs)")
+        ax.plot(step[k - 1 :], smooth, color="C0", lw=1.5, label=f"running mean ({k} logs)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    ax.set(xlabel="step", ylabel="DSM loss (sigma² weighting)",
-           title=f"(a) loss; {res.attrs['train_wall_s']:.0f} s, {res.attrs['steps_per_s']:.0f} steps/s")
+    ax.set(
+        xlabel="step",
+        ylabel="DSM loss (sigma² weighting)",
+        title=f"(a) loss; {res.attrs['train_wall_s']:.0f} s, {res.attrs['steps_per_s']:.0f} steps/s",
+    )
 
     ax = axes[0, 1]
     colors = {"EMA": "C0", "raw": "C1", "initial": "0.5"}
     for m in res.model.values:
         r = res.rel_error_t.sel(model=m)
         ls = "--" if m == "initial" else "-"
-        ax.errorbar(res.t_mid, r, yerr=2 * res.rel_error_t_se.sel(model=m), color=colors[m], ls=ls, marker="o",
-                    ms=3, capsize=2, label=f"{m} (global {float(res.score_error.sel(model=m)):.3g})")
-    ax.plot(res.t_mid, res.contribution_t.sel(model="EMA"), color="C0", ls=":", marker="x", ms=4,
-            label="EMA contribution to global")
-    ax.set(xscale="log", yscale="log", xlabel="t", ylabel="E σ²‖s_θ − s‖² / E σ²‖s‖² in bin",
-           title="(b) where the network fails: relative score error vs t (± 2 se)")
+        ax.errorbar(
+            res.t_mid,
+            r,
+            yerr=2 * res.rel_error_t_se.sel(model=m),
+            color=colors[m],
+            ls=ls,
+            marker="o",
+            ms=3,
+            capsize=2,
+            label=f"{m} (global {float(res.score_error.sel(model=m)):.3g})",
+        )
+    ax.plot(
+        res.t_mid,
+        res.contribution_t.sel(model="EMA"),
+        color="C0",
+        ls=":",
+        marker="x",
+        ms=4,
+        label="EMA contribution to global",
+    )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="t",
+        ylabel="E σ²‖s_θ − s‖² / E σ²‖s‖² in bin",
+        title="(b) where the network fails: relative score error vs t (± 2 se)",
+    )
     ax.legend(fontsize=8)
 
     ax = axes[1, 0]
@@ -383,8 +487,7 @@ def make_figure(res: xr.Dataset, scatter: str = "PC") -> plt.Figure:
     snames = list(res.sampler.values)
     x = np.arange(len(snames))
     for j, (kind, c) in enumerate((("network", "C0"), ("exact", "0.6"))):
-        ax.bar(x + (j - 0.5) * 0.38, res.sw_ratio.sel(score=kind).values, width=0.38, color=c,
-               label=f"{kind} score")
+        ax.bar(x + (j - 0.5) * 0.38, res.sw_ratio.sel(score=kind).values, width=0.38, color=c, label=f"{kind} score")
     ax.axhline(ACCEPT_RATIO, color="r", ls="--", lw=1, label=f"acceptance ({ACCEPT_RATIO:g} × floor mean)")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(x, snames)
@@ -398,11 +501,17 @@ def make_figure(res: xr.Dataset, scatter: str = "PC") -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "20,000 training steps", DEFAULT_OUT,
-                          threads_help="torch intra-op threads (default 1: small batches run fastest "
-                                       "single-threaded on a shared machine)")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from <out>/checkpoints/last.pt instead of starting afresh")
+    ap = _io.study_parser(
+        STUDY,
+        __doc__,
+        "20,000 training steps",
+        DEFAULT_OUT,
+        threads_help="torch intra-op threads (default 1: small batches run fastest "
+        "single-threaded on a shared machine)",
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="continue from <out>/checkpoints/last.pt instead of starting afresh"
+    )
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer steps
     ap.add_argument("--samples", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer samples
     return ap.parse_args(argv)
@@ -434,17 +543,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = xr.merge([hist.drop_attrs(), errors.drop_attrs(), sampling.drop_attrs()])
     res["loss"].attrs = {"long_name": "DSM loss of the logged step (batch estimate)"}
     attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
-    res.attrs = {**attrs, **errors.attrs, **sampling.attrs, **{k: round(v, 3) for k, v in timing.items()},
-                 "batch_size": trainer.config.batch_size, "train_config": json.dumps(asdict(trainer.config)),
-                 "training_config": hist.attrs["config"], "sde": repr(sde), "eps": EPS,
-                 "checkpoint": str(ckpt_dir / "last.pt"), "study_wall_time_s": round(elapsed, 1)}
+    res.attrs = {
+        **attrs,
+        **errors.attrs,
+        **sampling.attrs,
+        **{k: round(v, 3) for k, v in timing.items()},
+        "batch_size": trainer.config.batch_size,
+        "train_config": json.dumps(asdict(trainer.config)),
+        "training_config": hist.attrs["config"],
+        "sde": repr(sde),
+        "eps": EPS,
+        "checkpoint": str(ckpt_dir / "last.pt"),
+        "study_wall_time_s": round(elapsed, 1),
+    }
     _io.write_netcdf(res, out / "train_toy.nc")
     _io.save_figures(out, {"figure": make_figure(res)})
-    acceptance = (f"## Acceptance (EMA network: SW ≤ {ACCEPT_RATIO:g} × reference floor mean)\n\n"
-                  + "\n".join(verdict_lines(res)) + "\n")
+    acceptance = (
+        f"## Acceptance (EMA network: SW ≤ {ACCEPT_RATIO:g} × reference floor mean)\n\n"
+        + "\n".join(verdict_lines(res))
+        + "\n"
+    )
     size = "full" if args.full else "default"
-    print(_io.write_tables(out, f"Training acceptance: MLP on the 8-Gaussian ring ({size} size)", attrs,
-                           f"{elapsed:.0f} s in all", make_tables(res), [acceptance]))
+    print(
+        _io.write_tables(
+            out,
+            f"Training acceptance: MLP on the 8-Gaussian ring ({size} size)",
+            attrs,
+            f"{elapsed:.0f} s in all",
+            make_tables(res),
+            [acceptance],
+        )
+    )
     return 0
 
 

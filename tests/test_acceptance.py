@@ -57,12 +57,20 @@ def floor(sde_name: str, n: int, metric: str, eps: float, key: str) -> metrics.M
     on that reference. 8 pairs (the minimum) give a noisy sd; 24 pairs at 3,000 and 16 at 10,000 are cheap."""
     marginal = TARGET.marginal(ALL_SDES[sde_name], eps) if eps > 0 else TARGET
     pairs = 24 if n <= 3000 else 16
-    return metrics.metric_floor(metric, lambda k, g: marginal.sample(k, g), n, pairs=pairs, seed=1,
-                                reference=reference(sde_name, n, eps, key))
+    return metrics.metric_floor(
+        metric, lambda k, g: marginal.sample(k, g), n, pairs=pairs, seed=1, reference=reference(sde_name, n, eps, key)
+    )
 
 
-def check_against_truth(sde_name: str, sampler: sd.Sampler, n: int, key: str, seed: int = 1, k: float = 3.0,
-                        metric_names: tuple[str, ...] = METRICS) -> dict:
+def check_against_truth(
+    sde_name: str,
+    sampler: sd.Sampler,
+    n: int,
+    key: str,
+    seed: int = 1,
+    k: float = 3.0,
+    metric_names: tuple[str, ...] = METRICS,
+) -> dict:
     sde = ALL_SDES[sde_name]
     ds = sd.sample(sde, TARGET.score(sde), sampler, shape=(n, 2), seed=seed, progress=False)
     x = torch.from_numpy(ds["x"].values[-1])
@@ -126,8 +134,9 @@ def _skip_unsupported(sde_name, sampler_name):
 @pytest.mark.parametrize("sampler_name", FAST)
 def test_fast_samples_match_the_truth(sde_name, sampler_name):
     _skip_unsupported(sde_name, sampler_name)
-    check_against_truth(sde_name, FAST[sampler_name], n=3000, key=sampler_name, k=4.0,
-                        metric_names=("sliced_wasserstein",))
+    check_against_truth(
+        sde_name, FAST[sampler_name], n=3000, key=sampler_name, k=4.0, metric_names=("sliced_wasserstein",)
+    )
 
 
 @pytest.mark.slow
@@ -141,8 +150,9 @@ def test_defaults_match_the_truth_at_10k(sde_name, sampler_name):
     # per test, while a biased sampler still fails every run. Measured: TorchSDE (srk, 200 steps)
     # with seed 1 draws a set with a mode-weight z of 3.05 and fails SW against three independent
     # references; seeds 2-8 do not.
-    two_of_three(lambda seed: check_against_truth(sde_name, DEFAULTS[sampler_name], n=10_000, key=sampler_name,
-                                                  seed=seed))
+    two_of_three(
+        lambda seed: check_against_truth(sde_name, DEFAULTS[sampler_name], n=10_000, key=sampler_name, seed=seed)
+    )
 
 
 # DDPM and flow matching through sample(...) with their own samplers

@@ -40,8 +40,10 @@ def test_denoise_and_validation():
 def test_nfe_decreases_as_rtol_loosens():
     sde = sd.VPSDE()
     score = sd.eight_gaussians().score(sde)
-    nfe = [sd.sample(sde, score, AdaptiveSDE(rtol=r, atol=r), shape=(256, 2), seed=0, progress=False).attrs["nfe"]
-           for r in (3e-3, 1e-2, 5e-2)]
+    nfe = [
+        sd.sample(sde, score, AdaptiveSDE(rtol=r, atol=r), shape=(256, 2), seed=0, progress=False).attrs["nfe"]
+        for r in (3e-3, 1e-2, 5e-2)
+    ]
     assert nfe[0] > nfe[1] > nfe[2]
 
 
@@ -49,8 +51,7 @@ def test_nfe_decreases_as_rtol_loosens():
 @pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE()], ids=repr)
 def test_gaussian_moments(sde):
     n = 20000
-    ds = sd.sample(sde, GAUSS.score(sde), AdaptiveSDE(), shape=(n, 2), seed=1, progress=False,
-                   dtype=torch.float64)
+    ds = sd.sample(sde, GAUSS.score(sde), AdaptiveSDE(), shape=(n, 2), seed=1, progress=False, dtype=torch.float64)
     x = torch.as_tensor(ds["x"].values[-1])
     m = GAUSS.marginal(sde, 1e-3)
     mean, cov = m.mean().double(), m.covariance().double()

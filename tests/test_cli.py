@@ -101,8 +101,12 @@ def test_rerun_is_deterministic_and_replaces_outputs(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("sampler", "extra", "cls", "nfe"),
     [
-        ("pc", ["--steps", "20", "--predictor", "ancestral", "--corrector", "ald", "--snr", "0.1"],
-         "PredictorCorrector", 40),
+        (
+            "pc",
+            ["--steps", "20", "--predictor", "ancestral", "--corrector", "ald", "--snr", "0.1"],
+            "PredictorCorrector",
+            40,
+        ),
         ("em", ["--steps", "20"], "EulerMaruyama", 20),
         ("ode", ["--rtol", "1e-3", "--atol", "1e-3"], "ProbabilityFlowODE", None),
         ("ode-euler", ["--steps", "20"], "ProbabilityFlowODE", 20),
@@ -135,8 +139,26 @@ def test_ode_method_and_steps_warning(tmp_path, capsys):
 
 @pytest.mark.parametrize("sde", ["subvp", "ve"])
 def test_options_reach_the_library(tmp_path, capsys, sde):
-    args = ["--sde", sde, "--target", "grid", "--dtype", "float64", "--eps", "0.01", "--denoise",
-            "--sampler", "ode-heun", "--steps", "10", "--n-samples", "300", "--save-at", "4", "-q"]
+    args = [
+        "--sde",
+        sde,
+        "--target",
+        "grid",
+        "--dtype",
+        "float64",
+        "--eps",
+        "0.01",
+        "--denoise",
+        "--sampler",
+        "ode-heun",
+        "--steps",
+        "10",
+        "--n-samples",
+        "300",
+        "--save-at",
+        "4",
+        "-q",
+    ]
     assert run(tmp_path, *args) == 0
     ds = open_ds(tmp_path)
     assert ds.attrs["sde"] == {"subvp": "SubVPSDE", "ve": "VESDE"}[sde]
@@ -176,8 +198,9 @@ def test_non_finite_samples_exit_1_but_write_files(tmp_path, capsys, monkeypatch
 # entry points and errors
 # ---------------------------------------------------------------------------------------
 def test_python_m_help_exits_0():
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", "sample", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: scoresde sample")
     for opt in ("--sde", "--sampler", "--steps", "--n-samples", "--out", "--denoise", "--save-at"):

@@ -99,8 +99,23 @@ def test_resume_refuses_a_different_run(moons_run, tmp_path, capsys):
 
 
 def test_train_mixture_reports_the_score_error(tmp_path, capsys):
-    assert train(tmp_path, "--data", "eight_gaussians", "--n-data", "1000", "--steps", "5", "--batch-size", "16",
-                 "--hidden", "16", "-q") == 0
+    assert (
+        train(
+            tmp_path,
+            "--data",
+            "eight_gaussians",
+            "--n-data",
+            "1000",
+            "--steps",
+            "5",
+            "--batch-size",
+            "16",
+            "--hidden",
+            "16",
+            "-q",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "score err" in out
     value = float(out.split("score err")[1].split()[0])
@@ -133,19 +148,20 @@ def test_train_from_netcdf_variable(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 # sample --checkpoint
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("sampler", "extra"),
-                         [("em", ["--steps", "10"]), ("ode", ["--rtol", "1e-2", "--atol", "1e-2"])])
+@pytest.mark.parametrize(
+    ("sampler", "extra"), [("em", ["--steps", "10"]), ("ode", ["--rtol", "1e-2", "--atol", "1e-2"])]
+)
 def test_sample_checkpoint(moons_run, tmp_path, capsys, sampler, extra):
     out = tmp_path / sampler
-    assert sample(moons_run / "last.pt", out, "--sampler", sampler, "--n-samples", "200", "--save-at", "3",
-                  *extra) == 0
+    assert sample(moons_run / "last.pt", out, "--sampler", sampler, "--n-samples", "200", "--save-at", "3", *extra) == 0
     ds = open_nc(out / "samples.nc")
     assert ds["x"].dims == ("time", "sample", "feature") and ds["x"].shape == (3, 200, 2)
     assert ds["x_data"].dims == ("sample", "feature")
     a = ds.attrs
     assert a["checkpoint"] == str(moons_run / "last.pt") and a["checkpoint_step"] == 50
-    np.testing.assert_allclose(ds["x_data"].values, ds["x"].values[-1] * a["data_scale"] + a["data_shift"],
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        ds["x_data"].values, ds["x"].values[-1] * a["data_scale"] + a["data_shift"], rtol=1e-6, atol=1e-6
+    )
     assert a["sampler"] in ("EulerMaruyama", "ProbabilityFlowODE")
     assert a["metric_sw2"] > 0 and a["metric_sw2_floor_pairs"] == 8
     assert_png(out / "samples.png")
@@ -244,11 +260,33 @@ def test_truncated_checkpoint(moons_run, tmp_path, capsys):
 
 
 def test_train_help():
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "train", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", "train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
-    for opt in ("--data", "--var", "--n-data", "--net", "--hidden", "--parameterization", "--steps", "--batch-size",
-                "--lr", "--weight-decay", "--warmup", "--grad-clip", "--ema-decay", "--eps", "--weighting",
-                "--reduce", "--seed", "--checkpoint-every", "--log-every", "--device", "--out", "--no-resume",
-                "--quiet"):
+    for opt in (
+        "--data",
+        "--var",
+        "--n-data",
+        "--net",
+        "--hidden",
+        "--parameterization",
+        "--steps",
+        "--batch-size",
+        "--lr",
+        "--weight-decay",
+        "--warmup",
+        "--grad-clip",
+        "--ema-decay",
+        "--eps",
+        "--weighting",
+        "--reduce",
+        "--seed",
+        "--checkpoint-every",
+        "--log-every",
+        "--device",
+        "--out",
+        "--no-resume",
+        "--quiet",
+    ):
         assert opt in proc.stdout

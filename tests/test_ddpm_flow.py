@@ -61,7 +61,7 @@ def test_q_sample_moments_and_validation():
     # per-sample steps
     xs = s.q_sample(x0[:3], torch.tensor([1, 500, 1000]), noise[:3])
     for k, i in enumerate([1, 500, 1000]):
-        assert torch.allclose(xs[k], s.q_sample(x0[k:k + 1], i, noise[k:k + 1])[0])
+        assert torch.allclose(xs[k], s.q_sample(x0[k : k + 1], i, noise[k : k + 1])[0])
     with pytest.raises(ValueError, match="steps"):
         s.q_sample(x0[:2], 0, noise[:2])
 

@@ -26,8 +26,14 @@ GAUSS = sd.GaussianMixture([1.0], [[0.5, -0.3]], [[[0.3, 0.1], [0.1, 0.2]]])
 
 
 def all_sdes():
-    return [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(), sd.RectifiedFlow(), DDPMSchedule.linear().sde(),
-            DDPMSchedule.cosine().sde()]
+    return [
+        sd.VPSDE(),
+        sd.SubVPSDE(),
+        sd.VESDE(),
+        sd.RectifiedFlow(),
+        DDPMSchedule.linear().sde(),
+        DDPMSchedule.cosine().sde(),
+    ]
 
 
 SDE_IDS = ["vp", "subvp", "ve", "rf", "ddpm-linear", "ddpm-cosine"]
@@ -66,8 +72,11 @@ def test_ddpm_sde_moment_odes_hold_between_grid_points(schedule):
     assert torch.allclose(v_dot, 2 * f * sde.std(t) ** 2 + g**2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("schedule", [DDPMSchedule.linear(T=20), DDPMSchedule.cosine(T=30),
-                                      DDPMSchedule(torch.linspace(0.01, 0.2, 7))], ids=["linear", "cosine", "betas"])
+@pytest.mark.parametrize(
+    "schedule",
+    [DDPMSchedule.linear(T=20), DDPMSchedule.cosine(T=30), DDPMSchedule(torch.linspace(0.01, 0.2, 7))],
+    ids=["linear", "cosine", "betas"],
+)
 def test_ddpm_sde_config_round_trip(schedule):
     sde = schedule.sde()
     cfg = sd.sde_config(sde)
@@ -105,8 +114,16 @@ def test_ddpm_ancestral_equals_algorithm_2(variance):
     """sample(DDPMSDE, exact score, DDPMAncestral) is the schedule's own Algorithm 2 with the exact eps."""
     sch = DDPMSchedule.linear(T=100, beta_1=1e-3, beta_T=0.2)
     sde = sch.sde()
-    ds = sd.sample(sde, GAUSS.score(sde), sd.DDPMAncestral(variance), shape=(500, 2), seed=3,
-                   dtype=torch.float64, save_at=5, progress=False)
+    ds = sd.sample(
+        sde,
+        GAUSS.score(sde),
+        sd.DDPMAncestral(variance),
+        shape=(500, 2),
+        seed=3,
+        dtype=torch.float64,
+        save_at=5,
+        progress=False,
+    )
     g = torch.Generator().manual_seed(3)
     ref = sch.ancestral_sample(sch.oracle_eps(GAUSS), (500, 2), g, variance=variance, dtype=torch.float64)
     assert np.allclose(ds["x"].values[-1], ref.numpy(), rtol=0, atol=1e-9)
@@ -120,10 +137,15 @@ def test_ddpm_ancestral_gaussian_moments():
     sch = DDPMSchedule.linear()
     sde = sch.sde()
     n = 20_000
-    x = torch.from_numpy(sd.sample(sde, GAUSS.score(sde), sd.DDPMAncestral(), shape=(n, 2), seed=0,
-                                   dtype=torch.float64, progress=False)["x"].values[-1])
-    mean, cov = torch.tensor([0.5, -0.3], dtype=torch.float64), torch.tensor([[0.3, 0.1], [0.1, 0.2]],
-                                                                             dtype=torch.float64)
+    x = torch.from_numpy(
+        sd.sample(sde, GAUSS.score(sde), sd.DDPMAncestral(), shape=(n, 2), seed=0, dtype=torch.float64, progress=False)[
+            "x"
+        ].values[-1]
+    )
+    mean, cov = (
+        torch.tensor([0.5, -0.3], dtype=torch.float64),
+        torch.tensor([[0.3, 0.1], [0.1, 0.2]], dtype=torch.float64),
+    )
     se = (torch.diagonal(cov) / n).sqrt()
     assert bool(((x.mean(0) - mean).abs() < 4 * se).all()), x.mean(0)
     assert torch.allclose(torch.cov(x.T), cov, atol=4 * 0.3 * math.sqrt(2 / n) + 2e-3)
@@ -240,8 +262,7 @@ def test_velocity_loss_is_minimised_by_the_exact_velocity(sde):
         return torch.stack([torch.sin(x[:, 1]), torch.cos(x[:, 0] * tt)], 1)
 
     a = [-0.5, 0.0, 0.5]
-    losses = [float(velocity_loss(sde, lambda x, tt, a=a_: v_exact(x, tt) + a * h(x, tt), x0, t=t, z=z))
-              for a_ in a]
+    losses = [float(velocity_loss(sde, lambda x, tt, a=a_: v_exact(x, tt) + a * h(x, tt), x0, t=t, z=z)) for a_ in a]
     c2, c1, _ = np.polyfit(a, losses, 2)
     assert abs(-c1 / (2 * c2)) < 0.02, losses
 
@@ -268,8 +289,9 @@ def test_trainer_objective_validation():
     with pytest.raises(ValueError, match="DDPMSDE"):
         Trainer(sd.VPSDE(), _model(sd.VPSDE(), "eps").float(), data, TrainConfig(objective="ddpm"))
     with pytest.raises(ValueError, match="velocity model"):
-        Trainer(sd.RectifiedFlow(), _model(sd.RectifiedFlow(), "eps").float(), data,
-                TrainConfig(objective="flow_matching"))
+        Trainer(
+            sd.RectifiedFlow(), _model(sd.RectifiedFlow(), "eps").float(), data, TrainConfig(objective="flow_matching")
+        )
 
 
 def _sw_within(x, mix, sde, eps, n, seed=99, factor=3.0):
@@ -337,8 +359,10 @@ def test_flow_ode_equals_probability_flow_euler_and_heun():
     sde = sd.VPSDE()
     score = GAUSS.score(sde)
     x_T = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for flow, ode in ((sd.FlowODE(40, "euler", grid="logsnr"), sd.Euler(40, grid="logsnr")),
-                      (sd.FlowODE(40, "heun"), sd.Heun(40))):
+    for flow, ode in (
+        (sd.FlowODE(40, "euler", grid="logsnr"), sd.Euler(40, grid="logsnr")),
+        (sd.FlowODE(40, "heun"), sd.Heun(40)),
+    ):
         a = sd.sample(sde, score, flow, x_T=x_T, progress=False)
         b = sd.sample(sde, score, ode, x_T=x_T, progress=False)
         assert np.allclose(a["x"].values[-1], b["x"].values[-1], rtol=1e-10, atol=1e-10)
@@ -385,8 +409,10 @@ def test_samplers_refuse_rectified_flow_with_a_clear_message():
 
 
 # -- command line ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("sde_name, sampler, objective, param",
-                         [("ddpm", "DDPMAncestral", "ddpm", "eps"), ("rf", "FlowODE", "flow_matching", "velocity")])
+@pytest.mark.parametrize(
+    "sde_name, sampler, objective, param",
+    [("ddpm", "DDPMAncestral", "ddpm", "eps"), ("rf", "FlowODE", "flow_matching", "velocity")],
+)
 def test_cli_trains_and_samples_ddpm_and_flow(tmp_path, sde_name, sampler, objective, param):
     """`scoresde train --sde ddpm|rf` picks the matching objective and parameterisation, and `sample`
     picks DDPMAncestral / FlowODE, from the oracle and from the checkpoint."""
@@ -395,12 +421,44 @@ def test_cli_trains_and_samples_ddpm_and_flow(tmp_path, sde_name, sampler, objec
     from scoresde import cli
 
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", "moons", "--n-data", "500", "--sde", sde_name, "--steps", "20",
-                     "--batch-size", "16", "--quiet", "--out", str(run)]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data",
+                "moons",
+                "--n-data",
+                "500",
+                "--sde",
+                sde_name,
+                "--steps",
+                "20",
+                "--batch-size",
+                "16",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     cfg = sd.read_checkpoint(run / "last.pt")["config"]
     assert cfg["train"]["objective"] == objective and cfg["model"]["parameterization"] == param
-    assert cli.main(["sample", "--checkpoint", str(run / "last.pt"), "--n-samples", "50", "--quiet",
-                     "--out", str(tmp_path / "s1")]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--n-samples",
+                "50",
+                "--quiet",
+                "--out",
+                str(tmp_path / "s1"),
+            ]
+        )
+        == 0
+    )
     assert cli.main(["sample", "--sde", sde_name, "--n-samples", "200", "--quiet", "--out", str(tmp_path / "s2")]) == 0
     for out in ("s1", "s2"):
         with xr.open_dataset(tmp_path / out / "samples.nc") as ds:
@@ -409,8 +467,11 @@ def test_cli_trains_and_samples_ddpm_and_flow(tmp_path, sde_name, sampler, objec
 
 
 # -- likelihoods ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sde", [sd.RectifiedFlow(), DDPMSchedule.linear().sde(), DDPMSchedule.cosine().sde()],
-                         ids=["rf", "ddpm-linear", "ddpm-cosine"])
+@pytest.mark.parametrize(
+    "sde",
+    [sd.RectifiedFlow(), DDPMSchedule.linear().sde(), DDPMSchedule.cosine().sde()],
+    ids=["rf", "ddpm-linear", "ddpm-cosine"],
+)
 def test_log_likelihood_of_ddpm_and_flow_is_exact(sde):
     """PF-ODE log-likelihood with the exact score and exact p_T: mean |error| < 1e-4 nats at rtol = atol = 1e-6,
     and a cost like the continuous VP SDE's (the cubic L(t) keeps beta(t) continuous; RF uses the velocity form)."""
@@ -458,8 +519,9 @@ def test_reflow_straightens_the_flow(tmp_path):
     first = train(sde, model, data, cfg, progress=False)
     coupling = reflow_data(sde, first.ema, (10_000, 2), steps=30, seed=3, data_map=data, progress=False)
     assert coupling.noise.shape == coupling.data.shape and coupling.name == "reflow"
-    second_model = ScoreModel(build_network("mlp", dim=2, hidden=64, layers=2, embed_dim=16), sde,
-                              parameterization="velocity")
+    second_model = ScoreModel(
+        build_network("mlp", dim=2, hidden=64, layers=2, embed_dim=16), sde, parameterization="velocity"
+    )
     second_model.load_state_dict(first.ema.state_dict())
     cfg2 = TrainConfig(steps=800, batch_size=256, lr=1e-3, warmup=50, objective="flow_matching", checkpoint_every=400)
     second = train(sde, second_model, coupling, cfg2, out_dir=tmp_path, progress=False)
@@ -481,7 +543,11 @@ def test_reflow_straightens_the_flow(tmp_path):
     for p, q in zip(second.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="reflow coupling"):
-        Trainer(sde, ScoreModel(build_network("mlp", dim=2), sde, parameterization="velocity"), coupling,
-                TrainConfig(objective="dsm"))
+        Trainer(
+            sde,
+            ScoreModel(build_network("mlp", dim=2), sde, parameterization="velocity"),
+            coupling,
+            TrainConfig(objective="dsm"),
+        )
     with pytest.raises(ValueError, match="noise must have the shape"):
         sd.Dataset(coupling.data, "reflow", noise=coupling.noise[:10])

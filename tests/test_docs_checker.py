@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.docs
 
 _SPEC = importlib.util.spec_from_file_location(
-    "check_site", Path(__file__).resolve().parents[1] / "docs" / "check_site.py")
+    "check_site", Path(__file__).resolve().parents[1] / "docs" / "check_site.py"
+)
 check_site = importlib.util.module_from_spec(_SPEC)
 sys.modules.setdefault("check_site", check_site)  # dataclasses look their module up
 _SPEC.loader.exec_module(check_site)
@@ -63,8 +64,11 @@ def test_good_site_passes(tmp_path):
 
 def test_broken_links_fragments_and_resources_are_reported(tmp_path):
     files = dict(GOOD)
-    files["index.html"] = GOOD["index.html"].replace("#forward-sdes", "#reverse-sde").replace(
-        "_images/fig%201.png", "_images/missing.png")
+    files["index.html"] = (
+        GOOD["index.html"]
+        .replace("#forward-sdes", "#reverse-sde")
+        .replace("_images/fig%201.png", "_images/missing.png")
+    )
     files["theory/index.html"] += '<a href="../api/solvers.html">gone</a><a href="../../outside.html">up</a>'
     failures, _ = check_site.check_links(_site(tmp_path, files))
     text = "\n".join(failures)

@@ -117,16 +117,18 @@ def test_ve_linear_field_closed_form_on_images():
     L = math.log(50.0 / 0.01)
     sig_eps = float(sde.sigma(torch.tensor(EPS, dtype=torch.float64)))
     assert res.latent.shape == shape
-    torch.testing.assert_close(res.delta_logp, torch.full((16,), D * L * (1 - EPS), dtype=torch.float64),
-                               rtol=1e-7, atol=0)
+    torch.testing.assert_close(
+        res.delta_logp, torch.full((16,), D * L * (1 - EPS), dtype=torch.float64), rtol=1e-7, atol=0
+    )
     torch.testing.assert_close(res.latent, x * 50.0 / sig_eps, rtol=1e-6, atol=0)
     exact = -0.5 * D * math.log(2 * math.pi * sig_eps**2) - x.reshape(16, -1).square().sum(1) / (2 * sig_eps**2)
     torch.testing.assert_close(res.log_prob, exact, rtol=0, atol=1e-5)
     torch.testing.assert_close(res.bits_per_dim, -exact / (D * math.log(2)), rtol=0, atol=1e-5)
 
     # the Jacobian is L * I: Rademacher probes give v^T J v = D L exactly, with zero spread
-    h = log_likelihood(sde, _ve_point_mass_score(sde), x, eps=EPS, rtol=1e-8, atol=1e-8,
-                       divergence="hutchinson", probes=4)
+    h = log_likelihood(
+        sde, _ve_point_mass_score(sde), x, eps=EPS, rtol=1e-8, atol=1e-8, divergence="hutchinson", probes=4
+    )
     assert h.estimates.shape == (16, 4)
     torch.testing.assert_close(h.log_prob, res.log_prob, rtol=0, atol=1e-5)
     assert float(h.std_error.max()) < 1e-9
@@ -140,8 +142,7 @@ def test_hutchinson_unbiased_within_standard_error(target, noise):
     mix, x, exact = exact_run("vp", target)
     sde = sd.VPSDE()
     K = 8
-    h = log_likelihood(sde, mix.score(sde), x, eps=EPS, **TOL, divergence="hutchinson", probes=K, noise=noise,
-                       seed=1)
+    h = log_likelihood(sde, mix.score(sde), x, eps=EPS, **TOL, divergence="hutchinson", probes=K, noise=noise, seed=1)
     assert h.estimates.shape == (x.shape[0], K)
     torch.testing.assert_close(h.log_prob, h.estimates.mean(1), rtol=0, atol=1e-10)
     torch.testing.assert_close(h.std_error, h.estimates.std(1) / math.sqrt(K), rtol=0, atol=1e-10)

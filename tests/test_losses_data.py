@@ -36,7 +36,8 @@ def test_dsm_loss_hand_computed():
     assert got.item() == pytest.approx(np.mean(expected_sigma2), rel=1e-12)
     assert dsm_loss(sde, model, x0, t=t, z=z, reduce="sum").item() == pytest.approx(np.mean(expected_sum), rel=1e-12)
     assert dsm_loss(sde, model, x0, t=t, z=z, weighting="likelihood").item() == pytest.approx(
-        np.mean(expected_lik), rel=1e-12)
+        np.mean(expected_lik), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE()], ids=repr)

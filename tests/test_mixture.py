@@ -21,10 +21,12 @@ def _full_cov_mixture():
 def test_log_prob_matches_scipy():
     mix = _full_cov_mixture()
     x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
-    expected = np.log(sum(
-        float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
-        for w, m, c in zip(mix.weights, mix.means, mix.covariances, strict=True)
-    ))
+    expected = np.log(
+        sum(
+            float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
+            for w, m, c in zip(mix.weights, mix.means, mix.covariances, strict=True)
+        )
+    )
     assert np.allclose(mix.log_prob(x).numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -153,8 +155,9 @@ def test_flow_map_is_a_flow_and_pushes_marginals_forward(sde):
     x = gauss.marginal(sde, 0.7).sample(20_000, torch.Generator().manual_seed(1)).double()
     y = gauss.flow_map(sde, x, 0.7, 0.2)
     torch.testing.assert_close(gauss.flow_map(sde, x, 0.7, 0.7), x, rtol=1e-14, atol=1e-14)
-    torch.testing.assert_close(gauss.flow_map(sde, y, 0.2, 0.05), gauss.flow_map(sde, x, 0.7, 0.05),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        gauss.flow_map(sde, y, 0.2, 0.05), gauss.flow_map(sde, x, 0.7, 0.05), rtol=1e-12, atol=1e-12
+    )
     # a linear map: pushes N(s m, s^2 C + sigma^2 I) at 0.7 exactly to the marginal at 0.2
     target = gauss.marginal(sde, 0.2)
     A = torch.linalg.lstsq(x - x.mean(0), y - y.mean(0)).solution.T

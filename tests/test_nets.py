@@ -36,8 +36,9 @@ NET_CASES = [
     pytest.param(lambda: UNet(**SMALL_UNET), (1, 8, 8), id="unet-1x8x8"),
     pytest.param(lambda: UNet(**SMALL_UNET), (1, 28, 28), id="unet-1x28x28"),
     pytest.param(lambda: UNet(channels=3, **SMALL_UNET), (3, 8, 8), id="unet-3x8x8"),
-    pytest.param(lambda: UNet(base=8, channel_mults=(1, 2, 2, 2), embed_dim=16, groups=4), (1, 28, 28),
-                 id="unet-1x28x28-padded"),
+    pytest.param(
+        lambda: UNet(base=8, channel_mults=(1, 2, 2, 2), embed_dim=16, groups=4), (1, 28, 28), id="unet-1x28x28-padded"
+    ),
     pytest.param(lambda: UNet(channels=2, **SMALL_UNET), (2, 7, 9), id="unet-2x7x9-odd"),
     pytest.param(lambda: DiT(**SMALL_DIT), (1, 8, 8), id="dit-1x8x8"),
     pytest.param(lambda: DiT(image_size=28, patch_size=4, **SMALL_DIT), (1, 28, 28), id="dit-1x28x28-p4"),
@@ -310,8 +311,11 @@ def test_gradients_flow_and_training_reduces_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("make, shape", [(lambda: UNet(**SMALL_UNET), (2, 1, 8, 8)),
-                                         (lambda: DiT(**SMALL_DIT), (2, 1, 8, 8))], ids=["unet", "dit"])
+@pytest.mark.parametrize(
+    "make, shape",
+    [(lambda: UNet(**SMALL_UNET), (2, 1, 8, 8)), (lambda: DiT(**SMALL_DIT), (2, 1, 8, 8))],
+    ids=["unet", "dit"],
+)
 def test_image_net_gradients_reach_every_parameter(make, shape):
     torch.manual_seed(0)
     net = make()

@@ -105,8 +105,15 @@ def test_any_step_count_is_finite(steps, idx, sde_i):
 
 def test_netcdf_round_trip(tmp_path):
     sde = sd.VESDE()
-    ds = sd.sample(sde, sd.eight_gaussians().score(sde), sd.PredictorCorrector(steps=20, denoise=True),
-                   shape=(50, 2), seed=11, save_at=5, progress=False)
+    ds = sd.sample(
+        sde,
+        sd.eight_gaussians().score(sde),
+        sd.PredictorCorrector(steps=20, denoise=True),
+        shape=(50, 2),
+        seed=11,
+        save_at=5,
+        progress=False,
+    )
     path = tmp_path / "run.nc"
     ds.to_netcdf(path)
     back = xr.open_dataset(path)
@@ -236,8 +243,15 @@ def em_moments(sde, steps, eps=1e-3, start="prior"):
 def test_euler_maruyama_moments_are_exact_for_a_gaussian(sde):
     n = 40_000
     for steps in (5, 20):
-        ds = sd.sample(sde, GAUSS.score(sde), sd.EulerMaruyama(steps=steps), shape=(n, 2), seed=steps,
-                       dtype=torch.float64, progress=False)
+        ds = sd.sample(
+            sde,
+            GAUSS.score(sde),
+            sd.EulerMaruyama(steps=steps),
+            shape=(n, 2),
+            seed=steps,
+            dtype=torch.float64,
+            progress=False,
+        )
         x = torch.from_numpy(ds["x"].values[-1])
         mean, P = em_moments(sde, steps)
         se = torch.sqrt(torch.diag(P) / n)
@@ -295,8 +309,9 @@ def test_torchsde_user_brownian_motion():
     assert calls[0]["levy_area_approximation"] == "space-time"
     assert ds.attrs["sampler_brownian"] == "factory"
     # functools.partial(BrownianInterval, entropy=...) is a valid factory; euler asks for no Levy area
-    _, c = end(sd.TorchSDE("euler", steps=10, brownian=functools.partial(torchsde.BrownianInterval, entropy=42)),
-               seed=3)
+    _, c = end(
+        sd.TorchSDE("euler", steps=10, brownian=functools.partial(torchsde.BrownianInterval, entropy=42)), seed=3
+    )
     assert torch.isfinite(c).all() and not torch.equal(c, a)
     # the default is unchanged: seeded from the run's generator
     _, d1 = end(sd.TorchSDE("srk", steps=10), seed=1)
@@ -313,8 +328,10 @@ def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
 
     sde = sd.VPSDE()
     score = sd.eight_gaussians().score(sde)
-    cached = {m: sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
-              for m in ("srk", "euler")}
+    cached = {
+        m: sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
+        for m in ("srk", "euler")
+    }
 
     def uncached(self, u, y):
         drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - float(u))

@@ -183,8 +183,14 @@ def test_exponential_integrators_are_exact_for_a_point_mass(sde):
     _, _, sT, sigT = sde.coefficients(sde.T)
     _, _, se, sige = sde.coefficients(EPS)
     exact = se * m + (sige / sigT) * (x_T - sT * m)
-    for sampler in (DDIM(3), DDIM(7, grid="karras"), DPMSolverPP(2, 5), DPMSolverPP(3, 6, grid="uniform"),
-                    sd.UniPC(3, 6), sd.UniPC(2, 5, grid="karras", variant="bh1")):
+    for sampler in (
+        DDIM(3),
+        DDIM(7, grid="karras"),
+        DPMSolverPP(2, 5),
+        DPMSolverPP(3, 6, grid="uniform"),
+        sd.UniPC(3, 6),
+        sd.UniPC(2, 5, grid="karras", variant="bh1"),
+    ):
         end = torch.from_numpy(sd.sample(sde, score, sampler, x_T=x_T, progress=False)["x"].values[-1])
         torch.testing.assert_close(end, exact, rtol=1e-10, atol=1e-10)
 
@@ -294,8 +300,11 @@ def test_ring_accuracy_fast():
 def test_ring_accuracy_2000():
     _check_ring(2000)
     # orders observed across 20 -> 100 NFE (anchors: Euler ~1, Heun ~2, 2M ~1.9, 3M ~2.2)
-    for make, lo, hi in [(DDIM, 0.85, 1.15), (lambda n: DPMSolverPP(2, n), 1.6, 2.3),
-                         (lambda n: DPMSolverPP(3, n), 1.9, 2.6)]:
+    for make, lo, hi in [
+        (DDIM, 0.85, 1.15),
+        (lambda n: DPMSolverPP(2, n), 1.6, 2.3),
+        (lambda n: DPMSolverPP(3, n), 1.9, 2.6),
+    ]:
         e20, e100 = ring_rmse(make(20), 2000)[0], ring_rmse(make(100), 2000)[0]
         assert lo < math.log(e20 / e100) / math.log(5) < hi, (make, e20, e100)
 
@@ -342,8 +351,12 @@ def test_solver_contract(sde, sampler):
 def test_any_step_count_is_finite(steps):
     sde = sd.VPSDE()
     score = sd.eight_gaussians().score(sde)
-    for sampler in (DPMSolverPP(3, steps), DPMSolverPP(2, steps, grid="karras"), DDIM(steps, eta=1.0),
-                    Heun(steps, grid="logsnr")):
+    for sampler in (
+        DPMSolverPP(3, steps),
+        DPMSolverPP(2, steps, grid="karras"),
+        DDIM(steps, eta=1.0),
+        Heun(steps, grid="logsnr"),
+    ):
         ds = sd.sample(sde, score, sampler, shape=(8, 2), progress=False)
         assert np.isfinite(ds["x"].values).all() and ds.attrs["nfe"] == steps * (1 + isinstance(sampler, Heun))
 

@@ -50,8 +50,11 @@ def test_fit_order_and_helpers():
     assert ac.fit_order([10, 20, 40], [1.0, 0.25, 0.0625]) == pytest.approx(2.0)
     assert ac.fit_order([10, 20, 40], [1.0, math.nan, 0.0625]) == pytest.approx(2.0)
     assert math.isnan(ac.fit_order([10, 20], [1.0, math.nan]))
-    assert ac.FULL.n_sto >= 20_000 and {20, 35, 50} <= set(ac.FULL.nfe_targets) and {20, 35, 50} <= set(
-        ac.DEFAULT.nfe_targets)
+    assert (
+        ac.FULL.n_sto >= 20_000
+        and {20, 35, 50} <= set(ac.FULL.nfe_targets)
+        and {20, 35, 50} <= set(ac.DEFAULT.nfe_targets)
+    )
     with pytest.raises(ValueError, match="one entry per level"):
         replace(ac.DEFAULT, levels=(10, 20))
     with pytest.raises(ValueError, match="unknown names"):
@@ -99,8 +102,16 @@ def test_part_b_band_unsupported_and_needed_nfe(study):
 
 def test_outputs_and_plot_from_the_reopened_file(study, tmp_path):
     text = ac.write_outputs(study, tmp_path)
-    for name in ("accuracy_cost.nc", "error_vs_nfe.png", "error_vs_nfe.svg", "distance_vs_nfe.png",
-                 "distance_vs_nfe.svg", "table.md", "table_needed.csv", "table_rmse_all.csv"):
+    for name in (
+        "accuracy_cost.nc",
+        "error_vs_nfe.png",
+        "error_vs_nfe.svg",
+        "distance_vs_nfe.png",
+        "distance_vs_nfe.svg",
+        "table.md",
+        "table_needed.csv",
+        "table_rmse_all.csv",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "Issue 4 acceptance" in text and (tmp_path / "table.md").read_text(encoding="utf-8") == text
     with xr.open_dataset(tmp_path / "accuracy_cost.nc") as ds:

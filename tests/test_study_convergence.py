@@ -13,8 +13,16 @@ import xarray as xr
 import scoresde as sd
 from studies import convergence as cv
 
-TINY = replace(cv.DEFAULT, sdes=("VP", "VE"), steps=(16, 32, 64, 128), ref_steps=512, n_paths=200, chunk=200,
-               check_steps=16, n_check=200)
+TINY = replace(
+    cv.DEFAULT,
+    sdes=("VP", "VE"),
+    steps=(16, 32, 64, 128),
+    ref_steps=512,
+    n_paths=200,
+    chunk=200,
+    check_steps=16,
+    n_check=200,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +53,11 @@ def test_grid_brownian_has_the_law_of_brownian_motion():
     W, U = bm(0.0, t1, return_U=True)
     W, U = W[:, 0], U[:, 0]
     # W(t1) ~ N(0, t1); U = int_0^t1 W ds: var t1^3 / 3, cov(U, W) = t1^2 / 2 (5 standard errors)
-    for value, exact, se in ((W.var(), t1, t1 * math.sqrt(2 / n)),
-                             (U.var(), t1**3 / 3, t1**3 / 3 * math.sqrt(2 / n)),
-                             ((U * W).mean(), t1**2 / 2, float((U * W).std()) / math.sqrt(n))):
+    for value, exact, se in (
+        (W.var(), t1, t1 * math.sqrt(2 / n)),
+        (U.var(), t1**3 / 3, t1**3 / 3 * math.sqrt(2 / n)),
+        ((U * W).mean(), t1**2 / 2, float((U * W).std()) / math.sqrt(n)),
+    ):
         assert abs(float(value) - exact) < 5 * se, (float(value), exact)
 
 
@@ -61,15 +71,20 @@ def test_hand_euler_maruyama_is_the_library_sampler_and_torchsde_euler():
     z = torch.stack([torch.randn(x_T.shape, generator=g, dtype=torch.float64) for _ in range(N)])
     W = torch.cat([torch.zeros_like(z[:1]), (math.sqrt(span / N) * z).cumsum(0)])
     lib = sd.sample(sde, score, sd.EulerMaruyama(steps=N, eps=cv.EPS), x_T=x_T, seed=3, progress=False)
-    torch.testing.assert_close(cv.euler_maruyama(sde, score, x_T, W, cv.EPS),
-                               torch.from_numpy(lib["x"].values[-1]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        cv.euler_maruyama(sde, score, x_T, W, cv.EPS), torch.from_numpy(lib["x"].values[-1]), rtol=0, atol=1e-10
+    )
 
     bm = cv.draw_path(64, 50, 2, span, torch.Generator().manual_seed(4))
-    ts = sd.sample(sde, score, sd.TorchSDE("euler", steps=N, eps=cv.EPS, brownian=bm.factory()), x_T=x_T,
-                   progress=False)
-    torch.testing.assert_close(torch.from_numpy(ts["x"].values[-1]),
-                               cv.euler_maruyama(sde, score, x_T, cv.coarse_values(bm, N), cv.EPS),
-                               rtol=0, atol=1e-6)
+    ts = sd.sample(
+        sde, score, sd.TorchSDE("euler", steps=N, eps=cv.EPS, brownian=bm.factory()), x_T=x_T, progress=False
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(ts["x"].values[-1]),
+        cv.euler_maruyama(sde, score, x_T, cv.coarse_values(bm, N), cv.EPS),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_fitted_orders_match_theory(tiny):
@@ -103,8 +118,9 @@ def test_dataset_dims_and_attributes(tiny):
 
 
 def test_main_writes_every_output(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cv, "DEFAULT", replace(TINY, sdes=("VE",), steps=(16, 32), ref_steps=128, n_paths=50,
-                                               chunk=50, n_check=50))
+    monkeypatch.setattr(
+        cv, "DEFAULT", replace(TINY, sdes=("VE",), steps=(16, 32), ref_steps=128, n_paths=50, chunk=50, n_check=50)
+    )
     assert cv.main(["--out", str(tmp_path), "--quiet"]) == 0
     for name in ("convergence.nc", "figure.png", "figure.svg", "table.md", "table_orders.csv", "table_checks.csv"):
         assert (tmp_path / name).stat().st_size > 0, name

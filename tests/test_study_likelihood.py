@@ -49,8 +49,15 @@ def test_dataset_dims_and_attributes(tiny):
 def test_main_writes_every_output(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(lk, "DEFAULT", replace(TINY, n=4, sdes=("VP",), tols=(1e-6,), probes=(2,)))
     assert lk.main(["--out", str(tmp_path), "--quiet"]) == 0
-    for name in ("likelihood.nc", "figure.png", "figure.svg", "table.md", "table_acceptance.csv",
-                 "table_tolerance.csv", "table_hutchinson.csv"):
+    for name in (
+        "likelihood.nc",
+        "figure.png",
+        "figure.svg",
+        "table.md",
+        "table_acceptance.csv",
+        "table_tolerance.csv",
+        "table_hutchinson.csv",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     with xr.open_dataset(tmp_path / "likelihood.nc") as ds:
         assert ds.attrs["study"] == "studies.likelihood" and "torch_version" in ds.attrs

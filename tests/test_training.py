@@ -56,7 +56,12 @@ def test_checkpoint_rebuilds_the_score_function(tmp_path):
     data = load_dataset("moons", n=1000)
     trainer = train(sde, small_model(sde), data, TrainConfig(**SMALL), out_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "history.nc", "last.pt", "step_0000020.pt", "step_0000040.pt", "step_0000060.pt"]
+        "history.nc",
+        "last.pt",
+        "step_0000020.pt",
+        "step_0000040.pt",
+        "step_0000060.pt",
+    ]
     sde2, model, data_cfg = load_checkpoint(tmp_path / "last.pt")
     assert repr(sde2) == repr(sde) and data_cfg["name"] == "moons" and data_cfg["scale"] == data.scale
     x = torch.randn(5, 2)
@@ -102,8 +107,9 @@ WORKER = textwrap.dedent("""
 
 def _worker(out, steps):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(out), str(steps)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(out), str(steps)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def test_killed_run_resumes_bit_identically(tmp_path):
@@ -142,8 +148,12 @@ def test_corrupt_missing_and_foreign_checkpoints(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all" * 10)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    for name, match in [("trunc.pt", "truncated or corrupt"), ("junk.pt", "truncated or corrupt"),
-                        ("other.pt", "not a scoresde checkpoint"), ("nope.pt", "does not exist")]:
+    for name, match in [
+        ("trunc.pt", "truncated or corrupt"),
+        ("junk.pt", "truncated or corrupt"),
+        ("other.pt", "not a scoresde checkpoint"),
+        ("nope.pt", "does not exist"),
+    ]:
         with pytest.raises(CheckpointError, match=match):
             load_checkpoint(tmp_path / name)
     # a checkpoint from a different network
@@ -188,6 +198,7 @@ def test_fast_acceptance_learned_score_and_samples():
     value = metrics.sliced_wasserstein(torch.from_numpy(ds["x"].values[-1]), ref)
     assert value < 3 * floor.mean, (value, floor)
     # an untrained network fails the same bound
-    bad = sd.sample(sde, small_model(sde, hidden=64), sd.ProbabilityFlowODE("heun", steps=30), shape=(n, 2),
-                    seed=1, progress=False)
+    bad = sd.sample(
+        sde, small_model(sde, hidden=64), sd.ProbabilityFlowODE("heun", steps=30), shape=(n, 2), seed=1, progress=False
+    )
     assert metrics.sliced_wasserstein(torch.from_numpy(bad["x"].values[-1]), ref) > 3 * floor.mean
