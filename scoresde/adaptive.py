@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._progress import progress_bar
 from .samplers import CountedScore, Sampler, Trajectory, _randn_like
 from .sde import SDE
 
@@ -145,7 +145,7 @@ class AdaptiveSDE(Sampler):
         x = x.clone()
         stack = _BrownianStack(x)
         iters = 0
-        bar = tqdm(total=n, desc=type(self).__name__, disable=not progress, leave=False)
+        bar = progress_bar(total=n, desc=type(self).__name__, disable=not progress)
         try:
             while bool(active.any()):
                 if iters >= self.max_iters:

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
+from ._progress import progress_bar
 from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
 from .sde import SDE, VPSDE, LinearSDE, VariancePreservingSDE
 
@@ -538,7 +538,7 @@ class DDPMAncestral(Sampler):
         traj = Trajectory()
         if 0 in save_idx:
             traj.save(grid[0], x, score_fn.nfe)
-        for k in tqdm(range(N), desc="DDPMAncestral", disable=not progress, leave=False):
+        for k in progress_bar(range(N), desc="DDPMAncestral", disable=not progress):
             i = N - k
             t = torch.full((x.shape[0],), i / N, dtype=x.dtype, device=x.device)
             x = (x + betas[i - 1] * score_fn(x, t)) / math.sqrt(1.0 - betas[i - 1])

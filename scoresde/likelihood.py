@@ -72,9 +72,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._checks import check_finite_tensor, check_positive, check_positive_int
+from ._progress import progress_bar
 from .flow import singular_at_T, velocity_field
 from .samplers import SCIPY_METHODS, CountedScore
 from .sde import SDE, ScoreFn
@@ -314,9 +314,7 @@ def _log_likelihood(
                 div = div[:, None]
         return drift.detach(), div.detach()
 
-    bar = tqdm(
-        total=100, desc="log_likelihood", disable=not progress, leave=False, bar_format="{l_bar}{bar}| t {postfix}"
-    )
+    bar = progress_bar(total=100, desc="log_likelihood", disable=not progress, bar_format="{l_bar}{bar}| t {postfix}")
     span = T - eps
     done = [0]
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._progress import progress_bar
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, ScoreFn, SubVPSDE
 
 __all__ = [
@@ -185,7 +185,7 @@ class FixedStepSampler(Sampler):
         if 0 in save_idx:
             traj.save(grid[0], x, score_fn.nfe)
         desc = type(self).__name__
-        for i in tqdm(range(self.steps), desc=desc, disable=not progress, leave=False):
+        for i in progress_bar(range(self.steps), desc=desc, disable=not progress):
             x = self.step(state, sde, x, float(grid[i]), float(grid[i + 1]), generator)
             if i + 1 in save_idx:
                 traj.save(grid[i + 1], x, score_fn.nfe)
@@ -488,11 +488,10 @@ class ProbabilityFlowODE(FixedStepSampler):
         ode = sde.reverse(score_fn, probability_flow=True)
         shape, dtype, device = x.shape, x.dtype, x.device
         t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
-        bar = tqdm(
+        bar = progress_bar(
             total=100,
             desc="ProbabilityFlowODE",
             disable=not progress,
-            leave=False,
             bar_format="{l_bar}{bar}| t {postfix}",
         )
         span = sde.T - self.eps
@@ -665,7 +664,7 @@ class TorchSDE(Sampler):
             )
         # a step a hair longer than h makes sdeint take exactly `steps` steps: its last step
         # is clipped to ts[-1], and no extra ~1e-16 step appears from rounding
-        with tqdm(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress, leave=False) as bar:
+        with progress_bar(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress) as bar:
             ys = torchsde.sdeint(model, y0, ts, bm=bm, method=self.method, dt=h * (1 + 1e-9))
             bar.update(1)
         traj = Trajectory(stats={"torchsde_method": self.method})

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from ._checks import check_positive, check_positive_int
 from ._io import atomic_path
+from ._progress import progress_bar
 from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss, velocity_loss
 from .sde import SDE, sde_config, sde_from_config
@@ -318,7 +318,7 @@ class Trainer:
     def train(self, steps: int | None = None, progress: bool = True) -> Trainer:
         """Train until ``steps`` (default ``config.steps``) total steps, checkpointing as configured."""
         total = self.config.steps if steps is None else check_positive_int("steps", steps, minimum=0)
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=not progress, leave=False)
+        bar = progress_bar(total=total, initial=self.step, desc="train", disable=not progress)
         every = self.config.checkpoint_every
         try:
             while self.step < total:
