@@ -36,9 +36,12 @@ def tests_slow(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the library, tests, studies and benchmarks."""
-    session.install("ruff>=0.5")
+    """ruff (lint and format check) over the tree, and mypy (strict) over the library."""
+    session.install(TORCH)
+    session.install("-e", ".[dev]")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 STUDIES = ("core_accuracy", "train_toy", "digits", "accuracy_cost", "convergence", "likelihood")
