@@ -6,59 +6,169 @@ SDE -> score function -> integrator -> ``xarray.Dataset``::
     sde = sd.VPSDE()
     target = sd.eight_gaussians()
     ds = sd.sample(sde, target.score(sde), sd.EulerMaruyama(steps=500), shape=(10_000, 2), seed=0)
+
+The public names are loaded on first use (PEP 562), so ``import scoresde`` and ``scoresde --help``
+do not import torch, xarray or matplotlib until something needs them.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("scoresde")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets, schedules, solvers
-from .adaptive import AdaptiveSDE
-from .datasets import Dataset, load_dataset
-from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
-from .flow import FlowODE, RectifiedFlow, reflow_data
-from .likelihood import LikelihoodResult, log_likelihood
-from .losses import dsm_loss, velocity_loss
-from .mixture import (
-    TARGETS,
-    GaussianMixture,
-    MixtureScore,
-    eight_gaussians,
-    get_target,
-    grid,
-    pinwheel,
-    random_mixture,
-    ring,
+if TYPE_CHECKING:
+    from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets, plotting, schedules, solvers
+    from .adaptive import AdaptiveSDE
+    from .datasets import Dataset, load_dataset
+    from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
+    from .flow import FlowODE, RectifiedFlow, reflow_data
+    from .likelihood import LikelihoodResult, log_likelihood
+    from .losses import dsm_loss, velocity_loss
+    from .mixture import (
+        TARGETS,
+        GaussianMixture,
+        MixtureScore,
+        eight_gaussians,
+        get_target,
+        grid,
+        pinwheel,
+        random_mixture,
+        ring,
+    )
+    from .nets import ScoreModel, build_network
+    from .samplers import (
+        CORRECTORS,
+        PREDICTORS,
+        SCIPY_METHODS,
+        EulerMaruyama,
+        PredictorCorrector,
+        ProbabilityFlowODE,
+        Sampler,
+        TorchSDE,
+    )
+    from .sampling import sample
+    from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
+    from .sde import (
+        SDE,
+        VESDE,
+        VPSDE,
+        LinearSDE,
+        ReverseSDE,
+        SubVPSDE,
+        VariancePreservingSDE,
+        sde_config,
+        sde_from_config,
+    )
+    from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
+    from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
+
+#: public submodules, importable as ``scoresde.<name>``
+_SUBMODULES = frozenset(
+    {
+        "adaptive",
+        "datasets",
+        "ddpm",
+        "flow",
+        "likelihood",
+        "losses",
+        "metrics",
+        "mixture",
+        "nets",
+        "plotting",
+        "samplers",
+        "sampling",
+        "schedules",
+        "sde",
+        "solvers",
+        "training",
+    }
 )
-from .nets import ScoreModel, build_network
-from .samplers import (
-    CORRECTORS,
-    PREDICTORS,
-    SCIPY_METHODS,
-    EulerMaruyama,
-    PredictorCorrector,
-    ProbabilityFlowODE,
-    Sampler,
-    TorchSDE,
-)
-from .sampling import sample
-from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
-from .sde import (
-    SDE,
-    VESDE,
-    VPSDE,
-    LinearSDE,
-    ReverseSDE,
-    SubVPSDE,
-    VariancePreservingSDE,
-    sde_config,
-    sde_from_config,
-)
-from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
-from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
+
+#: public name -> submodule that defines it
+_NAMES: dict[str, str] = {
+    "AdaptiveSDE": "adaptive",
+    "Dataset": "datasets",
+    "load_dataset": "datasets",
+    "DDPMSDE": "ddpm",
+    "DDPMAncestral": "ddpm",
+    "DDPMSchedule": "ddpm",
+    "FlowODE": "flow",
+    "RectifiedFlow": "flow",
+    "reflow_data": "flow",
+    "LikelihoodResult": "likelihood",
+    "log_likelihood": "likelihood",
+    "dsm_loss": "losses",
+    "velocity_loss": "losses",
+    "TARGETS": "mixture",
+    "GaussianMixture": "mixture",
+    "MixtureScore": "mixture",
+    "eight_gaussians": "mixture",
+    "get_target": "mixture",
+    "grid": "mixture",
+    "pinwheel": "mixture",
+    "random_mixture": "mixture",
+    "ring": "mixture",
+    "ScoreModel": "nets",
+    "build_network": "nets",
+    "CORRECTORS": "samplers",
+    "PREDICTORS": "samplers",
+    "SCIPY_METHODS": "samplers",
+    "EulerMaruyama": "samplers",
+    "PredictorCorrector": "samplers",
+    "ProbabilityFlowODE": "samplers",
+    "Sampler": "samplers",
+    "TorchSDE": "samplers",
+    "sample": "sampling",
+    "GRIDS": "schedules",
+    "KarrasSigma": "schedules",
+    "LogSNRUniform": "schedules",
+    "TimeGrid": "schedules",
+    "TimeQuadratic": "schedules",
+    "UniformTime": "schedules",
+    "get_grid": "schedules",
+    "SDE": "sde",
+    "VESDE": "sde",
+    "VPSDE": "sde",
+    "LinearSDE": "sde",
+    "ReverseSDE": "sde",
+    "SubVPSDE": "sde",
+    "VariancePreservingSDE": "sde",
+    "sde_config": "sde",
+    "sde_from_config": "sde",
+    "DDIM": "solvers",
+    "SOLVERS": "solvers",
+    "DPMSolverPP": "solvers",
+    "Euler": "solvers",
+    "Heun": "solvers",
+    "UniPC": "solvers",
+    "CheckpointError": "training",
+    "TrainConfig": "training",
+    "Trainer": "training",
+    "load_checkpoint": "training",
+    "read_checkpoint": "training",
+    "train": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "__version__",
@@ -90,6 +200,7 @@ __all__ = [
     "sde_config",
     "sde_from_config",
     "metrics",
+    "plotting",
     "nets",
     "losses",
     "datasets",

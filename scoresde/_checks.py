@@ -14,6 +14,8 @@ __all__ = [
     "check_positive_int",
     "check_time",
     "broadcast_coef",
+    "check_seed",
+    "SEED_LIMIT",
 ]
 
 
@@ -82,3 +84,24 @@ def broadcast_coef(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if c.dim() == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.dim() - 1)))
+
+
+#: seeds are drawn into a ``torch.Generator``, whose seed is a signed 64-bit integer
+SEED_LIMIT = 2**63
+
+
+def check_seed(name: str, seed: int) -> int:
+    """Return ``seed`` as an int if it lies in ``[0, 2**63)``, else raise ``TypeError``/``ValueError``.
+
+    ``torch.Generator.manual_seed`` wraps larger values (``2**63`` gives the stream of ``0``) and
+    overflows past ``2**64``, so every seed the library accepts is checked here, with one message.
+    """
+    if isinstance(seed, bool):
+        raise TypeError(f"{name} must be an integer in [0, 2**63), got bool")
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer in [0, 2**63), got {type(seed).__name__}") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**63), got {seed}")
+    return int(seed)
