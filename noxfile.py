@@ -1,3 +1,7 @@
+#!/usr/bin/env -S python3 -m nox -f
+# /// script
+# dependencies = ["nox>=2025.10.14"]
+# ///
 """nox sessions: tests (fast suite), tests_slow (statistical acceptance), lint (ruff), studies, docs.
 
 Every session installs torch==2.13.0 first (the CPU build on the project's machines), so that
@@ -9,7 +13,9 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.needs_version = ">=2025.10.14"
+# plain venv + pip: pip takes the local CPU build of torch==2.13.0; uv would download a CUDA build
+nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH = "torch==2.13.0"
@@ -20,7 +26,7 @@ def _install(session: nox.Session) -> None:
     session.install("-e", ".[test]")
 
 
-@nox.session
+@nox.session(default=True)
 def tests(session: nox.Session) -> None:
     """The fast test suite (slow acceptance tests deselected), a few minutes on 2 cores."""
     _install(session)
@@ -34,7 +40,7 @@ def tests_slow(session: nox.Session) -> None:
     session.run("pytest", "-m", "slow", *(session.posargs or ["-q"]))
 
 
-@nox.session
+@nox.session(default=True)
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) over the tree, and mypy (strict) over the library."""
     session.install(TORCH)
@@ -92,3 +98,7 @@ def docs(session: nox.Session) -> None:
         env=env,
     )
     session.run("python", "docs/check_site.py", "docs/_build/html")
+
+
+if __name__ == "__main__":
+    nox.main()
