@@ -34,7 +34,7 @@ mean is ~0 (unbiased), as (ED - floor mean) / floor sd.
 Usage::
 
     python -m studies.accuracy_cost                 # default size (n_sto = 5,000), a few minutes on 2 cores
-    python -m studies.accuracy_cost --full          # n_sto = 20,000 (the issue's size), finer NFE sweeps
+    python -m studies.accuracy_cost --full          # n_sto = 20,000 (as the slow acceptance tests), finer NFE sweeps
     python -m studies.accuracy_cost --out DIR --quiet --threads N
 
 Writes to ``--out`` (default ``studies/output/accuracy_cost/``): ``accuracy_cost.nc`` (one xarray
@@ -591,8 +591,8 @@ def needed_nfe(ds: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def issue_thresholds(ds: xr.Dataset, sde: str = "VP") -> pd.DataFrame:
-    """Issue 4's acceptance numbers on ``sde``: the best solver's RMSE at 20 and 50 NFE, Heun at ~35 NFE."""
+def headline_thresholds(ds: xr.Dataset, sde: str = "VP") -> pd.DataFrame:
+    """Headline accuracy on ``sde`` against fixed bounds: the best solver's RMSE at 20 and 50 NFE, Heun at ~35 NFE."""
     r = ds.sel(sde=sde)
     rows = []
     for target, bound, who in ((20, 1.2e-2, None), (50, 1.6e-3, None), (35, 2.5e-2, "Heun")):
@@ -687,9 +687,9 @@ def make_tables(
         _io.markdown_table(orders, {c: ".2f" for c in orders.columns[2:]}),
     )
 
-    thr = issue_thresholds(ds)
-    tables["issue4"] = (
-        f"Issue 4 acceptance (VP, n = {n_det} starting points; RMSE se: standard error over them, "
+    thr = headline_thresholds(ds)
+    tables["headline"] = (
+        f"Headline accuracy against fixed bounds (VP, n = {n_det} starting points; RMSE se: standard error over them, "
         "delta method; the verdict compares the RMSE itself with the bound)",
         thr,
         _io.markdown_table(thr, {"RMSE": ".3e", "RMSE se": ".1e", "bound": ".1e", "(RMSE - bound) / se": "+.1f"}),

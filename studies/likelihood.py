@@ -27,7 +27,7 @@ distance to :math:`\log p_0(x)` (the data density itself) is reported alongside.
   direction by about :math:`\sigma_{\max}` / (data scale), an isotropic part that VP's contraction by
   :math:`s(t)` cancels.
 
-The issue-4 acceptance row: MAE at rtol = atol = 1e-6 with the exact trace, 2-D and 10-D x VP /
+The acceptance row: MAE at rtol = atol = 1e-6 with the exact trace, 2-D and 10-D x VP /
 sub-VP / VE, target <= 1e-3 nats.
 
 Usage::
@@ -74,7 +74,7 @@ SDES: dict[str, sd.LinearSDE] = {"VP": sd.VPSDE(), "subVP": sd.SubVPSDE(), "VE":
 EPS = 1e-5
 PRIORS = ("exact", "sde")  # exact log p_T at the latent; the SDE's Gaussian prior
 NOISES = ("gaussian", "rademacher")
-ACCEPT_TOL = 1e-6  # issue 4: MAE at rtol = atol = 1e-6 with the exact trace ...
+ACCEPT_TOL = 1e-6  # acceptance: MAE at rtol = atol = 1e-6 with the exact trace ...
 ACCEPT_MAE = 1e-3  # ... at most 1e-3 nats
 
 
@@ -239,7 +239,7 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
 # tables and figure
 # ---------------------------------------------------------------------------------------
 def acceptance_table(ds: xr.Dataset) -> pd.DataFrame:
-    """Issue 4: MAE at rtol = atol = 1e-6, exact trace, per target x SDE, both priors, with verdicts."""
+    """Acceptance: MAE at rtol = atol = 1e-6, exact trace, per target x SDE, both priors, with verdicts."""
     rows = []
     for t in ds.target.values:
         for s in ds.sde.values:
@@ -267,7 +267,7 @@ def make_tables(ds: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
     acc = acceptance_table(ds)
     fmt = {c: ".2e" for c in acc.columns if "MAE" in c or "max" in c}
     tables["acceptance"] = (
-        f"Issue 4 acceptance: mean |log p_ODE − log p_eps| at rtol = atol = {ACCEPT_TOL:g}, exact trace, "
+        f"Acceptance: mean |log p_ODE − log p_eps| at rtol = atol = {ACCEPT_TOL:g}, exact trace, "
         f"n = {ds.sizes['sample']} (target ≤ {ACCEPT_MAE:g} nats)",
         acc,
         _io.markdown_table(acc, fmt),

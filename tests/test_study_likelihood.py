@@ -1,4 +1,4 @@
-"""The likelihood study (studies/likelihood.py) at a tiny size: the issue-4 acceptance figure (MAE at
+"""The likelihood study (studies/likelihood.py) at a tiny size: the acceptance figure (MAE at
 rtol = atol = 1e-6 with the exact trace), Hutchinson unbiasedness, the Dataset and the files."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_main_writes_every_output(tmp_path, monkeypatch, capsys):
     with xr.open_dataset(tmp_path / "likelihood.nc") as ds:
         assert ds.attrs["study"] == "studies.likelihood" and "torch_version" in ds.attrs
         assert ds.mae.dims == ("target", "sde", "tol", "prior")
-    assert "Issue 4 acceptance" in capsys.readouterr().out
+    assert "Acceptance: mean |log p_ODE" in capsys.readouterr().out
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
