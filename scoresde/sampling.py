@@ -93,9 +93,10 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
 def _check_device(name: str, device: Any) -> torch.device:
     """``device`` as a ``torch.device`` that can hold data and a ``torch.Generator``, else ``ValueError``."""
     try:
-        device = torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    device = dev
     if device.type == "meta":
         where = "device='meta'" if name == "device" else f"{name} is on device 'meta', which"
         raise ValueError(f"{where} holds no data (only shapes); sample on device='cpu' or 'cuda'")
@@ -107,7 +108,7 @@ def _check_device(name: str, device: Any) -> torch.device:
         raise ValueError(
             f"{name}={str(device)!r} cannot hold a torch.Generator ({err}); use device='cpu' or 'cuda'"
         ) from None
-    return device
+    return dev
 
 
 def _netcdf_safe(value: Any) -> Any:
@@ -213,8 +214,7 @@ def sample(
         raise TypeError("score_fn must be callable as score_fn(x, t)")
     seed = check_seed("seed", seed)
     num_threads = check_num_threads("num_threads", num_threads)
-    if shape is not None:
-        shape = _check_shape(shape)
+    checked_shape = None if shape is None else _check_shape(shape)
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor):
             raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
@@ -225,14 +225,14 @@ def sample(
                 f"x_T must hold at least one sample with at least one feature, got shape {tuple(x_T.shape)}; "
                 "pass starting points of shape (n_samples, *feature_shape) with positive sizes"
             )
-        if shape is not None and shape != tuple(x_T.shape):
-            raise ValueError(f"shape {shape} disagrees with x_T.shape {tuple(x_T.shape)}")
+        if checked_shape is not None and checked_shape != tuple(x_T.shape):
+            raise ValueError(f"shape {checked_shape} disagrees with x_T.shape {tuple(x_T.shape)}")
         dtype = x_T.dtype
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"x_T must be float32 or float64, got {dtype}; convert it with x_T.double()")
     elif dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    elif shape is None:
+    elif checked_shape is None:
         raise ValueError("give shape=(n_samples, *feature_shape) or starting points x_T")
     else:
         device = _check_device("device", device)
@@ -244,7 +244,8 @@ def sample(
     start = time.perf_counter()
     with torch_threads(num_threads), torch.inference_mode():
         if x_T is None:
-            x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+            assert checked_shape is not None  # checked above: shape or x_T
+            x = sde.prior_sampling(checked_shape, generator=generator, dtype=dtype, device=device)
         else:
             x = x_T.detach().clone()
         traj = sampler.run(sde, counted, x, generator, save_times, progress)
