@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Real
 
 import torch
@@ -16,6 +18,8 @@ __all__ = [
     "broadcast_coef",
     "check_seed",
     "SEED_LIMIT",
+    "check_num_threads",
+    "torch_threads",
 ]
 
 
@@ -105,3 +109,29 @@ def check_seed(name: str, seed: int) -> int:
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"{name} must be an integer in [0, 2**63), got {seed}")
     return int(seed)
+
+
+def check_num_threads(name: str, num_threads: int | None) -> int | None:
+    """Return ``None`` or a positive int thread count, else raise ``TypeError``/``ValueError``."""
+    if num_threads is None:
+        return None
+    return check_positive_int(name, num_threads)
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(num_threads)``; restore the previous value after it.
+
+    ``None`` leaves torch's intra-op thread pool alone. The previous value comes back also when the
+    block raises, so a library call changes no global state.
+    """
+    if num_threads is None:
+        yield
+        return
+    num_threads = check_positive_int("num_threads", num_threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

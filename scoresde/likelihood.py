@@ -66,23 +66,70 @@ a one-sample estimate of an upper bound (by Jensen) on the discrete model's bits
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._checks import check_finite_tensor, check_positive, check_positive_int
+from ._checks import (
+    check_finite_tensor,
+    check_num_threads,
+    check_positive,
+    check_positive_int,
+    check_seed,
+    torch_threads,
+)
 from ._progress import progress_bar
 from .flow import singular_at_T, velocity_field
 from .samplers import SCIPY_METHODS, CountedScore
 from .sde import SDE, ScoreFn
 
-__all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBE_NOISES"]
+__all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBE_NOISES", "MAX_NFE", "tolerance_floor"]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBE_NOISES = ("rademacher", "gaussian")
+#: default cap on score evaluations of one solve (correct runs at rtol = atol = 1e-9 take a few hundred)
+MAX_NFE = 5000
+
+
+def tolerance_floor(dtype: torch.dtype) -> float:
+    r"""Smallest ``rtol`` and ``atol`` accepted for data of ``dtype``: :math:`\max(100\,\epsilon_{64}, \epsilon_d)`.
+
+    The ODE is integrated in float64, where scipy cannot resolve relative errors below
+    :math:`100\,\epsilon_{64} \approx 2.2\times10^{-14}`; the drift is evaluated in ``dtype``, whose
+    machine epsilon :math:`\epsilon_d` (:math:`1.2\times10^{-7}` for float32) bounds the accuracy
+    of every evaluation. Smaller tolerances only make the solver take ever smaller steps.
+    """
+    return max(100 * torch.finfo(torch.float64).eps, torch.finfo(dtype).eps)
+
+
+class _DifferentiableScore(CountedScore):
+    """A :class:`CountedScore` that checks each output: a tensor shaped like ``x`` with an autograd graph to ``x``."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = super().__call__(x, t)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"score_fn must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"score_fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; "
+                "it must return a tensor shaped like x"
+            )
+        if x.requires_grad and not out.requires_grad:
+            raise ValueError(
+                "score_fn's output has no autograd graph back to x (detached, computed under torch.no_grad() or "
+                "torch.inference_mode(), or through NumPy), so the divergence of the probability-flow drift "
+                "cannot be computed; log_likelihood needs score_fn to be differentiable in x"
+            )
+        return out
+
+
+def _first_bad(rows: torch.Tensor, limit: int = 5) -> str:
+    """``"[i, j, ...] (n of B)"`` for the True entries of a ``(B,)`` mask."""
+    idx = torch.nonzero(rows).reshape(-1).tolist()
+    more = ", ..." if len(idx) > limit else ""
+    return f"[{', '.join(map(str, idx[:limit]))}{more}] ({len(idx)} of {rows.numel()})"
 
 
 @dataclass
@@ -132,7 +179,9 @@ def _probe_noise(shape: tuple[int, ...], noise: str, generator: torch.Generator,
     return bits.to(dtype).mul_(2).sub_(1)
 
 
-def _check_args(sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize):
+def _check_args(
+    sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize, max_nfe, num_threads
+):
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
     if sde.reversed:
@@ -140,6 +189,8 @@ def _check_args(sde, score_fn, x, eps, method, rtol, atol, divergence, probes, n
     if not callable(score_fn):
         raise TypeError("score_fn must be callable as score_fn(x, t)")
     check_finite_tensor("x", x, min_dim=2)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"x must be float32 or float64, got {x.dtype}; convert it with x.float() or x.double()")
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise ValueError(f"x must hold at least one sample with at least one feature, got shape {tuple(x.shape)}")
     eps = check_positive("eps", eps)
@@ -149,20 +200,25 @@ def _check_args(sde, score_fn, x, eps, method, rtol, atol, divergence, probes, n
         raise ValueError(f"method must be one of scipy's solve_ivp methods {list(SCIPY_METHODS)}, got {method!r}")
     rtol = check_positive("rtol", rtol)
     atol = check_positive("atol", atol)
+    floor = tolerance_floor(x.dtype)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol < floor:
+            raise ValueError(
+                f"{name}={tol:g} is below the resolution of the computation: for {str(x.dtype).replace('torch.', '')} "
+                f"data {name} must be >= {floor:.3g} (max of 100 eps of float64 and eps of x's dtype); "
+                "use a larger tolerance, or float64 data for tolerances below float32's eps"
+            )
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
     probes = check_positive_int("probes", probes)
     if noise not in PROBE_NOISES:
         raise ValueError(f"noise must be one of {list(PROBE_NOISES)}, got {noise!r}")
-    if isinstance(seed, bool):
-        raise TypeError("seed must be an integer, got bool")
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}") from None
+    seed = check_seed("seed", seed)
     if dequantize is not None:
         dequantize = check_positive("dequantize", dequantize)
-    return eps, rtol, atol, probes, seed, dequantize
+    max_nfe = check_positive_int("max_nfe", max_nfe)
+    num_threads = check_num_threads("num_threads", num_threads)
+    return eps, rtol, atol, probes, seed, dequantize, max_nfe, num_threads
 
 
 def log_likelihood(
@@ -180,6 +236,8 @@ def log_likelihood(
     seed: int = 0,
     dequantize: float | None = None,
     prior_logp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_nfe: int = MAX_NFE,
+    num_threads: int | None = None,
     progress: bool = False,
 ) -> LikelihoodResult:
     r"""Log-likelihood of ``x`` under the probability-flow ODE of ``sde`` driven by ``score_fn``.
@@ -195,7 +253,8 @@ def log_likelihood(
         The forward SDE (VP, sub-VP, VE, ...); its ``prior_logp`` stands in for :math:`\log p_T`.
     score_fn : callable
         ``score_fn(x, t) -> tensor like x`` with ``t`` of shape ``(batch,)``. It is called under
-        ``torch.enable_grad()`` and must be differentiable in ``x``.
+        ``torch.enable_grad()`` and must be differentiable in ``x``: an output without an autograd
+        graph back to ``x`` (detached, or computed under ``torch.no_grad()``) raises ``ValueError``.
     x : tensor, shape ``(batch, *features)``
         Data points (finite). The model is evaluated in ``x``'s dtype and on its device; results
         follow them too.
@@ -209,6 +268,8 @@ def log_likelihood(
         ``scipy.integrate.solve_ivp`` method (any of ``SCIPY_METHODS``) and tolerances. The
         whole batch and its log-density increments form one flat float64 system, so error
         control is joint. Implicit methods difference the augmented system: small problems only.
+        Both tolerances must be at least :func:`tolerance_floor` of ``x``'s dtype,
+        :math:`\max(100\,\epsilon_{64}, \epsilon_{\text{dtype}})`.
     divergence : {"exact", "hutchinson"}
         Trace of the Jacobian by ``D`` backward passes, or the Hutchinson estimate with
         ``probes`` backward passes per evaluation.
@@ -219,10 +280,20 @@ def log_likelihood(
         Distribution of the Hutchinson probes.
     seed : int
         Seeds the ``torch.Generator`` (on ``x``'s device) that draws, in this order, the
-        dequantisation noise and the probes: a fixed seed gives identical results.
+        dequantisation noise and the probes: a fixed seed gives identical results. An integer in
+        ``[0, 2**63)``.
     dequantize : float, optional
         Bin width ``w`` of discrete data: evaluate at ``x + U[0, w)`` and report discrete bits
         per dimension.
+    max_nfe : int
+        Most score evaluations the solve may take (default ``MAX_NFE`` = 5000, far above what a
+        well-behaved solve needs even at tight tolerances); reaching it raises ``RuntimeError``. A
+        solve that needs many more evaluations usually means a stiff or wrong score (e.g. a much
+        too large scale), not a hard density. Raise it for very tight tolerances or implicit methods.
+    num_threads : int, optional
+        Number of torch intra-op threads for the call (``torch.set_num_threads``), restored
+        afterwards, also on error; ``None`` (default) leaves torch's setting alone. For small
+        batches, and on a machine busy with other work, one thread is usually faster.
     progress : bool
         Show a progress bar over ``t``.
 
@@ -235,13 +306,15 @@ def log_likelihood(
     ValueError, TypeError
         For invalid arguments (the message names the argument).
     RuntimeError
-        If the solver fails.
+        If the solver fails, if the state, the drift or its divergence become NaN or infinite (the
+        message names the time and the first samples concerned), or after ``max_nfe`` score
+        evaluations.
     """
-    eps, rtol, atol, probes, seed, dequantize = _check_args(
-        sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize
+    eps, rtol, atol, probes, seed, dequantize, max_nfe, num_threads = _check_args(
+        sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize, max_nfe, num_threads
     )
     # autograd must work even when called under torch.inference_mode() or torch.no_grad()
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), torch_threads(num_threads):
         return _log_likelihood(
             sde,
             score_fn,
@@ -257,11 +330,26 @@ def log_likelihood(
             dequantize,
             progress,
             prior_logp,
+            max_nfe,
         )
 
 
 def _log_likelihood(
-    sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize, progress, prior_logp=None
+    sde,
+    score_fn,
+    x,
+    eps,
+    method,
+    rtol,
+    atol,
+    divergence,
+    probes,
+    noise,
+    seed,
+    dequantize,
+    progress,
+    prior_logp=None,
+    max_nfe=MAX_NFE,
 ) -> LikelihoodResult:
     from scipy.integrate import solve_ivp
     from threadpoolctl import threadpool_limits
@@ -279,7 +367,7 @@ def _log_likelihood(
     K = probes if hutch else 1
     v = _probe_noise((K, *shape), noise, generator, dtype, device) if hutch else None
 
-    counted = CountedScore(score_fn)
+    counted = _DifferentiableScore(score_fn)
     if singular_at_T(sde) or getattr(score_fn, "parameterization", None) == "velocity":
         # rectified flow (f infinite at T) and flow-matching models: the velocity form of the same drift
         velocity = velocity_field(sde, counted)
@@ -299,6 +387,11 @@ def _log_likelihood(
         with torch.enable_grad():
             xt = xt.requires_grad_(True)
             drift = pf_drift(xt, t)
+            if not drift.requires_grad:
+                raise ValueError(
+                    f"the probability-flow drift at t={t:.6g} has no autograd graph back to x (a detached model "
+                    "output?); log_likelihood needs score_fn to be differentiable in x"
+                )
             if hutch:
                 divs = []
                 for k in range(K):
@@ -319,9 +412,34 @@ def _log_likelihood(
     done = [0]
 
     def fun(t: float, y: np.ndarray) -> np.ndarray:
-        t = min(max(float(t), eps), T)
-        xt = torch.from_numpy(y[:n_x]).to(dtype=dtype, device=device).reshape(shape)
+        t = float(t)
+        if not math.isfinite(t):
+            raise RuntimeError(f"log_likelihood: the solver produced a non-finite time t={t} (after {counted.nfe} NFE)")
+        t = min(max(t, eps), T)
+        if counted.nfe >= max_nfe:
+            raise RuntimeError(
+                f"log_likelihood: no solution after max_nfe={max_nfe} score evaluations (reached t={t:.6g} of "
+                f"[{eps:g}, {T:g}]); a correct score needs far fewer, so check score_fn (a wrong scale makes the "
+                "probability-flow ODE stiff), or raise max_nfe for very tight tolerances or implicit methods"
+            )
+        state = torch.from_numpy(y)
+        if not bool(torch.isfinite(state).all()):
+            bad = ~torch.isfinite(state)
+            rows = bad[:n_x].reshape(B, D).any(dim=1) | bad[n_x:].reshape(B, K).any(dim=1)
+            raise RuntimeError(
+                f"log_likelihood: the ODE state became NaN or infinite at t={t:.6g} for samples {_first_bad(rows)}; "
+                "the probability-flow ODE diverged: check score_fn near these points and this time"
+            )
+        xt = state[:n_x].to(dtype=dtype, device=device).reshape(shape)
         drift, div = drift_and_div(xt, t)
+        if not bool(torch.isfinite(drift).all() & torch.isfinite(div).all()):
+            bad_drift = ~torch.isfinite(drift.reshape(B, -1)).all(dim=1).cpu()
+            what = "drift (from score_fn)" if bool(bad_drift.any()) else "divergence of the drift"
+            rows = bad_drift if bool(bad_drift.any()) else ~torch.isfinite(div).all(dim=1).cpu()
+            raise RuntimeError(
+                f"log_likelihood: the probability-flow {what} is NaN or infinite at t={t:.6g} for samples "
+                f"{_first_bad(rows)}; check score_fn (and its gradient) at these points and this time"
+            )
         pct = int(100 * (t - eps) / span)
         if pct > done[0]:
             bar.update(pct - done[0])

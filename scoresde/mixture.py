@@ -144,11 +144,19 @@ class GaussianMixture:
         return f"GaussianMixture(n_components={self.n_components}, dim={self.dim})"
 
     def _tensors(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The parameters in ``dtype`` on ``device``, converted once and cached.
+
+        The copies are made outside inference mode even when the caller is inside it (``sample`` runs
+        under ``torch.inference_mode()``): an inference tensor cannot be saved for backward, so a
+        cached one would break a later autograd computation (``log_likelihood``) on the same mixture.
+        Normal tensors work in both modes, so one cache entry serves both.
+        """
         key = (dtype, torch.device(device))
         if key not in self._cache:
-            self._cache[key] = tuple(
-                a.to(dtype=dtype, device=device) for a in (self._log_w, self.means, self._evals, self._evecs)
-            )
+            with torch.inference_mode(False):
+                self._cache[key] = tuple(
+                    a.to(dtype=dtype, device=device) for a in (self._log_w, self.means, self._evals, self._evecs)
+                )
         return self._cache[key]
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ._checks import check_finite_tensor, check_positive_int
+from ._checks import check_finite_tensor, check_num_threads, check_positive_int, check_seed, torch_threads
 from .samplers import CountedScore, PredictorCorrector, Sampler
 from .sde import SDE, ScoreFn
 
@@ -32,17 +33,82 @@ def feature_dims(feature_shape: Sequence[int]) -> tuple[str, ...]:
     return tuple(f"feature_{i}" for i in range(n))
 
 
+_SAVE_AT_TYPES = "an int (the number of saved states) or a sequence of times"
+
+
 def _save_times(save_at: int | Sequence[float], T: float, eps: float) -> np.ndarray:
-    if isinstance(save_at, int | np.integer) and not isinstance(save_at, bool):
+    """The saved times, decreasing: ``save_at`` evenly spaced from ``T`` to ``eps``, or the given times."""
+    if isinstance(save_at, bool | np.bool_):
+        raise TypeError(f"save_at must be {_SAVE_AT_TYPES}, got bool {save_at!r}")
+    if isinstance(save_at, int | np.integer):
         n = check_positive_int("save_at", int(save_at), minimum=2)
         return np.linspace(T, eps, n)
     try:
-        times = np.asarray(save_at, dtype=np.float64).reshape(-1)
+        arr = None if isinstance(save_at, str | bytes) else np.asarray(save_at, dtype=object)
     except (TypeError, ValueError):
-        raise TypeError("save_at must be an int (number of states) or a sequence of times") from None
+        arr = None
+    if arr is None or arr.ndim == 0:
+        raise TypeError(
+            f"save_at must be {_SAVE_AT_TYPES}, got {type(save_at).__name__} {save_at!r}; to save at one time t "
+            "pass [t]"
+        )
+    items = arr.reshape(-1).tolist()
+    for v in items:
+        if isinstance(v, bool | np.bool_ | str | bytes):
+            raise TypeError(f"save_at times must be real numbers, got {type(v).__name__} {v!r}")
+    try:
+        times = np.array([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"save_at times must be real numbers, got {save_at!r}") from None
     if times.size == 0 or not np.all(np.isfinite(times)) or times.min() < eps or times.max() > T:
-        raise ValueError(f"save_at times must be finite and lie in [eps={eps:g}, T={T:g}]")
+        raise ValueError(
+            f"save_at times must be finite and lie in [eps={eps:g}, T={T:g}], got {times.tolist()}; "
+            "for a number of evenly spaced states pass an int"
+        )
     return np.sort(times)[::-1]
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints ``(n_samples, *feature_shape)``; strings, floats and bools raise."""
+    expected = "shape must be a sequence of integers (n_samples, *feature_shape)"
+    if isinstance(shape, str | bytes):
+        raise TypeError(f"{expected}, got {type(shape).__name__} {shape!r}")
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{expected}, got {type(shape).__name__} {shape!r}") from None
+    out = []
+    for s in items:
+        if isinstance(s, bool | np.bool_):
+            raise TypeError(f"{expected}, got the bool {s!r} in {shape!r}")
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(f"{expected}, got {type(s).__name__} {s!r} in {shape!r}") from None
+    if len(out) < 2 or min(out) < 1:
+        raise ValueError(f"shape must be (n_samples, *feature_shape) with positive sizes, got {tuple(out)}")
+    return tuple(out)
+
+
+def _check_device(name: str, device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that can hold data and a ``torch.Generator``, else ``ValueError``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    device = dev
+    if device.type == "meta":
+        where = "device='meta'" if name == "device" else f"{name} is on device 'meta', which"
+        raise ValueError(f"{where} holds no data (only shapes); sample on device='cpu' or 'cuda'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={str(device)!r} requested but CUDA is not available; use device='cpu'")
+    try:
+        torch.Generator(device=device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{name}={str(device)!r} cannot hold a torch.Generator ({err}); use device='cpu' or 'cuda'"
+        ) from None
+    return dev
 
 
 def _netcdf_safe(value: Any) -> Any:
@@ -87,6 +153,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     save_at: int | Sequence[float] = 2,
     progress: bool = True,
+    num_threads: int | None = None,
 ) -> xr.Dataset:
     r"""Sample the reverse-time SDE (or probability-flow ODE) of ``sde`` driven by ``score_fn``.
 
@@ -105,20 +172,28 @@ def sample(
         :class:`~scoresde.ProbabilityFlowODE` or :class:`~scoresde.TorchSDE`. Default:
         ``PredictorCorrector()`` (reverse diffusion + Langevin, 1000 steps).
     shape : sequence of int
-        ``(n_samples, *feature_shape)``. Required unless ``x_T`` is given.
+        ``(n_samples, *feature_shape)``, positive integers. Required unless ``x_T`` is given.
     x_T : tensor, optional
         Starting points at ``t = T``; its dtype and device override ``dtype`` and ``device``.
     seed : int
         Seeds a ``torch.Generator`` on ``device`` that draws the prior and all noise: the same
-        seed gives bit-identical results on CPU. Default 0.
+        seed gives bit-identical results on CPU. An integer in ``[0, 2**63)``; default 0.
     device, dtype :
-        Where and in what precision to integrate (float32 or float64).
+        Where and in what precision to integrate (float32 or float64). ``device`` must hold data
+        (not ``"meta"``).
     save_at : int or sequence of float
         Number of saved states, evenly spaced in time from ``T`` to ``eps`` (default 2: the
         start and the end), or the times to save (the nearest grid times for fixed-step
         samplers; exact times for scipy and torchsde).
     progress : bool
         Show a tqdm progress bar (renders in notebooks too). Default True.
+    num_threads : int, optional
+        Number of torch intra-op threads for this call (``torch.set_num_threads``); the previous
+        value is restored afterwards, also on error. ``None`` (default) leaves torch's setting
+        alone. For small tensors (low-dimensional samples, small batches), and on a machine busy
+        with other work, one thread is usually faster than several, which wait on each other;
+        the README's performance section gives measurements. The samples do not depend on it for
+        the built-in samplers on CPU.
 
     Returns
     -------
@@ -137,35 +212,40 @@ def sample(
         raise TypeError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError("score_fn must be callable as score_fn(x, t)")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = check_seed("seed", seed)
+    num_threads = check_num_threads("num_threads", num_threads)
+    checked_shape = None if shape is None else _check_shape(shape)
     if x_T is not None:
+        if not isinstance(x_T, torch.Tensor):
+            raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+        device = _check_device("x_T", x_T.device)
         check_finite_tensor("x_T", x_T, min_dim=2)
-        if shape is not None and tuple(shape) != tuple(x_T.shape):
-            raise ValueError(f"shape {tuple(shape)} disagrees with x_T.shape {tuple(x_T.shape)}")
-        dtype, device = x_T.dtype, x_T.device
+        if x_T.numel() == 0:
+            raise ValueError(
+                f"x_T must hold at least one sample with at least one feature, got shape {tuple(x_T.shape)}; "
+                "pass starting points of shape (n_samples, *feature_shape) with positive sizes"
+            )
+        if checked_shape is not None and checked_shape != tuple(x_T.shape):
+            raise ValueError(f"shape {checked_shape} disagrees with x_T.shape {tuple(x_T.shape)}")
+        dtype = x_T.dtype
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"x_T must be float32 or float64, got {dtype}; convert it with x_T.double()")
     elif dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    elif shape is None:
+    elif checked_shape is None:
         raise ValueError("give shape=(n_samples, *feature_shape) or starting points x_T")
     else:
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"shape must be (n_samples, *feature_shape) with positive sizes, got {shape}")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' requested but CUDA is not available; use device='cpu'")
+        device = _check_device("device", device)
     sampler.check(sde)
     save_times = _save_times(save_at, sde.T, sampler.eps)
 
     generator = torch.Generator(device=device).manual_seed(int(seed))
     counted = CountedScore(score_fn)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch_threads(num_threads), torch.inference_mode():
         if x_T is None:
-            x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+            assert checked_shape is not None  # checked above: shape or x_T
+            x = sde.prior_sampling(checked_shape, generator=generator, dtype=dtype, device=device)
         else:
             x = x_T.detach().clone()
         traj = sampler.run(sde, counted, x, generator, save_times, progress)
@@ -178,7 +258,7 @@ def sample(
         sampler,
         score_fn,
         nfe=counted.nfe,
-        seed=int(seed),
+        seed=seed,
         eps=sampler.eps,
         dtype=str(dtype).replace("torch.", ""),
         device=str(device),

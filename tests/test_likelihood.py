@@ -273,3 +273,159 @@ def test_prior_logp_override_removes_the_prior_mismatch():
     assert float((res.log_prob - exact).abs().mean()) < 1e-4
     plain = log_likelihood(sde, mix.score(sde), x, rtol=1e-6, atol=1e-6)
     assert float((plain.log_prob - exact).abs().mean()) > 5e-4  # the mismatch is real and measurable
+
+
+# ---------------------------------------------------------------------------------------
+# safety: divergence, runaway solves, non-differentiable scores, tolerances, dtypes, seeds
+# ---------------------------------------------------------------------------------------
+def _ring_points(n: int = 5, dtype=torch.float64):
+    mix = sd.eight_gaussians()
+    return mix, mix.sample(n, torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def test_nan_score_names_time_and_samples():
+    """A score that turns NaN for samples 1 and 3 from t = 0.5 on: the error names t and those samples."""
+    mix, x = _ring_points()
+    sde = sd.VPSDE()
+    score = mix.score(sde)
+
+    def nan_score(xt, t):
+        mask = (t >= 0.5)[:, None] & (torch.arange(xt.shape[0]) % 2 == 1)[:, None]
+        return score(xt, t).masked_fill(mask, float("nan"))
+
+    with pytest.raises(
+        RuntimeError, match=r"drift \(from score_fn\) is NaN or infinite at t=0\.5\d* for samples \[1, 3\]"
+    ):
+        log_likelihood(sde, nan_score, x, rtol=1e-4, atol=1e-4)
+
+
+def test_infinite_divergence_is_reported_as_divergence():
+    """A finite score whose gradient is NaN (sqrt at 0): the error blames the divergence, not x."""
+    mix, x = _ring_points()
+    sde = sd.VESDE()
+    score = mix.score(sde)
+    x = x.clone()
+    x[2] = 0.0
+
+    def bad_grad(xt, t):
+        return score(xt, t) + torch.sqrt(xt.square().sum(dim=1, keepdim=True)) * 0.0
+
+    with pytest.raises(RuntimeError, match=r"divergence of the drift is NaN or infinite at t=1e-05 for samples \[2\]"):
+        log_likelihood(sde, bad_grad, x)
+
+
+def test_max_nfe_stops_a_runaway_solve():
+    """A score 1e3 x makes the ODE stiff; the solve used to run for thousands of NFE and return a number."""
+    _, x = _ring_points()
+    sde = sd.VPSDE()
+    with pytest.raises(RuntimeError, match=r"max_nfe=300 score evaluations"):
+        log_likelihood(sde, lambda xt, t: 1e3 * xt, x, max_nfe=300)
+    with pytest.raises(RuntimeError, match=r"max_nfe=5000 score evaluations"):  # the default catches it too
+        log_likelihood(sde, lambda xt, t: 1e3 * xt, x[:2])
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_correct_runs_stay_well_below_the_default_max_nfe(sde_name):
+    from scoresde.likelihood import MAX_NFE
+
+    mix, x = _ring_points(20)
+    sde = SDES[sde_name]()
+    r = log_likelihood(sde, mix.score(sde), x, rtol=1e-9, atol=1e-9)
+    assert r.nfe < MAX_NFE / 5
+    with pytest.raises(ValueError, match="max_nfe"):
+        log_likelihood(sde, mix.score(sde), x, max_nfe=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda score: lambda xt, t: score(xt.detach(), t),
+        lambda score: lambda xt, t: score(xt, t).detach(),
+        lambda score: lambda xt, t: torch.from_numpy(score(xt, t).detach().numpy()),
+    ],
+    ids=["detached-input", "detached-output", "numpy"],
+)
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_non_differentiable_score_is_rejected(make, divergence):
+    """A detached score gave a finite, wrong log p (only the linear drift's divergence was counted)."""
+    mix, x = _ring_points()
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match="no autograd graph back to x"):
+        log_likelihood(sde, make(mix.score(sde)), x, divergence=divergence)
+
+
+def test_score_of_wrong_shape_is_rejected():
+    mix, x = _ring_points()
+    sde = sd.VPSDE()
+    score = mix.score(sde)
+    with pytest.raises(ValueError, match=r"score_fn returned shape \(5, 1\)"):
+        log_likelihood(sde, lambda xt, t: score(xt, t)[:, :1], x)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol", "bad"),
+    [
+        (torch.float64, 1e-300, 1e-300, "rtol"),
+        (torch.float64, 1e-5, 1e-16, "atol"),
+        (torch.float32, 1e-8, 1e-5, "rtol"),
+        (torch.float32, 1e-5, 1e-9, "atol"),
+    ],
+)
+def test_tolerances_below_the_resolution_are_rejected(dtype, rtol, atol, bad):
+    """rtol = atol = 1e-300 made scipy take ever smaller steps (a minute for two points)."""
+    from scoresde.likelihood import tolerance_floor
+
+    mix, x = _ring_points(2, dtype)
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match=rf"{bad}=.* must be >= {tolerance_floor(dtype):.3g}"):
+        log_likelihood(sde, mix.score(sde), x, rtol=rtol, atol=atol)
+
+
+def test_tolerance_floor_values():
+    from scoresde.likelihood import tolerance_floor
+
+    assert tolerance_floor(torch.float64) == 100 * torch.finfo(torch.float64).eps
+    assert tolerance_floor(torch.float32) == torch.finfo(torch.float32).eps
+    assert tolerance_floor(torch.float32) < 1e-5  # the default tolerance is accepted for float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_like_sample(dtype):
+    mix, x = _ring_points(2)
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match=rf"x must be float32 or float64, got {dtype}"):
+        log_likelihood(sde, mix.score(sde), x.to(dtype))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_seed_outside_the_generator_range_is_refused(seed):
+    mix, x = _ring_points(2)
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        log_likelihood(sde, mix.score(sde), x, seed=seed)
+
+
+def test_num_threads_is_applied_and_restored():
+    mix, x = _ring_points(4)
+    sde = sd.VPSDE()
+    score = mix.score(sde)
+    seen = []
+
+    def spy(xt, t):
+        seen.append(torch.get_num_threads())
+        return score(xt, t)
+
+    before = torch.get_num_threads()
+    r2 = log_likelihood(sde, spy, x, num_threads=2, rtol=1e-4, atol=1e-4)
+    assert set(seen) == {2} and torch.get_num_threads() == before
+    r1 = log_likelihood(sde, score, x, num_threads=1, rtol=1e-4, atol=1e-4)
+    assert torch.equal(r1.log_prob, r2.log_prob)
+
+    def boom(xt, t):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        log_likelihood(sde, boom, x, num_threads=2)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        log_likelihood(sde, score, x, num_threads=0)

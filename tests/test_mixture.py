@@ -175,3 +175,49 @@ def test_random_mixture():
     torch.testing.assert_close(a.weights @ a.means, torch.zeros(10, dtype=torch.float64), atol=1e-14, rtol=0)
     assert bool((torch.linalg.eigvalsh(a.covariances) > 0.09).all())
     assert not torch.equal(sd.random_mixture(10, seed=2).means, a.means)
+
+
+def _loglik(mix, sde, x):
+    return sd.log_likelihood(sde, mix.score(sde), x, rtol=1e-4, atol=1e-4).log_prob
+
+
+@pytest.mark.parametrize("order", ["sample_first", "loglik_first", "sample_loglik_sample"])
+def test_cache_serves_inference_mode_and_autograd(order):
+    """sample() fills the per-dtype cache inside torch.inference_mode(); log_likelihood() then needs
+    autograd through the same cached tensors (and the other way round): every order must work and
+    give the same numbers as a fresh mixture."""
+    sde = sd.VPSDE()
+    x = sd.eight_gaussians().sample(4, torch.Generator().manual_seed(0), dtype=torch.float32)
+    reference = _loglik(sd.eight_gaussians(), sde, x)
+    ref_ds = sd.sample(sde, sd.eight_gaussians().score(sde), sd.EulerMaruyama(5), shape=(4, 2), progress=False)
+    mix = sd.eight_gaussians()
+    em = sd.EulerMaruyama(5)
+    if order == "sample_first":
+        ds = sd.sample(sde, mix.score(sde), em, shape=(4, 2), progress=False)
+        lp = _loglik(mix, sde, x)
+    elif order == "loglik_first":
+        lp = _loglik(mix, sde, x)
+        ds = sd.sample(sde, mix.score(sde), em, shape=(4, 2), progress=False)
+    else:
+        sd.sample(sde, mix.score(sde), em, shape=(4, 2), progress=False)
+        lp = _loglik(mix, sde, x)
+        ds = sd.sample(sde, mix.score(sde), em, shape=(4, 2), progress=False)
+    assert torch.equal(lp, reference)
+    np.testing.assert_array_equal(ds.x.values, ref_ds.x.values)
+    for tensors in mix._cache.values():
+        assert not any(t.is_inference() for t in tensors)
+
+
+def test_score_under_inference_mode_then_grad():
+    """The score itself: first call inside inference mode (float32 cache), then differentiate it."""
+    sde = sd.VESDE()
+    mix = sd.eight_gaussians()
+    score = mix.score(sde)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        s_inf = score(x, 0.3)
+    xg = x.clone().requires_grad_(True)
+    out = score(xg, 0.3)
+    (g,) = torch.autograd.grad(out.sum(), xg)
+    assert torch.equal(out.detach(), s_inf)
+    assert torch.isfinite(g).all()
