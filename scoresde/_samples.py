@@ -25,7 +25,7 @@ def _from_dataarray(name: str, a: Any) -> np.ndarray:
     return np.asarray(a.values)
 
 
-def as_samples(name: str, a: Any, *, min_samples: int = 1) -> torch.Tensor:
+def as_samples(name: str, a: Any, *, min_samples: int = 1, finite: bool = True) -> torch.Tensor:
     """Return the sample set ``a`` of shape ``(n, *feature_shape)`` as a detached floating torch tensor.
 
     ``a`` may be a :class:`torch.Tensor` (its dtype and device are kept), a NumPy array or
@@ -33,7 +33,8 @@ def as_samples(name: str, a: Any, *, min_samples: int = 1) -> torch.Tensor:
     float64, float32 stays float32), or an :class:`xarray.DataArray` (its values; a ``sample``
     dimension is moved first, a ``time`` dimension is refused). Integer inputs become float64
     (exact for integers up to :math:`2^{53}`). Boolean, complex and non-numeric inputs, scalars,
-    fewer than ``min_samples`` samples, and NaN or infinite entries raise an error naming ``name``.
+    fewer than ``min_samples`` samples, and (unless ``finite=False``) NaN or infinite entries raise
+    an error naming ``name``.
     """
     import xarray as xr
 
@@ -71,7 +72,7 @@ def as_samples(name: str, a: Any, *, min_samples: int = 1) -> torch.Tensor:
         raise ValueError(f"{name} must contain at least {min_samples} samples, got {t.shape[0]}")
     if t[0].numel() == 0:
         raise ValueError(f"{name} has an empty feature shape {tuple(t.shape[1:])}")
-    if not bool(torch.isfinite(t).all()):
+    if finite and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).sum())
         raise ValueError(f"{name} contains NaN or infinite values (in {bad} of {t.shape[0]} samples)")
     return t
