@@ -130,7 +130,7 @@ def toy_sample(name: str, n: int, seed: int = 0) -> np.ndarray:
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
     rng = np.random.default_rng(seed)
-    x = TOY_DATASETS[name](check_positive_int("n", n), rng)
+    x = np.asarray(TOY_DATASETS[name](check_positive_int("n", n), rng), dtype=np.float64)
     return x[rng.permutation(x.shape[0])]
 
 

@@ -216,7 +216,8 @@ def _plot_final_1d(ax: Axes, final: np.ndarray, target: Any, reference: np.ndarr
     finite = final[np.isfinite(final[:, 0]), 0]
     handles: list[Any] = []
     both = finite if reference is None else np.concatenate([finite, reference[:, 0]])
-    bins = np.histogram_bin_edges(both, bins=int(np.clip(np.sqrt(n), 10, 100)))  # shared by both histograms
+    # bin edges shared by both histograms
+    bins = np.histogram_bin_edges(both, bins=int(np.clip(np.sqrt(n), 10, 100))).tolist()
     if reference is not None:
         ax.hist(reference[:, 0], bins=bins, density=True, color=_REFERENCE_COLOR, alpha=0.45)
         handles.append(Patch(color=_REFERENCE_COLOR, alpha=0.45, label=f"exact samples ({len(reference)})"))
