@@ -12,7 +12,6 @@ standardised to zero mean and unit overall variance; digits (pixel values 0..16)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,21 +71,29 @@ class Dataset:
 
 
 # -- 2-D toy generators (numpy Generator for reproducibility) -----------------------------
+def _sklearn_seed(rng: np.random.Generator) -> int:
+    """An integer seed for scikit-learn's ``random_state`` drawn from ``rng``."""
+    return int(rng.integers(0, 2**32 - 1))
+
+
 def _moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
-    n_out = n // 2
-    n_in = n - n_out
-    a = rng.uniform(0, math.pi, n_out)
-    b = rng.uniform(0, math.pi, n_in)
-    outer = np.stack([np.cos(a), np.sin(a)], 1)
-    inner = np.stack([1 - np.cos(b), 1 - np.sin(b) - 0.5], 1)
-    x = np.concatenate([outer, inner])
-    return x + noise * rng.standard_normal(x.shape)
+    """Two interleaved half circles (:func:`sklearn.datasets.make_moons`), ``n // 2`` on the upper one."""
+    from sklearn.datasets import make_moons
+
+    x, _ = make_moons(n_samples=n, noise=noise, shuffle=True, random_state=_sklearn_seed(rng))
+    return np.asarray(x, dtype=np.float64)
 
 
 def _swiss_roll(n: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
-    t = 1.5 * math.pi * (1 + 2 * rng.uniform(size=n))
-    x = np.stack([t * np.cos(t), t * np.sin(t)], 1)
-    return x + noise * rng.standard_normal(x.shape)
+    r"""The 2-D swiss roll :math:`(t \cos t, t \sin t)`, :math:`t = 1.5\pi(1 + 2u)`, :math:`u \sim U(0, 1)`.
+
+    The two outer coordinates of :func:`sklearn.datasets.make_swiss_roll`, each with Gaussian
+    noise of standard deviation ``noise``.
+    """
+    from sklearn.datasets import make_swiss_roll
+
+    x, _ = make_swiss_roll(n_samples=n, noise=noise, random_state=_sklearn_seed(rng))
+    return np.ascontiguousarray(x[:, [0, 2]], dtype=np.float64)
 
 
 def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -114,10 +121,17 @@ DATASETS = (*TOY_DATASETS, "digits")
 
 
 def toy_sample(name: str, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` raw (unscaled) points of the named 2-D toy set, float64, shape (n, 2)."""
+    """``n`` raw (unscaled) points of the named 2-D toy set, float64, shape (n, 2), in random order.
+
+    The points are i.i.d. draws in random order (a final permutation drawn from the same seed),
+    so any leading slice ``x[:k]`` is a sample of the whole distribution (both moons, every
+    mode). The same ``seed`` gives the same points in the same order.
+    """
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
-    return TOY_DATASETS[name](check_positive_int("n", n), np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    x = np.asarray(TOY_DATASETS[name](check_positive_int("n", n), rng), dtype=np.float64)
+    return x[rng.permutation(x.shape[0])]
 
 
 def _from_array(name: str, x: Any) -> torch.Tensor:

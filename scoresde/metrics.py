@@ -1,18 +1,27 @@
 r"""Sample-based distances between two sets of samples.
 
-Every metric takes two tensors ``x`` of shape ``(n, *feature_shape)`` and ``y``
-of shape ``(m, *feature_shape)``; the feature dimensions are flattened, so a
-sample is a vector in :math:`R^d` with ``d = prod(feature_shape)`` (a 1-D
-tensor of shape ``(n,)`` is ``n`` scalar samples, ``d = 1``).
+Every metric takes two sample sets ``x`` of shape ``(n, *feature_shape)`` and
+``y`` of shape ``(m, *feature_shape)``; the feature dimensions are flattened, so
+a sample is a vector in :math:`R^d` with ``d = prod(feature_shape)`` (a 1-D
+set of shape ``(n,)`` is ``n`` scalar samples, ``d = 1``).
 
 Conventions shared by all metrics
 
-* ``x`` and ``y`` must agree in flattened feature shape, dtype and device, hold
-  finite values and contain at least two samples each; otherwise a
-  :class:`ValueError` naming the offending argument is raised.
-* Computation follows the input's device and dtype (``float32`` or
-  ``float64``; half precision is promoted to ``float32``); all reductions are
-  accumulated in ``float64`` and the result is a Python ``float``.
+* A sample set is a :class:`torch.Tensor`, a NumPy array or an
+  :class:`xarray.DataArray` (e.g. ``ds["x"].isel(time=-1)`` of a run of
+  :func:`scoresde.sample`; a ``sample`` dimension is moved first, a ``time``
+  dimension is refused).  All are converted to torch tensors, the compute type.
+* ``x`` and ``y`` must have the same feature shape, real numeric dtypes
+  (boolean, complex and non-numeric arrays raise :class:`TypeError`), finite
+  values and at least two samples each; otherwise an error naming the
+  offending argument is raised.
+* Computation follows the inputs' dtype: float32 and float64 inputs are kept
+  (a float64 NumPy array is computed in float64), integers become float64,
+  half precision is promoted to float32, and mixed dtypes are promoted
+  (float32 with float64 gives float64).  It runs on the device of the torch
+  inputs (NumPy and xarray inputs are moved there; torch inputs on two
+  different devices raise).  All reductions are accumulated in ``float64`` and
+  the result is a Python ``float``.
 * Pairwise quantities are computed block by block (``chunk_size`` rows and
   columns at a time), so memory stays bounded: a full ``n x m`` matrix is
   never materialised.
@@ -31,8 +40,21 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
+import scipy.stats
 import torch
+
+from ._samples import as_samples, common_dtype_device
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import xarray as xr
+
+    #: What the functions here accept as a sample set.
+    SampleSet: TypeAlias = torch.Tensor | np.ndarray | xr.DataArray
 
 __all__ = [
     "METRICS",
@@ -67,42 +89,25 @@ _MEDIAN_SUBSAMPLE = 500
 # ---------------------------------------------------------------------------
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def _flatten(t: object, name: str, min_samples: int = 2) -> torch.Tensor:
-    """Validate one sample tensor and return it as a detached ``(n, d)`` view."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
-    if t.ndim == 0:
-        raise ValueError(f"{name} must have shape (n, *feature_shape), got a scalar")
-    n = t.shape[0]
-    if n < min_samples:
-        raise ValueError(f"{name} must contain at least {min_samples} samples, got {n}")
-    flat = t.detach().reshape(n, -1)
-    if flat.shape[1] == 0:
-        raise ValueError(f"{name} has an empty feature shape {tuple(t.shape[1:])}")
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return flat.to(_compute_dtype(t.dtype))
+    """Validate one sample set and return it as a detached ``(n, d)`` tensor in its compute dtype."""
+    flat = as_samples(name, t, min_samples=min_samples)
+    flat = flat.reshape(flat.shape[0], -1)
+    dtype, _ = common_dtype_device({name: t}, {name: flat})
+    return flat.to(dtype)
 
 
 def _check_pair(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``x`` and ``y`` and return both flattened to ``(n, d)``/``(m, d)``."""
-    xf = _flatten(x, "x")
-    yf = _flatten(y, "y")
-    assert isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
-    if x.shape[1:] != y.shape[1:]:
+    """Validate ``x`` and ``y`` and return both flattened to ``(n, d)``/``(m, d)``, one dtype and device."""
+    xt = as_samples("x", x, min_samples=2)
+    yt = as_samples("y", y, min_samples=2)
+    if xt.shape[1:] != yt.shape[1:]:
         raise ValueError(
-            f"y has feature shape {tuple(y.shape[1:])}, which does not match x's feature shape {tuple(x.shape[1:])}"
+            f"y has feature shape {tuple(yt.shape[1:])}, which does not match x's feature shape {tuple(xt.shape[1:])}"
         )
-    if x.dtype != y.dtype:
-        raise ValueError(f"y has dtype {y.dtype}, which does not match x's dtype {x.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"y is on device {y.device}, but x is on device {x.device}")
+    dtype, device = common_dtype_device({"x": x, "y": y}, {"x": xt, "y": yt})
+    xf = xt.reshape(xt.shape[0], -1).to(device=device, dtype=dtype)
+    yf = yt.reshape(yt.shape[0], -1).to(device=device, dtype=dtype)
     return xf, yf
 
 
@@ -218,8 +223,8 @@ def _quantile_grid(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def sliced_wasserstein(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: SampleSet,
+    y: SampleSet,
     projections: int = 500,
     p: float = 2,
     seed: int = 0,
@@ -257,7 +262,7 @@ def sliced_wasserstein(
 
     Parameters
     ----------
-    x, y : torch.Tensor
+    x, y : torch.Tensor, numpy.ndarray or xarray.DataArray
         Samples of shape ``(n, *feature_shape)`` and ``(m, *feature_shape)``.
     projections : int, default 500
         Number of random directions :math:`L`.  The Monte-Carlo error of
@@ -306,7 +311,7 @@ def sliced_wasserstein(
                 diff = (px[:, idx_x] - py[:, idx_y]).to(torch.float64).abs_()
                 total += (diff.pow_(p) * lengths).sum()
         swp = float(total) / projections
-    return max(swp, 0.0) ** (1.0 / p)
+    return float(max(swp, 0.0) ** (1.0 / p))
 
 
 # ---------------------------------------------------------------------------
@@ -315,8 +320,8 @@ def sliced_wasserstein(
 
 
 def energy_distance(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: SampleSet,
+    y: SampleSet,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> float:
@@ -347,7 +352,7 @@ def energy_distance(
 
     Parameters
     ----------
-    x, y : torch.Tensor
+    x, y : torch.Tensor, numpy.ndarray or xarray.DataArray
         Samples of shape ``(n, *feature_shape)`` and ``(m, *feature_shape)``.
     chunk_size : int, default 2048
         Block size of the pairwise computations.
@@ -413,8 +418,8 @@ def _bandwidths(bandwidth: float | Sequence[float] | None, x: torch.Tensor, y: t
 
 
 def mmd(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: SampleSet,
+    y: SampleSet,
     bandwidth: float | Sequence[float] | None = None,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -441,7 +446,7 @@ def mmd(
 
     Parameters
     ----------
-    x, y : torch.Tensor
+    x, y : torch.Tensor, numpy.ndarray or xarray.DataArray
         Samples of shape ``(n, *feature_shape)`` and ``(m, *feature_shape)``.
     bandwidth : float or sequence of float, optional
         Kernel bandwidth(s) :math:`h > 0`; a sequence gives the sum of the RBF
@@ -568,13 +573,13 @@ class MetricFloor:
 
 def metric_floor(
     metric: str | Metric,
-    sample: Callable[[int, torch.Generator], torch.Tensor],
+    sample: Callable[[int, torch.Generator], SampleSet],
     n: int,
     pairs: int = 8,
     seed: int = 0,
     *,
     device: torch.device | str = "cpu",
-    reference: torch.Tensor | None = None,
+    reference: SampleSet | None = None,
     **metric_kwargs: object,
 ) -> MetricFloor:
     r"""Estimate the statistical floor of a metric between exact sample sets.
@@ -601,8 +606,9 @@ def metric_floor(
     metric : str or callable
         A name in :data:`METRICS` or a callable ``metric(x, y, **kw) -> float``.
     sample : callable
-        ``sample(n, generator) -> Tensor`` of shape ``(n, *feature_shape)``
-        drawing exact samples using only ``generator`` for randomness.
+        ``sample(n, generator)`` returning a sample set (tensor, NumPy array or
+        DataArray) of shape ``(n, *feature_shape)``, drawing exact samples using
+        only ``generator`` for randomness.
     n : int
         Size of each sample set (>= 2).
     pairs : int, default 8
@@ -611,7 +617,7 @@ def metric_floor(
         Base seed; the result is a deterministic function of it.
     device : torch.device or str, default "cpu"
         Device of the generators passed to ``sample``.
-    reference : Tensor, optional
+    reference : torch.Tensor, numpy.ndarray or xarray.DataArray, optional
         A fixed exact set that replaces the second set of every pair (any size).
     **metric_kwargs
         Forwarded to the metric.
@@ -623,18 +629,24 @@ def metric_floor(
     fn = get_metric(metric)
     pairs = _check_int("pairs", pairs, 2)
     n = _check_int("n", n, 2)
+    ref = None if reference is None else as_samples("reference", reference, min_samples=2)
+
+    def draw(g: torch.Generator, name: str) -> torch.Tensor:
+        t = sample(n, g)
+        shape = getattr(t, "shape", None)
+        if shape is None or len(shape) == 0 or shape[0] != n:
+            raise ValueError(
+                f"sample(n, generator) must return a sample set with {n} rows; "
+                f"got {shape or type(t).__name__} for {name}"
+            )
+        return as_samples(f"sample(n, generator) (for {name})", t, min_samples=2)
+
     values = []
     for k in range(pairs):
         g = torch.Generator(device=device)
         g.manual_seed(int(seed) * 1000 + k)
-        xs = sample(n, g)
-        ys = sample(n, g) if reference is None else reference
-        for name, t in (("x", xs), ("y", ys)) if reference is None else (("x", xs),):
-            if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != n:
-                raise ValueError(
-                    f"sample(n, generator) must return a tensor with {n} rows; "
-                    f"got {getattr(t, 'shape', type(t))} for {name}"
-                )
+        xs = draw(g, "x")
+        ys = draw(g, "y") if ref is None else ref
         values.append(float(fn(xs, ys, **metric_kwargs)))
     mean = math.fsum(values) / pairs
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (pairs - 1))
@@ -649,10 +661,7 @@ def metric_floor(
 def _flatten_means(x: torch.Tensor, means: object) -> torch.Tensor:
     """Validate ``means`` against flattened ``x`` (n, d); return (K, d) on x's device."""
     d = x.shape[1]
-    mu = torch.as_tensor(means)
-    if not mu.is_floating_point():
-        mu = mu.to(torch.float64)
-    mu = mu.detach().to(device=x.device, dtype=x.dtype)
+    mu = as_samples("means", means).to(device=x.device, dtype=x.dtype)
     if mu.ndim == 1 and d == 1:
         mu = mu[:, None]
     if mu.ndim < 2 or mu.shape[0] < 1 or mu[0].numel() != d:
@@ -660,13 +669,24 @@ def _flatten_means(x: torch.Tensor, means: object) -> torch.Tensor:
             f"means must have shape (K, d) with d = {d} (x's flattened feature size), got {tuple(mu.shape)}"
         )
     mu = mu.reshape(mu.shape[0], d)
-    if not bool(torch.isfinite(mu).all()):
-        raise ValueError("means contains NaN or infinite values")
     return mu
 
 
+def _mode_counts(x: object, means: object, chunk_size: int) -> torch.Tensor:
+    """Number of samples of ``x`` nearest to each mean (int64, on the samples' device)."""
+    xf = _flatten(x, "x", min_samples=1)
+    chunk_size = _check_chunk_size(chunk_size)
+    mu = _flatten_means(xf, means)
+    counts = torch.zeros(mu.shape[0], dtype=torch.int64, device=xf.device)
+    with torch.no_grad():
+        for i in range(0, xf.shape[0], chunk_size):
+            nearest = _cdist(xf[i : i + chunk_size], mu).argmin(dim=1)
+            counts += torch.bincount(nearest, minlength=mu.shape[0])
+    return counts
+
+
 def mode_fractions(
-    x: torch.Tensor,
+    x: SampleSet,
     means: torch.Tensor,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -681,7 +701,7 @@ def mode_fractions(
 
     Parameters
     ----------
-    x : torch.Tensor
+    x : torch.Tensor, numpy.ndarray or xarray.DataArray
         Samples ``(n, *feature_shape)``, ``n >= 1``.
     means : torch.Tensor
         Mode centres ``(K, d)`` (or ``(K, *feature_shape)``) with ``d`` the
@@ -695,15 +715,8 @@ def mode_fractions(
         Fractions :math:`f` of shape ``(K,)``, float64, on ``x``'s device;
         they sum to 1.
     """
-    xf = _flatten(x, "x", min_samples=1)
-    chunk_size = _check_chunk_size(chunk_size)
-    mu = _flatten_means(xf, means)
-    counts = torch.zeros(mu.shape[0], dtype=torch.int64, device=xf.device)
-    with torch.no_grad():
-        for i in range(0, xf.shape[0], chunk_size):
-            nearest = _cdist(xf[i : i + chunk_size], mu).argmin(dim=1)
-            counts += torch.bincount(nearest, minlength=mu.shape[0])
-    return counts.to(torch.float64) / xf.shape[0]
+    counts = _mode_counts(x, means, chunk_size)
+    return counts.to(torch.float64) / int(counts.sum())
 
 
 @dataclass(frozen=True)
@@ -727,6 +740,10 @@ class ModeWeightResult:
         Threshold on :math:`|z|`.
     ok : bool
         Whether all :math:`|z_k| \le k`.
+    p_values : torch.Tensor
+        Exact two-sided binomial p-values of the counts :math:`n f_k` under
+        :math:`\text{Binomial}(n, w_k)` (:func:`scipy.stats.binomtest`; float64,
+        ``(K,)``), for information: ``ok`` is decided by the z-scores.
     """
 
     fractions: torch.Tensor
@@ -736,6 +753,7 @@ class ModeWeightResult:
     n: int
     k: float
     ok: bool
+    p_values: torch.Tensor
 
     def __str__(self) -> str:
         rows = ", ".join(
@@ -747,7 +765,7 @@ class ModeWeightResult:
 
 
 def mode_weight_test(
-    x: torch.Tensor,
+    x: SampleSet,
     means: torch.Tensor,
     weights: torch.Tensor | Sequence[float],
     k: float = 3.0,
@@ -756,20 +774,25 @@ def mode_weight_test(
 ) -> ModeWeightResult:
     r"""Test observed mode fractions against mixture weights with binomial z-scores.
 
-    With :math:`f_k` from :func:`mode_fractions`, expected weights
-    :math:`w_k`, and :math:`n` samples,
+    With :math:`c_k = n f_k` the number of samples nearest to mode :math:`k`
+    (:func:`mode_fractions`), expected weights :math:`w_k` and :math:`n`
+    samples, :math:`c_k \sim \text{Binomial}(n, w_k)` for a correct sampler.
+    Its mean and standard deviation (from :data:`scipy.stats.binom`) give
 
     .. math::
 
-        se_k = \sqrt{w_k (1 - w_k) / n}, \qquad z_k = (f_k - w_k) / se_k ,
+        se_k = \frac{\operatorname{sd} \text{Bin}(n, w_k)}{n} = \sqrt{w_k (1 - w_k) / n},
+        \qquad z_k = \frac{c_k - n w_k}{\operatorname{sd} \text{Bin}(n, w_k)} = \frac{f_k - w_k}{se_k} ,
 
-    and the test passes (``ok``) iff :math:`\max_k |z_k| \le k`.  This assumes
-    the modes are well separated (nearest-mean assignment recovers the
-    component) and the samples are independent.
+    and the test passes (``ok``) iff :math:`\max_k |z_k| \le k` (the normal
+    approximation of the binomial).  The exact two-sided binomial p-values
+    (:func:`scipy.stats.binomtest`) are reported alongside.  This assumes the
+    modes are well separated (nearest-mean assignment recovers the component)
+    and the samples are independent.
 
     Parameters
     ----------
-    x : torch.Tensor
+    x : torch.Tensor, numpy.ndarray or xarray.DataArray
         Samples ``(n, *feature_shape)``.
     means : torch.Tensor
         Mode centres ``(K, d)``, ``d`` the flattened feature size of ``x``.
@@ -784,10 +807,10 @@ def mode_weight_test(
     -------
     ModeWeightResult
     """
-    fractions = mode_fractions(x, means, chunk_size=chunk_size)
-    n = x.shape[0]
-    kk = fractions.shape[0]
-    w = torch.as_tensor(weights).detach().to(device=fractions.device, dtype=torch.float64)
+    counts = _mode_counts(x, means, chunk_size)
+    n = int(counts.sum())
+    kk = counts.shape[0]
+    w = torch.as_tensor(weights).detach().to(device=counts.device, dtype=torch.float64)
     if w.ndim != 1 or w.shape[0] != kk:
         raise ValueError(f"weights must have shape ({kk},) to match means, got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
@@ -798,12 +821,26 @@ def mode_weight_test(
     k = float(k)
     if not k > 0:
         raise ValueError(f"k must be positive, got {k!r}")
-    se = torch.sqrt(w * (1.0 - w) / n)
-    diff = fractions - w
-    z = torch.where(
-        se > 0,
-        diff / torch.where(se > 0, se, torch.ones_like(se)),
-        torch.where(diff == 0, torch.zeros_like(diff), torch.sign(diff) * math.inf),
+    c = counts.cpu().numpy()
+    wn = np.clip(w.cpu().numpy(), 0.0, 1.0)  # sums within 1e-6 of 1 can leave a weight at 1 + 1e-7
+    null = scipy.stats.binom(n, wn)
+    mean, sd = null.mean(), null.std()
+    diff = c - mean
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.where(diff == 0, 0.0, np.sign(diff) * math.inf))
+    p = np.array([scipy.stats.binomtest(int(ci), n, float(wi)).pvalue for ci, wi in zip(c, wn, strict=True)])
+    ok = bool((np.abs(z) <= k).all())
+
+    def back(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.float64)).to(counts.device)
+
+    return ModeWeightResult(
+        fractions=counts.to(torch.float64) / n,
+        weights=w,
+        std_errors=back(sd / n),
+        z_scores=back(z),
+        n=n,
+        k=k,
+        ok=ok,
+        p_values=back(p),
     )
-    ok = bool((z.abs() <= k).all())
-    return ModeWeightResult(fractions=fractions, weights=w, std_errors=se, z_scores=z, n=n, k=k, ok=ok)

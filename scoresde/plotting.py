@@ -1,14 +1,22 @@
-"""Figures of sampling runs: final samples against the exact target, and a few trajectories.
+"""Figures of sampling and training runs: final samples against the exact target, trajectories,
+image grids and loss curves.
 
-Everything here builds :class:`matplotlib.figure.Figure` objects directly (no ``pyplot``), so
-no global figure state is created and no GUI backend is needed; :func:`save_figure` writes a
-figure atomically.
+Every function here returns a :class:`DisplayFigure`, a :class:`matplotlib.figure.Figure` built
+directly (no ``pyplot``): no global figure state is created, nothing is kept alive after the
+caller drops the figure (no leak in scripts that make many figures), and no GUI backend is
+needed. A :class:`DisplayFigure` renders itself as PNG in Jupyter (``_repr_png_``), so ``fig`` as
+the last line of a cell shows the figure without ``%matplotlib inline``. :func:`save_figure`
+writes a figure atomically.
+
+Sample sets (``reference``, images) may be torch tensors, NumPy arrays or xarray DataArrays.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +25,54 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from ._io import atomic_path
+from ._samples import as_samples
 
-__all__ = ["plot_samples", "save_figure", "atomic_path"]
+__all__ = ["DisplayFigure", "plot_samples", "plot_image_grid", "plot_loss", "save_figure", "atomic_path"]
 
 _SAMPLE_COLOR = "C0"
 _REFERENCE_COLOR = "0.55"
+_DENSITY_COLOR = "k"
 _MODE_COLOR = "C3"
+#: probability mass inside the density contours drawn for the exact distribution
+_CONTOUR_MASSES = (0.5, 0.9)
+#: most points of a reference set used for its kernel density estimate
+_KDE_MAX_POINTS = 4000
+#: kernel width of the reference's density estimate, relative to Scott's rule (which
+#: over-smooths well separated modes)
+_KDE_BANDWIDTH = 0.5
+#: at most this many of the drawn trajectories appear in the 2-D paths panel
+_MAX_2D_PATHS = 3
+#: saved states above which trajectory lines are drawn without markers
+_MARKER_MAX_STATES = 30
+
+#: axis label of the loss of each training objective (``TrainConfig.objective``)
+LOSS_LABELS: dict[str, str] = {
+    "dsm": "denoising score-matching loss",
+    "ddpm": "DDPM ε-prediction loss",
+    "flow_matching": "flow-matching loss",
+}
+
+
+class DisplayFigure(Figure):
+    """A :class:`~matplotlib.figure.Figure` that Jupyter displays as PNG (``_repr_png_``).
+
+    The figures of this module are built without ``pyplot``, so they are not registered with a
+    backend, are freed like any Python object when no longer referenced, and work with any (or
+    no) backend. A plain ``Figure`` built this way shows in a notebook only as
+    ``<Figure size ...>`` unless ``%matplotlib inline`` has been run; this subclass renders
+    itself, so ``fig`` at the end of a cell shows the image in every kernel and in notebooks
+    executed headless (nbclient, nbconvert). With ``%matplotlib inline`` active, IPython's own
+    formatter for figures is used instead: the image appears once either way.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
@@ -39,10 +87,16 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Pa
     return path
 
 
-def _as_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch tensor, without importing torch here
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+def _as_numpy(name: str, a: Any, *, finite: bool = True) -> np.ndarray:
+    """A sample set (tensor, array or DataArray) as a float64 NumPy array, validated by name."""
+    return np.asarray(as_samples(name, a, finite=finite).cpu().numpy(), dtype=np.float64)
+
+
+def _means(target: Any) -> np.ndarray | None:
+    if target is None:
+        return None
+    mu = _as_numpy("target.means", target.means)
+    return mu.reshape(mu.shape[0], -1)
 
 
 def _feature_matrix(x: xr.DataArray) -> np.ndarray:
@@ -73,97 +127,273 @@ def _point_style(n: int) -> tuple[float, float]:
     return float(np.clip(20000.0 / max(n, 1), 1.0, 12.0)), float(np.clip(3000.0 / max(n, 1), 0.25, 0.8))
 
 
-def _legend(ax: Axes, entries: list[tuple[str, dict[str, Any]]]) -> None:
-    """A legend of opaque, readable proxy markers (the plotted points are tiny and translucent)."""
-    handles = [Line2D([], [], linestyle="none", label=label, **style) for label, style in entries]
-    ax.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.9)
+def _legend_below(ax: Axes, handles: list[Any], ncol: int = 2) -> None:
+    """A legend under the axes (below the x label), so that it never hides data."""
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=ncol,
+        fontsize="small",
+        frameon=False,
+        handlelength=1.8,
+    )
 
 
-def _plot_final(ax: Axes, final: np.ndarray, target: Any, reference: Any, t_final: float) -> None:
-    d = final.shape[1]
+def _marker(label: str, **style: Any) -> Line2D:
+    return Line2D([], [], linestyle="none", label=label, **style)
+
+
+def _feature_label(i: int, d: int) -> str:
+    """Axis label of feature ``i`` (0-based) of ``d``: the coordinates are dimensionless."""
+    return f"$x_{{{i + 1}}}$" + (f" (feature {i + 1} of {d})" if d > 2 else "")
+
+
+def _box(*arrays: np.ndarray, margin: float = 0.06) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Square axis limits holding every finite point of the ``(n, >=2)`` arrays, with a relative margin."""
+    pts = np.concatenate([a[:, :2].reshape(-1, 2) for a in arrays])
+    pts = pts[np.isfinite(pts).all(1)]
+    if pts.size == 0:
+        return (-1.0, 1.0), (-1.0, 1.0)
+    lo, hi = pts.min(0), pts.max(0)
+    # a square box (equal scales on both axes) around the points
+    half = max(float((hi - lo).max()) * (0.5 + margin), 0.5)
+    cx, cy = (lo + hi) / 2
+    return (float(cx - half), float(cx + half)), (float(cy - half), float(cy + half))
+
+
+def _hdr_levels(density: np.ndarray, masses: Sequence[float]) -> list[float]:
+    """Density levels whose super-level sets hold the given probability masses (on a uniform grid).
+
+    The grid values are sorted in decreasing order and their cumulative sum normalised to 1; the
+    level of mass :math:`m` is the density at which that sum first reaches :math:`m`. Returned in
+    increasing order (largest mass first), as :meth:`~matplotlib.axes.Axes.contour` requires.
+    """
+    flat = np.sort(density.ravel())[::-1]
+    cum = np.cumsum(flat)
+    if cum[-1] <= 0:
+        return []
+    cum /= cum[-1]
+    levels = sorted({float(flat[min(int(np.searchsorted(cum, m)), flat.size - 1)]) for m in masses})
+    return [lv for lv in levels if lv > 0]
+
+
+def _exact_density(
+    target: Any, reference: np.ndarray | None, d: int, xlim: tuple[float, float], ylim: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str] | None:
+    """Density of the exact distribution of the first two features on a grid over the axes.
+
+    The target's exact density (``target.log_prob``) for 2-D targets, else a Gaussian kernel
+    density estimate (:class:`scipy.stats.gaussian_kde`, half the bandwidth of Scott's rule) of
+    the first two features of the reference samples; ``None`` if neither is available.
+    """
+    gx = np.linspace(*xlim, 160)
+    gy = np.linspace(*ylim, 160)
+    X, Y = np.meshgrid(gx, gy)
+    grid = np.stack([X.ravel(), Y.ravel()], 1)
+    if target is not None and d == 2 and hasattr(target, "log_prob"):
+        import torch
+
+        with torch.no_grad():
+            logp = target.log_prob(torch.from_numpy(grid)).cpu().numpy()
+        return X, Y, np.exp(logp).reshape(X.shape), "exact density"
+    if reference is not None and len(reference) > 2:
+        from scipy.stats import gaussian_kde
+
+        pts = reference[:, :2]
+        pts = pts[:: max(1, math.ceil(len(pts) / _KDE_MAX_POINTS))]
+        try:
+            kde = gaussian_kde(pts.T)
+            kde.set_bandwidth(kde.factor * _KDE_BANDWIDTH)
+        except np.linalg.LinAlgError:  # degenerate (e.g. all points on a line): no contours
+            return None
+        return X, Y, kde(grid.T).reshape(X.shape), f"exact samples ({len(reference)}, KDE)"
+    return None
+
+
+def _plot_final_1d(ax: Axes, final: np.ndarray, target: Any, reference: np.ndarray | None) -> None:
     n = final.shape[0]
+    finite = final[np.isfinite(final[:, 0]), 0]
+    handles: list[Any] = []
+    both = finite if reference is None else np.concatenate([finite, reference[:, 0]])
+    # bin edges shared by both histograms
+    bins = np.histogram_bin_edges(both, bins=int(np.clip(np.sqrt(n), 10, 100))).tolist()
+    if reference is not None:
+        ax.hist(reference[:, 0], bins=bins, density=True, color=_REFERENCE_COLOR, alpha=0.45)
+        handles.append(Patch(color=_REFERENCE_COLOR, alpha=0.45, label=f"exact samples ({len(reference)})"))
+    ax.hist(finite, bins=bins, density=True, histtype="step", color=_SAMPLE_COLOR, lw=1.5)
+    handles.append(Line2D([], [], color=_SAMPLE_COLOR, lw=1.5, label=f"samples ({n})"))
+    if target is not None and hasattr(target, "log_prob") and getattr(target, "dim", None) == 1:
+        import torch
+
+        lo, hi = ax.get_xlim()
+        grid = np.linspace(lo, hi, 400)
+        with torch.no_grad():
+            p = np.exp(target.log_prob(torch.from_numpy(grid[:, None])).cpu().numpy())
+        ax.plot(grid, p, color=_DENSITY_COLOR, lw=1.0)
+        handles.append(Line2D([], [], color=_DENSITY_COLOR, lw=1.0, label="exact density"))
+    mu = _means(target)
+    if mu is not None:
+        for m in mu[:, 0]:
+            ax.axvline(m, color=_MODE_COLOR, lw=0.8, ls=":")
+        handles.append(Line2D([], [], color=_MODE_COLOR, lw=0.8, ls=":", label="mode centres"))
+    ax.set_xlabel(_feature_label(0, 1))
+    ax.set_ylabel("probability density")
+    _legend_below(ax, handles)
+
+
+def _plot_final_2d(
+    ax: Axes,
+    final: np.ndarray,
+    target: Any,
+    reference: np.ndarray | None,
+    box: tuple[tuple[float, float], tuple[float, float]],
+) -> None:
+    n, d = final.shape
     size, alpha = _point_style(n)
-    entries: list[tuple[str, dict[str, Any]]] = []
-    if d == 1:
-        bins = int(np.clip(np.sqrt(n), 10, 100))
-        finite = final[np.isfinite(final[:, 0]), 0]
-        if reference is not None:
-            ax.hist(
-                _as_numpy(reference).reshape(-1),
-                bins=bins,
-                density=True,
-                color=_REFERENCE_COLOR,
-                alpha=0.5,
-                label="exact samples",
+    handles: list[Any] = []
+    ax.scatter(final[:, 0], final[:, 1], s=size, alpha=alpha, color=_SAMPLE_COLOR, lw=0, rasterized=True, zorder=1)
+    handles.append(_marker(f"samples ({n})", marker="o", ms=5, color=_SAMPLE_COLOR))
+    dens = _exact_density(target, reference, d, *box)
+    if dens is not None:
+        X, Y, Z, what = dens
+        levels = _hdr_levels(Z, _CONTOUR_MASSES)
+        if levels:
+            # levels increase: the first encloses the largest mass (dashed), the last the smallest (solid)
+            styles = ["--"] * (len(levels) - 1) + ["-"]
+            ax.contour(X, Y, Z, levels=levels, colors=_DENSITY_COLOR, linewidths=1.0, linestyles=styles, zorder=3)
+            masses = " / ".join(f"{m:.0%}" for m in sorted(_CONTOUR_MASSES)[: len(levels)])
+            handles.append(
+                Line2D([], [], color=_DENSITY_COLOR, lw=1.0, label=f"{what}: {masses} regions (solid / dashed)")
             )
-        ax.hist(finite, bins=bins, density=True, histtype="step", color=_SAMPLE_COLOR, lw=1.5, label="samples")
-        if target is not None:
-            for i, m in enumerate(_as_numpy(target.means).reshape(-1)):
-                ax.axvline(m, color=_MODE_COLOR, lw=0.8, ls="--", label="mode centres" if i == 0 else None)
-        ax.set_xlabel("$x_0$")
-        ax.set_ylabel("density")
-        ax.legend(loc="upper right", fontsize="small")
-    else:
-        if reference is not None:
-            ref = _as_numpy(reference).reshape(len(reference), -1)
-            ax.scatter(
-                ref[:, 0], ref[:, 1], s=size, alpha=alpha, color=_REFERENCE_COLOR, lw=0, rasterized=True, zorder=1
-            )
-            entries.append((f"exact samples ({len(ref)})", {"marker": "o", "ms": 5, "color": _REFERENCE_COLOR}))
-        ax.scatter(final[:, 0], final[:, 1], s=size, alpha=alpha, color=_SAMPLE_COLOR, lw=0, rasterized=True, zorder=2)
-        entries.append((f"samples ({n})", {"marker": "o", "ms": 5, "color": _SAMPLE_COLOR}))
-        if target is not None:
-            mu = _as_numpy(target.means).reshape(len(target.means), -1)
-            ax.scatter(mu[:, 0], mu[:, 1], marker="x", s=40, color=_MODE_COLOR, lw=1.5, zorder=3)
-            entries.append(("mode centres", {"marker": "x", "ms": 7, "mew": 1.5, "color": _MODE_COLOR}))
-        ax.set_xlabel("$x_0$ (feature 0)")
-        ax.set_ylabel("$x_1$ (feature 1)")
-        ax.set_aspect("equal", adjustable="datalim")
-        _legend(ax, entries)
-    ax.set_title(f"final samples (t = {t_final:.3g})")
-    ax.grid(alpha=0.3)
+    mu = _means(target)
+    if mu is not None and mu.shape[1] >= 2:
+        ax.scatter(mu[:, 0], mu[:, 1], marker="x", s=40, color=_MODE_COLOR, lw=1.5, zorder=4)
+        handles.append(_marker("mode centres", marker="x", ms=7, mew=1.5, color=_MODE_COLOR))
+    ax.set_xlim(*box[0])
+    ax.set_ylim(*box[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(_feature_label(0, d))
+    ax.set_ylabel(_feature_label(1, d))
+    _legend_below(ax, handles, ncol=1)
 
 
-def _plot_coordinate(ax: Axes, times: np.ndarray, paths: np.ndarray, T: float, t_end: float) -> None:
-    for j in range(paths.shape[1]):
-        ax.plot(times, paths[:, j, 0], marker=".", ms=3, lw=1, color=f"C{j % 10}")
+def _asinh_ticks(linear_width: float, top: float) -> list[float]:
+    """Ticks 0, ±1 and ±3 times powers of ten up to ``top``, without crowding the linear part."""
+    mags = [m * 10.0**k for k in range(-6, 10) for m in (1.0, 3.0)]
+    mags = [v for v in mags if 0.5 * linear_width <= v <= top * 1.05]
+    return sorted([0.0, *mags, *(-v for v in mags)])
+
+
+def _plot_coordinate(ax: Axes, times: np.ndarray, x: np.ndarray, n_traj: int, T: float, t_end: float, d: int) -> None:
+    """Feature 1 against time: the 5-95 % range of all samples and ``n_traj`` single paths.
+
+    When the paths start far outside the final samples (VE), the y axis has an ``asinh`` scale,
+    linear over the range of the final samples and logarithmic beyond, so the start and the end
+    are both legible.
+    """
+    coord = x[:, :, 0]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanquantile(coord, [0.05, 0.95], axis=1)
+    handles: list[Any] = []
+    ax.fill_between(times, lo, hi, color=_SAMPLE_COLOR, alpha=0.18, lw=0)
+    handles.append(Patch(color=_SAMPLE_COLOR, alpha=0.18, label=f"5–95 % range of all {coord.shape[1]} samples"))
+    style: dict[str, Any] = {"lw": 0.8 if len(times) <= _MARKER_MAX_STATES else 0.6, "alpha": 0.9}
+    if len(times) <= _MARKER_MAX_STATES:
+        style.update(marker=".", ms=3)
+    for j in range(n_traj):
+        ax.plot(times, coord[:, j], color=f"C{j % 10}", **style)
+    if n_traj:
+        handles.append(Line2D([], [], color="0.3", lw=0.8, label=f"{n_traj} single sample paths"))
     ax.set_xlim(T, t_end)  # time runs backwards: T on the left, eps on the right
-    ax.set_xlabel("SDE time $t$ (reverse process: $T \\to \\varepsilon$)")
-    ax.set_ylabel("$x_0$ (feature 0)")
-    ax.set_title(f"feature 0 of {paths.shape[1]} trajectories against time")
-    ax.grid(alpha=0.3)
+    ax.set_xlabel("SDE time $t$ (the reverse process runs from $T$ to $\\varepsilon$)")
+    label = _feature_label(0, d)
+    end = coord[-1][np.isfinite(coord[-1])]
+    shown = np.concatenate([lo, hi, coord[:, :n_traj].ravel()])
+    shown = shown[np.isfinite(shown)]
+    if end.size and shown.size:
+        lin = float(np.quantile(np.abs(end), 0.995)) or 1.0
+        if float(np.abs(shown).max()) > 5.0 * lin:
+            ax.set_yscale("asinh", linear_width=lin)
+            ax.set_yticks(_asinh_ticks(lin, float(np.abs(shown).max())))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_locator(NullLocator())
+            label += f"  (asinh scale, linear within ±{lin:.2g})"
+    ax.set_ylabel(label)
+    ax.set_title(f"{_feature_label(0, d).split(' ')[0]} of the samples against time")
+    _legend_below(ax, handles, ncol=1)
 
 
-def _plot_paths(ax: Axes, times: np.ndarray, paths: np.ndarray, target: Any) -> None:
-    for j in range(paths.shape[1]):
+def _plot_paths(
+    ax: Axes,
+    times: np.ndarray,
+    paths: np.ndarray,
+    target: Any,
+    box: tuple[tuple[float, float], tuple[float, float]],
+    d: int,
+) -> None:
+    """2-D paths of a few samples, in the axes of the final samples (starts may lie outside)."""
+    n_paths, n_states = paths.shape[1], paths.shape[0]
+    starts = paths[0]
+    # include the start points when they are not far outside the final samples' box
+    wide = _box(paths[-1], starts, margin=0.06)
+    (x0, x1), (y0, y1) = box
+    if (wide[0][1] - wide[0][0]) <= 2.5 * (x1 - x0) and (wide[1][1] - wide[1][0]) <= 2.5 * (y1 - y0):
+        box = _box(np.array([[x0, y0], [x1, y1]]), starts, margin=0.0)
+    (x0, x1), (y0, y1) = box
+    lw = 0.9 if n_states <= _MARKER_MAX_STATES else 0.5
+    for j in range(n_paths):
         color = f"C{j % 10}"
-        ax.plot(paths[:, j, 0], paths[:, j, 1], lw=0.9, color=color, alpha=0.7)
-        ax.plot(paths[0, j, 0], paths[0, j, 1], "o", ms=5, mfc="white", color=color, zorder=3)
-        ax.plot(paths[-1, j, 0], paths[-1, j, 1], "o", ms=6, color=color, zorder=3)
-    entries: list[tuple[str, dict[str, Any]]] = [
-        (f"start (t = {times[0]:.3g})", {"marker": "o", "ms": 5, "mfc": "white", "color": "0.3"}),
-        (f"end (t = {times[-1]:.3g})", {"marker": "o", "ms": 6, "color": "0.3"}),
+        ax.plot(paths[:, j, 0], paths[:, j, 1], lw=lw, color=color, alpha=0.85, zorder=2)
+        ax.plot(starts[j, 0], starts[j, 1], "o", ms=5, mfc="white", color=color, zorder=4)
+        ax.plot(paths[-1, j, 0], paths[-1, j, 1], "o", ms=6, color=color, mec="k", mew=0.6, zorder=5)
+    outside = int(np.sum(~((starts[:, 0] >= x0) & (starts[:, 0] <= x1) & (starts[:, 1] >= y0) & (starts[:, 1] <= y1))))
+    start_label = f"start (t = {times[0]:.3g})"
+    if outside:
+        start_label += f"; {outside} of {n_paths} outside the axes"
+    handles: list[Any] = [
+        _marker(start_label, marker="o", ms=5, mfc="white", color="0.3"),
+        _marker(f"end (t = {times[-1]:.3g})", marker="o", ms=6, color="0.3", mec="k", mew=0.6),
     ]
-    if target is not None:
-        mu = _as_numpy(target.means).reshape(len(target.means), -1)
-        ax.scatter(mu[:, 0], mu[:, 1], marker="x", s=30, color=_MODE_COLOR, lw=1.2, alpha=0.6, zorder=2)
-        entries.append(("mode centres", {"marker": "x", "ms": 6, "mew": 1.2, "color": _MODE_COLOR}))
-    ax.set_xlabel("$x_0$ (feature 0)")
-    ax.set_ylabel("$x_1$ (feature 1)")
-    ax.set_title(f"2-D paths of the same {paths.shape[1]} samples ({len(times)} saved states)")
-    ax.set_aspect("equal", adjustable="datalim")
-    _legend(ax, entries)
-    ax.grid(alpha=0.3)
+    mu = _means(target)
+    if mu is not None and mu.shape[1] >= 2:
+        ax.scatter(mu[:, 0], mu[:, 1], marker="x", s=30, color=_MODE_COLOR, lw=1.2, alpha=0.6, zorder=3)
+        handles.append(_marker("mode centres", marker="x", ms=6, mew=1.2, color=_MODE_COLOR))
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(_feature_label(0, d))
+    ax.set_ylabel(_feature_label(1, d))
+    ax.set_title(f"2-D paths of {n_paths} samples ({n_states} saved states)")
+    _legend_below(ax, handles, ncol=1)
 
 
 def plot_samples(
     ds: xr.Dataset,
     target: Any = None,
     reference: Any = None,
-    n_traj: int = 8,
+    n_traj: int = 4,
     ax: Axes | Sequence[Axes] | None = None,
 ) -> Figure:
-    """Plot a sampling run from :func:`scoresde.sample`.
+    r"""Plot a sampling run from :func:`scoresde.sample`.
+
+    Panels (for samples with ``d >= 2`` features; the first two are drawn):
+
+    1. the final samples (scatter) against the exact distribution, drawn as contour lines of the
+       regions holding 50 % (solid) and 90 % (dashed) of its mass, so that neither hides the
+       other. The density is the target's exact density (``target.log_prob``, 2-D targets) or
+       else a Gaussian kernel density estimate of ``reference``. Axis limits hold all final
+       samples and the reference samples;
+    2. feature 1 against SDE time: the 5-95 % range over all samples at every saved state and
+       ``n_traj`` single paths drawn thin (legible for stochastic samplers with many saved
+       states). If the paths start far outside the final samples (VE SDEs), the y axis is
+       linear over the final samples' range and logarithmic beyond (``asinh`` scale);
+    3. the 2-D paths of the first ``min(n_traj, 3)`` samples, from an open circle at ``T`` to a
+       filled circle at the end, in the limits of panel 1 (start points far outside are left
+       off-scale and counted in the legend).
+
+    For 1-D samples there are two panels: histograms of the samples and of ``reference`` (with
+    the exact density of a 1-D target), and panel 2. Legends sit under the axes.
 
     Parameters
     ----------
@@ -172,20 +402,22 @@ def plot_samples(
         and the coordinate ``time`` (decreasing from ``T`` to ``eps``; a final ``0`` for a
         denoised state).
     target : GaussianMixture, optional
-        Its component means are drawn as mode centres (pass ``target.marginal(sde, eps)``
+        Its exact density and component means are drawn (pass ``target.marginal(sde, eps)``
         to compare with undenoised samples at ``t = eps``).
-    reference : array-like or tensor, optional
-        Exact samples ``(m, d)`` drawn in grey under the samples.
+    reference : torch.Tensor, numpy.ndarray or xarray.DataArray, optional
+        Exact samples ``(m, d)``: they set the axis limits with the samples, and their kernel
+        density estimate is drawn when ``target`` has no usable density.
     n_traj : int
-        Number of trajectories drawn (the first ``n_traj`` samples). 0 draws none.
+        Number of single trajectories drawn (the first ``n_traj`` samples). 0 draws none.
     ax : Axes or sequence of Axes, optional
-        ``None``: a new figure with three panels (final samples; feature 0 against time;
-        2-D paths, or two panels for 1-D samples). One ``Axes``: only the final samples,
+        ``None``: a new figure with the panels above. One ``Axes``: only the final samples,
         drawn there. A sequence of 2 or 3 axes: the panels in that order.
 
     Returns
     -------
     matplotlib.figure.Figure
+        A :class:`DisplayFigure` when ``ax`` is ``None`` (shown by Jupyter as PNG), else the
+        figure of ``ax``.
     """
     if not isinstance(ds, xr.Dataset) or "x" not in ds or "time" not in ds.coords:
         raise TypeError("ds must be the xarray.Dataset returned by scoresde.sample (with 'x' and 'time')")
@@ -199,27 +431,168 @@ def plot_samples(
     x = _feature_matrix(ds["x"])
     times = np.asarray(ds["time"].values, dtype=np.float64)
     d = x.shape[2]
+    ref = None
+    if reference is not None:
+        ref = _as_numpy("reference", reference)
+        ref = ref.reshape(ref.shape[0], -1)
+        if ref.shape[1] != d:
+            raise ValueError(f"reference has {ref.shape[1]} features per sample, but ds.x has {d}")
     n_traj = min(int(n_traj), x.shape[1])
-    paths = x[:, :n_traj]
     T = float(ds.attrs.get("sde_T", times[0]))
     n_panels = 3 if d >= 2 else 2
 
     if ax is None:
-        fig = Figure(figsize=(5.0 * n_panels, 5.0), layout="constrained")
+        fig: Figure = DisplayFigure(figsize=(5.0 * n_panels, 6.0), layout="constrained")
         axes = list(fig.subplots(1, n_panels))
         fig.suptitle(_title(ds), fontsize="medium")
     elif isinstance(ax, Axes):
         axes = [ax]
-        fig = ax.get_figure()
+        fig = ax.get_figure()  # type: ignore[assignment]
     else:
         axes = list(ax)
         if not 1 <= len(axes) <= 3 or not all(isinstance(a, Axes) for a in axes):
             raise TypeError("ax must be None, one Axes, or a sequence of 1 to 3 Axes")
         fig = axes[0].get_figure()
 
-    _plot_final(axes[0], x[-1], target, reference, float(times[-1]))
+    final = x[-1]
+    if d >= 2:
+        box = _box(final, *([] if ref is None else [ref]))
+        _plot_final_2d(axes[0], final, target, ref, box)
+    else:
+        _plot_final_1d(axes[0], final, target, ref)
+    axes[0].set_title(f"final samples (t = {float(times[-1]):.3g})")
     if len(axes) > 1:
-        _plot_coordinate(axes[1], times, paths, T, float(times[-1]))
+        _plot_coordinate(axes[1], times, x, n_traj, T, float(times[-1]), d)
     if len(axes) > 2 and d >= 2:
-        _plot_paths(axes[2], times, paths, target)
+        _plot_paths(axes[2], times, x[:, : min(n_traj, _MAX_2D_PATHS)], target, box, d)
+    for a in axes:
+        a.grid(alpha=0.3)
+    return fig
+
+
+def _history_values(history: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(history, xr.Dataset | Mapping):
+        if "step" not in history or "loss" not in history:
+            raise TypeError("history must have 'step' and 'loss' (Trainer.history_dataset())")
+        steps, loss = history["step"], history["loss"]
+    else:
+        raise TypeError(
+            f"history must be an xarray.Dataset from Trainer.history_dataset(), got {type(history).__name__}"
+        )
+    steps = np.asarray(getattr(steps, "values", steps), dtype=np.float64).reshape(-1)
+    loss = np.asarray(getattr(loss, "values", loss), dtype=np.float64).reshape(-1)
+    if steps.shape != loss.shape:
+        raise ValueError(f"history step and loss differ in length: {steps.size} and {loss.size}")
+    return steps, loss
+
+
+def plot_loss(history: Any, title: str = "", objective: str = "dsm") -> Figure:
+    """Loss curve of a training history: the logged values and, for long runs, a running mean.
+
+    Parameters
+    ----------
+    history : xarray.Dataset
+        ``Trainer.history_dataset()`` (or a mapping) with ``step`` and ``loss``.
+    title : str
+        Axes title.
+    objective : {"dsm", "ddpm", "flow_matching"}
+        The training objective (``TrainConfig.objective``), which names the loss on the y axis.
+
+    Returns
+    -------
+    DisplayFigure
+        The y axis is logarithmic when every finite loss is positive. With more than 50 logged
+        values a running mean over ``len // 25`` values is drawn as well.
+    """
+    if objective not in LOSS_LABELS:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {tuple(LOSS_LABELS)}")
+    steps, loss = _history_values(history)
+    fig = DisplayFigure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    if loss.size:
+        w = max(1, loss.size // 25)
+        ax.plot(
+            steps,
+            loss,
+            lw=0.7 if w > 1 else 1.2,
+            alpha=0.45 if w > 1 else 1.0,
+            color="C0",
+            label=f"loss ({loss.size} logged values)",
+        )
+        if w > 1:
+            smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1 :], smooth, lw=1.8, color="C3", label=f"running mean of {w}")
+        if np.all(loss[np.isfinite(loss)] > 0):
+            ax.set_yscale("log")
+        ax.legend(loc="upper right", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(LOSS_LABELS[objective])
+    ax.grid(alpha=0.3, which="both")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    return fig
+
+
+def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_images: int = 64) -> Figure:
+    """A grid of the first ``max_images`` images ``(n, C, H, W)``, shown clipped to ``[lo, hi]``.
+
+    One image per axes of a :class:`mpl_toolkits.axes_grid1.axes_grid.ImageGrid` with
+    :math:`\\lceil \\sqrt{n} \\rceil` columns. One channel is drawn in grey, three as RGB; other
+    channel counts show channel 0. NaN pixels are left blank (transparent).
+
+    Parameters
+    ----------
+    images : torch.Tensor, numpy.ndarray or xarray.DataArray
+        Images ``(n, C, H, W)`` in data space.
+    lo, hi : float
+        Display range: ``lo`` is black, ``hi`` white (values outside are clipped).
+    title : str
+        Figure title.
+    max_images : int
+        Most images drawn (the first ones).
+
+    Returns
+    -------
+    DisplayFigure
+    """
+    from mpl_toolkits.axes_grid1 import ImageGrid  # type: ignore[import-untyped]
+
+    x = _as_numpy("images", images, finite=False)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (n, C, H, W), got {x.shape}")
+    if isinstance(max_images, bool) or not isinstance(max_images, int | np.integer) or max_images < 1:
+        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"lo and hi must be finite, got {lo!r} and {hi!r}")
+    x = x[: int(max_images)]
+    n, C, H, W = x.shape
+    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.where(np.isnan(x), np.nan, 0.0)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    side = min(9.0, max(3.0, 0.6 * cols + 1.0))
+    grid_h = side * rows * H / (cols * W)
+    head = 0.4 if title else 0.0  # inches above the grid for the title
+    fig = DisplayFigure(figsize=(side, grid_h + head))
+    rect = (0.0, 0.0, 1.0, grid_h / (grid_h + head))
+    # the number of axes is passed by position: its keyword was renamed (ngrids -> n_axes) in matplotlib 3.11
+    grid = ImageGrid(fig, rect, (rows, cols), n, axes_pad=0.04, share_all=True)
+    for cax in grid.cbar_axes:  # no colour bars: only the image axes stay in the figure
+        if cax in fig.axes:
+            cax.remove()
+    for i, a in enumerate(grid):
+        if C == 3:
+            rgb = x[i].transpose(1, 2, 0)
+            rgba = np.concatenate([np.nan_to_num(rgb), (~np.isnan(rgb).any(-1, keepdims=True)).astype(float)], -1)
+            a.imshow(rgba, interpolation="nearest")
+        else:
+            a.imshow(x[i, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        a.set_xticks([])
+        a.set_yticks([])
+        for spine in a.spines.values():
+            spine.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize="medium", y=1.0 - 0.1 / (grid_h + head), va="top")
     return fig

@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 
 import scoresde as sd
-from scoresde.datasets import load_dataset, toy_sample
+from scoresde.datasets import TOY_DATASETS, load_dataset, toy_sample
 from scoresde.losses import dsm_loss
 
 
@@ -109,3 +109,41 @@ def test_user_arrays():
         load_dataset("mnist")
     with pytest.raises(ValueError, match="shape"):
         load_dataset(np.zeros(5))
+
+
+@pytest.mark.parametrize("name", sorted(TOY_DATASETS))
+def test_toy_sets_are_shuffled(name):
+    """The first quarter of a toy set has the whole set's mean and covariance (within 4.5 standard errors)."""
+    x = load_dataset(name, n=8000, seed=5).data.double().numpy()
+    q = x[: len(x) // 4]
+    nq = len(q)
+    mu = x.mean(0)
+    se_mean = x.std(0) / math.sqrt(nq)
+    assert np.all(np.abs(q.mean(0) - mu) < 4.5 * se_mean), (q.mean(0), mu, se_mean)
+    r = x - mu
+    rq = q - mu
+    for i, j in ((0, 0), (1, 1), (0, 1)):
+        prod = r[:, i] * r[:, j]
+        se = prod.std() / math.sqrt(nq)
+        assert abs((rq[:, i] * rq[:, j]).mean() - prod.mean()) < 4.5 * se, (name, i, j)
+
+
+def test_moons_first_points_come_from_both_moons():
+    raw = toy_sample("moons", 8000, seed=1)
+    # nearest half circle: the upper moon lies on the unit circle, the lower one on the unit circle about (1, 0.5)
+    upper = np.abs(np.hypot(raw[:, 0], raw[:, 1]) - 1) < np.abs(np.hypot(raw[:, 0] - 1, raw[:, 1] - 0.5) - 1)
+    assert upper.mean() == pytest.approx(0.5, abs=0.01)
+    for k in (200, 2000):
+        # binomial standard error of a fraction of 1/2 from k points
+        assert abs(upper[:k].mean() - 0.5) < 4.5 * 0.5 / math.sqrt(k), (k, upper[:k].mean())
+
+
+def test_toy_sets_match_scikit_learn():
+    from sklearn.datasets import make_moons
+
+    raw = toy_sample("moons", 1000, seed=2)
+    # the same points as scikit-learn's generator, up to order
+    rng = np.random.default_rng(2)
+    ref, _ = make_moons(n_samples=1000, noise=0.05, shuffle=True, random_state=int(rng.integers(0, 2**32 - 1)))
+    assert np.array_equal(np.sort(raw, axis=0), np.sort(ref, axis=0))
+    assert np.array_equal(toy_sample("moons", 1000, seed=2), raw)
