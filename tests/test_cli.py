@@ -49,7 +49,8 @@ def test_sample_writes_dataset_figure_and_report(tmp_path, capsys):
     captured = capsys.readouterr()
 
     ds = open_ds(out)
-    assert dict(ds.sizes) == {"time": 11, "sample": 500, "feature": 2}
+    # default --save-at: every one of the 50 steps (and T)
+    assert dict(ds.sizes) == {"time": 51, "sample": 500, "feature": 2}
     assert ds["x"].dims == ("time", "sample", "feature")
     times = ds["time"].values
     assert times[0] == pytest.approx(1.0) and times[-1] == pytest.approx(1e-3)
