@@ -117,8 +117,11 @@ ORACLE_DATASETS = TARGET_NAMES
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 DEFAULT_N_DATA = 20_000
 #: saved states by default: every step of a fixed-step sampler up to this many (evenly spaced for
-#: the others); image checkpoints save IMAGE_SAVE_AT (their figure shows the final states only)
+#: the others), and at most DEFAULT_SAVE_VALUES numbers in all (8 MB in float32), but at least
+#: MIN_DEFAULT_SAVE_AT states; image checkpoints save IMAGE_SAVE_AT (their figure shows final states only)
 MAX_DEFAULT_SAVE_AT = 101
+MIN_DEFAULT_SAVE_AT = 11
+DEFAULT_SAVE_VALUES = 2_000_000
 IMAGE_SAVE_AT = 11
 
 #: names re-exported lazily from the library (PEP 562): ``scoresde.cli.<name>`` still works, but
@@ -720,14 +723,23 @@ def _add_sample_parser(commands: Any) -> None:
         default=None,
         metavar="K",
         help="number of saved states, evenly spaced in time from T to eps (default: every step of a "
-        f"fixed-step sampler up to {MAX_DEFAULT_SAVE_AT}, else {MAX_DEFAULT_SAVE_AT}; {IMAGE_SAVE_AT} for "
-        "image checkpoints)",
+        f"fixed-step sampler, else {MAX_DEFAULT_SAVE_AT}; at most {MAX_DEFAULT_SAVE_AT} and at most "
+        f"{DEFAULT_SAVE_VALUES:,} numbers in all, at least {MIN_DEFAULT_SAVE_AT}; {IMAGE_SAVE_AT} for image "
+        "checkpoints)",
     )
     g.add_argument(
         "--evaluate",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="compute the metrics (SW2 and its floor, mode weights) and draw exact samples in the figure (default: on)",
+    )
+    g.add_argument(
+        "--floor-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the SW2 floors of targets (a property of the target, n and seed) in the user cache "
+        "directory, $SCORESDE_CACHE_DIR or ~/.cache/scoresde/floors; SCORESDE_NO_CACHE=1 also switches it "
+        "off (default: on)",
     )
     g.add_argument(
         "--out",
@@ -1000,10 +1012,14 @@ def _check_eps(args: argparse.Namespace, sde: Any, sub: argparse.ArgumentParser)
         sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
 
 
-def _default_save_at(sampler: Sampler) -> int:
-    """Every step of a fixed-step sampler up to MAX_DEFAULT_SAVE_AT states; MAX_DEFAULT_SAVE_AT otherwise."""
+def _default_save_at(sampler: Sampler, values_per_state: int) -> int:
+    """Saved states when --save-at is not given: every step of a fixed-step sampler (else
+    MAX_DEFAULT_SAVE_AT), capped by MAX_DEFAULT_SAVE_AT and by DEFAULT_SAVE_VALUES numbers in the file,
+    but not below MIN_DEFAULT_SAVE_AT."""
     steps = sampler.params().get("steps")
-    return min(int(steps) + 1, MAX_DEFAULT_SAVE_AT) if isinstance(steps, int) else MAX_DEFAULT_SAVE_AT
+    wanted = int(steps) + 1 if isinstance(steps, int) else MAX_DEFAULT_SAVE_AT
+    budget = max(MIN_DEFAULT_SAVE_AT, DEFAULT_SAVE_VALUES // max(1, values_per_state))
+    return min(wanted, MAX_DEFAULT_SAVE_AT, budget)
 
 
 @dataclass
@@ -1062,7 +1078,7 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     import torch
 
-    from .evaluation import evaluate, metric_attrs
+    from .evaluation import default_cache_dir, evaluate, metric_attrs
     from .mixture import get_target
 
     device = _torch_device(args.device, sub)
@@ -1083,7 +1099,7 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=args.seed,
             device=device,
             dtype=getattr(torch, args.dtype),
-            save_at=args.save_at or _default_save_at(sampler),
+            save_at=args.save_at or _default_save_at(sampler, args.n_samples * target.dim),
             progress=not args.quiet,
         )
         ds.attrs["target"] = args.target
@@ -1098,7 +1114,8 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ev = None
         if finite and args.evaluate:
             t0 = time.perf_counter()
-            ev = evaluate(final, reference, args.seed, reference_desc)
+            cache = default_cache_dir() if args.floor_cache else None
+            ev = evaluate(final, reference, args.seed, reference_desc, cache_dir=cache)
             timings.evaluation = time.perf_counter() - t0
     if ev is not None:
         ds.attrs.update(metric_attrs(ev))
@@ -1247,7 +1264,9 @@ def _sample_model(
     feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
     dtype = getattr(torch, args.dtype)
     model.to(dtype)
-    save_at = args.save_at or (IMAGE_SAVE_AT if len(feature_shape) == 3 else _default_save_at(sampler))
+    save_at = args.save_at or (
+        IMAGE_SAVE_AT if len(feature_shape) == 3 else _default_save_at(sampler, n * math.prod(feature_shape))
+    )
     ds = _lib("sample")(
         sde,
         model,

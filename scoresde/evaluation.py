@@ -14,13 +14,27 @@ For samples :math:`x_1..x_n` of a 2-D problem:
   centre against the exact probability of that event (:func:`expected_mode_fractions`), with
   binomial z-scores and a Bonferroni limit (:func:`mode_limit`).
 
+The floor of a fixed reference at a given ``n`` does not depend on the samples, and it costs
+:data:`FLOOR_PAIRS` times the comparison itself. :func:`evaluate` can therefore keep it in a cache
+directory (``cache_dir``; :func:`default_cache_dir` is the one ``scoresde sample`` uses): one small
+JSON file per (reference mixture, ``n``, pairs, seed, projections, torch version), written
+atomically and recomputed when missing or unreadable. The library itself caches nothing unless
+asked to.
+
 :func:`score_error` is the weighted relative score error that ``scoresde train`` reports.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -28,6 +42,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from ._io import atomic_path
 from .datasets import Dataset
 from .mixture import GaussianMixture, get_target
 from .sde import LinearSDE
@@ -38,6 +53,8 @@ __all__ = [
     "evaluate_against_data",
     "expected_mode_fractions",
     "mode_limit",
+    "default_cache_dir",
+    "cached_floor",
     "metric_attrs",
     "report_lines",
     "score_error",
@@ -96,6 +113,7 @@ class Evaluation:
     exact: torch.Tensor | None
     reference: str = ""
     floor_reference: str = ""
+    floor_cached: bool = False
 
 
 def mode_limit(n_modes: int) -> float:
@@ -150,17 +168,105 @@ def expected_mode_fractions(
     return expected, drawn
 
 
+#: bump when the cached floor's definition changes
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path | None:
+    """The user cache directory of the SW2 floors, or None when caching is switched off.
+
+    ``$SCORESDE_CACHE_DIR`` if set (an empty value or ``SCORESDE_NO_CACHE=1`` switches caching
+    off), else ``scoresde/floors`` in the platform's user cache directory: ``$XDG_CACHE_HOME``
+    or ``~/.cache`` (Linux and others), ``~/Library/Caches`` (macOS), ``%LOCALAPPDATA%`` (Windows).
+    """
+    if os.environ.get("SCORESDE_NO_CACHE", "").strip() not in ("", "0"):
+        return None
+    explicit = os.environ.get("SCORESDE_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit).expanduser() if explicit.strip() else None
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif sys.platform.startswith("win"):
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "scoresde" / "floors"
+
+
+def _floor_key(reference: GaussianMixture, n: int, pairs: int, seed: int, projections: int) -> str:
+    def exact(t: torch.Tensor) -> list[str]:
+        return [float(v).hex() for v in t.detach().to(torch.float64).reshape(-1).tolist()]
+
+    spec = {
+        "format": _CACHE_FORMAT,
+        "metric": "sliced_wasserstein",
+        "n": n,
+        "pairs": pairs,
+        "seed": seed,
+        "projections": projections,
+        "torch": torch.__version__,
+        "weights": exact(reference.weights),
+        "means": exact(reference.means),
+        "covariances": exact(reference.covariances),
+        "shape": list(reference.means.shape),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def cached_floor(
+    reference: GaussianMixture,
+    n: int,
+    seed: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+    pairs: int = FLOOR_PAIRS,
+    projections: int = SW_PROJECTIONS,
+) -> tuple[metrics.MetricFloor, bool]:
+    """The SW2 floor of ``reference`` at ``n`` (``metric_floor(seed=seed)`` on float64 exact draws).
+
+    With ``cache_dir`` the values are read from, or written (atomically) to, a JSON file named by a
+    hash of everything they depend on; a missing, unreadable or inconsistent file is recomputed.
+    Returns the floor and whether it came from the cache. Cached and computed floors are equal.
+    """
+
+    def draw(m: int, generator: torch.Generator) -> torch.Tensor:
+        return reference.sample(m, generator, dtype=torch.float64)
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"sw2-floor-{_floor_key(reference, n, pairs, seed, projections)}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            stored = json.loads(path.read_text())
+            values = tuple(float(v) for v in stored["values"])
+            if len(values) == pairs and all(math.isfinite(v) and v >= 0 for v in values):
+                mean = math.fsum(values) / pairs
+                std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (pairs - 1))
+                return metrics.MetricFloor(str(stored["metric"]), n, values, mean, std), True
+    floor = metrics.metric_floor("sliced_wasserstein", draw, n, pairs=pairs, seed=seed, projections=projections)
+    if path is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs time, not correctness
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps({"metric": floor.metric, "n": n, "values": list(floor.values)}))
+    return floor, False
+
+
 def _seeds(seed: int) -> int:
     return 1000 * (seed + 1)
 
 
-def evaluate(final: torch.Tensor, reference: GaussianMixture, seed: int, reference_desc: str = "") -> Evaluation:
+def evaluate(
+    final: torch.Tensor,
+    reference: GaussianMixture,
+    seed: int,
+    reference_desc: str = "",
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Evaluation:
     """SW2 of ``final`` to exact samples of ``reference``, its floor from exact pairs, and the mode check.
 
     Seeds, all derived from ``seed`` and distinct from it (the sampler's generator): the
     floor uses ``metric_floor(seed=seed + 1)`` (generators ``1000 (seed + 1) + k``, k < 8),
     the exact comparison set ``1000 (seed + 1) + 500``, the mode Monte Carlo ``... + 501``.
     The SW projection directions are the same (seed 0) for the comparison and the floor.
+    ``cache_dir``: see :func:`cached_floor`.
     """
     n = final.shape[0]
     base = _seeds(seed)
@@ -170,9 +276,7 @@ def evaluate(final: torch.Tensor, reference: GaussianMixture, seed: int, referen
 
     exact = draw(n, torch.Generator().manual_seed(base + 500))
     sw = metrics.sliced_wasserstein(final, exact, projections=SW_PROJECTIONS)
-    floor = metrics.metric_floor(
-        "sliced_wasserstein", draw, n, pairs=FLOOR_PAIRS, seed=seed + 1, projections=SW_PROJECTIONS
-    )
+    floor, cached = cached_floor(reference, n, seed + 1, cache_dir)
     expected, m = expected_mode_fractions(reference, n, torch.Generator().manual_seed(base + 501))
     modes = metrics.mode_weight_test(final, reference.means, expected, k=mode_limit(reference.n_components))
     return Evaluation(
@@ -184,7 +288,8 @@ def evaluate(final: torch.Tensor, reference: GaussianMixture, seed: int, referen
         reference_draws=m,
         exact=exact,
         reference=f"{n} exact samples of {reference_desc or 'the reference'}",
-        floor_reference=f"SW2 between {FLOOR_PAIRS} pairs of exact sets of {n}",
+        floor_reference=f"SW2 between {FLOOR_PAIRS} pairs of exact sets of {n}" + ("; cached" if cached else ""),
+        floor_cached=cached,
     )
 
 
@@ -244,6 +349,7 @@ def metric_attrs(ev: Evaluation) -> dict[str, Any]:
         "metric_sw2_floor_threshold": ev.floor.threshold(FLOOR_K),
         "metric_sw2_floor_k": FLOOR_K,
         "metric_sw2_within_floor": int(ev.within),
+        "metric_sw2_floor_cached": int(ev.floor_cached),
     }
     if ev.modes is not None:
         attrs.update(

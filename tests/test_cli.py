@@ -22,6 +22,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--n-samples", "500", "--steps", "50", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def floor_cache(tmp_path_factory, monkeypatch):
+    """The SW2 floor cache of these runs: a fresh directory per test, never the user's."""
+    path = tmp_path_factory.mktemp("floor-cache")
+    monkeypatch.setenv("SCORESDE_CACHE_DIR", str(path))
+    monkeypatch.delenv("SCORESDE_NO_CACHE", raising=False)
+    return path
+
+
 def run(out: Path, *args: str) -> int:
     return cli.main(["sample", "--out", str(out), *args])
 
@@ -576,3 +585,30 @@ def test_report_splits_the_wall_time(tmp_path, capsys):
     out = capsys.readouterr().out
     line = next(s for s in out.splitlines() if "wall time" in s)
     assert "s sampling" in line and "s evaluation" in line and "writing and plotting" in line and "in all" in line
+
+
+def test_floor_cache_second_run_reads_the_same_floor(tmp_path, capsys, floor_cache):
+    args = ("--sampler", "em", "--steps", "5", "--n-samples", "300", "-q")
+    assert run(tmp_path / "a", *args) == 0
+    first = open_ds(tmp_path / "a").attrs
+    assert first["metric_sw2_floor_cached"] == 0 and "cached" not in capsys.readouterr().out
+    (entry,) = floor_cache.iterdir()
+    assert entry.name.startswith("sw2-floor-") and entry.suffix == ".json"
+    assert run(tmp_path / "b", *args, "--seed", "0") == 0
+    second = open_ds(tmp_path / "b").attrs
+    assert second["metric_sw2_floor_cached"] == 1 and "; cached" in capsys.readouterr().out
+    for key in ("metric_sw2", "metric_sw2_floor_mean", "metric_sw2_floor_std", "metric_sw2_floor_threshold"):
+        assert first[key] == second[key]
+    # another n is another floor; --no-floor-cache neither reads nor writes
+    assert run(tmp_path / "c", *args[:-3], "--n-samples", "301", "--no-floor-cache", "-q") == 0
+    assert open_ds(tmp_path / "c").attrs["metric_sw2_floor_cached"] == 0
+    assert len(list(floor_cache.iterdir())) == 1
+
+
+def test_default_save_at_rule():
+    em = sd.EulerMaruyama(steps=1000)
+    assert cli._default_save_at(em, 500 * 2) == cli.MAX_DEFAULT_SAVE_AT
+    assert cli._default_save_at(em, 20_000 * 2) == cli.DEFAULT_SAVE_VALUES // 40_000 == 50
+    assert cli._default_save_at(em, 10**7) == cli.MIN_DEFAULT_SAVE_AT
+    assert cli._default_save_at(sd.EulerMaruyama(steps=7), 100) == 8
+    assert cli._default_save_at(sd.ProbabilityFlowODE(), 100) == cli.MAX_DEFAULT_SAVE_AT  # adaptive RK45

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,40 @@ def test_evaluate_against_data_has_no_mode_check():
     assert not any(k.startswith("metric_mode") for k in attrs)
     assert attrs["metric_sw2_reference"] == "200 random points of moons"
     assert len(evaluation.report_lines(ev)) == 2
+
+
+def test_cached_floor_equals_the_computed_one(tmp_path):
+    ref = sd.grid().marginal(sd.VPSDE(), 1e-3)
+    fresh, hit = evaluation.cached_floor(ref, 200, seed=3)
+    assert not hit and list(tmp_path.iterdir()) == []
+    first, hit1 = evaluation.cached_floor(ref, 200, seed=3, cache_dir=tmp_path)
+    second, hit2 = evaluation.cached_floor(ref, 200, seed=3, cache_dir=tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert first == second == fresh  # values, mean and std bit for bit
+    (path,) = tmp_path.iterdir()
+    # another seed, n or reference is another entry
+    evaluation.cached_floor(ref, 200, seed=4, cache_dir=tmp_path)
+    evaluation.cached_floor(ref, 201, seed=3, cache_dir=tmp_path)
+    evaluation.cached_floor(sd.grid().marginal(sd.VPSDE(), 2e-3), 200, seed=3, cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 4
+    # a corrupt or inconsistent entry is recomputed and replaced
+    for bad in ("{not json", '{"metric": "sliced_wasserstein", "values": [1.0, 2.0]}'):
+        path.write_text(bad)
+        again, hit = evaluation.cached_floor(ref, 200, seed=3, cache_dir=tmp_path)
+        assert not hit and again == fresh
+    assert evaluation.cached_floor(ref, 200, seed=3, cache_dir=tmp_path)[1]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("SCORESDE_NO_CACHE", raising=False)
+    monkeypatch.setenv("SCORESDE_CACHE_DIR", str(tmp_path))
+    assert evaluation.default_cache_dir() == tmp_path
+    monkeypatch.setenv("SCORESDE_CACHE_DIR", "")
+    assert evaluation.default_cache_dir() is None
+    monkeypatch.delenv("SCORESDE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert evaluation.default_cache_dir() == tmp_path / "xdg" / "scoresde" / "floors"
+    monkeypatch.setenv("SCORESDE_NO_CACHE", "1")
+    assert evaluation.default_cache_dir() is None
