@@ -166,7 +166,8 @@ def _lib(name: str) -> Any:
 def _sde_class(key: str) -> Callable[[], LinearSDE]:
     import scoresde
 
-    return getattr(scoresde, SDE_CHOICES[key][0])
+    cls: Callable[[], LinearSDE] = getattr(scoresde, SDE_CHOICES[key][0])
+    return cls
 
 
 def _sde_key(class_name: str) -> str:
@@ -324,7 +325,8 @@ class SamplerSpec:
 
     def load(self) -> type:
         module, name = self.cls.split(":")
-        return getattr(importlib.import_module(f"scoresde.{module}"), name)
+        cls: type = getattr(importlib.import_module(f"scoresde.{module}"), name)
+        return cls
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -517,7 +519,8 @@ def build_sampler(args: argparse.Namespace) -> Sampler:
                     f"argument {_option_flag(dest)}: {cls.__name__} takes no parameter {dest!r} "
                     f"(its parameters: {', '.join(params) or 'none'})"
                 )
-    return cls(**kwargs)
+    sampler: Sampler = cls(**kwargs)
+    return sampler
 
 
 # ---------------------------------------------------------------------------------------

@@ -278,7 +278,9 @@ def evaluate(
     sw = metrics.sliced_wasserstein(final, exact, projections=SW_PROJECTIONS)
     floor, cached = cached_floor(reference, n, seed + 1, cache_dir)
     expected, m = expected_mode_fractions(reference, n, torch.Generator().manual_seed(base + 501))
-    modes = metrics.mode_weight_test(final, reference.means, expected, k=mode_limit(reference.n_components))
+    modes = metrics.mode_weight_test(
+        final, reference.means, torch.from_numpy(expected), k=mode_limit(reference.n_components)
+    )
     return Evaluation(
         sw=sw,
         floor=floor,
