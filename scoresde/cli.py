@@ -1,17 +1,23 @@
 """Command-line interface: ``scoresde train`` and ``scoresde sample`` (also ``python -m scoresde ...``).
 
-``scoresde train`` trains a score network by denoising score matching on a named data set
-(2-D toy sets, the 8x8 digits) or a user array (``.npy`` or netCDF), writes checkpoints,
-``history.nc`` and a loss curve ``loss.png`` to ``--out``, resumes from ``<out>/last.pt`` by
-default, and reports the speed, the final loss and, for Gaussian-mixture data, the weighted
-relative error of the learned score against the exact one.
+``scoresde train`` trains a network on a named data set (2-D toy sets, the 8x8 digits) or a user
+array (``.npy`` or netCDF) with one of three objectives: denoising score matching (``dsm``), Ho et
+al.'s noise-prediction loss on the DDPM chain (``ddpm``) or flow matching (``flow_matching``, the
+velocity of rectified flow). It writes checkpoints, ``history.nc`` and a loss curve ``loss.png`` to
+``--out``, resumes from ``<out>/last.pt`` by default, and reports the speed, the final loss and,
+for Gaussian-mixture data, the weighted relative error of the learned score against the exact one.
 
-``scoresde sample`` draws samples through the reverse-time SDE (or the probability-flow ODE),
-either of a 2-D Gaussian-mixture target driven by its exact score (default: the 8-Gaussian ring)
-or, with ``--checkpoint``, of a trained model (EMA weights). It writes the trajectory as
+``scoresde sample`` integrates the reverse-time SDE, the probability-flow ODE or the flow ODE with
+any sampler of the library (``--sampler``; fast ODE solvers on any time grid ``--grid``), either
+for a 2-D Gaussian-mixture target driven by its exact score (default: the 8-Gaussian ring) or,
+with ``--checkpoint``, for a trained model (EMA weights). It writes the trajectory as
 ``<out>/samples.nc`` and a figure ``<out>/samples.png`` (both atomically), and reports the
 sliced-Wasserstein distance to exact samples (or to the training data) next to its statistical
-floor. Run ``scoresde train --help`` and ``scoresde sample --help`` for the options.
+floor (:mod:`scoresde.evaluation`; ``--no-evaluate`` skips it). Run ``scoresde train --help`` and
+``scoresde sample --help`` for the options.
+
+The parser needs only the standard library (and numpy): ``--help`` and argument errors answer
+without importing torch, xarray or matplotlib, which the commands import when they run.
 
 Exit codes: 0 success, 1 the samples contain NaN/inf (files are still written), the training
 loss diverged, or writing failed, 2 bad arguments, data or checkpoints, or options the library
@@ -21,65 +27,85 @@ rejects, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib
+import inspect
 import json
 import math
+import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from . import metrics
-from .datasets import DATASETS, TOY_DATASETS, Dataset, load_dataset, toy_sample
-from .ddpm import DDPMSDE, DDPMAncestral
-from .flow import FlowODE, RectifiedFlow
-from .losses import WEIGHTINGS
-from .mixture import TARGETS, GaussianMixture, get_target
-from .samplers import CORRECTORS, PREDICTORS, EulerMaruyama, PredictorCorrector, ProbabilityFlowODE, Sampler, TorchSDE
-from .sampling import sample
-from .sde import VESDE, VPSDE, LinearSDE, SubVPSDE, sde_from_config
-from .training import OBJECTIVES, TrainConfig
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["main", "build_parser", "build_sampler"]
+    from .datasets import Dataset
+    from .evaluation import Evaluation
+    from .samplers import Sampler
+    from .sde import LinearSDE
+    from .training import TrainConfig
+
+__all__ = ["main", "build_parser", "build_sampler", "SAMPLERS", "SamplerSpec"]
 
 PROG = "scoresde"
 
-SDES: dict[str, Callable[[], LinearSDE]] = {
-    "vp": VPSDE,
-    "subvp": SubVPSDE,
-    "ve": VESDE,
-    "ddpm": DDPMSDE,
-    "rf": RectifiedFlow,
+# ---------------------------------------------------------------------------------------
+# names the parser offers. They are the library's, written out here so that the parser needs
+# no torch; tests/test_cli.py checks that they equal the library's registries.
+# ---------------------------------------------------------------------------------------
+#: --sde: CLI name -> (class name in scoresde, description)
+SDE_CHOICES: dict[str, tuple[str, str]] = {
+    "vp": ("VPSDE", "variance preserving, beta(t) linear from 0.1 to 20 (DDPM's continuous limit)"),
+    "subvp": ("SubVPSDE", "sub-VP: the VP drift with a smaller diffusion, variance 1 - s(t)^2 squared"),
+    "ve": ("VESDE", "variance exploding, sigma(t) geometric from 0.01 to 50 (SMLD / NCSN)"),
+    "ddpm": ("DDPMSDE", "the VP SDE through Ho et al.'s 1000-step DDPM chain (linear betas 1e-4..0.02)"),
+    "rf": ("RectifiedFlow", "rectified flow: x_t = (1 - t) x_0 + t z (sampled with the flow ODE)"),
 }
-SAMPLERS: dict[str, str] = {
-    "pc": "PredictorCorrector (reverse diffusion + Langevin corrector), default 1000 steps",
-    "em": "EulerMaruyama on the reverse SDE, default 1000 steps",
-    "ode": "ProbabilityFlowODE, scipy RK45 with error control (--rtol/--atol; --steps ignored)",
-    "ode-euler": "ProbabilityFlowODE, fixed-step Euler, default 100 steps",
-    "ode-heun": "ProbabilityFlowODE, fixed-step Heun (2 NFE per step), default 100 steps",
-    "torchsde": "TorchSDE, torchsde's srk (SRA1) scheme, 2 NFE per step, default 1000 steps",
-    "ddpm": "DDPMAncestral, Ho et al.'s ancestral sampler on the DDPM chain (--sde ddpm only; 1000 NFE)",
-    "flow": "FlowODE, Heun on dx/dt = v(x, t) (2 NFE per step), default 50 steps; the one for --sde rf",
+TARGET_NAMES = ("eight_gaussians", "grid", "pinwheel", "gaussian")
+TOY_DATASETS = ("moons", "swiss_roll", "checkerboard", *TARGET_NAMES)
+DATASETS = (*TOY_DATASETS, "digits")
+PREDICTOR_NAMES = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
+CORRECTOR_NAMES = ("langevin", "ald", "none")
+WEIGHTING_NAMES = ("sigma2", "likelihood")
+OBJECTIVE_NAMES = ("dsm", "ddpm", "flow_matching")
+GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras")
+SCIPY_METHOD_NAMES = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+TORCHSDE_METHOD_NAMES = ("euler", "milstein", "srk", "heun", "midpoint", "reversible_heun")
+FLOW_METHOD_NAMES = ("euler", "heun")
+UNIPC_VARIANTS = ("bh1", "bh2")
+DDPM_VARIANCES = ("beta", "beta_tilde")
+#: TrainConfig's defaults (shown by ``train --help``)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 5000,
+    "batch_size": 512,
+    "lr": 2e-3,
+    "weight_decay": 0.0,
+    "warmup": 100,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,
+    "eps": 1e-5,
+    "weighting": "sigma2",
+    "reduce": "mean",
+    "objective": "dsm",
+    "seed": 0,
+    "checkpoint_every": 1000,
+    "log_every": 10,
 }
+DTYPE_NAMES = ("float32", "float64")
+
 #: the sampler used when --sampler is not given
 DEFAULT_SAMPLER = {"ddpm": "ddpm", "rf": "flow"}
 #: the training objective and parameterisation used when --objective / --parameterization are not given
 DEFAULT_OBJECTIVE = {"ddpm": "ddpm", "rf": "flow_matching"}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-#: sliced-Wasserstein settings of the report (the floor uses the same projections)
-SW_PROJECTIONS = 500
-FLOOR_PAIRS = 8
-FLOOR_K = 3.0
-#: family-wise false-alarm rate of the mode-weight check: that of one two-sided 3-sigma test
-MODE_FWER = 2 * NormalDist().cdf(-3.0)
 
 OUTPUT_FILES = ("samples.nc", "samples.png")
 TRAIN_FILES = ("last.pt", "history.nc", "loss.png")
@@ -87,11 +113,66 @@ NETS = ("mlp", "unet", "dit")
 #: default width per network: MLP hidden width, U-Net base channels, DiT token width
 DEFAULT_HIDDEN = {"mlp": 128, "unet": 32, "dit": 128}
 #: toy sets with an exact score (Gaussian mixtures): ``scoresde train`` reports the score error
-ORACLE_DATASETS = tuple(TARGETS)
-SCORE_ERROR_POINTS = 4000
-SCORE_ERROR_T_MIN = 1e-3
+ORACLE_DATASETS = TARGET_NAMES
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 DEFAULT_N_DATA = 20_000
+#: saved states by default: every step of a fixed-step sampler up to this many (evenly spaced for
+#: the others), and at most DEFAULT_SAVE_VALUES numbers in all (8 MB in float32), but at least
+#: MIN_DEFAULT_SAVE_AT states; image checkpoints save IMAGE_SAVE_AT (their figure shows final states only)
+MAX_DEFAULT_SAVE_AT = 101
+MIN_DEFAULT_SAVE_AT = 11
+DEFAULT_SAVE_VALUES = 2_000_000
+IMAGE_SAVE_AT = 11
+
+#: names re-exported lazily from the library (PEP 562): ``scoresde.cli.<name>`` still works, but
+#: importing this module does not import torch
+_LAZY = {
+    "metrics": ("scoresde.metrics", None),
+    "sample": ("scoresde.sampling", "sample"),
+    "Evaluation": ("scoresde.evaluation", "Evaluation"),
+    "evaluate": ("scoresde.evaluation", "evaluate"),
+    "expected_mode_fractions": ("scoresde.evaluation", "expected_mode_fractions"),
+    "mode_limit": ("scoresde.evaluation", "mode_limit"),
+    "_score_error": ("scoresde.evaluation", "score_error"),
+    "_model_space_oracle": ("scoresde.evaluation", "model_space_oracle"),
+    "SW_PROJECTIONS": ("scoresde.evaluation", "SW_PROJECTIONS"),
+    "FLOOR_PAIRS": ("scoresde.evaluation", "FLOOR_PAIRS"),
+    "FLOOR_K": ("scoresde.evaluation", "FLOOR_K"),
+    "MODE_FWER": ("scoresde.evaluation", "MODE_FWER"),
+    "SCORE_ERROR_POINTS": ("scoresde.evaluation", "SCORE_ERROR_POINTS"),
+    "SCORE_ERROR_T_MIN": ("scoresde.evaluation", "SCORE_ERROR_T_MIN"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SDES":  # CLI name -> SDE class, as before
+        return {key: _sde_class(key) for key in SDE_CHOICES}
+    if name == "DTYPES":
+        import torch
+
+        return {key: getattr(torch, key) for key in DTYPE_NAMES}
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _lib(name: str) -> Any:
+    """``scoresde.cli.<name>`` at call time, so that a replacement (e.g. a test's monkeypatch) is used."""
+    return getattr(sys.modules[__name__], name)
+
+
+def _sde_class(key: str) -> Callable[[], LinearSDE]:
+    import scoresde
+
+    cls: Callable[[], LinearSDE] = getattr(scoresde, SDE_CHOICES[key][0])
+    return cls
+
+
+def _sde_key(class_name: str) -> str:
+    """The --sde name of an SDE class name ('' if none)."""
+    return next((k for k, (c, _) in SDE_CHOICES.items() if c == class_name), "")
 
 
 class CLIError(Exception):
@@ -101,7 +182,7 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------
 # argument types (their messages appear as "argument --opt: <message>")
 # ---------------------------------------------------------------------------------------
-def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
+def _int_at_least(minimum: int, why: str = "", maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -109,6 +190,8 @@ def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}{why}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{minimum}, {maximum}], got {value}")
         return value
 
     parse.__name__ = "int"
@@ -145,27 +228,299 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _device(text: str) -> torch.device:
+def _unit_interval(text: str) -> float:
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid device {text!r}; use cpu, cuda or cuda:N") from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
+
+def _device(text: str) -> str:
+    """A device string ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked for its form only.
+
+    Whether the device exists is checked by :func:`_torch_device` when a command runs (it needs torch).
+    """
+    if not _DEVICE.fullmatch(text):
+        kind = text.split(":", 1)[0]
+        if kind and kind.isidentifier() and kind not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(f"unsupported device type {kind!r}; use cpu or cuda")
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
+def _torch_device(text: str, sub: argparse.ArgumentParser) -> torch.device:
+    """The ``torch.device`` of ``--device``, or a usage error if this machine does not have it."""
+    import torch
+
+    device = torch.device(text)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} requested but CUDA is not available on this machine "
+            sub.error(
+                f"argument --device: {text!r} requested but CUDA is not available on this machine "
                 "(torch.cuda.is_available() is False); use --device cpu"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            sub.error(
+                f"argument --device: {text!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError("'mps' requested but the MPS backend is not available; use --device cpu")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"unsupported device type {device.type!r}; use cpu or cuda")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        sub.error("argument --device: 'mps' requested but the MPS backend is not available; use --device cpu")
     return device
+
+
+# ---------------------------------------------------------------------------------------
+# the samplers of --sampler: one table, read by the parser, the option checks and build_sampler
+# ---------------------------------------------------------------------------------------
+#: options that every sampler could take (argparse dests = constructor keywords); ``grid`` is
+#: given as a TimeGrid built from --grid, --grid-rho and --grid-power
+SAMPLER_OPTIONS = (
+    "steps",
+    "predictor",
+    "corrector",
+    "snr",
+    "corrector_steps",
+    "method",
+    "rtol",
+    "atol",
+    "eta",
+    "order",
+    "variant",
+    "lower_order_final",
+    "variance",
+    "t_clip",
+    "grid",
+    "eps",
+    "denoise",
+)
+_END = ("eps", "denoise")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One ``--sampler`` choice: the class it builds and the options that apply to it.
+
+    ``cls`` is ``"module:Class"`` in :mod:`scoresde`; ``options`` the argparse destinations passed
+    as keyword arguments when given; ``fixed`` keywords set by the choice itself; ``defaults`` CLI
+    defaults that differ from the class's; ``choices`` the values of a shared option (``--method``)
+    that this sampler accepts; ``ignored`` options accepted with a warning (kept for old commands).
+    """
+
+    cls: str
+    summary: str
+    options: tuple[str, ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    ignored: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def class_name(self) -> str:
+        return self.cls.rsplit(":", 1)[1]
+
+    def load(self) -> type:
+        module, name = self.cls.split(":")
+        cls: type = getattr(importlib.import_module(f"scoresde.{module}"), name)
+        return cls
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "pc": SamplerSpec(
+        "samplers:PredictorCorrector",
+        "reverse-SDE predictor + Langevin corrector; default 1000 steps, NFE = steps x (1 + corrector steps)",
+        ("steps", "predictor", "corrector", "snr", "corrector_steps", *_END),
+    ),
+    "em": SamplerSpec(
+        "samplers:EulerMaruyama", "Euler-Maruyama on the reverse SDE; default 1000 steps", ("steps", *_END)
+    ),
+    "ode": SamplerSpec(
+        "samplers:ProbabilityFlowODE",
+        "probability-flow ODE with a scipy solver with error control (--method, default RK45; --rtol/--atol)",
+        ("method", "rtol", "atol", *_END),
+        defaults={"method": "RK45"},
+        choices={"method": SCIPY_METHOD_NAMES},
+        ignored={"steps": "adaptive step size; use --rtol/--atol, or --sampler ode-euler / ode-heun for fixed steps"},
+    ),
+    "ode-euler": SamplerSpec(
+        "samplers:ProbabilityFlowODE",
+        "probability-flow ODE, fixed-step Euler in t; default 100 steps",
+        ("steps", *_END),
+        fixed={"method": "euler"},
+    ),
+    "ode-heun": SamplerSpec(
+        "samplers:ProbabilityFlowODE",
+        "probability-flow ODE, fixed-step Heun in t (2 NFE per step); default 100 steps",
+        ("steps", *_END),
+        fixed={"method": "heun"},
+    ),
+    "torchsde": SamplerSpec(
+        "samplers:TorchSDE",
+        "reverse SDE through torchsde.sdeint (--method, default srk: SRA1, 2 NFE per step); default 200 steps",
+        ("method", "steps", *_END),
+        choices={"method": TORCHSDE_METHOD_NAMES},
+    ),
+    "adaptive": SamplerSpec(
+        "adaptive:AdaptiveSDE",
+        "reverse SDE, adaptive Euler-Maruyama / improved-Euler pair (--rtol/--atol, default 1e-2); "
+        "saves T and eps only",
+        ("rtol", "atol", *_END),
+    ),
+    "euler": SamplerSpec(
+        "solvers:Euler", "probability-flow ODE, Euler in t on --grid; default 100 steps", ("steps", "grid", *_END)
+    ),
+    "heun": SamplerSpec(
+        "solvers:Heun",
+        "probability-flow ODE, Heun in t on --grid (2 NFE per step); default 100 steps",
+        ("steps", "grid", *_END),
+    ),
+    "ddim": SamplerSpec(
+        "solvers:DDIM",
+        "DDIM (first-order exponential integrator; --eta > 0 adds noise) on --grid; default 50 steps",
+        ("steps", "grid", "eta", *_END),
+    ),
+    "dpmsolver++": SamplerSpec(
+        "solvers:DPMSolverPP",
+        "DPM-Solver++ multistep, --order 2 (default) or 3, on --grid (default logsnr); default 20 steps",
+        ("order", "steps", "grid", "lower_order_final", *_END),
+    ),
+    "unipc": SamplerSpec(
+        "solvers:UniPC",
+        "UniPC predictor-corrector, --order 1-3 (default 3), --variant bh2|bh1, on --grid (default logsnr); "
+        "default 20 steps",
+        ("order", "variant", "steps", "grid", "lower_order_final", *_END),
+    ),
+    "ddpm": SamplerSpec(
+        "ddpm:DDPMAncestral",
+        "Ho et al.'s ancestral sampler on the DDPM chain (--sde ddpm only; NFE = the chain's 1000 steps)",
+        ("variance",),
+    ),
+    "flow": SamplerSpec(
+        "flow:FlowODE",
+        "flow ODE dx/dt = v(x, t), --method heun (default, 2 NFE per step) or euler, on --grid; "
+        "default 50 steps; the one for --sde rf",
+        ("steps", "method", "grid", "t_clip", "eps"),
+        defaults={"steps": 50, "method": "heun"},
+        choices={"method": FLOW_METHOD_NAMES},
+    ),
+}
+#: the grid parameters: option -> (grid it applies to, TimeGrid keyword)
+GRID_PARAMS = {"grid_rho": ("karras", "rho"), "grid_power": ("quadratic", "power")}
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _sampler_name(text: str) -> str:
+    if text in SAMPLERS or _IMPORT_PATH.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(SAMPLERS)}, or give a Sampler class as module:Class)"
+    )
+
+
+def _option_flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    value = getattr(args, dest, None)
+    return bool(value) if dest == "denoise" else value is not None
+
+
+def _check_sampler_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
+    """Usage errors for sampler options that do not apply to ``--sampler`` (no torch needed)."""
+    name = args.sampler
+    spec = SAMPLERS.get(name)
+    if spec is None:  # a class by import path: its constructor decides (checked when it is built)
+        _check_grid_options(args, sub)
+        return
+    for dest in SAMPLER_OPTIONS:
+        if not _given(args, dest) or dest in spec.options:
+            continue
+        if dest in spec.ignored:
+            print(
+                f"{PROG}: warning: {_option_flag(dest)} is ignored by --sampler {name} ({spec.ignored[dest]})",
+                file=sys.stderr,
+            )
+            continue
+        takes = ", ".join(_option_flag(o) for o in spec.options) or "none"
+        users = [k for k, s in SAMPLERS.items() if dest in s.options]
+        sub.error(
+            f"argument {_option_flag(dest)}: does not apply to --sampler {name} ({spec.class_name}; it takes: "
+            f"{takes}); {_option_flag(dest)} is for --sampler {', '.join(users)}"
+        )
+    for dest, allowed in spec.choices.items():
+        value = getattr(args, dest, None)
+        if value is not None and value not in allowed:
+            sub.error(
+                f"argument {_option_flag(dest)}: invalid choice {value!r} for --sampler {name} "
+                f"(choose from {', '.join(allowed)})"
+            )
+    _check_grid_options(args, sub)
+
+
+def _check_grid_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
+    for dest, (grid, _) in GRID_PARAMS.items():
+        if getattr(args, dest, None) is not None and args.grid != grid:
+            sub.error(
+                f"argument {_option_flag(dest)}: only applies to --grid {grid}"
+                + (f" (got --grid {args.grid})" if args.grid else " (give --grid too)")
+            )
+
+
+def _time_grid(args: argparse.Namespace) -> Any:
+    from .schedules import GRIDS
+
+    params = {kw: getattr(args, dest) for dest, (grid, kw) in GRID_PARAMS.items() if getattr(args, dest) is not None}
+    return GRIDS[args.grid](**params)
+
+
+def _sampler_class(name: str) -> type:
+    """The Sampler class of ``--sampler`` (a registry name or ``module:Class``)."""
+    from .samplers import Sampler
+
+    spec = SAMPLERS.get(name)
+    if spec is not None:
+        return spec.load()
+    module, attr = name.split(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"argument --sampler: cannot import {name!r} ({type(err).__name__}: {err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Sampler)):
+        raise CLIError(f"argument --sampler: {name!r} is not a scoresde.Sampler subclass (got {cls!r})")
+    return cls
+
+
+def build_sampler(args: argparse.Namespace) -> Sampler:
+    """The sampler selected by ``--sampler`` with only the options given (library defaults otherwise).
+
+    A name of :data:`SAMPLERS` builds its class with the table's fixed and default keywords and
+    the options that apply to it; ``module:Class`` builds that Sampler subclass with every option
+    given, each of which must be a parameter of its constructor.
+    """
+    name = args.sampler
+    cls = _sampler_class(name)
+    spec = SAMPLERS.get(name)
+    options = spec.options if spec is not None else SAMPLER_OPTIONS
+    kwargs: dict[str, Any] = {} if spec is None else {**spec.fixed, **spec.defaults}
+    for dest in options:
+        if _given(args, dest):
+            kwargs[dest] = _time_grid(args) if dest == "grid" else getattr(args, dest)
+    if spec is None:
+        params = inspect.signature(cls).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        for dest in kwargs:
+            if dest not in params and not takes_any:
+                raise CLIError(
+                    f"argument {_option_flag(dest)}: {cls.__name__} takes no parameter {dest!r} "
+                    f"(its parameters: {', '.join(params) or 'none'})"
+                )
+    sampler: Sampler = cls(**kwargs)
+    return sampler
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,9 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Score-based diffusion models as SDEs: train score networks on toy sets, digits or "
-        "your own arrays, and sample trained models or exact Gaussian-mixture targets through "
-        "reverse-time SDEs and probability-flow ODEs.",
+        description="Score-based diffusion models as SDEs: train score, noise or velocity networks on toy "
+        "sets, digits or your own arrays, and sample trained models or exact Gaussian-mixture targets "
+        "through reverse-time SDEs, probability-flow ODEs and fast ODE solvers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -188,24 +543,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sde_help_lines() -> str:
+    return "\n".join(f"  {k:<12} {cls}: {text}" for k, (cls, text) in SDE_CHOICES.items())
+
+
+def _sampler_help_lines() -> str:
+    import textwrap
+
+    lines = []
+    for k, spec in SAMPLERS.items():
+        text = f"{spec.class_name}: {spec.summary}; options: {', '.join(_option_flag(o) for o in spec.options)}"
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {k:<12} ", subsequent_indent=" " * 17)
+    return "\n".join(lines)
+
+
 def _add_sample_parser(commands: Any) -> None:
     p = commands.add_parser(
         "sample",
         help="sample a 2-D target with its exact score, or a trained model (--checkpoint); "
         "write samples.nc and samples.png",
         description=(
-            "Sample through the reverse-time SDE (or the probability-flow ODE), driven either by\n"
-            "the exact score of a 2-D Gaussian-mixture target (--target) or by a trained model\n"
-            "(--checkpoint, EMA weights; the SDE and the sample shape come from the checkpoint).\n"
-            "Writes DIR/samples.nc (the trajectory as an xarray Dataset, metrics as attributes;\n"
-            "with --checkpoint also x_data, the final state in data space) and DIR/samples.png,\n"
-            "and reports NFE, wall time and, for 2-D targets and named toy sets, the\n"
-            "sliced-Wasserstein distance to exact samples (or to the training data) next to its\n"
-            "statistical floor; for targets also a mode-weight check."
+            "Sample through the reverse-time SDE, the probability-flow ODE or the flow ODE with any\n"
+            "sampler of the library, driven either by the exact score of a 2-D Gaussian-mixture\n"
+            "target (--target) or by a trained model (--checkpoint, EMA weights; the SDE and the\n"
+            "sample shape come from the checkpoint). Writes DIR/samples.nc (the trajectory as an\n"
+            "xarray Dataset, metrics as attributes; with --checkpoint also x_data, the final state\n"
+            "in data space) and DIR/samples.png, and reports NFE, wall time and, for 2-D targets and\n"
+            "named toy sets, the sliced-Wasserstein distance to exact samples (or to the training\n"
+            "data) next to its statistical floor; for targets also a mode-weight check\n"
+            "(--no-evaluate skips the metrics)."
         ),
-        epilog="samplers:\n"
-        + "\n".join(f"  {k:<10} {v}" for k, v in SAMPLERS.items())
-        + "\n\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
+        epilog="SDEs (--sde):\n"
+        + _sde_help_lines()
+        + "\n\nsamplers (--sampler; an option that does not apply to the chosen sampler is an error):\n"
+        + _sampler_help_lines()
+        + "\n  module:Class a scoresde.Sampler subclass by import path, built with the options given"
+        + "\n\ntime grids (--grid; for euler, heun, ddim, dpmsolver++, unipc, flow):\n"
+        + "  uniform      uniform in t (default, except logsnr for dpmsolver++ and unipc)\n"
+        + "  logsnr       uniform in the half log-SNR lambda(t) = log(s(t)/sigma(t))\n"
+        + "  quadratic    uniform in t^(1/p), p = --grid-power (default 2)\n"
+        + "  karras       EDM's schedule in sigma(t)/s(t), exponent rho = --grid-rho (default 7)\n"
+        + "\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
+        + "\n  scoresde sample --sampler dpmsolver++ --order 3 --steps 15 --grid logsnr --out out/dpm"
         + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -219,16 +598,16 @@ def _add_sample_parser(commands: Any) -> None:
     )
     g.add_argument(
         "--target",
-        choices=sorted(TARGETS),
+        choices=sorted(TARGET_NAMES),
         default=None,
         help="2-D target distribution, sampled with its exact score (default: eight_gaussians; not with --checkpoint)",
     )
     g.add_argument(
         "--sde",
-        choices=list(SDES),
+        choices=list(SDE_CHOICES),
         default=None,
-        help="forward SDE: VP, sub-VP or VE, default parameters (default: vp; with --checkpoint "
-        "the checkpoint's, and a different --sde is an error)",
+        help="forward SDE with its default parameters: VP, sub-VP, VE, the DDPM chain or rectified flow, "
+        "see below (default: vp; with --checkpoint the checkpoint's, and a different --sde is an error)",
     )
     g.add_argument(
         "--n-samples",
@@ -244,52 +623,126 @@ def _add_sample_parser(commands: Any) -> None:
         help="seed of the prior draw and all sampler noise (default: %(default)s)",
     )
 
-    g = p.add_argument_group("sampler")
+    g = p.add_argument_group("sampler (each option applies to the samplers listed below)")
     g.add_argument(
         "--sampler",
-        choices=list(SAMPLERS),
+        type=_sampler_name,
         default=None,
-        help="reverse-time integrator, see below (default: pc; ddpm for --sde ddpm, flow for --sde rf)",
+        metavar="NAME",
+        help=f"reverse-time integrator: {', '.join(SAMPLERS)} or module:Class, see below "
+        "(default: pc; ddpm for --sde ddpm, flow for --sde rf)",
     )
     g.add_argument(
         "--steps",
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="number of sampler steps (default: the sampler's own; ignored by --sampler ode)",
+        help="number of sampler steps (default: the sampler's own, see below)",
     )
     g.add_argument(
-        "--predictor", choices=sorted(PREDICTORS), default=None, help="pc only: predictor (default: reverse_diffusion)"
+        "--predictor", choices=PREDICTOR_NAMES, default=None, help="pc: predictor (default: reverse_diffusion)"
+    )
+    g.add_argument("--corrector", choices=CORRECTOR_NAMES, default=None, help="pc: corrector (default: langevin)")
+    g.add_argument(
+        "--snr", type=_positive_float, default=None, help="pc: corrector signal-to-noise ratio (default: 0.16)"
     )
     g.add_argument(
-        "--corrector", choices=sorted(CORRECTORS), default=None, help="pc only: corrector (default: langevin)"
+        "--corrector-steps",
+        type=_int_at_least(0),
+        default=None,
+        metavar="M",
+        help="pc: corrector steps per time step (default: 1)",
     )
     g.add_argument(
-        "--snr", type=_positive_float, default=None, help="pc only: corrector signal-to-noise ratio (default: 0.16)"
+        "--method",
+        default=None,
+        help=f"ode: scipy method, {'/'.join(SCIPY_METHOD_NAMES)} (default: RK45); torchsde: "
+        f"{'/'.join(TORCHSDE_METHOD_NAMES)} (default: srk); flow: euler/heun (default: heun)",
     )
-    g.add_argument("--rtol", type=_positive_float, default=None, help="ode only: relative tolerance (default: 1e-5)")
-    g.add_argument("--atol", type=_positive_float, default=None, help="ode only: absolute tolerance (default: 1e-5)")
     g.add_argument(
-        "--eps", type=_positive_float, default=None, help="final time of the reverse process (default: 1e-3)"
+        "--rtol",
+        type=_positive_float,
+        default=None,
+        help="ode, adaptive: relative tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+    )
+    g.add_argument(
+        "--atol",
+        type=_positive_float,
+        default=None,
+        help="ode, adaptive: absolute tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+    )
+    g.add_argument(
+        "--eta", type=_unit_interval, default=None, help="ddim: stochasticity in [0, 1], 0 deterministic (default: 0)"
+    )
+    g.add_argument(
+        "--order",
+        type=_int_at_least(1, maximum=3),
+        default=None,
+        help="dpmsolver++, unipc: order 1-3 (default: 2 for dpmsolver++, 3 for unipc)",
+    )
+    g.add_argument("--variant", choices=UNIPC_VARIANTS, default=None, help="unipc: B(h) variant (default: bh2)")
+    g.add_argument(
+        "--lower-order-final",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dpmsolver++, unipc: lower the order over the last steps (default: on)",
+    )
+    g.add_argument("--variance", choices=DDPM_VARIANCES, default=None, help="ddpm: reverse variance (default: beta)")
+    g.add_argument(
+        "--t-clip",
+        type=_positive_float,
+        default=None,
+        help="flow: a score-based velocity is evaluated at min(t, T - t_clip) where s(T) = 0 (default: 1e-4)",
+    )
+    g.add_argument(
+        "--grid",
+        choices=GRID_NAMES,
+        default=None,
+        help="euler, heun, ddim, dpmsolver++, unipc, flow: time grid, see below",
+    )
+    g.add_argument("--grid-rho", type=_positive_float, default=None, help="--grid karras: exponent rho (default: 7)")
+    g.add_argument("--grid-power", type=_positive_float, default=None, help="--grid quadratic: power p (default: 2)")
+    g.add_argument(
+        "--eps",
+        type=_positive_float,
+        default=None,
+        help="final time of the reverse process (default: 1e-3; not ddpm, which ends at t = 0)",
     )
     g.add_argument(
         "--denoise",
         action="store_true",
         help="finish with the Tweedie denoising step (one more NFE) and compare with the "
-        "target itself instead of its marginal at t = eps",
+        "target itself instead of its marginal at t = eps (not ddpm, flow)",
     )
 
     g = p.add_argument_group("run and output")
     g.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
     g.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32", help="precision of the integration (default: %(default)s)"
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="precision of the integration (default: %(default)s)"
     )
     g.add_argument(
         "--save-at",
         type=_int_at_least(2),
-        default=11,
+        default=None,
         metavar="K",
-        help="number of saved states, evenly spaced in time from T to eps (default: %(default)s)",
+        help="number of saved states, evenly spaced in time from T to eps (default: every step of a "
+        f"fixed-step sampler, else {MAX_DEFAULT_SAVE_AT}; at most {MAX_DEFAULT_SAVE_AT} and at most "
+        f"{DEFAULT_SAVE_VALUES:,} numbers in all, at least {MIN_DEFAULT_SAVE_AT}; {IMAGE_SAVE_AT} for image "
+        "checkpoints)",
+    )
+    g.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute the metrics (SW2 and its floor, mode weights) and draw exact samples in the figure (default: on)",
+    )
+    g.add_argument(
+        "--floor-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the SW2 floors of targets (a property of the target, n and seed) in the user cache "
+        "directory, $SCORESDE_CACHE_DIR or ~/.cache/scoresde/floors; SCORESDE_NO_CACHE=1 also switches it "
+        "off (default: on)",
     )
     g.add_argument(
         "--out",
@@ -311,16 +764,20 @@ def _add_sample_parser(commands: Any) -> None:
 
 
 def _add_train_parser(commands: Any) -> None:
-    d = TrainConfig()
+    d = SimpleNamespace(**TRAIN_DEFAULTS)
     p = commands.add_parser(
         "train",
-        help="train a score network on a toy set, the digits or an array file; write checkpoints",
+        help="train a score, noise or velocity network on a toy set, the digits or an array file; write checkpoints",
         description=(
-            "Train a score network by denoising score matching (AdamW, warm-up, gradient clipping,\n"
-            "EMA). Writes DIR/last.pt and DIR/step_XXXXXXX.pt (checkpoints: `scoresde sample\n"
-            "--checkpoint DIR/last.pt` samples the EMA model), DIR/history.nc (the loss history) and\n"
-            "DIR/loss.png. If DIR/last.pt exists the run resumes from it (--no-resume starts over).\n"
-            "Reports steps, wall time, steps/s, the final loss and, for the Gaussian-mixture toy sets\n"
+            "Train a network with one of three objectives (--objective): denoising score matching\n"
+            "(dsm: E lambda(t) |s_theta(x_t, t) - grad log p(x_t | x_0)|^2, t ~ U[eps, T]), Ho et\n"
+            "al.'s noise-prediction loss on the DDPM chain (ddpm, t = i/N; --sde ddpm) or flow\n"
+            "matching (flow_matching: regress the velocity z - x_0 of x_t = (1 - t) x_0 + t z; --sde\n"
+            "rf). AdamW, warm-up, gradient clipping, EMA. Writes DIR/last.pt and DIR/step_XXXXXXX.pt\n"
+            "(checkpoints: `scoresde sample --checkpoint DIR/last.pt` samples the EMA model),\n"
+            "DIR/history.nc (the loss history) and DIR/loss.png. If DIR/last.pt exists the run\n"
+            "resumes from it (--no-resume starts over). Reports steps, wall time, steps/s, the final\n"
+            "loss and, for the Gaussian-mixture toy sets\n"
             f"({', '.join(ORACLE_DATASETS)}), the weighted relative score error\n"
             "E sigma^2 |s_theta - s|^2 / E sigma^2 |s|^2 against the exact score."
         ),
@@ -350,7 +807,14 @@ def _add_train_parser(commands: Any) -> None:
         metavar="N",
         help=f"number of points drawn from a generated toy set (default: {DEFAULT_N_DATA})",
     )
-    g.add_argument("--sde", choices=list(SDES), default="vp", help="forward SDE (default: %(default)s)")
+    g.add_argument(
+        "--sde",
+        choices=list(SDE_CHOICES),
+        default="vp",
+        help="forward SDE: "
+        + "; ".join(f"{k} {cls}" for k, (cls, _) in SDE_CHOICES.items())
+        + " (see `scoresde sample --help`; default: %(default)s)",
+    )
     g.add_argument(
         "--net", choices=NETS, default=None, help="score network (default: mlp for vector data, unet for images)"
     )
@@ -410,14 +874,18 @@ def _add_train_parser(commands: Any) -> None:
     g.add_argument("--eps", type=_positive_float, default=None, help=f"smallest training time (default: {d.eps:g})")
     g.add_argument(
         "--objective",
-        choices=OBJECTIVES,
+        choices=OBJECTIVE_NAMES,
         default=None,
-        help="loss: dsm (continuous-time score matching), ddpm (Ho et al.'s eps-loss on the DDPM grid; "
-        "--sde ddpm), flow_matching (velocity regression; --sde rf) (default: ddpm for --sde "
-        "ddpm, flow_matching for --sde rf, else dsm)",
+        help="loss: dsm (denoising score matching, t ~ U[eps, T], weighted by --weighting), ddpm (Ho et "
+        "al.'s eps-loss with t on the DDPM grid; --sde ddpm), flow_matching (regression of the velocity "
+        "z - x_0; --sde rf) (default: ddpm for --sde ddpm, flow_matching for --sde rf, else dsm)",
     )
     g.add_argument(
-        "--weighting", choices=WEIGHTINGS, default=None, help=f"loss weighting lambda(t) (default: {d.weighting})"
+        "--weighting",
+        choices=WEIGHTING_NAMES,
+        default=None,
+        help="dsm, ddpm: loss weighting lambda(t), sigma(t)^2 or the likelihood weighting g(t)^2 "
+        f"(default: {d.weighting})",
     )
     g.add_argument(
         "--reduce",
@@ -476,51 +944,6 @@ def _add_train_parser(commands: Any) -> None:
 # ---------------------------------------------------------------------------------------
 # sample
 # ---------------------------------------------------------------------------------------
-def build_sampler(args: argparse.Namespace) -> Sampler:
-    """The sampler selected by ``--sampler`` with only the options given (library defaults otherwise)."""
-    common: dict[str, Any] = {"denoise": bool(args.denoise)}
-    if args.eps is not None:
-        common["eps"] = args.eps
-    steps: dict[str, Any] = {} if args.steps is None else {"steps": args.steps}
-    kind = args.sampler
-    if kind == "pc":
-        pc: dict[str, Any] = {
-            k: v
-            for k, v in (("predictor", args.predictor), ("corrector", args.corrector), ("snr", args.snr))
-            if v is not None
-        }
-        return PredictorCorrector(**pc, **steps, **common)
-    if kind == "em":
-        return EulerMaruyama(**steps, **common)
-    if kind == "ode":
-        tol = {k: v for k, v in (("rtol", args.rtol), ("atol", args.atol)) if v is not None}
-        return ProbabilityFlowODE("RK45", **tol, **common)
-    if kind in ("ode-euler", "ode-heun"):
-        return ProbabilityFlowODE(kind.removeprefix("ode-"), **steps, **common)
-    if kind == "torchsde":
-        return TorchSDE("srk", **steps, **common)
-    if kind == "ddpm":
-        return DDPMAncestral()
-    if kind == "flow":
-        return FlowODE(steps=args.steps or 50, method="heun", **{k: v for k, v in common.items() if k == "eps"})
-    raise CLIError(f"unknown sampler {kind!r}")  # unreachable: argparse checks the choices
-
-
-def _check_option_combinations(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
-    for opt in ("predictor", "corrector", "snr"):
-        if getattr(args, opt) is not None and args.sampler != "pc":
-            sub.error(f"argument --{opt}: only applies to --sampler pc (got --sampler {args.sampler})")
-    for opt in ("rtol", "atol"):
-        if getattr(args, opt) is not None and args.sampler != "ode":
-            sub.error(f"argument --{opt}: only applies to --sampler ode (got --sampler {args.sampler})")
-    if args.steps is not None and args.sampler == "ode":
-        print(
-            f"{PROG}: warning: --steps is ignored by --sampler ode (adaptive RK45; use --rtol/--atol, or "
-            "--sampler ode-euler / ode-heun for fixed steps)",
-            file=sys.stderr,
-        )
-
-
 def _prepare_out(out: Path, sub: argparse.ArgumentParser, names: Sequence[str] = OUTPUT_FILES) -> Path:
     """Create the output directory or fail with a message naming --out, before any sampling or training."""
     if out.exists() and not out.is_dir():
@@ -541,150 +964,7 @@ def _prepare_out(out: Path, sub: argparse.ArgumentParser, names: Sequence[str] =
     return out
 
 
-@dataclass
-class Evaluation:
-    """Metrics of the final samples against exact samples of ``reference``."""
-
-    sw: float
-    floor: metrics.MetricFloor
-    within: bool
-    modes: Any  # metrics.ModeWeightResult
-    expected: np.ndarray
-    reference_draws: int
-    exact: torch.Tensor
-
-
-def expected_mode_fractions(
-    reference: GaussianMixture, n: int, generator: torch.Generator, chunk: int = 1_000_000
-) -> tuple[np.ndarray, int]:
-    """Probability that an exact sample's nearest mode centre is mode k, by Monte Carlo.
-
-    Equal to the mixture weights only for well-separated modes (not for ``pinwheel``), so
-    the mode-weight test compares with these. Uses ``m = clip(20 n, 2e5, 5e6)`` draws, so
-    the Monte Carlo error adds at most a factor ``sqrt(1 + n/m)`` to the binomial error.
-    """
-    m = int(np.clip(20 * n, 200_000, 5_000_000))
-    counts = np.zeros(reference.n_components)
-    drawn = 0
-    while drawn < m:
-        k = min(chunk, m - drawn)
-        x = reference.sample(k, generator, dtype=torch.float64)
-        counts += metrics.mode_fractions(x, reference.means).numpy() * k
-        drawn += k
-    return counts / m, m
-
-
-def evaluate(final: torch.Tensor, reference: GaussianMixture, seed: int) -> Evaluation:
-    """SW2 of ``final`` to exact samples, its floor from 8 pairs of exact sets, and the mode check.
-
-    Seeds, all derived from ``seed`` and distinct from it (the sampler's generator): the
-    floor uses ``metric_floor(seed=seed + 1)`` (generators ``1000 (seed + 1) + k``, k < 8),
-    the exact comparison set ``1000 (seed + 1) + 500``, the mode Monte Carlo ``... + 501``.
-    The SW projection directions are the same (seed 0) for the comparison and the floor.
-    """
-    n = final.shape[0]
-    base = 1000 * (seed + 1)
-
-    def draw(m: int, generator: torch.Generator) -> torch.Tensor:
-        return reference.sample(m, generator, dtype=torch.float64)
-
-    exact = draw(n, torch.Generator().manual_seed(base + 500))
-    sw = metrics.sliced_wasserstein(final, exact, projections=SW_PROJECTIONS)
-    floor = metrics.metric_floor(
-        "sliced_wasserstein", draw, n, pairs=FLOOR_PAIRS, seed=seed + 1, projections=SW_PROJECTIONS
-    )
-    expected, m = expected_mode_fractions(reference, n, torch.Generator().manual_seed(base + 501))
-    modes = metrics.mode_weight_test(final, reference.means, expected, k=mode_limit(reference.n_components))
-    return Evaluation(
-        sw=sw,
-        floor=floor,
-        within=floor.contains(sw, k=FLOOR_K),
-        modes=modes,
-        expected=expected,
-        reference_draws=m,
-        exact=exact,
-    )
-
-
-def mode_limit(n_modes: int) -> float:
-    """|z| limit of the mode-weight check: Bonferroni over the modes at the 3-sigma rate (3.0 for one mode)."""
-    return NormalDist().inv_cdf(1.0 - MODE_FWER / (2 * max(1, n_modes)))
-
-
-def _mode_z(result: Any) -> np.ndarray:
-    z = getattr(result, "z_scores", None)
-    if z is None:
-        z = result.z
-    return np.asarray(torch.as_tensor(z).double().cpu(), dtype=np.float64)
-
-
-def _metric_attrs(ev: Evaluation, reference_desc: str) -> dict[str, Any]:
-    return {
-        "metric_sw2": ev.sw,
-        "metric_sw2_projections": SW_PROJECTIONS,
-        "metric_sw2_reference": reference_desc,
-        "metric_sw2_floor_mean": ev.floor.mean,
-        "metric_sw2_floor_std": ev.floor.std,
-        "metric_sw2_floor_pairs": len(ev.floor.values),
-        "metric_sw2_floor_threshold": ev.floor.threshold(FLOOR_K),
-        "metric_sw2_floor_k": FLOOR_K,
-        "metric_sw2_within_floor": int(ev.within),
-        "metric_mode_fractions": np.asarray(torch.as_tensor(ev.modes.fractions).double().cpu(), dtype=np.float64),
-        "metric_mode_expected": np.asarray(ev.expected, dtype=np.float64),
-        "metric_mode_z": _mode_z(ev.modes),
-        "metric_mode_k": float(ev.modes.k),
-        "metric_mode_weights_ok": int(bool(ev.modes.ok)),
-    }
-
-
-def _format_report(
-    ds: Any,
-    args: argparse.Namespace,
-    target_name: str,
-    ev: Evaluation | None,
-    reference_desc: str,
-    total_s: float,
-    paths: Sequence[Path],
-) -> str:
-    a = ds.attrs
-    n = ds.sizes["sample"]
-    lines = [
-        f"{PROG} sample: target {target_name}, n = {n}, seed {args.seed}, {a['dtype']} on {a['device']}",
-        f"  SDE        {a['sde']}({_params_text(_json_dict(a['sde_params']))})",
-        f"  sampler    {a['sampler']}({_params_text(_json_dict(a['sampler_params']))})",
-        f"  NFE        {a['nfe']}",
-        f"  wall time  {a['wall_time_s']:.2f} s sampling, {total_s:.2f} s in all",
-    ]
-    if ev is None:
-        lines.append("  metrics    skipped: the final samples contain NaN or inf")
-    else:
-        verdict = (
-            f"within floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})"
-            if ev.within
-            else f"ABOVE floor (mean + {FLOOR_K:g} sd = {ev.floor.threshold(FLOOR_K):.4g})"
-        )
-        z = _mode_z(ev.modes)
-        worst = int(np.argmax(np.abs(z))) if z.size else 0
-        lines += [
-            f"  SW2        {ev.sw:.4g} to {n} exact samples of {reference_desc} ({SW_PROJECTIONS} projections)",
-            f"  floor      {ev.floor.mean:.4g} ± {ev.floor.std:.2g} (SW2 between {len(ev.floor.values)} pairs of "
-            f"exact sets of {n}): {verdict}",
-            f"  modes      {'ok' if ev.modes.ok else 'FAILED'}: max |z| = {abs(z[worst]):.2f} "
-            f"(mode {worst}; limit {ev.modes.k:.2f}: 3-sigma family-wise over {z.size} mode(s))",
-        ]
-        fr = np.asarray(torch.as_tensor(ev.modes.fractions).cpu(), dtype=np.float64)
-        if fr.size <= 10:
-            lines.append(
-                "             fraction nearest each mode centre / exact probability: "
-                + "  ".join(f"{f:.3f}/{e:.3f}" for f, e in zip(fr, ev.expected, strict=True))
-            )
-    lines.append(f"  wrote      {', '.join(str(p) for p in paths)}")
-    return "\n".join(lines)
-
-
 def _json_dict(text: Any) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(text)
     except (TypeError, ValueError):
@@ -706,72 +986,156 @@ def _write_netcdf(ds: Any, path: Path) -> None:
         ds.to_netcdf(tmp)
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` torch CPU threads (0: unchanged) and restore the caller's number after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)  # main() may run inside a longer-lived process (tests, notebooks)
+
+
+def _plotting() -> Any:
+    """:mod:`scoresde.plotting` with matplotlib's non-interactive backend (the CLI never opens windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # the library itself leaves the backend alone
+    from . import plotting
+
+    return plotting
+
+
+def _check_eps(args: argparse.Namespace, sde: Any, sub: argparse.ArgumentParser) -> None:
+    if args.eps is not None and args.eps >= sde.T:
+        sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
+
+
+def _default_save_at(sampler: Sampler, values_per_state: int) -> int:
+    """Saved states when --save-at is not given: every step of a fixed-step sampler (else
+    MAX_DEFAULT_SAVE_AT), capped by MAX_DEFAULT_SAVE_AT and by DEFAULT_SAVE_VALUES numbers in the file,
+    but not below MIN_DEFAULT_SAVE_AT."""
+    steps = sampler.params().get("steps")
+    wanted = int(steps) + 1 if isinstance(steps, int) else MAX_DEFAULT_SAVE_AT
+    budget = max(MIN_DEFAULT_SAVE_AT, DEFAULT_SAVE_VALUES // max(1, values_per_state))
+    return min(wanted, MAX_DEFAULT_SAVE_AT, budget)
+
+
+@dataclass
+class _Timings:
+    """Wall time of the parts of a ``sample`` run (seconds), for the report."""
+
+    start: float = field(default_factory=time.perf_counter)
+    evaluation: float | None = None
+    writing: float = 0.0
+
+    def line(self, sampling: float) -> str:
+        ev = "evaluation skipped" if self.evaluation is None else f"{self.evaluation:.2f} s evaluation"
+        return (
+            f"  wall time  {sampling:.2f} s sampling, {ev}, {self.writing:.2f} s writing and plotting, "
+            f"{time.perf_counter() - self.start:.2f} s in all"
+        )
+
+
+def _run_lines(ds: Any, head: str, timings: _Timings) -> list[str]:
+    a = ds.attrs
+    return [
+        head,
+        f"  SDE        {a['sde']}({_params_text(_json_dict(a['sde_params']))})",
+        f"  sampler    {a['sampler']}({_params_text(_json_dict(a['sampler_params']))})",
+        f"  NFE        {a['nfe']}",
+        timings.line(float(a["wall_time_s"])),
+    ]
+
+
+def _metric_lines(ev: Evaluation | None, finite: bool, evaluate: bool) -> list[str]:
+    from .evaluation import report_lines
+
+    if not finite:
+        return ["  metrics    skipped: the final samples contain NaN or inf"]
+    if not evaluate:
+        return ["  metrics    skipped (--no-evaluate)"]
+    return [] if ev is None else report_lines(ev)
+
+
+def _nonfinite_warning() -> int:
+    print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)", file=sys.stderr)
+    return 1
+
+
 def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.checkpoint is not None:
         return _cmd_sample_checkpoint(args, argv)
-    start = time.perf_counter()
+    timings = _Timings()
     sub: argparse.ArgumentParser = args.subparser
-    if args.sampler is None:
-        args.sampler = DEFAULT_SAMPLER.get(args.sde or "vp", "pc")
-    _check_option_combinations(args, sub)
-    args.target = args.target or "eight_gaussians"
     args.sde = args.sde or "vp"
-    args.n_samples = args.n_samples or 10_000
     if args.sampler is None:
         args.sampler = DEFAULT_SAMPLER.get(args.sde, "pc")
+    _check_sampler_options(args, sub)
+    args.target = args.target or "eight_gaussians"
+    args.n_samples = args.n_samples or 10_000
 
-    sde = SDES[args.sde]()
-    if args.eps is not None and args.eps >= sde.T:
-        sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
+    import torch
+
+    from .evaluation import default_cache_dir, evaluate, metric_attrs
+    from .mixture import get_target
+
+    device = _torch_device(args.device, sub)
+    sde = _sde_class(args.sde)()
+    _check_eps(args, sde, sub)
     target = get_target(args.target)
     sampler = build_sampler(args)
     sampler.check(sde)
     out = _prepare_out(args.out, sub)
+    plotting = _plotting()
 
-    import matplotlib
-
-    matplotlib.use("Agg")  # the CLI never opens windows; the library itself leaves the backend alone
-    from .plotting import plot_samples, save_figure
-
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        ds = sample(
+    with _torch_threads(args.threads):
+        ds = _lib("sample")(
             sde,
             target.score(sde),
             sampler,
             shape=(args.n_samples, target.dim),
             seed=args.seed,
-            device=args.device,
-            dtype=DTYPES[args.dtype],
-            save_at=args.save_at,
+            device=device,
+            dtype=getattr(torch, args.dtype),
+            save_at=args.save_at or _default_save_at(sampler, args.n_samples * target.dim),
             progress=not args.quiet,
         )
         ds.attrs["target"] = args.target
         ds.attrs["command"] = shlex.join([PROG, *argv])
 
         final = torch.from_numpy(np.asarray(ds["x"].isel(time=-1).values, dtype=np.float64))
+        finite = bool(torch.isfinite(final).all())
         if sampler.denoise:
             reference, reference_desc = target, "the target (denoised samples, t = 0)"
         else:
             reference, reference_desc = target.marginal(sde, sampler.eps), f"p_t at t = eps = {sampler.eps:g}"
-        ev = evaluate(final, reference, args.seed) if bool(torch.isfinite(final).all()) else None
-    finally:
-        torch.set_num_threads(threads)  # main() may run inside a longer-lived process (tests, notebooks)
+        ev = None
+        if finite and args.evaluate:
+            t0 = time.perf_counter()
+            cache = default_cache_dir() if args.floor_cache else None
+            ev = evaluate(final, reference, args.seed, reference_desc, cache_dir=cache)
+            timings.evaluation = time.perf_counter() - t0
     if ev is not None:
-        ds.attrs.update(_metric_attrs(ev, reference_desc))
+        ds.attrs.update(metric_attrs(ev))
 
+    t0 = time.perf_counter()
     nc_path, png_path = out / "samples.nc", out / "samples.png"
     _write_netcdf(ds, nc_path)
-    fig = plot_samples(ds, target=reference, reference=None if ev is None else ev.exact)
-    save_figure(fig, png_path)
+    fig = plotting.plot_samples(ds, target=reference, reference=None if ev is None else ev.exact)
+    plotting.save_figure(fig, png_path)
+    timings.writing = time.perf_counter() - t0
 
-    print(_format_report(ds, args, args.target, ev, reference_desc, time.perf_counter() - start, (nc_path, png_path)))
-    if ev is None:
-        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)", file=sys.stderr)
-        return 1
-    return 0
+    head = f"{PROG} sample: target {args.target}, n = {args.n_samples}, seed {args.seed}, "
+    head += f"{ds.attrs['dtype']} on {ds.attrs['device']}"
+    lines = _run_lines(ds, head, timings) + _metric_lines(ev, finite, args.evaluate)
+    lines.append(f"  wrote      {nc_path}, {png_path}")
+    print("\n".join(lines))
+    return 0 if finite else _nonfinite_warning()
 
 
 # ---------------------------------------------------------------------------------------
@@ -827,6 +1191,10 @@ def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_imag
 
 def _training_data(ckpt: dict[str, Any]) -> torch.Tensor | None:
     """The training data in data space, float64, where it can be had: regenerated toy sets, stored arrays."""
+    import torch
+
+    from .datasets import toy_sample
+
     d = ckpt["config"]["data"]
     p = d.get("params") or {}
     if d["name"] in TOY_DATASETS:
@@ -838,6 +1206,10 @@ def _training_data(ckpt: dict[str, Any]) -> torch.Tensor | None:
 
 
 def _toy_draw(name: str) -> Callable[[int, torch.Generator], torch.Tensor]:
+    import torch
+
+    from .datasets import toy_sample
+
     def draw(m: int, generator: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         return torch.from_numpy(toy_sample(name, m, seed))
@@ -852,226 +1224,189 @@ def _data_label(data_cfg: dict[str, Any]) -> str:
     return str(data_cfg["name"])
 
 
-def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .training import load_checkpoint, read_checkpoint
+def _read_checkpoint_problem(args: argparse.Namespace, sub: argparse.ArgumentParser) -> tuple[dict[str, Any], Any]:
+    """The checkpoint of ``--checkpoint`` and its SDE, after the checks of the options against it."""
+    from .sde import sde_from_config
+    from .training import read_checkpoint
 
-    start = time.perf_counter()
-    sub: argparse.ArgumentParser = args.subparser
+    ckpt = read_checkpoint(args.checkpoint)  # CheckpointError (a ValueError): missing, truncated, corrupt -> exit 2
+    sde_class = ckpt["config"]["sde"]["class"]
     if args.sampler is None:
-        ckpt_sde = read_checkpoint(args.checkpoint)["config"]["sde"]["class"]
-        args.sampler = DEFAULT_SAMPLER.get(next((k for k, c in SDES.items() if c.__name__ == ckpt_sde), ""), "pc")
-    _check_option_combinations(args, sub)
+        args.sampler = DEFAULT_SAMPLER.get(_sde_key(sde_class), "pc")
+    _check_sampler_options(args, sub)
     if args.target is not None:
         sub.error("argument --target: does not apply with --checkpoint (the model samples its training data)")
-
-    path: Path = args.checkpoint
-    ckpt = read_checkpoint(path)  # CheckpointError (a ValueError): missing, truncated, corrupt -> exit 2
-    cfg = ckpt["config"]
-    sde = sde_from_config(cfg["sde"])
-    if args.sde is not None and type(sde) is not SDES[args.sde]:
-        key = next((k for k, c in SDES.items() if type(sde) is c), type(sde).__name__)
+    sde = sde_from_config(ckpt["config"]["sde"])
+    if args.sde is not None and type(sde).__name__ != SDE_CHOICES[args.sde][0]:
+        key = _sde_key(type(sde).__name__) or type(sde).__name__
         sub.error(
             f"argument --sde: the checkpoint was trained with {type(sde).__name__} ({key}), not --sde "
             f"{args.sde}; omit --sde or pass --sde {key}"
         )
-    if args.eps is not None and args.eps >= sde.T:
-        sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
-    data_cfg = cfg["data"]
+    _check_eps(args, sde, sub)
+    return ckpt, sde
+
+
+def _sample_model(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    ckpt: dict[str, Any],
+    sde: Any,
+    sampler: Sampler,
+    n: int,
+    device: torch.device,
+) -> Any:
+    """Sample the checkpoint's EMA model; the Dataset gets ``x_data`` (data space) and the checkpoint's provenance."""
+    import torch
+
+    from .training import load_checkpoint
+
+    path: Path = args.checkpoint
+    _, model, _ = load_checkpoint(path, ema=True, device=device)
+    data_cfg = ckpt["config"]["data"]
     feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
-    is_image = len(feature_shape) == 3
-    n = args.n_samples or (64 if is_image else 10_000)
-    sampler = build_sampler(args)
-    sampler.check(sde)
-    out = _prepare_out(args.out, sub)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .plotting import plot_samples, save_figure
-
+    dtype = getattr(torch, args.dtype)
+    model.to(dtype)
+    save_at = args.save_at or (
+        IMAGE_SAVE_AT if len(feature_shape) == 3 else _default_save_at(sampler, n * math.prod(feature_shape))
+    )
+    ds = _lib("sample")(
+        sde,
+        model,
+        sampler,
+        shape=(n, *feature_shape),
+        seed=args.seed,
+        device=device,
+        dtype=dtype,
+        save_at=save_at,
+        progress=not args.quiet,
+    )
     shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
+    x_data = (ds["x"].isel(time=-1) * scale + shift).drop_vars("time")
+    x_data.attrs = {
+        "long_name": "final state in data space",
+        "description": "x at the last saved time mapped back to data space: x * scale + shift",
+    }
+    ds["x_data"] = x_data
+    ds.attrs.update(
+        checkpoint=str(path),
+        checkpoint_step=int(ckpt["step"]),
+        data=_data_label(data_cfg),
+        data_shift=shift,
+        data_scale=scale,
+        command=shlex.join([PROG, *argv]),
+    )
+    return ds
+
+
+def _evaluate_model(ds: Any, ckpt: dict[str, Any], seed: int) -> tuple[Evaluation | None, torch.Tensor | None]:
+    """SW2 against the training data for 2-D named toy sets (else None), and the training data if it can be had."""
+    import torch
+
+    from .evaluation import evaluate_against_data
+
+    data_cfg = ckpt["config"]["data"]
+    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
+    final = torch.from_numpy(np.asarray(ds["x_data"].values, dtype=np.float64))
+    train_data = _training_data(ckpt) if len(feature_shape) == 1 else None
+    if feature_shape != (2,) or data_cfg["name"] not in TOY_DATASETS or train_data is None:
+        return None, train_data
     label = _data_label(data_cfg)
-    step = int(ckpt["step"])
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        _, model, _ = load_checkpoint(path, ema=True, device=args.device)
-        model.to(DTYPES[args.dtype])
-        ds = sample(
-            sde,
-            model,
-            sampler,
-            shape=(n, *feature_shape),
-            seed=args.seed,
-            device=args.device,
-            dtype=DTYPES[args.dtype],
-            save_at=args.save_at,
-            progress=not args.quiet,
-        )
-        x_data = (ds["x"].isel(time=-1) * scale + shift).drop_vars("time")
-        x_data.attrs = {
-            "long_name": "final state in data space",
-            "description": "x at the last saved time mapped back to data space: x * scale + shift",
-        }
-        ds["x_data"] = x_data
-        ds.attrs.update(
-            checkpoint=str(path),
-            checkpoint_step=step,
-            data=label,
-            data_shift=shift,
-            data_scale=scale,
-            command=shlex.join([PROG, *argv]),
-        )
-        final = torch.from_numpy(np.asarray(x_data.values, dtype=np.float64))
-        finite = bool(torch.isfinite(final).all())
-        train_data = _training_data(ckpt) if len(feature_shape) == 1 else None
-        ev = None
-        reference_desc = ""
-        if finite and feature_shape == (2,) and data_cfg["name"] in TOY_DATASETS and train_data is not None:
-            # a random subset of the training data of the samples' size (equal sizes: the fast exact SW path);
-            # the floor is conditional on it: fresh toy sets of n points against the same subset
-            perm = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(1000 * (args.seed + 1)))
-            reference = train_data[perm[:n]]
-            reference_desc = (
-                f"{len(reference)} random points of the training data ({len(train_data)} points of {label}, data space)"
-            )
-            sw = metrics.sliced_wasserstein(final, reference, projections=SW_PROJECTIONS)
-            floor = metrics.metric_floor(
-                "sliced_wasserstein",
-                _toy_draw(data_cfg["name"]),
-                n,
-                pairs=FLOOR_PAIRS,
-                seed=args.seed + 1,
-                reference=reference,
-                projections=SW_PROJECTIONS,
-            )
-            ev = (sw, floor)
-    finally:
-        torch.set_num_threads(threads)
+    desc = f"the training data ({len(train_data)} points of {label}, data space)"
+    ev = evaluate_against_data(final, train_data, _toy_draw(data_cfg["name"]), seed, desc)
+    ev.floor_reference += f" of {label}"
+    return ev, train_data
 
-    if ev is not None:
-        sw, floor = ev
-        ds.attrs.update(
-            {
-                "metric_sw2": sw,
-                "metric_sw2_projections": SW_PROJECTIONS,
-                "metric_sw2_reference": reference_desc,
-                "metric_sw2_floor_mean": floor.mean,
-                "metric_sw2_floor_std": floor.std,
-                "metric_sw2_floor_pairs": len(floor.values),
-                "metric_sw2_floor_threshold": floor.threshold(FLOOR_K),
-                "metric_sw2_floor_k": FLOOR_K,
-                "metric_sw2_within_floor": int(floor.contains(sw, k=FLOOR_K)),
-            }
-        )
 
-    nc_path, png_path = out / "samples.nc", out / "samples.png"
-    _write_netcdf(ds, nc_path)
-    written = [nc_path]
-    title = f"{label} model (step {step})"
-    fig = None
+def _model_figure(
+    ds: Any, data_cfg: dict[str, Any], train_data: torch.Tensor | None, title: str, seed: int, plotting: Any
+) -> Any:
+    """The samples' figure: scatter and paths for vectors (with training data), an image grid for images."""
+    import torch
+
+    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
+    n = ds.sizes["sample"]
+    shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
     if len(feature_shape) == 1:
         plot_ds = ds[["x"]].assign(x=ds["x"] * scale + shift)
         plot_ds.attrs = {**ds.attrs, "target": title}
         reference = None
         if train_data is not None:
-            idx = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(args.seed))[:n]
+            idx = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed))[:n]
             reference = train_data[idx]
-        fig = plot_samples(plot_ds, target=None, reference=reference)
+        fig = plotting.plot_samples(plot_ds, target=None, reference=reference)
         legend = fig.axes[0].get_legend()
         for text in legend.get_texts() if legend is not None else ():
             text.set_text(text.get_text().replace("exact samples", "training data"))
-    elif is_image:
-        images = np.asarray(x_data.values, dtype=np.float64)
+        return fig
+    if len(feature_shape) == 3:
+        images = np.asarray(ds["x_data"].values, dtype=np.float64)
         lo, hi = _display_range(images, data_cfg)
         k = min(64, n)
-        fig = plot_image_grid(
+        return plot_image_grid(
             images,
             lo,
             hi,
             title=f"{title}: first {k} of {n} samples, {ds.attrs['sampler']}, "
             f"NFE {ds.attrs['nfe']}\n(data space, shown in [{lo:g}, {hi:g}])",
         )
+    return None
+
+
+def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    timings = _Timings()
+    sub: argparse.ArgumentParser = args.subparser
+    ckpt, sde = _read_checkpoint_problem(args, sub)
+    data_cfg = ckpt["config"]["data"]
+    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
+    n = args.n_samples or (64 if len(feature_shape) == 3 else 10_000)
+    device = _torch_device(args.device, sub)
+    sampler = build_sampler(args)
+    sampler.check(sde)
+    out = _prepare_out(args.out, sub)
+    plotting = _plotting()
+
+    with _torch_threads(args.threads):
+        ds = _sample_model(args, argv, ckpt, sde, sampler, n, device)
+        finite = bool(np.isfinite(ds["x_data"].values).all())
+        ev, train_data = None, None
+        if finite and args.evaluate:
+            t0 = time.perf_counter()
+            ev, train_data = _evaluate_model(ds, ckpt, args.seed)
+            timings.evaluation = time.perf_counter() - t0
+        elif len(feature_shape) == 1:
+            train_data = _training_data(ckpt)
+    if ev is not None:
+        from .evaluation import metric_attrs
+
+        ds.attrs.update(metric_attrs(ev))
+
+    t0 = time.perf_counter()
+    nc_path, png_path = out / "samples.nc", out / "samples.png"
+    _write_netcdf(ds, nc_path)
+    written = [nc_path]
+    label, step = _data_label(data_cfg), int(ckpt["step"])
+    fig = _model_figure(ds, data_cfg, train_data, f"{label} model (step {step})", args.seed, plotting)
     if fig is not None:
-        save_figure(fig, png_path)
+        plotting.save_figure(fig, png_path)
         written.append(png_path)
     elif png_path.exists():
         png_path.unlink()  # a figure of an earlier run would not belong to these samples
+    timings.writing = time.perf_counter() - t0
 
-    a = ds.attrs
-    lines = [
-        f"{PROG} sample: checkpoint {path} (step {step}; data {label}, feature shape {feature_shape}), n = {n}, "
-        f"seed {args.seed}, {a['dtype']} on {a['device']}",
-        f"  SDE        {a['sde']}({_params_text(_json_dict(a['sde_params']))})",
-        f"  sampler    {a['sampler']}({_params_text(_json_dict(a['sampler_params']))})",
-        f"  NFE        {a['nfe']}",
-        f"  wall time  {a['wall_time_s']:.2f} s sampling, {time.perf_counter() - start:.2f} s in all",
-    ]
-    if not finite:
-        lines.append("  metrics    skipped: the final samples contain NaN or inf")
-    elif ev is not None:
-        sw, floor = ev
-        thr = floor.threshold(FLOOR_K)
-        verdict = (
-            f"within floor (mean + {FLOOR_K:g} sd = {thr:.4g})"
-            if floor.contains(sw, k=FLOOR_K)
-            else f"ABOVE floor (mean + {FLOOR_K:g} sd = {thr:.4g})"
-        )
-        lines += [
-            f"  SW2        {sw:.4g} to {reference_desc}; {SW_PROJECTIONS} projections, samples at t = "
-            f"{float(ds['time'][-1]):.3g}",
-            f"  floor      {floor.mean:.4g} ± {floor.std:.2g} (SW2 of {len(floor.values)} fresh sets of {n} points of "
-            f"{label} to the same points): {verdict}",
-        ]
+    head = (
+        f"{PROG} sample: checkpoint {args.checkpoint} (step {step}; data {label}, feature shape {feature_shape}), "
+        f"n = {n}, seed {args.seed}, {ds.attrs['dtype']} on {ds.attrs['device']}"
+    )
+    lines = _run_lines(ds, head, timings) + _metric_lines(ev, finite, args.evaluate)
     lines.append(f"  wrote      {', '.join(str(p) for p in written)}")
     print("\n".join(lines))
-    if not finite:
-        print(f"{PROG}: warning: the samples contain NaN or inf (try more --steps or --dtype float64)", file=sys.stderr)
-        return 1
-    return 0
+    return 0 if finite else _nonfinite_warning()
 
 
 # ---------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------
-def _score_error(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sde: LinearSDE,
-    mixture: GaussianMixture,
-    n: int = SCORE_ERROR_POINTS,
-    t_min: float = SCORE_ERROR_T_MIN,
-    seed: int = 0,
-) -> float:
-    r"""Weighted relative score error :math:`E\,\sigma^2\|s_\theta - s\|^2 / E\,\sigma^2\|s\|^2`.
-
-    Over :math:`t \sim U[t_{\min}, T]` and :math:`x \sim p_t` (``n`` points, one time each), with
-    :math:`s` the exact score of ``mixture`` (which must be given in model space) and
-    :math:`\sigma = \sigma(t)` the perturbation std. 0 for the exact score, 1 for ``s_theta = 0``.
-    The points are drawn in float64 on the CPU from a generator seeded with ``seed``; the model
-    is evaluated in its own dtype on its own device.
-    """
-    g = torch.Generator().manual_seed(seed)
-    x0 = mixture.sample(n, g, dtype=torch.float64)
-    t = torch.rand(n, generator=g, dtype=torch.float64) * (sde.T - t_min) + t_min
-    mean, std = sde.marginal_prob(x0, t)
-    std = std.reshape(n, *([1] * (x0.dim() - 1)))
-    xt = mean + std * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    s_true = mixture.score(sde)(xt, t)
-    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    like = param if param is not None else xt
-    with torch.no_grad():
-        s_model = model(xt.to(like), t.to(like)).to(device="cpu", dtype=torch.float64)
-    w = std**2
-    return float((w * (s_model - s_true) ** 2).sum() / (w * s_true**2).sum())
-
-
-def _model_space_oracle(name: str, data: Dataset) -> GaussianMixture:
-    """The named mixture mapped like the data: means ``(m - shift) / scale``, covariances ``C / scale^2``."""
-    mix = get_target(name)
-    return GaussianMixture(mix.weights, (mix.means - data.shift) / data.scale, mix.covariances / data.scale**2)
-
-
 def plot_loss(history: Any, title: str = "") -> Any:
     """Loss curve of a training history (``Trainer.history_dataset()``): logged values and a running mean."""
     from matplotlib.figure import Figure
@@ -1108,6 +1443,8 @@ def plot_loss(history: Any, title: str = "") -> Any:
 
 def _load_training_data(args: argparse.Namespace, sub: argparse.ArgumentParser) -> tuple[Dataset, str]:
     """The data set of ``--data`` in model space, and a label for messages."""
+    from .datasets import load_dataset
+
     spec: str = args.data
     n_data = args.n_data if args.n_data is not None else DEFAULT_N_DATA
     if spec in DATASETS:
@@ -1168,6 +1505,8 @@ def _load_training_data(args: argparse.Namespace, sub: argparse.ArgumentParser) 
 
 def _build_score_model(args: argparse.Namespace, data: Dataset, sde: LinearSDE, label: str) -> Any:
     """The ``--net`` network for ``data``'s feature shape, initialised from ``--seed``, wrapped in a ScoreModel."""
+    import torch
+
     from .nets import ScoreModel, build_network
 
     fs = data.feature_shape
@@ -1222,7 +1561,7 @@ def _resume_trainer(
     """
     from .nets import model_config
     from .sde import sde_config
-    from .training import CheckpointError, Trainer, read_checkpoint
+    from .training import CheckpointError, TrainConfig, Trainer, read_checkpoint
 
     try:
         ckpt = read_checkpoint(last)
@@ -1277,11 +1616,16 @@ def _resume_trainer(
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .nets import model_config
-    from .training import Trainer
-
     start = time.perf_counter()
     sub: argparse.ArgumentParser = args.subparser
+    device = _torch_device(args.device, sub)
+
+    import torch
+
+    from .evaluation import SCORE_ERROR_POINTS, SCORE_ERROR_T_MIN, model_space_oracle, score_error
+    from .nets import model_config
+    from .training import TrainConfig, Trainer
+
     if args.objective is None:
         args.objective = DEFAULT_OBJECTIVE.get(args.sde, "dsm")
     if args.parameterization is None:
@@ -1295,23 +1639,20 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = TrainConfig(**{**dataclasses.asdict(TrainConfig()), **given, "steps": args.steps})
     args.seed = config.seed
     data, label = _load_training_data(args, sub)
-    sde = SDES[args.sde]()
+    sde = _sde_class(args.sde)()
     model = _build_score_model(args, data, sde, label)
     name = args.data if args.data in DATASETS else Path(args.data).stem
     out = _prepare_out(args.out if args.out is not None else Path("runs") / name, sub, TRAIN_FILES)
     last = out / "last.pt"
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from .plotting import save_figure
+    save_figure = _plotting().save_figure
 
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         if args.resume and last.exists():
-            trainer = _resume_trainer(last, sde, model, data, config, given, out, args.device)
+            trainer = _resume_trainer(last, sde, model, data, config, given, out, device)
             print(f"resuming from {last} at step {trainer.step} (to step {args.steps})", flush=True)
         else:
             if last.exists():
@@ -1319,7 +1660,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     f"{PROG}: note: --no-resume: starting over at step 0; the checkpoints in {out} are replaced",
                     file=sys.stderr,
                 )
-            trainer = Trainer(sde, model, data, config, out_dir=out, device=args.device)
+            trainer = Trainer(sde, model, data, config, out_dir=out, device=device)
         first = trainer.step
         t0 = time.perf_counter()
         if trainer.step >= args.steps:
@@ -1341,7 +1682,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         trained = trainer.step - first
         score_err = None
         if data.name in ORACLE_DATASETS:
-            score_err = _score_error(trainer.ema, sde, _model_space_oracle(data.name, data))
+            score_err = score_error(trainer.ema, sde, model_space_oracle(data.name, data))
     finally:
         torch.set_num_threads(threads)
 

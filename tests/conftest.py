@@ -7,6 +7,12 @@ suite fast and its timing predictable; results do not depend on it (the kill/res
 subprocesses to one thread as well).
 """
 
+import os
+
 import torch
 
 torch.set_num_threads(1)
+
+# `scoresde sample` keeps SW2 floors in the user's cache directory; tests never write there
+# (tests/test_cli.py points SCORESDE_CACHE_DIR at a temporary directory where it tests the cache)
+os.environ["SCORESDE_NO_CACHE"] = "1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,15 @@ from scoresde.plotting import atomic_path, plot_samples, save_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--n-samples", "500", "--steps", "50", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def floor_cache(tmp_path_factory, monkeypatch):
+    """The SW2 floor cache of these runs: a fresh directory per test, never the user's."""
+    path = tmp_path_factory.mktemp("floor-cache")
+    monkeypatch.setenv("SCORESDE_CACHE_DIR", str(path))
+    monkeypatch.delenv("SCORESDE_NO_CACHE", raising=False)
+    return path
 
 
 def run(out: Path, *args: str) -> int:
@@ -49,7 +60,8 @@ def test_sample_writes_dataset_figure_and_report(tmp_path, capsys):
     captured = capsys.readouterr()
 
     ds = open_ds(out)
-    assert dict(ds.sizes) == {"time": 11, "sample": 500, "feature": 2}
+    # default --save-at: every one of the 50 steps (and T)
+    assert dict(ds.sizes) == {"time": 51, "sample": 500, "feature": 2}
     assert ds["x"].dims == ("time", "sample", "feature")
     times = ds["time"].values
     assert times[0] == pytest.approx(1.0) and times[-1] == pytest.approx(1e-3)
@@ -327,3 +339,276 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+# ---------------------------------------------------------------------------------------
+# start-up without torch, the sampler table, and the options of each sampler
+# ---------------------------------------------------------------------------------------
+HEAVY = ("torch", "xarray", "matplotlib")
+PROBE = (
+    "import sys\n"
+    "from scoresde.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print('HEAVY=' + ','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    "sys.exit(rc)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--help"], 0),
+        (["sample", "--help"], 0),
+        (["train", "--help"], 0),
+        (["sample", "--n-samples", "0"], 2),
+        (["sample", "--sampler", "em", "--order", "2"], 2),
+        (["sample", "--sampler", "dpm"], 2),
+        (["sample", "--device", "tpu"], 2),
+    ],
+)
+def test_help_and_usage_errors_import_no_torch(argv, code):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == code, proc.stderr
+    assert "HEAVY=\n" in proc.stdout  # none of torch, xarray, matplotlib was imported
+    if code == 2:
+        assert "error" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sample_help_lists_every_sampler_and_grid():
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", "sample", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name, spec in cli.SAMPLERS.items():
+        assert f"  {name} " in proc.stdout and spec.class_name in proc.stdout
+    for grid in sd.GRIDS:
+        assert f"  {grid} " in proc.stdout
+    for key in ("vp", "subvp", "ve", "ddpm", "rf"):
+        assert f"  {key} " in proc.stdout
+    assert "VP, sub-VP or VE," not in proc.stdout
+
+
+def test_parser_names_are_the_librarys():
+    from scoresde import adaptive, datasets, ddpm, flow, losses, samplers, solvers, training
+
+    assert set(cli.TARGET_NAMES) == set(sd.TARGETS)
+    assert cli.TOY_DATASETS == tuple(datasets.TOY_DATASETS) and cli.DATASETS == datasets.DATASETS
+    assert set(cli.PREDICTOR_NAMES) == set(samplers.PREDICTORS)
+    assert set(cli.CORRECTOR_NAMES) == set(samplers.CORRECTORS)
+    assert cli.WEIGHTING_NAMES == losses.WEIGHTINGS and cli.OBJECTIVE_NAMES == training.OBJECTIVES
+    assert cli.GRID_NAMES == tuple(sd.GRIDS)
+    assert cli.SCIPY_METHOD_NAMES == samplers.SCIPY_METHODS
+    assert cli.TORCHSDE_METHOD_NAMES == samplers.TORCHSDE_METHODS
+    assert cli.FLOW_METHOD_NAMES == flow.METHODS
+    assert cli.UNIPC_VARIANTS == solvers.UniPC.VARIANTS and cli.DDPM_VARIANCES == ddpm.VARIANCES
+    assert cli.TRAIN_DEFAULTS == {k: v for k, v in dataclasses.asdict(training.TrainConfig()).items()}
+    assert {k: c.__name__ for k, c in cli.SDES.items()} == {k: v[0] for k, v in cli.SDE_CHOICES.items()}
+    assert cli.DTYPES == {"float32": torch.float32, "float64": torch.float64}
+    # every sampler class of the library is reachable
+    classes = {spec.load() for spec in cli.SAMPLERS.values()}
+    library = {
+        samplers.EulerMaruyama,
+        samplers.PredictorCorrector,
+        samplers.ProbabilityFlowODE,
+        samplers.TorchSDE,
+        *solvers.SOLVERS.values(),
+        adaptive.AdaptiveSDE,
+        ddpm.DDPMAncestral,
+        flow.FlowODE,
+    }
+    assert library <= classes
+
+
+@pytest.mark.parametrize("name", list(cli.SAMPLERS))
+def test_sampler_table_defaults_and_options_match_the_classes(name):
+    import inspect
+
+    spec = cli.SAMPLERS[name]
+    cls = spec.load()
+    params = inspect.signature(cls).parameters
+    assert set(spec.options) | set(spec.fixed) | set(spec.defaults) <= set(params)
+    args = cli.build_parser().parse_args(["sample", "--sampler", name])
+    sampler = cli.build_sampler(args)
+    assert type(sampler) is cls
+    steps = sampler.params().get("steps")
+    if steps is not None:  # the help's "default N steps" is the built sampler's
+        assert f"default {steps} steps" in spec.summary
+
+
+# (CLI arguments, --sde, expected class, expected sampler_params entries, expected NFE or None)
+SAMPLER_RUNS = [
+    ("pc", ["--steps", "4", "--corrector-steps", "2"], "vp", "PredictorCorrector", {"corrector_steps": 2}, 12),
+    ("em", ["--steps", "5"], "vp", "EulerMaruyama", {"steps": 5}, 5),
+    (
+        "ode",
+        ["--method", "RK23", "--rtol", "1e-2", "--atol", "1e-2"],
+        "vp",
+        "ProbabilityFlowODE",
+        {"method": "RK23", "rtol": 0.01},
+        None,
+    ),
+    ("ode-euler", ["--steps", "5"], "vp", "ProbabilityFlowODE", {"method": "euler", "steps": 5}, 5),
+    ("ode-heun", ["--steps", "5"], "vp", "ProbabilityFlowODE", {"method": "heun", "steps": 5}, 10),
+    ("torchsde", ["--method", "euler", "--steps", "5"], "vp", "TorchSDE", {"method": "euler", "steps": 5}, 5),
+    ("adaptive", ["--rtol", "0.05", "--atol", "0.05"], "vp", "AdaptiveSDE", {"rtol": 0.05, "atol": 0.05}, None),
+    (
+        "euler",
+        ["--steps", "5", "--grid", "karras", "--grid-rho", "3"],
+        "vp",
+        "Euler",
+        {"grid": "KarrasSigma(rho=3.0)"},
+        5,
+    ),
+    (
+        "heun",
+        ["--steps", "5", "--grid", "quadratic", "--grid-power", "1.5"],
+        "ve",
+        "Heun",
+        {"grid": "TimeQuadratic(power=1.5)"},
+        10,
+    ),
+    (
+        "ddim",
+        ["--steps", "5", "--eta", "0.5", "--grid", "logsnr"],
+        "vp",
+        "DDIM",
+        {"eta": 0.5, "grid": "LogSNRUniform()"},
+        5,
+    ),
+    (
+        "dpmsolver++",
+        ["--steps", "6", "--order", "3", "--no-lower-order-final"],
+        "subvp",
+        "DPMSolverPP",
+        {"order": 3, "lower_order_final": False},
+        6,
+    ),
+    (
+        "unipc",
+        ["--steps", "6", "--order", "2", "--variant", "bh1", "--grid", "uniform"],
+        "vp",
+        "UniPC",
+        {"order": 2, "variant": "bh1", "grid": "UniformTime()"},
+        6,
+    ),
+    ("ddpm", ["--variance", "beta_tilde"], "ddpm", "DDPMAncestral", {"variance": "beta_tilde"}, 1000),
+    (
+        "flow",
+        ["--steps", "5", "--method", "euler", "--t-clip", "1e-3"],
+        "rf",
+        "FlowODE",
+        {"method": "euler", "steps": 5, "t_clip": 0.001},
+        5,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "sde", "cls", "params", "nfe"), SAMPLER_RUNS, ids=[r[0] for r in SAMPLER_RUNS]
+)
+def test_every_sampler_runs_from_the_cli(tmp_path, capsys, name, extra, sde, cls, params, nfe):
+    out = tmp_path / name
+    argv = ["--sde", sde, "--sampler", name, *extra, "--n-samples", "50", "--no-evaluate", "-q"]
+    assert run(out, *argv) == 0, capsys.readouterr().err
+    ds = open_ds(out)
+    assert ds.attrs["sampler"] == cls
+    recorded = json.loads(ds.attrs["sampler_params"])
+    for key, value in params.items():
+        assert recorded[key] == value
+    if nfe is not None:
+        assert ds.attrs["nfe"] == nfe
+    assert ds.sizes["sample"] == 50 and np.isfinite(ds["x"].values).all()
+    assert not any(k.startswith("metric_") for k in ds.attrs)
+    assert "skipped (--no-evaluate)" in capsys.readouterr().out
+    assert_only_outputs(out)
+
+
+def test_grid_defaults_of_the_solvers(tmp_path, capsys):
+    assert run(tmp_path, "--sampler", "dpmsolver++", "--steps", "4", "--n-samples", "20", "--no-evaluate", "-q") == 0
+    assert json.loads(open_ds(tmp_path).attrs["sampler_params"])["grid"] == "LogSNRUniform()"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--sampler", "em", "--grid", "logsnr"], "argument --grid: does not apply to --sampler em"),
+        (["--sampler", "ode", "--order", "2"], "argument --order"),
+        (["--sampler", "ddim", "--variant", "bh1"], "--variant"),
+        (["--sampler", "ddpm", "--sde", "ddpm", "--steps", "5"], "argument --steps: does not apply"),
+        (["--sampler", "ddpm", "--sde", "ddpm", "--eps", "0.01"], "argument --eps"),
+        (["--sampler", "flow", "--sde", "rf", "--denoise"], "argument --denoise"),
+        (["--sampler", "adaptive", "--eta", "0.3"], "--eta"),
+        (["--sampler", "ode", "--method", "heun"], "invalid choice 'heun' for --sampler ode"),
+        (["--sampler", "torchsde", "--method", "RK45"], "--method"),
+        (["--sampler", "euler", "--grid-rho", "3"], "argument --grid-rho: only applies to --grid karras"),
+        (["--sampler", "euler", "--grid", "logsnr", "--grid-power", "2"], "--grid-power"),
+        (["--sampler", "ddim", "--eta", "1.5"], "--eta"),
+        (["--sampler", "unipc", "--order", "4"], "--order"),
+        (["--sampler", "no_such_module_xyz:Sampler"], "argument --sampler: cannot import"),
+        (["--sampler", "scoresde.mixture:GaussianMixture"], "not a scoresde.Sampler subclass"),
+        (["--sampler", "scoresde.samplers:EulerMaruyama", "--grid", "logsnr"], "argument --grid"),
+    ],
+)
+def test_sampler_options_that_do_not_apply_exit_2(tmp_path, capsys, args, needle):
+    out = tmp_path / "never"
+    assert run(out, *args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "error" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_sampler_by_import_path(tmp_path, capsys):
+    args = ["--sampler", "scoresde.solvers:DDIM", "--steps", "4", "--eta", "0.2", "--n-samples", "30"]
+    assert run(tmp_path, *args, "--no-evaluate", "-q") == 0
+    ds = open_ds(tmp_path)
+    assert ds.attrs["sampler"] == "DDIM" and ds.attrs["nfe"] == 4
+    assert json.loads(ds.attrs["sampler_params"])["eta"] == 0.2
+
+
+def test_default_save_at_and_no_evaluate_figure(tmp_path, capsys):
+    # ode (adaptive): MAX_DEFAULT_SAVE_AT evenly spaced states; ode-euler with 7 steps: every step
+    assert run(tmp_path / "a", "--sampler", "ode", "--rtol", "1e-2", "--n-samples", "20", "--no-evaluate", "-q") == 0
+    assert open_ds(tmp_path / "a").sizes["time"] == cli.MAX_DEFAULT_SAVE_AT
+    assert (
+        run(tmp_path / "b", "--sampler", "ode-euler", "--steps", "7", "--n-samples", "20", "--no-evaluate", "-q") == 0
+    )
+    assert open_ds(tmp_path / "b").sizes["time"] == 8
+    assert_png(tmp_path / "b" / "samples.png")
+    out = capsys.readouterr().out
+    assert "evaluation skipped" in out and "writing and plotting" in out
+
+
+def test_report_splits_the_wall_time(tmp_path, capsys):
+    assert run(tmp_path, "--sampler", "em", "--steps", "5", "--n-samples", "100", "-q") == 0
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if "wall time" in s)
+    assert "s sampling" in line and "s evaluation" in line and "writing and plotting" in line and "in all" in line
+
+
+def test_floor_cache_second_run_reads_the_same_floor(tmp_path, capsys, floor_cache):
+    args = ("--sampler", "em", "--steps", "5", "--n-samples", "300", "-q")
+    assert run(tmp_path / "a", *args) == 0
+    first = open_ds(tmp_path / "a").attrs
+    assert first["metric_sw2_floor_cached"] == 0 and "cached" not in capsys.readouterr().out
+    (entry,) = floor_cache.iterdir()
+    assert entry.name.startswith("sw2-floor-") and entry.suffix == ".json"
+    assert run(tmp_path / "b", *args, "--seed", "0") == 0
+    second = open_ds(tmp_path / "b").attrs
+    assert second["metric_sw2_floor_cached"] == 1 and "; cached" in capsys.readouterr().out
+    for key in ("metric_sw2", "metric_sw2_floor_mean", "metric_sw2_floor_std", "metric_sw2_floor_threshold"):
+        assert first[key] == second[key]
+    # another n is another floor; --no-floor-cache neither reads nor writes
+    assert run(tmp_path / "c", *args[:-3], "--n-samples", "301", "--no-floor-cache", "-q") == 0
+    assert open_ds(tmp_path / "c").attrs["metric_sw2_floor_cached"] == 0
+    assert len(list(floor_cache.iterdir())) == 1
+
+
+def test_default_save_at_rule():
+    em = sd.EulerMaruyama(steps=1000)
+    assert cli._default_save_at(em, 500 * 2) == cli.MAX_DEFAULT_SAVE_AT
+    assert cli._default_save_at(em, 20_000 * 2) == cli.DEFAULT_SAVE_VALUES // 40_000 == 50
+    assert cli._default_save_at(em, 10**7) == cli.MIN_DEFAULT_SAVE_AT
+    assert cli._default_save_at(sd.EulerMaruyama(steps=7), 100) == 8
+    assert cli._default_save_at(sd.ProbabilityFlowODE(), 100) == cli.MAX_DEFAULT_SAVE_AT  # adaptive RK45

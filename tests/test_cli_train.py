@@ -290,3 +290,11 @@ def test_train_help():
         "--quiet",
     ):
         assert opt in proc.stdout
+
+
+def test_train_help_describes_each_objective_and_sde(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Train a score network by denoising score matching" not in out
+    for word in ("denoising score", "noise-prediction", "flow", "matching", "velocity", "RectifiedFlow", "DDPMSDE"):
+        assert word in out
