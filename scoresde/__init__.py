@@ -23,7 +23,20 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:
-    from . import adaptive, datasets, ddpm, flow, likelihood, losses, metrics, nets, plotting, schedules, solvers
+    from . import (
+        adaptive,
+        datasets,
+        ddpm,
+        evaluation,
+        flow,
+        likelihood,
+        losses,
+        metrics,
+        nets,
+        plotting,
+        schedules,
+        solvers,
+    )
     from .adaptive import AdaptiveSDE
     from .datasets import Dataset, load_dataset
     from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
@@ -74,6 +87,7 @@ _SUBMODULES = frozenset(
         "adaptive",
         "datasets",
         "ddpm",
+        "evaluation",
         "flow",
         "likelihood",
         "losses",
@@ -201,6 +215,7 @@ __all__ = [
     "sde_from_config",
     "metrics",
     "plotting",
+    "evaluation",
     "nets",
     "losses",
     "datasets",

@@ -141,6 +141,8 @@ _LAZY = {
     "MODE_FWER": ("scoresde.evaluation", "MODE_FWER"),
     "SCORE_ERROR_POINTS": ("scoresde.evaluation", "SCORE_ERROR_POINTS"),
     "SCORE_ERROR_T_MIN": ("scoresde.evaluation", "SCORE_ERROR_T_MIN"),
+    "plot_image_grid": ("scoresde.plotting", "plot_image_grid"),
+    "plot_loss": ("scoresde.plotting", "plot_loss"),
 }
 
 
@@ -1153,42 +1155,6 @@ def _display_range(x: np.ndarray, data_cfg: dict[str, Any]) -> tuple[float, floa
     return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
 
 
-def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_images: int = 64) -> Any:
-    """A grid of the first ``max_images`` images ``(n, C, H, W)``, shown clipped to ``[lo, hi]``.
-
-    One channel is drawn in grey, three as RGB; other channel counts show channel 0. NaN pixels
-    are left blank. Returns a :class:`matplotlib.figure.Figure`.
-    """
-    from matplotlib.figure import Figure
-
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim != 4:
-        raise ValueError(f"images must have shape (n, C, H, W), got {x.shape}")
-    x = x[:max_images]
-    n, C, H, W = x.shape
-    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(x)
-    tiles = x.transpose(0, 2, 3, 1) if C == 3 else x[:, :1].transpose(0, 2, 3, 1)  # (n, H, W, 1 or 3)
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    pad = max(1, min(H, W) // 8)
-    canvas = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, tiles.shape[-1]), 0.5)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        top, left = pad + r * (H + pad), pad + c * (W + pad)
-        canvas[top : top + H, left : left + W] = tiles[i]
-    side = min(9.0, max(3.0, 0.6 * cols + 1.0))
-    fig = Figure(figsize=(side, side * canvas.shape[0] / canvas.shape[1] + 0.6), layout="constrained")
-    ax = fig.add_subplot()
-    if canvas.shape[-1] == 1:
-        ax.imshow(canvas[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        ax.imshow(canvas, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize="medium")
-    return fig
-
-
 def _training_data(ckpt: dict[str, Any]) -> torch.Tensor | None:
     """The training data in data space, float64, where it can be had: regenerated toy sets, stored arrays."""
     import torch
@@ -1343,7 +1309,7 @@ def _model_figure(
         images = np.asarray(ds["x_data"].values, dtype=np.float64)
         lo, hi = _display_range(images, data_cfg)
         k = min(64, n)
-        return plot_image_grid(
+        return plotting.plot_image_grid(
             images,
             lo,
             hi,
@@ -1407,40 +1373,6 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
 # ---------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------
-def plot_loss(history: Any, title: str = "") -> Any:
-    """Loss curve of a training history (``Trainer.history_dataset()``): logged values and a running mean."""
-    from matplotlib.figure import Figure
-
-    steps = np.asarray(history["step"].values, dtype=np.float64)
-    loss = np.asarray(history["loss"].values, dtype=np.float64)
-    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    if loss.size:
-        w = max(1, loss.size // 25)
-        ax.plot(
-            steps,
-            loss,
-            lw=0.7 if w > 1 else 1.2,
-            alpha=0.45 if w > 1 else 1.0,
-            color="C0",
-            label=f"loss ({loss.size} logged values)",
-        )
-        if w > 1:
-            smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1 :], smooth, lw=1.8, color="C3", label=f"running mean of {w}")
-        if np.all(loss[np.isfinite(loss)] > 0):
-            ax.set_yscale("log")
-        ax.legend(loc="upper right", fontsize="small")
-    else:
-        ax.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("denoising score-matching loss")
-    ax.grid(alpha=0.3, which="both")
-    if title:
-        ax.set_title(title, fontsize="medium")
-    return fig
-
-
 def _load_training_data(args: argparse.Namespace, sub: argparse.ArgumentParser) -> tuple[Dataset, str]:
     """The data set of ``--data`` in model space, and a label for messages."""
     from .datasets import load_dataset
@@ -1645,7 +1577,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = _prepare_out(args.out if args.out is not None else Path("runs") / name, sub, TRAIN_FILES)
     last = out / "last.pt"
 
-    save_figure = _plotting().save_figure
+    plotting = _plotting()
+    save_figure = plotting.save_figure
 
     threads = torch.get_num_threads()
     if args.threads:
@@ -1689,9 +1622,10 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     history = trainer.history_dataset()
     net_name = model_config(trainer.model)["network"]["name"]
     png = save_figure(
-        plot_loss(
+        plotting.plot_loss(
             history,
             f"{label} · {type(sde).__name__} · {net_name} ({trainer.model.parameterization}) · {trainer.step} steps",
+            objective=trainer.config.objective,
         ),
         out / "loss.png",
     )

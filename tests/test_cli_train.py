@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 import scoresde as sd
-from scoresde import cli
+from scoresde import cli, plotting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--steps", "50", "--batch-size", "16", "--log-every", "5", "--checkpoint-every", "25", "--quiet"]
@@ -185,13 +185,13 @@ def test_digits_unet_train_and_image_grid(digits_run, tmp_path, capsys, monkeypa
     assert ckpt["config"]["model"]["network"]["base"] == 8
 
     grids = []
-    real = cli.plot_image_grid
+    real = plotting.plot_image_grid
 
     def spy(images, *args, **kwargs):
         grids.append(np.asarray(images).shape)
         return real(images, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "plot_image_grid", spy)
+    monkeypatch.setattr(plotting, "plot_image_grid", spy)
     out = tmp_path / "s"
     assert sample(digits_run / "last.pt", out, "--steps", "3", "--n-samples", "4") == 0
     assert grids == [(4, 1, 8, 8)]
@@ -200,15 +200,6 @@ def test_digits_unet_train_and_image_grid(digits_run, tmp_path, capsys, monkeypa
     assert ds["x_data"].shape == (4, 1, 8, 8)
     assert_png(out / "samples.png")
     assert "SW2" not in capsys.readouterr().out  # only for 2-D toy sets
-
-
-def test_plot_image_grid():
-    fig = cli.plot_image_grid(np.random.default_rng(0).uniform(0, 16, (10, 1, 8, 8)), 0.0, 16.0, title="t")
-    (ax,) = fig.get_axes()
-    (image,) = ax.get_images()
-    assert image.get_array().shape == (3 * 9 + 1, 4 * 9 + 1)  # 3 rows x 4 columns of 8 + 1-pixel padding
-    rgb = cli.plot_image_grid(np.zeros((3, 3, 4, 4)), -1.0, 1.0)
-    assert rgb.get_axes()[0].get_images()[0].get_array().shape[-1] == 3
 
 
 # ---------------------------------------------------------------------------------------
