@@ -45,6 +45,25 @@ def _save_times(save_at: int | Sequence[float], T: float, eps: float) -> np.ndar
     return np.sort(times)[::-1]
 
 
+def _check_capacity(sampler: Sampler, sde: SDE, save_at: Any) -> None:
+    """Raise ``ValueError`` before anything is allocated if ``save_at`` asks for more states than ``sampler`` makes."""
+    cap = sampler.max_saved_states(sde)
+    if cap is None or isinstance(save_at, bool):
+        return
+    if isinstance(save_at, int | np.integer):
+        n = int(save_at)
+    elif hasattr(save_at, "__len__"):
+        n = len(save_at)
+    else:
+        return
+    if n > cap:
+        raise ValueError(
+            f"save_at={save_at if isinstance(save_at, int | np.integer) else f'<{n} times>'} asks for {n} saved "
+            f"states, but {type(sampler).__name__} makes at most {cap} (the states on its grid of "
+            f"{cap - 1} steps); ask for at most {cap}, or use more steps"
+        )
+
+
 def _netcdf_safe(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
@@ -87,6 +106,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     save_at: int | Sequence[float] = 2,
     progress: bool = True,
+    divergence_bound: float | str | None = "auto",
 ) -> xr.Dataset:
     r"""Sample the reverse-time SDE (or probability-flow ODE) of ``sde`` driven by ``score_fn``.
 
@@ -119,6 +139,12 @@ def sample(
         samplers; exact times for scipy and torchsde).
     progress : bool
         Show a tqdm progress bar (renders in notebooks too). Default True.
+    divergence_bound : "auto", float or None
+        Every state of the run must be finite and satisfy :math:`\|x\|_\infty \le B`, else
+        :class:`~scoresde.DivergenceError` names the sampler, step, time and samples. ``"auto"``
+        (default): :math:`B = 10^3(\sigma_T + \max(1, \|x_T\|_\infty))`, with :math:`\sigma_T` the
+        prior's std (1 for VP, :math:`\sigma_{\max}` for VE); a number sets :math:`B`; ``None``
+        disables the bound (NaN and inf still raise).
 
     Returns
     -------
@@ -127,7 +153,8 @@ def sample(
         each saved state, decreasing; a final ``0.0`` holds the denoised state when
         ``denoise=True``), ``nfe`` (cumulative score evaluations at each saved state; ``-1``
         where the solver cannot tell), and attributes: SDE and sampler with their parameters,
-        score function, total NFE, seed, eps, dtype, device, wall time and versions. The
+        score function, total NFE, seed, eps, dtype, device, wall time, versions, the bound in force
+        (``divergence_bound``, ``inf`` if disabled) and the run's largest :math:`|x|` (``max_abs_x``). The
         attributes are netCDF-safe, so ``ds.to_netcdf(path)`` round-trips.
     """
     sampler = PredictorCorrector() if sampler is None else sampler
@@ -158,6 +185,7 @@ def sample(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but CUDA is not available; use device='cpu'")
     sampler.check(sde)
+    _check_capacity(sampler, sde, save_at)
     save_times = _save_times(save_at, sde.T, sampler.eps)
 
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -168,7 +196,7 @@ def sample(
             x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
         else:
             x = x_T.detach().clone()
-        traj = sampler.run(sde, counted, x, generator, save_times, progress)
+        traj = sampler.run(sde, counted, x, generator, save_times, progress, divergence_bound=divergence_bound)
     wall = time.perf_counter() - start
 
     states = torch.stack(traj.states).cpu().numpy()
@@ -184,6 +212,8 @@ def sample(
         device=str(device),
         wall_time_s=round(wall, 4),
         denoised=sampler.denoise,
+        divergence_bound=counted.guard.bound,
+        max_abs_x=traj.stats.pop("max_abs_x"),
         **{f"stat_{k}": v for k, v in traj.stats.items()},
     )
     return xr.Dataset(
