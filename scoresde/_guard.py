@@ -186,7 +186,7 @@ class DivergenceGuard:
         m, x, step, t, t_next, times, what, bounded = record
         v = float(m)
         bound = self.bound if bounded else math.inf
-        if v <= bound:
+        if v <= bound and v != math.inf:
             if bounded and v > self.max_abs_x:
                 self.max_abs_x = v
             return
@@ -195,7 +195,7 @@ class DivergenceGuard:
     def _raise(self, x, step, t, t_next, times, what, bound, v) -> None:
         flat = x.detach().reshape(x.shape[0], -1) if x.dim() > 1 else x.detach().reshape(-1, 1)
         row = torch.linalg.vector_norm(flat, ord=math.inf, dim=1)
-        bad = ~(row <= bound)
+        bad = ~((row <= bound) & torch.isfinite(row))
         rows = bad.nonzero().reshape(-1)
         idx = [int(i) for i in rows[:10]]
         finite = math.isfinite(v)
