@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
-from ._guard import DivergenceError, DivergenceGuard, check_score_output, resolve_bound
+from ._guard import DivergenceError, DivergenceGuard, check_score_output, max_abs, resolve_bound
 from ._progress import progress_bar
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, ScoreFn, SubVPSDE
 
@@ -182,7 +182,7 @@ class Sampler(abc.ABC):
         self.check(sde)
         bound = resolve_bound(divergence_bound, sde, x)
         guard = score_fn.guard = DivergenceGuard(type(self).__name__, bound, device=x.device)
-        guard.max_abs_x = float(torch.linalg.vector_norm(x.detach(), ord=math.inf))
+        guard.max_abs_x = float(max_abs(x))
         traj = self.integrate(sde, score_fn, x, generator, save_times, progress)
         if self.denoise:
             x_eps = traj.states[-1]
