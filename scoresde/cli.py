@@ -101,6 +101,14 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------
 # argument types (their messages appear as "argument --opt: <message>")
 # ---------------------------------------------------------------------------------------
+def _default_save_at(save_at: int | None, sampler: Any, sde: Any) -> int:
+    """``--save-at`` as given, else 11 states capped at what the sampler can save."""
+    if save_at is not None:
+        return save_at
+    cap = sampler.max_saved_states(sde)
+    return 11 if cap is None else min(11, cap)
+
+
 def _int_at_least(minimum: int, why: str = "") -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -287,9 +295,10 @@ def _add_sample_parser(commands: Any) -> None:
     g.add_argument(
         "--save-at",
         type=_int_at_least(2),
-        default=11,
+        default=None,
         metavar="K",
-        help="number of saved states, evenly spaced in time from T to eps (default: %(default)s)",
+        help="number of saved states, evenly spaced in time from T to eps (default: 11, or all the "
+        "sampler's grid states if it has fewer)",
     )
     g.add_argument(
         "--out",
@@ -745,7 +754,7 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=args.seed,
             device=args.device,
             dtype=DTYPES[args.dtype],
-            save_at=args.save_at,
+            save_at=_default_save_at(args.save_at, sampler, sde),
             progress=not args.quiet,
         )
         ds.attrs["target"] = args.target
@@ -906,7 +915,7 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
             seed=args.seed,
             device=args.device,
             dtype=DTYPES[args.dtype],
-            save_at=args.save_at,
+            save_at=_default_save_at(args.save_at, sampler, sde),
             progress=not args.quiet,
         )
         x_data = (ds["x"].isel(time=-1) * scale + shift).drop_vars("time")
