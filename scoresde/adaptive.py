@@ -144,6 +144,8 @@ class AdaptiveSDE(Sampler):
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         x = x.clone()
         stack = _BrownianStack(x)
+        guard = score_fn.guard
+        guard.step_name = "iteration"
         iters = 0
         bar = progress_bar(total=n, desc=type(self).__name__, disable=not progress)
         try:
@@ -162,12 +164,17 @@ class AdaptiveSDE(Sampler):
                 sqrt_h = broadcast_coef(ha.sqrt().to(x.dtype), xa)
                 z = dw / sqrt_h
                 rd, g = rsde.sde(xa, ta.to(x.dtype))
+                # the drift at accepted (checked) states: NaN/inf here is the score's, not a step-size problem
+                guard.check(rd, iters, None, times=ta, what="drift (from the score)", bounded=False)
                 g = broadcast_coef(g, xa)
                 hx = broadcast_coef(ha.to(x.dtype), xa)
                 x1 = xa - hx * rd + g * sqrt_h * z
                 rd1, g1 = rsde.sde(x1, t_next.to(x.dtype))
                 g1 = broadcast_coef(g1, xa)
                 x2 = xa - 0.5 * hx * (rd + rd1) + 0.5 * (g + g1) * sqrt_h * z
+                # every accepted state is a proposal x2: checking the proposals checks the states, and a
+                # NaN/inf score at x1 shows here instead of as endless rejections
+                guard.check(x2, iters, None, times=t_next, what="proposed state")
                 delta = torch.clamp(self.rtol * torch.maximum(x1.abs(), xa.abs()), min=self.atol)
                 err = ((x1 - x2) / delta).reshape(len(idx), -1).double().norm(dim=1) / math.sqrt(dim)
                 # A non-finite error (overflowing proposal) is a rejection with a strong cut of h.

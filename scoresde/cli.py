@@ -1017,14 +1017,16 @@ def _check_eps(args: argparse.Namespace, sde: Any, sub: argparse.ArgumentParser)
         sub.error(f"argument --eps: must be smaller than the SDE's end time T = {sde.T:g}, got {args.eps:g}")
 
 
-def _default_save_at(sampler: Sampler, values_per_state: int) -> int:
-    """Saved states when --save-at is not given: every step of a fixed-step sampler (else
-    MAX_DEFAULT_SAVE_AT), capped by MAX_DEFAULT_SAVE_AT and by DEFAULT_SAVE_VALUES numbers in the file,
-    but not below MIN_DEFAULT_SAVE_AT."""
-    steps = sampler.params().get("steps")
-    wanted = int(steps) + 1 if isinstance(steps, int) else MAX_DEFAULT_SAVE_AT
-    budget = max(MIN_DEFAULT_SAVE_AT, DEFAULT_SAVE_VALUES // max(1, values_per_state))
-    return min(wanted, MAX_DEFAULT_SAVE_AT, budget)
+def _default_save_at(sampler: Sampler, sde: Any, values_per_state: int, wanted: int | None = None) -> int:
+    """Saved states when --save-at is not given: ``wanted``, else every state the sampler makes (else
+    MAX_DEFAULT_SAVE_AT), capped by MAX_DEFAULT_SAVE_AT and by DEFAULT_SAVE_VALUES numbers in the file
+    (but not below MIN_DEFAULT_SAVE_AT for that budget), and never more than the sampler can save."""
+    cap = sampler.max_saved_states(sde)
+    if wanted is None:
+        wanted = cap if cap is not None else MAX_DEFAULT_SAVE_AT
+        budget = max(MIN_DEFAULT_SAVE_AT, DEFAULT_SAVE_VALUES // max(1, values_per_state))
+        wanted = min(wanted, MAX_DEFAULT_SAVE_AT, budget)
+    return wanted if cap is None else min(wanted, cap)
 
 
 @dataclass
@@ -1104,7 +1106,7 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seed=args.seed,
             device=device,
             dtype=getattr(torch, args.dtype),
-            save_at=args.save_at or _default_save_at(sampler, args.n_samples * target.dim),
+            save_at=args.save_at or _default_save_at(sampler, sde, args.n_samples * target.dim),
             progress=not args.quiet,
         )
         ds.attrs["target"] = args.target
@@ -1234,7 +1236,7 @@ def _sample_model(
     dtype = getattr(torch, args.dtype)
     model.to(dtype)
     save_at = args.save_at or (
-        IMAGE_SAVE_AT if len(feature_shape) == 3 else _default_save_at(sampler, n * math.prod(feature_shape))
+        _default_save_at(sampler, sde, n * math.prod(feature_shape), IMAGE_SAVE_AT if len(feature_shape) == 3 else None)
     )
     ds = _lib("sample")(
         sde,

@@ -514,6 +514,10 @@ class DDPMAncestral(Sampler):
     def params(self) -> dict[str, Any]:
         return {"variance": self.variance, "eps": self.eps}
 
+    def max_saved_states(self, sde: SDE) -> int | None:
+        r"""``N + 1``: the chain's states :math:`x_N, \dots, x_0`."""
+        return sde.N + 1 if isinstance(sde, DDPMSDE) else None
+
     def check(self, sde: SDE) -> None:
         if not isinstance(sde, DDPMSDE):
             raise ValueError(
@@ -538,6 +542,7 @@ class DDPMAncestral(Sampler):
         traj = Trajectory()
         if 0 in save_idx:
             traj.save(grid[0], x, score_fn.nfe)
+        guard = score_fn.guard
         for k in progress_bar(range(N), desc="DDPMAncestral", disable=not progress):
             i = N - k
             t = torch.full((x.shape[0],), i / N, dtype=x.dtype, device=x.device)
@@ -545,6 +550,7 @@ class DDPMAncestral(Sampler):
             if i > 1:
                 z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = x + math.sqrt(var[i - 1]) * z
+            guard.check(x, k, float(grid[k]), float(grid[k + 1]))
             if k + 1 in save_idx:
                 traj.save(grid[k + 1], x, score_fn.nfe)
         return traj

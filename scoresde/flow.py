@@ -263,9 +263,11 @@ def velocity_field(
     if callable(getattr(inner, "velocity", None)) and same_sde:
 
         def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
+            out = inner.velocity(x, _vec(t, x))
             if isinstance(score_fn, CountedScore):
                 score_fn.nfe += 1
-            return inner.velocity(x, _vec(t, x))
+                return score_fn.checked(x, out, "score_fn.velocity")
+            return out
 
         return v_model
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._guard import DivergenceError, DivergenceGuard, check_score_output, max_abs, resolve_bound
 from ._progress import progress_bar
 from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, ScoreFn, SubVPSDE
 
@@ -47,19 +48,37 @@ __all__ = [
     "PREDICTORS",
     "CORRECTORS",
     "SCIPY_METHODS",
+    "DivergenceError",
 ]
 
 
 class CountedScore:
-    """Wraps a score function and counts its evaluations (one call on a batch = one NFE)."""
+    """Wraps a score function for one run: counts its evaluations (one call on a batch = one NFE),
+    checks the first result against the score-function contract, and carries the run's
+    :class:`~scoresde._guard.DivergenceGuard` (set by :meth:`Sampler.run`).
+
+    The contract: ``score_fn(x, t)`` returns a ``torch.Tensor`` of ``x``'s shape, floating dtype and
+    device. Nothing is broadcast or cast (a float64 score for a float32 state is an error, for every
+    sampler alike); a result that breaks it raises ``TypeError`` or ``ValueError`` naming ``score_fn``.
+    Only the first call of a run is checked, so the check costs nothing per step.
+    """
 
     def __init__(self, score_fn: ScoreFn) -> None:
         self.score_fn = score_fn
         self.nfe = 0
+        self.guard = DivergenceGuard("sampler")
+        self._checked = False
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self.score_fn(x, t)
+        return self.checked(x, self.score_fn(x, t))
+
+    def checked(self, x: torch.Tensor, out: Any, name: str = "score_fn") -> torch.Tensor:
+        """Return ``out``, the result of an evaluation at ``x``, after checking the first one of the run."""
+        if not self._checked:
+            check_score_output(out, x, name)
+            self._checked = True
+        return out
 
 
 @dataclass
@@ -107,6 +126,7 @@ class Sampler(abc.ABC):
 
     def check(self, sde: SDE) -> None:
         """Raise ``ValueError`` if this sampler cannot run ``sde``."""
+        _check_forward(sde)
         if self.eps >= sde.T:
             raise ValueError(f"eps={self.eps!r} must be smaller than the SDE's T={sde.T!r}")
         if self.denoise and not isinstance(sde, LinearSDE):
@@ -120,6 +140,14 @@ class Sampler(abc.ABC):
                 f"{type(sde).__name__} has s(T) = 0, so its drift f = s'/s is infinite at t = T and "
                 f"{type(self).__name__} cannot start there; sample it with scoresde.FlowODE"
             )
+
+    def max_saved_states(self, sde: SDE) -> int | None:
+        """How many distinct states from ``T`` to ``eps`` a run can save (``None``: no limit of its own).
+
+        Fixed-step samplers save states on their grid, so at most ``steps + 1``; samplers that save at
+        exact times (scipy, torchsde) have no such limit.
+        """
+        return None
 
     @abc.abstractmethod
     def integrate(
@@ -141,16 +169,39 @@ class Sampler(abc.ABC):
         generator: torch.Generator,
         save_times: np.ndarray,
         progress: bool = True,
+        divergence_bound: float | str | None = "auto",
     ) -> Trajectory:
-        """Check, integrate, and apply the optional denoising step (saved at ``t = 0``)."""
+        r"""Check, integrate, and apply the optional denoising step (saved at ``t = 0``).
+
+        Every state the run makes is checked by a :class:`~scoresde._guard.DivergenceGuard` (set on
+        ``score_fn.guard``): a NaN/inf state, or one with :math:`\|x\|_\infty` above
+        ``divergence_bound`` (``"auto"``: :math:`10^3(\sigma_T + \max(1, \|x_T\|_\infty))`; a number;
+        ``None`` disables the bound), raises :class:`DivergenceError`. ``Trajectory.stats["max_abs_x"]``
+        records the largest :math:`\|x\|_\infty` of the completed run.
+        """
         self.check(sde)
+        bound = resolve_bound(divergence_bound, sde, x)
+        guard = score_fn.guard = DivergenceGuard(type(self).__name__, bound, device=x.device)
+        guard.max_abs_x = float(max_abs(x))
         traj = self.integrate(sde, score_fn, x, generator, save_times, progress)
         if self.denoise:
             x_eps = traj.states[-1]
             _, _, s, sigma = sde.coefficients(self.eps, like=x_eps)
             score = score_fn(x_eps, _vec(self.eps, x_eps))
-            traj.save(0.0, (x_eps + sigma**2 * score) / s, score_fn.nfe)
+            x0 = (x_eps + sigma**2 * score) / s
+            guard.check(x0, None, self.eps, 0.0, what="denoised state")
+            traj.save(0.0, x0, score_fn.nfe)
+        guard.finish()
+        traj.stats["max_abs_x"] = guard.max_abs_x
         return traj
+
+
+def _check_forward(sde: SDE) -> None:
+    if isinstance(sde, ReverseSDE) or getattr(sde, "reversed", False):
+        raise ValueError(
+            f"sde is a reversed SDE ({type(sde).__name__}, e.g. from sde.reverse(score_fn)); pass the forward "
+            f"SDE (e.g. sde.base): the sampler builds the reverse-time process from it and score_fn itself"
+        )
 
 
 class FixedStepSampler(Sampler):
@@ -166,6 +217,10 @@ class FixedStepSampler(Sampler):
     def grid(self, sde: SDE) -> np.ndarray:
         """The time grid, float64, strictly decreasing from ``T`` to ``eps``."""
         return np.linspace(sde.T, self.eps, self.steps + 1)
+
+    def max_saved_states(self, sde: SDE) -> int | None:
+        """``steps + 1``: the states on the grid."""
+        return self.steps + 1
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> Any:
         """Per-run state handed to every ``step`` (default: the reverse-time SDE)."""
@@ -185,8 +240,12 @@ class FixedStepSampler(Sampler):
         if 0 in save_idx:
             traj.save(grid[0], x, score_fn.nfe)
         desc = type(self).__name__
+        guard = score_fn.guard
         for i in progress_bar(range(self.steps), desc=desc, disable=not progress):
-            x = self.step(state, sde, x, float(grid[i]), float(grid[i + 1]), generator)
+            t, t_next = float(grid[i]), float(grid[i + 1])
+            guard.current_step = i
+            x = self.step(state, sde, x, t, t_next, generator)
+            guard.check(x, i, t, t_next)
             if i + 1 in save_idx:
                 traj.save(grid[i + 1], x, score_fn.nfe)
         return traj
@@ -296,24 +355,41 @@ def _correct_langevin(pc, rsde, sde, x, t, dt, generator):
 
     :math:`\epsilon = 2\alpha\,(r\,\|z\| / \|s_\theta\|)^2` (norms averaged over the batch),
     :math:`x \leftarrow x + \epsilon\,s_\theta(x, t) + \sqrt{2\epsilon}\,z`.
+
+    Where the score vanishes (:math:`\|s_\theta\| = 0`, e.g. a network whose last layer starts at
+    zero) the rule gives :math:`\epsilon = \infty`; wherever :math:`\epsilon` is not finite
+    (:math:`\|s_\theta\| = 0`, or so small that :math:`\epsilon` overflows) the step falls back to
+    the annealed-Langevin step :math:`\epsilon = 2\alpha\,(r\,\sigma(t))^2`, the limit the SNR rule
+    takes for the Gaussian :math:`\mathcal N(\mu, \sigma(t)^2 I)`, whose score has
+    :math:`\|s\| \approx \|z\|/\sigma(t)`. With a zero score the move is then
+    :math:`x \leftarrow x + \sqrt{2\epsilon}\,z`, as for ``corrector="ald"``.
     """
     alpha = _langevin_alpha(sde, t, dt)
     vt = _vec(t, x)
+    fallback = None
     for _ in range(pc.corrector_steps):
         grad = rsde.score_fn(x, vt)
         noise = _randn_like(x, generator)
         grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
         noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
         step = 2 * alpha * (pc.snr * noise_norm / grad_norm) ** 2
+        if fallback is None:
+            fallback = _ald_step(pc, sde, x, t, alpha)
+        # no host sync: the fallback is selected on the device
+        step = torch.where(torch.isfinite(step), step, fallback)
         x = x + step * grad + torch.sqrt(2 * step) * noise
     return x
+
+
+def _ald_step(pc, sde, x, t, alpha) -> float:
+    _, std = sde.marginal_prob(x[:1], t)
+    return 2 * alpha * (pc.snr * float(std[0])) ** 2
 
 
 def _correct_annealed_langevin(pc, rsde, sde, x, t, dt, generator):
     r"""Annealed Langevin dynamics (Song & Ermon 2019): :math:`\epsilon = 2\alpha (r\,\sigma(t))^2`."""
     alpha = _langevin_alpha(sde, t, dt)
-    _, std = sde.marginal_prob(x[:1], t)
-    step = 2 * alpha * (pc.snr * float(std[0])) ** 2
+    step = _ald_step(pc, sde, x, t, alpha)
     vt = _vec(t, x)
     for _ in range(pc.corrector_steps):
         grad = rsde.score_fn(x, vt)
@@ -401,6 +477,10 @@ class PredictorCorrector(FixedStepSampler):
 
     def step(self, rsde, sde, x, t, t_next, generator):
         x = CORRECTORS[self.corrector](self, rsde, sde, x, t, t - t_next, generator)
+        if self.corrector != "none" and self.predictor != "none":
+            # the corrector's result is checked before the predictor evaluates the score on it
+            guard = rsde.score_fn.guard
+            guard.check(x, guard.current_step, t, t_next, what="corrected state")
         return PREDICTORS[self.predictor](self, rsde, sde, x, t, t_next, generator)
 
 
@@ -468,6 +548,10 @@ class ProbabilityFlowODE(FixedStepSampler):
     def prepare(self, sde, score_fn):
         return sde.reverse(score_fn, probability_flow=True)
 
+    def max_saved_states(self, sde: SDE) -> int | None:
+        """``steps + 1`` for the fixed-step methods; no limit for scipy's (it saves at exact times)."""
+        return None if self.method in SCIPY_METHODS else self.steps + 1
+
     def step(self, ode, sde, x, t, t_next, generator):
         dt = t_next - t
         d = ode.sde(x, t)[0]
@@ -496,10 +580,17 @@ class ProbabilityFlowODE(FixedStepSampler):
         )
         span = sde.T - self.eps
         done = [0]
+        guard = score_fn.guard
+        guard.step_name = "right-hand-side evaluation"
+        evals = [0]
 
         def fun(t: float, y: np.ndarray) -> np.ndarray:
             xt = torch.from_numpy(y).to(dtype=dtype, device=device).reshape(shape)
+            # the state scipy asks about, then the drift (a NaN/inf score shows there first)
+            guard.check(xt, evals[0], float(t))
             drift = ode.sde(xt, float(t))[0]
+            guard.check(drift, evals[0], float(t), what="drift (from the score)", bounded=False)
+            evals[0] += 1
             pct = int(100 * (sde.T - t) / span)
             if pct > done[0]:
                 bar.update(pct - done[0])
@@ -514,7 +605,13 @@ class ProbabilityFlowODE(FixedStepSampler):
             )
         bar.close()
         if sol.status != 0:
-            raise RuntimeError(f"solve_ivp({self.method}) failed: {sol.message}")
+            t_fail = float(sol.t[-1]) if len(sol.t) else sde.T
+            raise RuntimeError(
+                f"solve_ivp({self.method}) failed near t = {t_fail:.6g} after {evals[0]} evaluations: {sol.message} "
+                f"The states it evaluated were finite with |x| <= {guard.max_abs_x:.3g} (divergence_bound="
+                f"{guard.bound:.3g}); a step-size failure with a finite state means a stiff or very steep drift: check "
+                f"score_fn near that time, loosen rtol/atol, or use an implicit method (Radau, BDF)"
+            )
         traj = Trajectory(
             stats={
                 "nfev": int(sol.nfev),
@@ -523,6 +620,7 @@ class ProbabilityFlowODE(FixedStepSampler):
                 "solver_message": str(sol.message),
             }
         )
+        guard.check(torch.from_numpy(sol.y[:, -1]), None, float(sol.t[-1]))
         for j, t in enumerate(sol.t):
             state = torch.from_numpy(np.ascontiguousarray(sol.y[:, j])).to(dtype=dtype, device=device)
             # scipy's dense output gives no NFE per time: record the total at the end only
@@ -546,11 +644,15 @@ class _TorchsdeReverse(torch.nn.Module):
 
     noise_type = "additive"
 
-    def __init__(self, rsde: ReverseSDE, shape: torch.Size, sde_type: str) -> None:
+    def __init__(
+        self, rsde: ReverseSDE, shape: torch.Size, sde_type: str, guard: DivergenceGuard | None = None, h: float = 1.0
+    ) -> None:
         super().__init__()
         self.rsde, self.shape, self.sde_type = rsde, shape, sde_type
         self.T = rsde.T
         self._last: tuple[float, torch.Tensor, torch.Tensor] | None = None
+        self.guard = DivergenceGuard("TorchSDE") if guard is None else guard
+        self.h = h
 
     def f(self, u, y):
         # torchsde's additive SRA1 step evaluates the drift at (t0, y0) twice (stages 1 and 2); the
@@ -561,6 +663,8 @@ class _TorchsdeReverse(torch.nn.Module):
         last = self._last
         if last is not None and last[0] == u and last[1] is y:
             return last[2]
+        # the state torchsde asks about at u (a step's result, or a stage of one): step floor(u / h)
+        self.guard.check(y, int(u / self.h * (1 + 1e-9)), self.T - u)
         drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - u)
         out = -drift.reshape(y.shape)
         self._last = (u, y, out)
@@ -638,9 +742,9 @@ class TorchSDE(Sampler):
 
         shape = x.shape
         sde_type = "stratonovich" if self.method in ("heun", "midpoint", "reversible_heun") else "ito"
-        model = _TorchsdeReverse(sde.reverse(score_fn), shape, sde_type)
         span = sde.T - self.eps
         h = span / self.steps
+        model = _TorchsdeReverse(sde.reverse(score_fn), shape, sde_type, score_fn.guard, h)
         # save times, in u = T - t, always containing 0 and the end
         u = np.unique(np.clip(sde.T - np.concatenate([save_times, [sde.T, self.eps]]), 0.0, span))
         ts = torch.tensor(u, dtype=torch.float64, device=x.device)
@@ -667,6 +771,7 @@ class TorchSDE(Sampler):
         with progress_bar(total=1, desc=f"TorchSDE[{self.method}]", disable=not progress) as bar:
             ys = torchsde.sdeint(model, y0, ts, bm=bm, method=self.method, dt=h * (1 + 1e-9))
             bar.update(1)
+        score_fn.guard.check(ys[-1], self.steps - 1, self.eps)
         traj = Trajectory(stats={"torchsde_method": self.method})
         for j, uj in enumerate(u):
             traj.save(sde.T - uj, ys[j].reshape(shape), score_fn.nfe if j == len(u) - 1 else -1)

@@ -111,6 +111,25 @@ def _check_device(name: str, device: Any) -> torch.device:
     return dev
 
 
+def _check_capacity(sampler: Sampler, sde: SDE, save_at: Any) -> None:
+    """Raise ``ValueError`` before anything is allocated if ``save_at`` asks for more states than ``sampler`` makes."""
+    cap = sampler.max_saved_states(sde)
+    if cap is None or isinstance(save_at, bool | str | bytes):
+        return  # _save_times refuses these with its own message
+    if isinstance(save_at, int | np.integer):
+        n = int(save_at)
+    elif hasattr(save_at, "__len__"):
+        n = len(save_at)
+    else:
+        return
+    if n > cap:
+        raise ValueError(
+            f"save_at={save_at if isinstance(save_at, int | np.integer) else f'<{n} times>'} asks for {n} saved "
+            f"states, but {type(sampler).__name__} makes at most {cap} (the states on its grid of "
+            f"{cap - 1} steps); ask for at most {cap}, or use more steps"
+        )
+
+
 def _netcdf_safe(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
@@ -154,6 +173,7 @@ def sample(
     save_at: int | Sequence[float] = 2,
     progress: bool = True,
     num_threads: int | None = None,
+    divergence_bound: float | str | None = "auto",
 ) -> xr.Dataset:
     r"""Sample the reverse-time SDE (or probability-flow ODE) of ``sde`` driven by ``score_fn``.
 
@@ -194,6 +214,12 @@ def sample(
         with other work, one thread is usually faster than several, which wait on each other;
         the README's performance section gives measurements. The samples do not depend on it for
         the built-in samplers on CPU.
+    divergence_bound : "auto", float or None
+        Every state of the run must be finite and satisfy :math:`\|x\|_\infty \le B`, else
+        :class:`~scoresde.DivergenceError` names the sampler, step, time and samples. ``"auto"``
+        (default): :math:`B = 10^3(\sigma_T + \max(1, \|x_T\|_\infty))`, with :math:`\sigma_T` the
+        prior's std (1 for VP, :math:`\sigma_{\max}` for VE); a number sets :math:`B`; ``None``
+        disables the bound (NaN and inf still raise).
 
     Returns
     -------
@@ -202,7 +228,8 @@ def sample(
         each saved state, decreasing; a final ``0.0`` holds the denoised state when
         ``denoise=True``), ``nfe`` (cumulative score evaluations at each saved state; ``-1``
         where the solver cannot tell), and attributes: SDE and sampler with their parameters,
-        score function, total NFE, seed, eps, dtype, device, wall time and versions. The
+        score function, total NFE, seed, eps, dtype, device, wall time, versions, the bound in force
+        (``divergence_bound``, ``inf`` if disabled) and the run's largest :math:`|x|` (``max_abs_x``). The
         attributes are netCDF-safe, so ``ds.to_netcdf(path)`` round-trips.
     """
     sampler = PredictorCorrector() if sampler is None else sampler
@@ -237,6 +264,7 @@ def sample(
     else:
         device = _check_device("device", device)
     sampler.check(sde)
+    _check_capacity(sampler, sde, save_at)
     save_times = _save_times(save_at, sde.T, sampler.eps)
 
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -248,7 +276,7 @@ def sample(
             x = sde.prior_sampling(checked_shape, generator=generator, dtype=dtype, device=device)
         else:
             x = x_T.detach().clone()
-        traj = sampler.run(sde, counted, x, generator, save_times, progress)
+        traj = sampler.run(sde, counted, x, generator, save_times, progress, divergence_bound=divergence_bound)
     wall = time.perf_counter() - start
 
     states = torch.stack(traj.states).cpu().numpy()
@@ -264,6 +292,8 @@ def sample(
         device=str(device),
         wall_time_s=round(wall, 4),
         denoised=sampler.denoise,
+        divergence_bound=counted.guard.bound,
+        max_abs_x=traj.stats.pop("max_abs_x"),
         **{f"stat_{k}": v for k, v in traj.stats.items()},
     )
     return xr.Dataset(

@@ -606,9 +606,12 @@ def test_floor_cache_second_run_reads_the_same_floor(tmp_path, capsys, floor_cac
 
 
 def test_default_save_at_rule():
-    em = sd.EulerMaruyama(steps=1000)
-    assert cli._default_save_at(em, 500 * 2) == cli.MAX_DEFAULT_SAVE_AT
-    assert cli._default_save_at(em, 20_000 * 2) == cli.DEFAULT_SAVE_VALUES // 40_000 == 50
-    assert cli._default_save_at(em, 10**7) == cli.MIN_DEFAULT_SAVE_AT
-    assert cli._default_save_at(sd.EulerMaruyama(steps=7), 100) == 8
-    assert cli._default_save_at(sd.ProbabilityFlowODE(), 100) == cli.MAX_DEFAULT_SAVE_AT  # adaptive RK45
+    em, vp = sd.EulerMaruyama(steps=1000), sd.VPSDE()
+    assert cli._default_save_at(em, vp, 500 * 2) == cli.MAX_DEFAULT_SAVE_AT
+    assert cli._default_save_at(em, vp, 20_000 * 2) == cli.DEFAULT_SAVE_VALUES // 40_000 == 50
+    assert cli._default_save_at(em, vp, 10**7) == cli.MIN_DEFAULT_SAVE_AT
+    assert cli._default_save_at(sd.EulerMaruyama(steps=7), vp, 100) == 8
+    assert cli._default_save_at(sd.ProbabilityFlowODE(), vp, 100) == cli.MAX_DEFAULT_SAVE_AT  # adaptive RK45
+    # an explicit wish (image checkpoints) is capped by what the sampler saves
+    assert cli._default_save_at(sd.EulerMaruyama(steps=3), vp, 64, cli.IMAGE_SAVE_AT) == 4
+    assert cli._default_save_at(em, vp, 64, cli.IMAGE_SAVE_AT) == cli.IMAGE_SAVE_AT

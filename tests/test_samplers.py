@@ -343,3 +343,65 @@ def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
         np.testing.assert_array_equal(plain["x"].values, cached[m]["x"].values)
         assert plain.attrs["nfe"] == nfe
         assert cached[m].attrs["nfe"] == (2 * 25 if m == "srk" else 25)
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.VESDE()], ids=repr)
+def test_langevin_with_a_zero_score_takes_the_annealed_step(sde):
+    # the SNR step 2 alpha (r |z| / |s|)^2 is infinite at s = 0 (it returned all NaN); it falls back to the
+    # annealed-Langevin step 2 alpha (r sigma(t))^2, so the run equals corrector="ald" with the same noise
+    def zero(x, t):
+        return torch.zeros_like(x)
+
+    kw = dict(shape=(16, 2), seed=2, dtype=torch.float64, progress=False, save_at=6)
+    lang = sd.sample(sde, zero, sd.PredictorCorrector("none", "langevin", steps=5, corrector_steps=2), **kw)
+    ald = sd.sample(sde, zero, sd.PredictorCorrector("none", "ald", steps=5, corrector_steps=2), **kw)
+    assert np.isfinite(lang["x"].values).all()
+    np.testing.assert_allclose(lang["x"].values, ald["x"].values, rtol=1e-14, atol=0)
+    # and with a predictor, as a ScoreModel whose last layer starts at zero gives
+    pc = sd.sample(sde, zero, sd.PredictorCorrector(steps=5), **kw)
+    assert np.isfinite(pc["x"].values).all()
+
+
+def test_reversed_sde_is_rejected():
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    for bad in (sde.reverse(score), sde.reverse(score, probability_flow=True)):
+        for sampler in (sd.EulerMaruyama(steps=3), sd.DDIM(steps=3), sd.AdaptiveSDE()):
+            with pytest.raises(ValueError, match="reversed SDE.*forward"):
+                sd.sample(bad, score, sampler, shape=(4, 2), progress=False)
+
+
+@pytest.mark.parametrize(
+    "sampler,cap",
+    [
+        (sd.EulerMaruyama(steps=20), 21),
+        (sd.PredictorCorrector(steps=7), 8),
+        (sd.ProbabilityFlowODE("heun", steps=5), 6),
+        (sd.DDIM(steps=4), 5),
+        (sd.UniPC(steps=6, grid="uniform"), 7),
+        (sd.FlowODE(steps=3), 4),
+    ],
+    ids=repr,
+)
+def test_save_at_beyond_the_grid_is_rejected_before_allocating(sampler, cap):
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    assert sampler.max_saved_states(sde) == cap
+    ds = sd.sample(sde, score, sampler, shape=(4, 2), save_at=cap, progress=False)
+    assert ds.sizes["time"] == cap
+    # 10**9 used to allocate past 3 GB and 10**7 to hang; the error comes at once
+    for n in (cap + 1, 10**7, 10**9):
+        with pytest.raises(ValueError, match=rf"save_at={n} asks for {n} saved states.*at most {cap}"):
+            sd.sample(sde, score, sampler, shape=(4, 2), save_at=n, progress=False)
+    with pytest.raises(ValueError, match="at most"):
+        sd.sample(sde, score, sampler, shape=(4, 2), save_at=list(np.linspace(1.0, 0.01, cap + 1)), progress=False)
+
+
+def test_save_capacity_of_exact_time_and_ddpm_samplers():
+    sde = sd.VPSDE()
+    assert sd.ProbabilityFlowODE("RK45").max_saved_states(sde) is None
+    assert sd.TorchSDE(steps=3).max_saved_states(sde) is None
+    ddpm = sd.DDPMSchedule.linear(T=10).sde()
+    assert sd.DDPMAncestral().max_saved_states(ddpm) == 11
+    with pytest.raises(ValueError, match="save_at=12 .*at most 11"):
+        sd.sample(ddpm, sd.eight_gaussians().score(ddpm), sd.DDPMAncestral(), shape=(4, 2), save_at=12, progress=False)
