@@ -137,6 +137,7 @@ class DirectoryLock:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = check_writable_dir(directory)
         self._key: tuple[int, int] | None = None
+        self._entry: _Held | None = None
         with self._mutex:
             st = os.stat(self.directory)
             key = (st.st_dev, st.st_ino)
@@ -144,8 +145,8 @@ class DirectoryLock:
             if held is not None:
                 held.count += 1
             else:
-                self._held[key] = _Held(self._acquire(), 1, self.directory / LOCK_NAME)
-            self._key = key
+                held = self._held[key] = _Held(self._acquire(), 1, self.directory / LOCK_NAME)
+            self._key, self._entry = key, held
 
     def _acquire(self) -> int:
         import fcntl
@@ -182,21 +183,26 @@ class DirectoryLock:
 
     @property
     def held(self) -> bool:
-        return self._key is not None
+        """Whether this holder still holds the lock (false after :meth:`release` or a forced release)."""
+        return self._key is not None and self._held.get(self._key) is self._entry
 
-    def release(self) -> None:
-        """Give the lock up (idempotent); the last holder in this process unlocks and removes the lock file."""
+    def release(self, force: bool = False) -> None:
+        """Give the lock up (idempotent); the last holder in this process unlocks and removes the lock file.
+
+        ``force=True`` unlocks the directory for every holder in this process (the owner of a run,
+        e.g. the command line, when the run ends); their later releases do nothing.
+        """
         with self._mutex:
-            if self._key is None:
-                return
-            held = self._held[self._key]
-            held.count -= 1
-            if held.count == 0:
-                del self._held[self._key]
+            key, entry = self._key, self._entry
+            self._key = self._entry = None
+            if key is None or self._held.get(key) is not entry or entry is None:
+                return  # released already, or forcibly by the owner of the run
+            entry.count = 0 if force else entry.count - 1
+            if entry.count == 0:
+                del self._held[key]
                 with contextlib.suppress(OSError):
-                    os.unlink(held.path)  # while still locked: a waiting run then retries on a new file
-                os.close(held.fd)  # closing the descriptor releases the flock
-            self._key = None
+                    os.unlink(entry.path)  # while still locked: a waiting run then retries on a new file
+                os.close(entry.fd)  # closing the descriptor releases the flock
 
     def __enter__(self) -> DirectoryLock:
         return self

@@ -1437,8 +1437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        while _HELD_LOCKS:
-            _HELD_LOCKS.pop().release()
+        while _HELD_LOCKS:  # the run is over: unlock --out, also for the Trainer that the run created
+            _HELD_LOCKS.pop().release(force=True)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -123,9 +123,7 @@ def test_network_sanity_bounds_are_checked_without_allocating():
     for name in ("mlp", "unet", "dit"):
         net = build_network(name)
         state = torch.get_rng_state()
-        assert check_network_config(network_config(net)) == sum(
-            t.numel() for t in (*net.parameters(), *net.buffers())
-        )
+        assert check_network_config(network_config(net)) == sum(t.numel() for t in (*net.parameters(), *net.buffers()))
         assert torch.equal(state, torch.get_rng_state())  # built on the meta device: no random numbers drawn
     # 4 x 60000^2 weights: each field is in range, the total is not (and nothing is allocated)
     with pytest.raises(ValueError, match=f"more than the sanity bound {MAX_NETWORK_ELEMENTS:,}"):

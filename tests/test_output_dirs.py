@@ -150,3 +150,14 @@ def test_atomic_path_cleans_up_on_interrupt_and_remove_stale_temps(tmp_path):
     removed = remove_stale_temps(tmp_path, ["a.nc", "step_*.pt"])
     assert sorted(p.name for p in removed) == [".a.nc.x1.tmp", ".step_0000001.pt.x2.tmp"]
     assert _temps(tmp_path) == [".b.nc.x3.tmp"]
+
+
+def test_a_forced_release_ends_every_holder_and_later_locks_are_independent(tmp_path):
+    owner, inner = lock_directory(tmp_path), lock_directory(tmp_path)
+    owner.release(force=True)
+    assert not owner.held and not inner.held and not (tmp_path / LOCK_NAME).exists()
+    again = lock_directory(tmp_path)
+    inner.release()  # a stale holder must not release the new lock
+    assert again.held and (tmp_path / LOCK_NAME).exists()
+    again.release()
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -198,8 +198,6 @@ def test_resume_after_a_kill_at_every_write(tmp_path, monkeypatch, target, when)
     """
     import shutil
 
-    import scoresde.training as training
-
     sde = sd.VPSDE()
     data = load_dataset("moons", n=500)
     cfg = TrainConfig(**SMALL)
@@ -395,3 +393,65 @@ def test_trainer_checks_and_locks_out_dir_up_front(tmp_path, monkeypatch):
         trainer.train(steps=3, progress=False)
     assert not (busy / LOCK_NAME).exists()  # released and removed
     assert read_checkpoint(busy / "last.pt")["step"] == 3  # a checkpoint after close() locks again
+
+
+@pytest.mark.slow
+def test_random_kills_during_cli_training_resume_bit_identically(tmp_path):
+    """``kill -9`` ``scoresde train`` at 20+ random points (after it made progress), then resume to the end.
+
+    After every kill each checkpoint left reads (checksum and fields); at the end no temporary file
+    is left and the weights, EMA, optimizer state and history equal those of an uninterrupted run.
+    """
+    import random
+
+    total = 200
+    args = ["-m", "scoresde", "train", "--data", "moons", "--n-data", "500", "--hidden", "16", "--batch-size", "32",
+            "--warmup", "5", "--steps", str(total), "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(out):
+        return subprocess.Popen(
+            [sys.executable, *args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    reference = run(ref)
+    rng = random.Random(1234)
+    last = killed / "last.pt"
+
+    def version():
+        try:
+            st = last.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    steps_seen = []
+    for _ in range(20):
+        seen = version()
+        proc = run(killed)
+        while version() == seen:  # wait until this run wrote a checkpoint: each kill follows progress
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended before it was killed: {proc.stderr.read().decode()}")
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.kill()
+        proc.wait()
+        for p in killed.glob("*.pt"):
+            read_checkpoint(p)  # every checkpoint left is complete
+        steps = {p.name: read_checkpoint(p)["step"] for p in killed.glob("*.pt")}
+        assert steps["last.pt"] == max(steps.values())
+        steps_seen.append(steps["last.pt"])
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] < total
+    final = run(killed)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
+    assert _temp_files(killed) == [] and not (killed / ".scoresde.lock").exists()
+    a, b = read_checkpoint(killed / "last.pt"), read_checkpoint(ref / "last.pt")
+    assert a["step"] == b["step"] == total
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    for k, state in b["optimizer"]["state"].items():
+        assert all(torch.equal(state[f], a["optimizer"]["state"][k][f]) for f in state)
+    assert a["history"] == b["history"]
