@@ -312,7 +312,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not a scoresde checkpoint")
     where = f"checkpoint {str(path)!r}"
     version = ckpt.get("version")
-    if not _is_int(version) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"{where}: format version must be an integer >= 1, got {version!r}; the file is corrupt")
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(
