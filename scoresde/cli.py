@@ -946,23 +946,34 @@ def _add_train_parser(commands: Any) -> None:
 # ---------------------------------------------------------------------------------------
 # sample
 # ---------------------------------------------------------------------------------------
+#: output-directory locks taken by _prepare_out, released when main() returns
+_HELD_LOCKS: list[Any] = []
+
+
 def _prepare_out(out: Path, sub: argparse.ArgumentParser, names: Sequence[str] = OUTPUT_FILES) -> Path:
-    """Create the output directory or fail with a message naming --out, before any sampling or training."""
-    if out.exists() and not out.is_dir():
-        sub.error(f"argument --out: {str(out)!r} exists and is not a directory")
+    """Create, check and lock the output directory, before any sampling or training; remove stale temp files.
+
+    Fails with a message naming --out (exit 2) if it is not a writable directory or another run holds
+    its lock; the lock is held until :func:`main` returns (or the process dies).
+    """
+    from ._io import OutputDirError, lock_directory, remove_stale_temps
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            sub.error(f"argument --out: {str(out)!r} exists and is not a directory")
+        lock = lock_directory(out)
+    except OutputDirError as err:
+        sub.error(f"argument --out: {err}")
     except OSError as err:
-        sub.error(f"argument --out: cannot create directory {str(out)!r}: {err.strerror or err}")
-    for name in names:
-        if (out / name).is_dir():
-            sub.error(f"argument --out: {str(out / name)!r} is a directory; cannot write {name} there")
-    probe = out / f".{PROG}-write-test"
+        sub.error(f"argument --out: cannot use directory {str(out)!r}: {err.strerror or err}")
+    _HELD_LOCKS.append(lock)
     try:
-        probe.touch()
-        probe.unlink()
+        for name in names:
+            if (out / name).is_dir():
+                sub.error(f"argument --out: {str(out / name)!r} is a directory; cannot write {name} there")
+        remove_stale_temps(out, names)
     except OSError as err:
-        sub.error(f"argument --out: directory {str(out)!r} is not writable: {err.strerror or err}")
+        sub.error(f"argument --out: cannot use directory {str(out)!r}: {err.strerror or err}")
     return out
 
 
@@ -1670,8 +1681,15 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``scoresde`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    import signal
+    import threading
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the run like Ctrl-C, so that temporary files are removed (atomic_path's clean-up)
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -1687,6 +1705,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, _Terminated):
+            print(f"\n{PROG}: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        while _HELD_LOCKS:  # the run is over: unlock --out, also for the Trainer that the run created
+            _HELD_LOCKS.pop().release(force=True)
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler of :func:`main`: unwinds like Ctrl-C (clean-up runs), exit 143."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()

@@ -55,6 +55,8 @@ __all__ = [
     "network_config",
     "model_config",
     "model_from_config",
+    "check_network_config",
+    "MAX_NETWORK_ELEMENTS",
 ]
 
 PARAMETERIZATIONS = ("eps", "score", "velocity")
@@ -776,6 +778,60 @@ def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:
     return None
 
 
+#: sanity bounds for network configurations read from files (checkpoints), checked before anything is
+#: allocated: parameters plus buffers (2**30 float32 numbers are 4 GiB), and sizes of single fields
+MAX_NETWORK_ELEMENTS = 2**30
+_MAX_COUNT = 1024  # layers, depth, num_res_blocks, len(channel_mults)
+_MAX_SIZE = 2**16  # every other integer field: widths, dimensions, image sides, patch size
+
+
+def check_network_config(config: Any) -> int:
+    """Check a network configuration (as in :func:`network_config`) without allocating it; return its size.
+
+    The configuration must name a network of :data:`NETWORKS` and only its constructor arguments,
+    with counts (``layers``, ``depth``, ``num_res_blocks``, ``len(channel_mults)``) at most 1024 and
+    every other integer at most ``2**16``; the network is then built on the ``meta`` device (no
+    memory, no random numbers drawn), and its parameters plus buffers must number at most
+    :data:`MAX_NETWORK_ELEMENTS`. Returns that number. Raises ``TypeError`` / ``ValueError`` naming
+    the field.
+    """
+    import inspect
+
+    if not isinstance(config, dict):
+        raise TypeError(f"a network configuration must be a dict, got {type(config).__name__}")
+    name = config.get("name")
+    if not isinstance(name, str) or name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    allowed = set(inspect.signature(NETWORKS[name].__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - allowed - {"name"}, key=str)
+    if unknown:
+        raise ValueError(f"network {name!r} has no argument(s) {unknown}; expected some of {sorted(allowed)}")
+    for key, value in config.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(value) > _MAX_COUNT:
+            raise ValueError(f"network field {key} has {len(value)} entries, more than {_MAX_COUNT}")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise TypeError(f"network field {key} must hold numbers, got {type(v).__name__}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"network field {key} must be finite, got {v!r}")
+            limit = _MAX_COUNT if key in ("layers", "depth", "num_res_blocks") else _MAX_SIZE
+            if isinstance(v, int) and not 0 < v <= limit:
+                raise ValueError(f"network field {key} = {v} is out of range: expected an integer in [1, {limit}]")
+    if isinstance(config.get("mlp_ratio"), (int, float)) and config["mlp_ratio"] > _MAX_COUNT:
+        raise ValueError(f"network field mlp_ratio = {config['mlp_ratio']} is out of range (at most {_MAX_COUNT})")
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    with torch.device("meta"):
+        net = NETWORKS[name](**kwargs)
+    size = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+    if size > MAX_NETWORK_ELEMENTS:
+        raise ValueError(
+            f"network {name!r} with {kwargs} would have {size:,} parameters and buffers, more than the "
+            f"sanity bound {MAX_NETWORK_ELEMENTS:,}"
+        )
+    return size
+
+
 def model_config(model: ScoreModel) -> dict[str, Any]:
     """Everything needed to rebuild a :class:`ScoreModel` (given its SDE): network and parameterisation."""
     if not isinstance(model, ScoreModel):
@@ -785,7 +841,12 @@ def model_config(model: ScoreModel) -> dict[str, Any]:
 
 
 def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
-    """Rebuild the :class:`ScoreModel` described by :func:`model_config` (weights not included)."""
+    """Rebuild the :class:`ScoreModel` described by :func:`model_config` (weights not included).
+
+    The network configuration is checked first (:func:`check_network_config`), so that a configuration
+    read from a file cannot ask for an absurd allocation.
+    """
+    check_network_config(config["network"])
     net_cfg = dict(config["network"])
     net = build_network(net_cfg.pop("name"), **net_cfg)
     return ScoreModel(

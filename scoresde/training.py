@@ -2,22 +2,34 @@ r"""Training score networks by denoising score matching, with checkpoints that s
 
 One step: draw a batch :math:`x_0` (indices from the run's own ``torch.Generator``), evaluate
 :func:`scoresde.losses.dsm_loss`, clip the gradient norm, take an AdamW step with linear
-learning-rate warm-up, and update the exponential moving average of the weights,
+learning-rate warm-up (a ``torch.optim.lr_scheduler.LambdaLR``), and update the exponential moving
+average of the weights (``torch.optim.swa_utils.get_ema_multi_avg_fn``),
 :math:`\bar\theta \leftarrow \mu_k \bar\theta + (1 - \mu_k)\theta` with the warmed-up decay
 :math:`\mu_k = \min(\mu, (1 + k)/(10 + k))` at step :math:`k`. Sampling uses the EMA weights.
 
-A checkpoint holds the model, the EMA model, the optimizer, the step, every random state and the
-full configuration (SDE, network, data map, loss, optimiser), so that a checkpoint alone rebuilds
-the score function (:func:`load_checkpoint`). Writes are atomic (temporary file, then
-``os.replace``), and a run resumed from its last checkpoint continues bit-identically on CPU.
+A checkpoint holds the model, the EMA model, the optimizer, the learning-rate schedule, the step,
+every random state and the full configuration (SDE, network, data map, loss, optimiser), so that a
+checkpoint alone rebuilds the score function (:func:`load_checkpoint`), and a SHA-256 checksum of
+all of it, verified on reading together with the type and range of every field
+(:func:`read_checkpoint`).
+
+Files in ``out_dir``: at every checkpoint the trainer writes ``last.pt`` first, then
+``step_XXXXXXX.pt`` (the same content), then ``history.nc``; each write is atomic (temporary file,
+then ``os.replace``). So at any moment, even after ``kill -9``, ``last.pt`` is the newest complete
+checkpoint (its step is at least that of every ``step_XXXXXXX.pt``), and a run resumed from it
+continues bit-identically on CPU. A trainer holds an exclusive lock on its ``out_dir``
+(``.scoresde.lock``) so that a second run cannot write into the same directory, and removes the
+temporary files that a killed run left there.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +38,35 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ._checks import check_positive, check_positive_int
-from ._io import atomic_path
+from ._checks import check_positive, check_positive_int, check_seed
+from ._io import DirectoryLock, OutputDirError, atomic_path, lock_directory, remove_stale_temps
 from ._progress import progress_bar
 from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss, velocity_loss
 from .sde import SDE, sde_config, sde_from_config
 
-__all__ = ["TrainConfig", "Trainer", "train", "CheckpointError", "load_checkpoint", "read_checkpoint", "save_atomic"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "CheckpointError",
+    "OutputDirError",
+    "checksum",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_atomic",
+]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
 OBJECTIVES = ("dsm", "ddpm", "flow_matching")
-CHECKPOINT_VERSION = 1
+#: 2: SHA-256 checksum and learning-rate scheduler state (version 1 files are still read)
+CHECKPOINT_VERSION = 2
+#: the files a trainer writes into its ``out_dir`` (``fnmatch`` patterns)
+CHECKPOINT_FILES = ("last.pt", "step_*.pt", "history.nc")
+#: sanity bound on the number of features of one sample recorded in a checkpoint
+MAX_FEATURES = 2**24
 
 
 class CheckpointError(ValueError):
@@ -85,16 +113,19 @@ class TrainConfig:
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive_int("warmup", self.warmup, minimum=0)
         check_positive("grad_clip", self.grad_clip, allow_zero=True)
-        if not 0.0 <= self.ema_decay < 1.0:
+        if not 0.0 <= check_positive("ema_decay", self.ema_decay, allow_zero=True) < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         check_positive("eps", self.eps)
+        for name in ("weighting", "objective", "reduce"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
-        check_positive_int("seed", self.seed, minimum=0)
+        check_seed("seed", self.seed)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         check_positive_int("log_every", self.log_every)
 
@@ -106,11 +137,166 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _digest(obj: Any, h: Any) -> None:
+    """Feed a checkpoint payload (dicts, lists, tuples, tensors, numbers, strings, None) into hash ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for k, v in obj.items():
+            _digest(k, h)
+            _digest(v, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for v in obj:
+            _digest(v, h)
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8", "surrogatepass")
+        h.update(f"S{len(data)};".encode() + data)
+    elif isinstance(obj, bool):
+        h.update(b"B1" if obj else b"B0")
+    elif isinstance(obj, int):
+        h.update(f"I{obj};".encode())
+    elif isinstance(obj, float):
+        h.update(b"F" + struct.pack("<d", obj))
+    elif obj is None:
+        h.update(b"N")
+    elif isinstance(obj, bytes):
+        h.update(f"Y{len(obj)};".encode() + obj)
+    else:
+        raise TypeError(f"cannot checksum a {type(obj).__name__} in a checkpoint")
+
+
+def checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint payload: every key and value except ``"sha256"``, tensors by their bytes."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in payload.items() if k != "sha256"}, h)
+    return h.hexdigest()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(ckpt: dict[str, Any], where: str) -> None:
+    """Types and ranges of every field of a checkpoint; raises :class:`CheckpointError`."""
+    from .nets import PARAMETERIZATIONS, TIME_INPUTS, check_network_config
+
+    def fail(msg: str) -> None:
+        raise CheckpointError(f"{where}: {msg}; the file is corrupt or was not written by scoresde")
+
+    def tensor_dict(key: str) -> None:
+        value = ckpt[key]
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+        ):
+            fail(f"field {key!r} must map parameter names to tensors")
+
+    step = ckpt["step"]
+    if not _is_int(step) or step < 0:
+        fail(f"field 'step' must be an integer >= 0, got {step!r}")
+    tensor_dict("model")
+    tensor_dict("ema")
+    opt = ckpt["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        fail("field 'optimizer' must be an optimizer state_dict (with 'state' and 'param_groups')")
+    sched = ckpt.get("scheduler")
+    if sched is not None and (not isinstance(sched, dict) or not _is_int(sched.get("last_epoch"))):
+        fail("field 'scheduler' must be a learning-rate scheduler state_dict")
+    if sched is not None and sched["last_epoch"] != step:
+        fail(f"the learning-rate schedule is at step {sched['last_epoch']}, the checkpoint at step {step}")
+    rng = ckpt["rng"]
+    if not isinstance(rng, dict) or not all(
+        isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("generator", "torch")
+    ):
+        fail("field 'rng' must hold the byte-tensor states 'generator' and 'torch'")
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("sde", "model", "data", "train")):
+        fail("field 'config' must hold the dicts 'sde', 'model', 'data' and 'train'")
+    try:
+        sde_from_config(cfg["sde"])
+    except (TypeError, ValueError) as err:
+        fail(f"unusable SDE configuration ({err})")
+    train_cfg = cfg["train"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not all(isinstance(k, str) for k in train_cfg) or set(train_cfg) - known:
+        fail(f"unknown training settings {sorted(map(str, set(train_cfg) - known))}")
+    try:
+        TrainConfig(**train_cfg)
+    except (TypeError, ValueError) as err:
+        fail(f"unusable training settings ({err})")
+    model = cfg["model"]
+    if model.get("parameterization") not in PARAMETERIZATIONS or model.get("time_input") not in TIME_INPUTS:
+        fail(
+            f"the model configuration needs parameterization in {PARAMETERIZATIONS} and time_input in "
+            f"{TIME_INPUTS}, got {model.get('parameterization')!r} and {model.get('time_input')!r}"
+        )
+    try:
+        check_network_config(model.get("network"))
+    except (TypeError, ValueError) as err:
+        fail(f"unusable network configuration ({err})")
+    data = cfg["data"]
+    shape = data.get("feature_shape")
+    if (
+        not isinstance(shape, (list, tuple))
+        or not 1 <= len(shape) <= 3
+        or not all(_is_int(s) and s >= 1 for s in shape)
+        or math.prod(shape) > MAX_FEATURES
+    ):
+        fail(f"data feature_shape must be 1 to 3 positive sizes with at most {MAX_FEATURES:,} features, got {shape!r}")
+    expected = model.get("feature_shape")
+    if expected is not None and (
+        not isinstance(expected, (list, tuple))
+        or len(expected) != len(shape)
+        or any(e not in (-1, s) for e, s in zip(expected, shape, strict=True))
+    ):
+        fail(f"the network expects feature shape {expected!r} but the data has {list(shape)}")
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("params"), dict):
+        fail("the data configuration needs a 'name' string and a 'params' dict")
+    for key in ("shift", "scale"):
+        v = data.get(key)
+        if not _is_number(v) or not math.isfinite(v) or (key == "scale" and v <= 0):
+            fail(f"data {key} must be a finite number{' > 0' if key == 'scale' else ''}, got {v!r}")
+    hist = ckpt["history"]
+    keys = ("step", "loss", "lr", "grad_norm")
+    if (
+        not isinstance(hist, dict)
+        or set(hist) != set(keys)
+        or not all(isinstance(hist[k], list) and all(_is_number(v) for v in hist[k]) for k in keys)
+        or len({len(hist[k]) for k in keys}) != 1
+    ):
+        fail(f"field 'history' must hold equally long lists of numbers {list(keys)}")
+    if any(not _is_int(s) or not 0 < s <= step for s in hist["step"]) or hist["step"] != sorted(hist["step"]):
+        fail(f"the history steps must be increasing integers in [1, {step}]")
+    for key in ("data", "noise"):
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or list(value.shape[1:]) != list(shape):
+            fail(f"field {key!r} must be None or a floating tensor of shape (n, {', '.join(map(str, shape))})")
+    if ckpt.get("noise") is not None and (ckpt.get("data") is None or ckpt["noise"].shape != ckpt["data"].shape):
+        fail("field 'noise' must come with 'data' of the same shape")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a checkpoint file: a dict with ``step``, ``config``, ``model``, ``ema``, ...
 
-    Raises :class:`CheckpointError` (a ``ValueError``) for a missing, truncated, corrupt, foreign
-    or newer-format file.
+    The file is read with ``torch.load(weights_only=True)``; its SHA-256 checksum (:func:`checksum`)
+    must match, and every field must have the right type and range: the step, the weights and
+    optimizer states, the random states, the SDE, network, data and training configurations (the
+    network within the sanity bounds of :func:`scoresde.nets.check_network_config`, checked before
+    anything is allocated) and the history. Files of format version 1 (written before checksums)
+    have no checksum to verify and are accepted when all the other checks pass.
+
+    Raises :class:`CheckpointError` (a ``ValueError``) for a missing, truncated, corrupt, foreign,
+    inconsistent or newer-format file.
     """
     path = Path(path)
     if not path.is_file():
@@ -124,13 +310,32 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a scoresde checkpoint")
-    missing = {"version", "step", "model", "ema", "optimizer", "rng", "config", "history"} - set(ckpt)
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; it is incomplete")
-    if ckpt["version"] > CHECKPOINT_VERSION:
+    where = f"checkpoint {str(path)!r}"
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{where}: format version must be an integer >= 1, got {version!r}; the file is corrupt")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {ckpt['version']}, newer than this scoresde; upgrade scoresde"
+            f"{where} has format version {version}, newer than this scoresde ({CHECKPOINT_VERSION}); upgrade scoresde"
         )
+    required = {"version", "step", "model", "ema", "optimizer", "rng", "config", "history"}
+    if version >= 2:
+        required |= {"sha256", "scheduler"}
+    missing = required - set(ckpt)
+    if missing:
+        raise CheckpointError(f"{where} lacks {sorted(missing)}; it is incomplete")
+    if version >= 2:
+        try:
+            actual = checksum(ckpt)
+        except TypeError as err:
+            raise CheckpointError(f"{where}: {err}; the file is corrupt") from None
+        if ckpt["sha256"] != actual:
+            raise CheckpointError(
+                f"{where} is corrupt: its SHA-256 checksum does not match its content (stored "
+                f"{str(ckpt['sha256'])[:16]}..., computed {actual[:16]}...); use an earlier checkpoint "
+                "(step_XXXXXXX.pt in the same folder)"
+            )
+    _check_fields(ckpt, where)
     return ckpt
 
 
@@ -184,7 +389,11 @@ class Trainer:
         From :func:`scoresde.datasets.load_dataset` (model space).
     config : TrainConfig
     out_dir : path, optional
-        Where checkpoints (``last.pt`` and ``step_XXXXXXX.pt``) and ``history.nc`` go.
+        Where checkpoints (``last.pt`` and ``step_XXXXXXX.pt``) and ``history.nc`` go. It is created
+        if needed and must be writable (checked here, before any training); the trainer locks it
+        against other processes (:class:`OutputDirError` if another run holds it) until
+        :meth:`close`, the end of a ``with`` block, or until the trainer is garbage-collected, and
+        removes the temporary files that a killed run left behind.
     device : str or torch.device
     """
 
@@ -215,12 +424,17 @@ class Trainer:
         self._check_objective(sde, model)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._lock: DirectoryLock | None = None
+        if self.out_dir is not None:
+            self._lock = lock_directory(self.out_dir)  # OutputDirError: not writable or in use
+            remove_stale_temps(self.out_dir, CHECKPOINT_FILES)
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
+        self.scheduler = self._make_scheduler()
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.step = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
@@ -230,6 +444,27 @@ class Trainer:
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
         self._buffer_pairs = list(zip(self.ema.buffers(), self.model.buffers(), strict=True))
+
+    def _make_scheduler(self, last_epoch: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
+        """The linear warm-up ``LambdaLR``; ``last_epoch=k - 1`` continues it at step ``k``."""
+        warmup = self.config.warmup
+
+        def factor(step: int) -> float:
+            return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=last_epoch)
+
+    # -- the output directory ------------------------------------------------------------
+    def close(self) -> None:
+        """Release the lock on ``out_dir`` (idempotent); a later checkpoint locks it again while writing."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_objective(self, sde: SDE, model: torch.nn.Module) -> None:
         from .ddpm import DDPMSDE
@@ -279,7 +514,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warm-up: ``lr * min(1, (step + 1) / warmup)``."""
+        """Learning rate of step ``step`` (0-based) as the scheduler sets it: ``lr * min(1, (step + 1) / warmup)``."""
         if self.config.warmup == 0:
             return self.config.lr
         return self.config.lr * min(1.0, (step + 1) / self.config.warmup)
@@ -291,8 +526,6 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         cfg = self.config
         idx = torch.randint(0, self._x.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
         if not self.model.training:
             self.model.train()
         loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
@@ -304,8 +537,9 @@ class Trainer:
             grads = [p.grad for p in self._params if p.grad is not None]
             grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         self.optimizer.step()
+        self.scheduler.step()
+        get_ema_multi_avg_fn(self.ema_decay_at(self.step))(self._ema_params, self._params, None)
         with torch.no_grad():
-            torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.ema_decay_at(self.step))
             for b_ema, b in self._buffer_pairs:
                 b_ema.copy_(b)
         self.step += 1
@@ -340,44 +574,63 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The checkpoint payload, with its SHA-256 checksum under ``"sha256"`` (:func:`checksum`)."""
         stored = self.data.name == "array" or self.data.noise is not None  # not regenerable from a name
         data = self.data.data if stored else None
-        return {
+        payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "config": self.full_config(),
             "history": {k: list(v) for k, v in self.history.items()},
             "data": data,
             "noise": self.data.noise,
         }
+        payload["sha256"] = checksum(payload)
+        return payload
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write ``step_XXXXXXX.pt`` and ``last.pt`` atomically (or to ``path``)."""
+        """Write ``last.pt``, then ``step_XXXXXXX.pt``, then ``history.nc``, each atomically (or only ``path``).
+
+        ``last.pt`` comes first so that it is always the newest complete checkpoint in ``out_dir``.
+        Returns the path of ``step_XXXXXXX.pt`` (or ``path``).
+        """
         if path is None:
             if self.out_dir is None:
                 raise ValueError("no out_dir set: pass a path")
-            state = self.state()
-            p = save_atomic(state, self.out_dir / f"step_{self.step:07d}.pt")
-            save_atomic(state, self.out_dir / "last.pt")
-            self.write_history()
+            with lock_directory(self.out_dir):  # re-entrant: held already unless close() was called
+                state = self.state()
+                save_atomic(state, self.out_dir / "last.pt")
+                p = save_atomic(state, self.out_dir / f"step_{self.step:07d}.pt")
+                self.write_history()
             return p
         return save_atomic(self.state(), path)
 
     def load_state(self, ckpt: dict[str, Any], path: Any = "<memory>") -> None:
         _load_state(self.model, ckpt["model"], "model", path)
         _load_state(self.ema, ckpt["ema"], "EMA", path)
+        step = int(ckpt["step"])
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as err:
+            if ckpt.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            else:  # format version 1: no scheduler state; the warm-up is a function of the step alone
+                for group in self.optimizer.param_groups:
+                    group["initial_lr"] = self.config.lr
+                self.scheduler = self._make_scheduler(last_epoch=step - 1)
+        except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit ({err})") from None
-        self.generator.set_state(ckpt["rng"]["generator"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.step = int(ckpt["step"])
+        try:
+            self.generator.set_state(ckpt["rng"]["generator"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (RuntimeError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r}: unusable random state ({err})") from None
+        self.step = step
         self.history = {k: list(v) for k, v in ckpt["history"].items()}
 
     @classmethod
@@ -392,7 +645,8 @@ class Trainer:
         """Rebuild a trainer from a checkpoint alone and continue where it stopped.
 
         Named data sets are regenerated from their recorded configuration; user arrays are stored
-        in the checkpoint. ``steps`` overrides the configured total number of steps.
+        in the checkpoint. ``steps`` overrides the configured total number of steps. ``out_dir``
+        (default: the checkpoint's folder) must be writable and is locked (see :class:`Trainer`).
         """
         from .datasets import load_dataset
 
@@ -440,9 +694,11 @@ class Trainer:
         )
 
     def write_history(self) -> Path:
-        assert self.out_dir is not None
+        """Write ``out_dir/history.nc`` atomically."""
+        if self.out_dir is None:
+            raise ValueError("no out_dir set")
         path = self.out_dir / "history.nc"
-        with atomic_path(path) as tmp:
+        with lock_directory(self.out_dir), atomic_path(path) as tmp:
             self.history_dataset().to_netcdf(tmp)
         return path
 
@@ -459,8 +715,9 @@ def train(
 ) -> Trainer:
     """Train ``model`` on ``data``; resume from ``out_dir/last.pt`` if it exists and ``resume``.
 
-    Returns the :class:`Trainer` (``trainer.ema`` is the EMA score model, ``trainer.history_dataset()``
-    the loss history).
+    ``out_dir`` is locked against other processes during the run (see :class:`Trainer`) and
+    released when this returns. Returns the :class:`Trainer` (``trainer.ema`` is the EMA score
+    model, ``trainer.history_dataset()`` the loss history).
     """
     start = time.perf_counter()
     last = Path(out_dir) / "last.pt" if out_dir is not None else None
@@ -470,6 +727,9 @@ def train(
         )
     else:
         trainer = Trainer(sde, model, data, config, out_dir=out_dir, device=device)
-    trainer.train(progress=progress)
+    try:
+        trainer.train(progress=progress)
+    finally:
+        trainer.close()
     trainer.wall_time_s = time.perf_counter() - start
     return trainer

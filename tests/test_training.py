@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import xarray as xr
 import scoresde as sd
 from scoresde.datasets import load_dataset
 from scoresde.nets import ScoreModel, build_network
-from scoresde.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
+from scoresde.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
 SMALL = dict(steps=60, batch_size=64, lr=1e-3, warmup=10, checkpoint_every=20, log_every=5)
 
@@ -89,55 +90,155 @@ def test_resume_in_process_is_bit_identical(tmp_path):
     assert full.history["loss"] == resumed.history["loss"]
 
 
+# A training subprocess that stops dead (and waits to be killed) at a point the test chooses:
+# PAUSE = "<file name>:<when>" pauses when the trainer starts writing that file ("start": the
+# temporary file is still empty) or after half of its bytes ("mid"), and creates <out>/paused.
 WORKER = textwrap.dedent("""
-    import sys, torch
+    import io, os, sys, time, torch
+    from pathlib import Path
     import scoresde as sd
     from scoresde.datasets import load_dataset
     from scoresde.nets import ScoreModel, build_network
     from scoresde.training import TrainConfig, train
-    out, steps = sys.argv[1], int(sys.argv[2])
+    out, steps, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    name, when = pause.split(":") if pause else ("", "")
+    save = torch.save
+    def paused_save(obj, f, *args, **kwargs):
+        if name and Path(f).name.startswith("." + name + "."):
+            if when == "mid":
+                buf = io.BytesIO()
+                save(obj, buf)
+                with open(f, "wb") as fh:
+                    fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            Path(out, "paused").write_text(str(f))
+            time.sleep(600)
+        save(obj, f, *args, **kwargs)
+    torch.save = paused_save
     torch.manual_seed(0)
     sde = sd.VPSDE()
-    model = ScoreModel(build_network("mlp", dim=2, hidden=64, layers=3, embed_dim=16), sde)
-    cfg = TrainConfig(steps=steps, batch_size=256, lr=1e-3, warmup=10, checkpoint_every=25, log_every=5)
-    t = train(sde, model, load_dataset("moons", n=4000), cfg, out_dir=out, progress=False)
-    torch.save({k: v for k, v in t.model.state_dict().items()}, out + "/final_weights.pt")
+    model = ScoreModel(build_network("mlp", dim=2, hidden=32, layers=2, embed_dim=16), sde)
+    cfg = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=10, checkpoint_every=20, log_every=5)
+    t = train(sde, model, load_dataset("moons", n=1000), cfg, out_dir=out, progress=False)
+    torch.save = save
+    torch.save(dict(t.model.state_dict()), out + "/final_weights.pt")
+    torch.save(dict(t.ema.state_dict()), out + "/final_ema.pt")
 """)
 
 
-def _worker(out, steps):
+def _worker(out, steps, pause=""):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(out), str(steps)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", WORKER, str(out), str(steps), pause],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
+def _temp_files(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
 def test_killed_run_resumes_bit_identically(tmp_path):
-    """SIGKILL a training subprocess after its first checkpoints; resuming gives the same weights."""
-    total = 400
+    """SIGKILL a training subprocess while it writes its second step file; resuming gives the same weights.
+
+    The worker itself stops at that point (no timing): ``last.pt`` (written first) is then at step 40,
+    ``step_0000040.pt`` is half-written under its temporary name, which the resumed run removes.
+    """
+    total = 60
     killed = tmp_path / "killed"
-    proc = _worker(killed, 100_000)  # would run for minutes: it is killed long before
-    deadline = time.time() + 120
-    while not (killed / "step_0000050.pt").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")] or True  # temp names may remain
-    step = torch.load(killed / "last.pt", weights_only=True)["step"]
-    assert 50 <= step < total
+    proc = _worker(killed, total, pause="step_0000040.pt:mid")
+    try:
+        while not (killed / "paused").exists():
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (killed / "paused").unlink()
+    assert len(_temp_files(killed)) == 1  # the half-written step file: SIGKILL cannot clean up
+    assert read_checkpoint(killed / "last.pt")["step"] == 40
+    assert not (killed / "step_0000040.pt").exists() and read_checkpoint(killed / "step_0000020.pt")["step"] == 20
     # resume (the worker resumes from last.pt in its out_dir) and an uninterrupted reference run
     ref = tmp_path / "ref"
     procs = [_worker(killed, total), _worker(ref, total)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
-    a = torch.load(killed / "final_weights.pt", weights_only=True)
-    b = torch.load(ref / "final_weights.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    last = torch.load(killed / "last.pt", weights_only=True)
-    assert last["step"] == total
+    for name in ("final_weights.pt", "final_ema.pt"):
+        a = torch.load(killed / name, weights_only=True)
+        b = torch.load(ref / name, weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint(killed / "last.pt")["step"] == total
+    assert _temp_files(killed) == []
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL in-process: raised after the out_dir was copied as a kill would leave it."""
+
+
+@pytest.mark.parametrize(
+    "target, when",
+    [
+        ("last.pt", "start"),
+        ("last.pt", "mid"),
+        ("step_0000040.pt", "start"),
+        ("step_0000040.pt", "mid"),
+        ("history.nc", "start"),
+    ],
+)
+def test_resume_after_a_kill_at_every_write(tmp_path, monkeypatch, target, when):
+    """At each point of a checkpoint write, the files on disk resume bit-identically.
+
+    A kill is simulated exactly: at the chosen point the output directory is copied (that copy is
+    what ``kill -9`` leaves on disk, temporary file included), then training resumes in the copy.
+    """
+    import shutil
+
+    sde = sd.VPSDE()
+    data = load_dataset("moons", n=500)
+    cfg = TrainConfig(**SMALL)
+    full = train(sde, small_model(sde), data, cfg, progress=False)
+    out, snap = tmp_path / "run", tmp_path / "snap"
+
+    seen = []
+    kill_at = 1 if "40" in target else 2  # the checkpoint of step 40: the 2nd write of last.pt / history.nc
+
+    def kill_here(path, write):
+        if Path(path).name.startswith(f".{target}."):
+            seen.append(path)
+        if len(seen) == kill_at and Path(path).name.startswith(f".{target}."):
+            if when == "mid":
+                write(path)
+                data_ = Path(path).read_bytes()
+                Path(path).write_bytes(data_[: len(data_) // 2])
+            shutil.copytree(out, snap)
+            raise _Killed
+
+    save, to_netcdf = torch.save, xr.Dataset.to_netcdf
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (kill_here(f, lambda p: save(obj, p)), save(obj, f)))
+    monkeypatch.setattr(
+        xr.Dataset,
+        "to_netcdf",
+        lambda self, p, *a, **k: (kill_here(p, lambda q: to_netcdf(self, q)), to_netcdf(self, p, *a, **k))[1],
+    )
+    with pytest.raises(_Killed):
+        with Trainer(sde, small_model(sde), data, cfg, out_dir=out) as trainer:
+            trainer.train(steps=41, progress=False)  # the kill comes at the checkpoint of step 40
+    monkeypatch.undo()
+    # what the kill left: last.pt is the newest complete checkpoint (at least the step of every step file)
+    left = {p.name: read_checkpoint(p)["step"] for p in snap.glob("*.pt")}
+    assert left["last.pt"] == max(left.values()) == (20 if target == "last.pt" else 40)
+    assert len(_temp_files(snap)) == 1
+    resumed = train(sde, small_model(sde), data, cfg, out_dir=snap, progress=False)
+    assert resumed.step == 60 and _temp_files(snap) == []
+    for a, b in [(full.model, resumed.model), (full.ema, resumed.ema)]:
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y)
+    assert full.history == resumed.history
 
 
 def test_corrupt_missing_and_foreign_checkpoints(tmp_path):
@@ -202,3 +303,155 @@ def test_fast_acceptance_learned_score_and_samples():
         sde, small_model(sde, hidden=64), sd.ProbabilityFlowODE("heun", steps=30), shape=(n, 2), seed=1, progress=False
     )
     assert metrics.sliced_wasserstein(torch.from_numpy(bad["x"].values[-1]), ref) > 3 * floor.mean
+
+
+def test_lr_schedule_and_ema_are_the_documented_formulas():
+    """LambdaLR gives lr * min(1, (k + 1) / warmup) at step k; the EMA is a lerp with 1 - mu_k, bit for bit."""
+    sde = sd.VPSDE()
+    cfg = TrainConfig(**SMALL)
+    trainer = Trainer(sde, small_model(sde), load_dataset("moons", n=500), cfg)
+    assert isinstance(trainer.scheduler, torch.optim.lr_scheduler.LRScheduler)
+    for k in range(15):
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        assert lr == cfg.lr * min(1.0, (k + 1) / cfg.warmup) == trainer.lr_at(k), k
+        ema_before = [p.clone() for p in trainer.ema.parameters()]
+        trainer.train_step()
+        mu = min(cfg.ema_decay, (1 + k) / (10 + k))
+        for e0, e, p in zip(ema_before, trainer.ema.parameters(), trainer.model.parameters(), strict=True):
+            assert torch.equal(e, torch.lerp(e0, p, 1.0 - mu))
+    assert trainer.history_dataset()["lr"].values.tolist() == [trainer.lr_at(s - 1) for s in trainer.history["step"]]
+    import scoresde.training as training
+
+    assert "_foreach" not in Path(training.__file__).read_text()
+
+
+def _old_format(ckpt, lr_used):
+    """A checkpoint as the code before format version 2 wrote it: no checksum, no scheduler state."""
+    old = {k: v for k, v in ckpt.items() if k not in ("sha256", "scheduler")}
+    old["version"] = 1
+    groups = old["optimizer"]["param_groups"]
+    old["optimizer"] = {"state": old["optimizer"]["state"], "param_groups": [dict(g) for g in groups]}
+    for g in old["optimizer"]["param_groups"]:
+        g.pop("initial_lr", None)
+        g["lr"] = lr_used  # the old trainer set the lr of the last step taken
+    return old
+
+
+def test_old_format_checkpoint_loads_and_resumes_bit_identically(tmp_path):
+    sde = sd.VPSDE()
+    data = load_dataset("eight_gaussians", n=1000)
+    cfg = TrainConfig(**SMALL)
+    full = train(sde, small_model(sde), data, cfg, progress=False)
+    part = Trainer(sde, small_model(sde), data, cfg)
+    part.train(steps=5, progress=False)  # inside the warm-up (10 steps)
+    old = _old_format(part.state(), part.lr_at(4))
+    torch.save(old, tmp_path / "old.pt")
+    assert read_checkpoint(tmp_path / "old.pt")["version"] == 1
+    _, model, _ = load_checkpoint(tmp_path / "old.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "old.pt", out_dir=tmp_path / "out").train(progress=False)
+    for a, b in [(full.model, resumed.model), (full.ema, resumed.ema)]:
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y)
+    assert full.history == resumed.history
+    assert read_checkpoint(tmp_path / "out" / "last.pt")["version"] == 2  # rewritten with a checksum
+
+
+def test_seed_range():
+    assert TrainConfig(seed=2**63 - 1).seed == 2**63 - 1
+    for bad in (2**63, -1):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            TrainConfig(seed=bad)
+    with pytest.raises(TypeError, match="seed"):
+        TrainConfig(seed=1.5)
+
+
+def test_trainer_checks_and_locks_out_dir_up_front(tmp_path, monkeypatch):
+    """An unwritable or busy out_dir fails at construction, before any training step."""
+    import fcntl
+
+    from scoresde._io import LOCK_NAME, OutputDirError
+
+    sde = sd.VPSDE()
+    data = load_dataset("moons", n=200)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == ro else real_access(p, m, **k))
+    with pytest.raises(OutputDirError, match="not writable"):
+        Trainer(sde, small_model(sde), data, TrainConfig(**SMALL), out_dir=ro)
+    monkeypatch.undo()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / LOCK_NAME, "w") as fh:  # another process's lock (flock is per open file)
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(OutputDirError, match="in use by another scoresde run"):
+            Trainer(sde, small_model(sde), data, TrainConfig(**SMALL), out_dir=busy)
+    with Trainer(sde, small_model(sde), data, TrainConfig(**SMALL), out_dir=busy) as trainer:
+        assert (busy / LOCK_NAME).exists()
+        with open(busy / LOCK_NAME) as fh, pytest.raises(BlockingIOError):
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        trainer.train(steps=3, progress=False)
+    assert not (busy / LOCK_NAME).exists()  # released and removed
+    assert read_checkpoint(busy / "last.pt")["step"] == 3  # a checkpoint after close() locks again
+
+
+@pytest.mark.slow
+def test_random_kills_during_cli_training_resume_bit_identically(tmp_path):
+    """``kill -9`` ``scoresde train`` at 20+ random points (after it made progress), then resume to the end.
+
+    After every kill each checkpoint left reads (checksum and fields); at the end no temporary file
+    is left and the weights, EMA, optimizer state and history equal those of an uninterrupted run.
+    """
+    import random
+
+    total = 200
+    args = ["-m", "scoresde", "train", "--data", "moons", "--n-data", "500", "--hidden", "16", "--batch-size", "32",
+            "--warmup", "5", "--steps", str(total), "--checkpoint-every", "2", "--log-every", "2", "--threads", "1",
+            "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(out):
+        return subprocess.Popen(
+            [sys.executable, *args, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    reference = run(ref)
+    rng = random.Random(1234)
+    last = killed / "last.pt"
+
+    def version():
+        try:
+            st = last.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    steps_seen = []
+    for _ in range(20):
+        seen = version()
+        proc = run(killed)
+        while version() == seen:  # wait until this run wrote a checkpoint: each kill follows progress
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended before it was killed: {proc.stderr.read().decode()}")
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.kill()
+        proc.wait()
+        for p in killed.glob("*.pt"):
+            read_checkpoint(p)  # every checkpoint left is complete
+        steps = {p.name: read_checkpoint(p)["step"] for p in killed.glob("*.pt")}
+        assert steps["last.pt"] == max(steps.values())
+        steps_seen.append(steps["last.pt"])
+    assert steps_seen == sorted(steps_seen) and steps_seen[-1] < total
+    final = run(killed)
+    assert final.wait(timeout=600) == 0, final.stderr.read().decode()
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
+    assert _temp_files(killed) == [] and not (killed / ".scoresde.lock").exists()
+    a, b = read_checkpoint(killed / "last.pt"), read_checkpoint(ref / "last.pt")
+    assert a["step"] == b["step"] == total
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    for k, state in b["optimizer"]["state"].items():
+        assert all(torch.equal(state[f], a["optimizer"]["state"][k][f]) for f in state)
+    assert a["history"] == b["history"]
