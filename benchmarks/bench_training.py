@@ -17,8 +17,8 @@ Variants, each started from the same initial weights and seed:
   progress=False)``; only the ``train`` call is timed (construction is not);
 * ``hand loop (clip + EMA)``: what a competent user writes by hand: ``torch.randint`` indices,
   ``scoresde.dsm_loss`` (the same loss function, same generator), ``zero_grad`` / ``backward`` /
-  ``clip_grad_norm_`` / ``AdamW.step`` and the same EMA update (``torch._foreach_lerp_`` with the
-  same warmed-up decay); no learning-rate warm-up, no logging, no host syncs of its own;
+  ``clip_grad_norm_`` / ``AdamW.step`` and the same EMA update (``torch.optim.swa_utils.get_ema_multi_avg_fn``
+  with the same warmed-up decay); no learning-rate warm-up, no logging, no host syncs of its own;
 * ``hand loop, bare``: the same without clipping and without EMA, to show what those two cost.
 
 Before timing, a hand loop *with* the trainer's learning-rate warm-up is checked to reproduce the
@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 from _common import environment, write_result  # benchmarks/ is sys.path[0] when a script runs
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 import scoresde as sd
 from scoresde.losses import dsm_loss
@@ -137,7 +138,7 @@ class HandLoop:
             opt.step()
             if ema:
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, params, 1.0 - min(cfg.ema_decay, (1 + k) / (10 + k)))
+                    get_ema_multi_avg_fn(min(cfg.ema_decay, (1 + k) / (10 + k)))(ema_params, params, None)
             self.step += 1
 
 

@@ -358,7 +358,7 @@ def test_score_of_wrong_shape_is_rejected():
     mix, x = _ring_points()
     sde = sd.VPSDE()
     score = mix.score(sde)
-    with pytest.raises(ValueError, match=r"score_fn returned shape \(5, 1\)"):
+    with pytest.raises(ValueError, match=r"score_fn\(x, t\) returned shape \(5, 1\)"):
         log_likelihood(sde, lambda xt, t: score(xt, t)[:, :1], x)
 
 
