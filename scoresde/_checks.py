@@ -25,9 +25,10 @@ __all__ = [
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` if it is not a finite positive number."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    given: object = value  # callers may pass anything; the checks below are what make it a float
+    if isinstance(given, bool) or not isinstance(given, Real):
+        raise TypeError(f"{name} must be a real number, got {type(given).__name__}")
+    value = float(given)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
@@ -76,9 +77,10 @@ def check_time(t: float | torch.Tensor, T: float, *, name: str = "t", lower: flo
                 f"{name} must lie in [{lower:g}, T={T:g}]; got values in [{float(t.min()):g}, {float(t.max()):g}]"
             )
         return
-    if isinstance(t, bool) or not isinstance(t, Real):
-        raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}")
-    t = float(t)
+    given: object = t  # callers may pass anything; the checks below are what make it a float
+    if isinstance(given, bool) or not isinstance(given, Real):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(given).__name__}")
+    t = float(given)
     if not math.isfinite(t) or t < lower or t > T:
         raise ValueError(f"{name} must lie in [{lower:g}, T={T:g}], got {t!r}")
 

@@ -47,7 +47,7 @@ def progress_bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) 
     if _in_jupyter_kernel():
         if not _widgets_available():
             disable = True
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
     else:
-        from tqdm.std import tqdm
+        from tqdm.std import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
     return tqdm(iterable, disable=disable, **kwargs)

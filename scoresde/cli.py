@@ -267,7 +267,8 @@ def _torch_device(text: str, sub: argparse.ArgumentParser) -> torch.device:
                 f"argument --device: {text!r} requested but CUDA is not available on this machine "
                 "(torch.cuda.is_available() is False); use --device cpu"
             )
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        index: int | None = device.index  # None for a bare "cuda" (torch's stubs say int)
+        if index is not None and index >= torch.cuda.device_count():
             sub.error(
                 f"argument --device: {text!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
             )
@@ -1526,6 +1527,8 @@ def _resume_trainer(
             f"{cfg['model'].get('parameterization')}); {hint}"
         )
     new_data, old_data = data.config(), cfg["data"]
+    a: Any
+    b: Any
     for key in ("name", "feature_shape", "n", "shift", "scale"):
         a, b = old_data.get(key), new_data.get(key)
         same = (

@@ -21,6 +21,7 @@ As in score_sde, the squared norm is reduced over the feature dimensions by ``re
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -75,7 +76,8 @@ def dsm_loss(
         err = (score + z / std_b).square()
     per_sample = _reduce(err, reduce)
     if weighting == "likelihood":
-        per_sample = per_sample * sde.diffusion_coef(t) ** 2
+        g = cast(LinearSDE, sde).diffusion_coef(t)  # a LinearSDE: checked in _times_and_noise
+        per_sample = per_sample * g**2
     return per_sample.mean()
 
 

@@ -396,7 +396,9 @@ def _median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
     return h if h > 0.0 else 1.0
 
 
-def _bandwidths(bandwidth: float | Sequence[float] | None, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+def _bandwidths(
+    bandwidth: float | Sequence[float] | torch.Tensor | None, x: torch.Tensor, y: torch.Tensor
+) -> list[float]:
     if bandwidth is None:
         return [_median_bandwidth(x, y)]
     if isinstance(bandwidth, (int, float)) and not isinstance(bandwidth, bool):

@@ -23,7 +23,7 @@ by zero (:math:`t \to 0` with positive-definite :math:`\Sigma_k`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -239,7 +239,8 @@ class GaussianMixture:
         _, _, s1, sig1 = sde.coefficients(t_to, like=x.new_empty(()))
         z0 = (x - s0 * m) @ U
         z1 = z0 * torch.sqrt((s1**2 * lam + sig1**2) / (s0**2 * lam + sig0**2))
-        return s1 * m + z1 @ U.T
+        out: torch.Tensor = s1 * m + z1 @ U.T
+        return out
 
 
 def _check_linear(sde: SDE) -> LinearSDE:
@@ -350,7 +351,7 @@ def random_mixture(dim: int = 10, weights: Sequence[float] = (0.5, 0.3, 0.2), se
     return GaussianMixture(w, means, covs)
 
 
-TARGETS = {
+TARGETS: dict[str, Callable[[], GaussianMixture]] = {
     "eight_gaussians": eight_gaussians,
     "grid": grid,
     "pinwheel": pinwheel,

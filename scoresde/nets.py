@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -78,17 +78,19 @@ def _check_t(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+    given: object = value  # callers may pass anything; checked here
+    if isinstance(given, bool) or not isinstance(given, (int, float)) or not 0.0 <= float(given) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
 def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != 2:
+    given: object = value  # callers may pass anything; checked here
+    if isinstance(given, Sequence) and not isinstance(given, str):
+        if len(given) != 2:
             raise ValueError(f"{name} must be an int or a pair (H, W), got {value!r}")
-        return check_positive_int(name, value[0]), check_positive_int(name, value[1])
-    v = check_positive_int(name, value)
+        return check_positive_int(name, given[0]), check_positive_int(name, given[1])
+    v = check_positive_int(name, cast(int, value))  # not a pair: an int, or check_positive_int rejects it
     return v, v
 
 
@@ -162,7 +164,8 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Map ``t`` of shape ``(B,)`` to an embedding of shape ``(B, embed_dim)``."""
-        return self.mlp(self.fourier(t))
+        emb: torch.Tensor = self.mlp(self.fourier(t))
+        return emb
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +224,8 @@ class MLPScore(nn.Module):
         h = x
         for lin, proj in zip(self.linears, self.time_proj, strict=True):
             h = F.silu(lin(h) + proj(emb))
-        return self.out(h)
+        out: torch.Tensor = self.out(h)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +254,8 @@ class _ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time_proj(emb)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        out: torch.Tensor = self.skip(x) + h
+        return out
 
 
 class UNet(nn.Module):
@@ -299,7 +304,8 @@ class UNet(nn.Module):
         super().__init__()
         channels = check_positive_int("channels", channels)
         base = check_positive_int("base", base)
-        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
+        given: object = channel_mults  # callers may pass anything; checked here
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence) or not given:
             raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults!r}")
         mults = tuple(check_positive_int("channel_mults[i]", m) for m in channel_mults)
         num_res_blocks = check_positive_int("num_res_blocks", num_res_blocks)
@@ -366,10 +372,10 @@ class UNet(nn.Module):
         pad_h, pad_w = (-H) % m, (-W) % m
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        h = self.conv_in(x)
+        h: torch.Tensor = self.conv_in(x)
         skips = [h]
         for i, blocks in enumerate(self.down_blocks):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, emb)
                 skips.append(h)
             if i < self.levels - 1:
@@ -378,7 +384,7 @@ class UNet(nn.Module):
         for blk in self.mid:
             h = blk(h, emb)
         for j, blocks in enumerate(self.up_blocks):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if j < self.levels - 1:
                 h = self.upsamplers[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
@@ -422,7 +428,8 @@ class _Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        proj: torch.Tensor = self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return proj
 
 
 class _DiTBlock(nn.Module):
@@ -456,7 +463,8 @@ class _DiTBlock(nn.Module):
         """``h``: tokens ``(B, N, hidden)``; ``emb``: ``SiLU`` of the time embedding ``(B, hidden)``."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(emb).chunk(6, dim=1)
         h = h + gate1[:, None, :] * self.attn(_modulate(self.norm1(h), shift1, scale1))
-        return h + gate2[:, None, :] * self.mlp(_modulate(self.norm2(h), shift2, scale2))
+        out: torch.Tensor = h + gate2[:, None, :] * self.mlp(_modulate(self.norm2(h), shift2, scale2))
+        return out
 
 
 class _FinalLayer(nn.Module):
@@ -473,7 +481,8 @@ class _FinalLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN(emb).chunk(2, dim=1)
-        return self.linear(_modulate(self.norm(h), shift, scale))
+        out: torch.Tensor = self.linear(_modulate(self.norm(h), shift, scale))
+        return out
 
 
 class DiT(nn.Module):
@@ -557,7 +566,8 @@ class DiT(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus positional embedding: ``(B, C, H, W) -> (B, N, hidden)``."""
-        return self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        patches: torch.Tensor = self.patch_embed(x)
+        return patches.flatten(2).transpose(1, 2) + self.pos_embed
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, N, p*p*C) -> (B, C, H, W)`` (inverse of the row-major patch layout)."""
@@ -725,7 +735,8 @@ class ScoreModel(nn.Module):
     def _path(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(s, sigma, s_dot, sigma_dot)`` broadcast against ``x`` (linear SDEs)."""
         t = self._time(x, t)
-        sde = self.sde
+        # s(t), sigma(t) and their derivatives exist for linear SDEs (a velocity model has one, see __init__)
+        sde = cast(LinearSDE, self.sde)
         return tuple(
             broadcast_coef(c.reshape(-1).expand(x.shape[0]).to(x.dtype), x)
             for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t))

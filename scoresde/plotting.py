@@ -419,13 +419,15 @@ def plot_samples(
         A :class:`DisplayFigure` when ``ax`` is ``None`` (shown by Jupyter as PNG), else the
         figure of ``ax``.
     """
-    if not isinstance(ds, xr.Dataset) or "x" not in ds or "time" not in ds.coords:
+    given_ds: object = ds  # callers may pass anything; checked here
+    if not isinstance(given_ds, xr.Dataset) or "x" not in ds or "time" not in ds.coords:
         raise TypeError("ds must be the xarray.Dataset returned by scoresde.sample (with 'x' and 'time')")
     if ds["x"].ndim < 3 or ds["x"].dims[:2] != ("time", "sample"):
         raise ValueError(f"ds.x must have dims (time, sample, *features), got {ds['x'].dims}")
     if ds["x"].ndim > 3:
         raise ValueError(f"plot_samples draws vector samples (time, sample, feature); got dims {ds['x'].dims}")
-    if isinstance(n_traj, bool) or not isinstance(n_traj, int | np.integer) or n_traj < 0:
+    given: object = n_traj  # callers may pass anything; checked here
+    if isinstance(given, bool) or not isinstance(given, int | np.integer) or given < 0:
         raise ValueError(f"n_traj must be a non-negative int, got {n_traj!r}")
 
     x = _feature_matrix(ds["x"])
@@ -562,7 +564,8 @@ def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_imag
     x = _as_numpy("images", images, finite=False)
     if x.ndim != 4:
         raise ValueError(f"images must have shape (n, C, H, W), got {x.shape}")
-    if isinstance(max_images, bool) or not isinstance(max_images, int | np.integer) or max_images < 1:
+    given: object = max_images  # callers may pass anything; checked here
+    if isinstance(given, bool) or not isinstance(given, int | np.integer) or given < 1:
         raise ValueError(f"max_images must be a positive int, got {max_images!r}")
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):

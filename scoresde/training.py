@@ -33,7 +33,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,11 @@ from ._io import DirectoryLock, OutputDirError, atomic_path, lock_directory, rem
 from ._progress import progress_bar
 from .datasets import Dataset
 from .losses import WEIGHTINGS, dsm_loss, velocity_loss
-from .sde import SDE, sde_config, sde_from_config
+from .sde import SDE, LinearSDE, sde_config, sde_from_config
+
+if TYPE_CHECKING:
+    from .ddpm import DDPMSDE
+    from .nets import ScoreModel
 
 __all__ = [
     "TrainConfig",
@@ -130,7 +134,7 @@ class TrainConfig:
         check_positive_int("log_every", self.log_every)
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -285,7 +289,7 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
         fail("field 'noise' must come with 'data' of the same shape")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint file: a dict with ``step``, ``config``, ``model``, ``ema``, ...
 
     The file is read with ``torch.load(weights_only=True)``; its SHA-256 checksum (:func:`checksum`)
@@ -339,7 +343,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def _build_model(config: dict[str, Any], sde: SDE) -> torch.nn.Module:
+def _build_model(config: dict[str, Any], sde: SDE) -> ScoreModel:
     from .nets import model_from_config
 
     return model_from_config(config, sde)
@@ -356,7 +360,9 @@ def _load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path:
         ) from None
 
 
-def load_checkpoint(path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu"):
+def load_checkpoint(
+    path: str | os.PathLike[str], ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[LinearSDE, ScoreModel, dict[str, Any]]:
     """Rebuild ``(sde, score_model, data_config)`` from a checkpoint alone.
 
     ``score_model`` is the EMA model (``ema=True``, the default) or the raw one, in eval mode on
@@ -397,13 +403,16 @@ class Trainer:
     device : str or torch.device
     """
 
+    #: seconds the whole :func:`~scoresde.training.train` call took (set only by that function)
+    wall_time_s: float
+
     def __init__(
         self,
-        sde: SDE,
-        model: torch.nn.Module,
+        sde: LinearSDE,
+        model: ScoreModel,
         data: Dataset,
         config: TrainConfig | None = None,
-        out_dir: str | os.PathLike | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         from .nets import model_config
@@ -490,7 +499,7 @@ class Trainer:
             )
         t = None
         if cfg.objective == "ddpm":
-            n = self.sde.N
+            n = cast("DDPMSDE", self.sde).N  # objective "ddpm" needs a DDPMSDE: checked in __init__
             t = torch.randint(1, n + 1, (x0.shape[0],), generator=self.generator, device=x0.device).to(x0.dtype) / n
         return dsm_loss(
             self.sde,
@@ -530,7 +539,7 @@ class Trainer:
             self.model.train()
         loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         if cfg.grad_clip > 0:  # clip_grad_norm_ skips parameters without a gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip))
         else:
@@ -538,7 +547,9 @@ class Trainer:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
         self.optimizer.step()
         self.scheduler.step()
-        get_ema_multi_avg_fn(self.ema_decay_at(self.step))(self._ema_params, self._params, None)
+        # torch leaves get_ema_multi_avg_fn unannotated
+        ema_update = get_ema_multi_avg_fn(self.ema_decay_at(self.step))  # type: ignore[no-untyped-call]
+        ema_update(self._ema_params, self._params, None)
         with torch.no_grad():
             for b_ema, b in self._buffer_pairs:
                 b_ema.copy_(b)
@@ -594,7 +605,7 @@ class Trainer:
         payload["sha256"] = checksum(payload)
         return payload
 
-    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write ``last.pt``, then ``step_XXXXXXX.pt``, then ``history.nc``, each atomically (or only ``path``).
 
         ``last.pt`` comes first so that it is always the newest complete checkpoint in ``out_dir``.
@@ -636,9 +647,9 @@ class Trainer:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         data: Dataset | None = None,
-        out_dir: str | os.PathLike | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
         device: str | torch.device = "cpu",
         steps: int | None = None,
     ) -> Trainer:
@@ -704,11 +715,11 @@ class Trainer:
 
 
 def train(
-    sde: SDE,
-    model: torch.nn.Module,
+    sde: LinearSDE,
+    model: ScoreModel,
     data: Dataset,
     config: TrainConfig | None = None,
-    out_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     resume: bool = True,
