@@ -128,6 +128,10 @@ def _fmt(t: float | None) -> str:
     return "?" if t is None else f"{t:.6g}"
 
 
+#: a pending check: (max |x|, x, step, t, t_next, times, what, bounded)
+_Record = tuple[torch.Tensor, torch.Tensor, int | None, float | None, float | None, torch.Tensor | None, str, bool]
+
+
 class DivergenceGuard:
     """Per-run divergence check: :meth:`check` after every step, :meth:`finish` at the end.
 
@@ -156,7 +160,7 @@ class DivergenceGuard:
         self.step_name = "step"
         #: the step a fixed-step loop is in (for checks inside a step)
         self.current_step: int | None = None
-        self._pending: tuple | None = None
+        self._pending: _Record | None = None
 
     def check(
         self,
@@ -175,7 +179,7 @@ class DivergenceGuard:
         time. ``bounded=False`` checks finiteness only (for a drift or score rather than a state).
         """
         m = max_abs(x)
-        record = (m, x, step, t, t_next, times, what, bounded)
+        record: _Record = (m, x, step, t, t_next, times, what, bounded)
         if self.lag == 0:
             self._resolve(record)
             return
@@ -189,7 +193,7 @@ class DivergenceGuard:
         if pending is not None:
             self._resolve(pending)
 
-    def _resolve(self, record: tuple) -> None:
+    def _resolve(self, record: _Record) -> None:
         m, x, step, t, t_next, times, what, bounded = record
         v = float(m)
         bound = self.bound if bounded else math.inf
@@ -199,7 +203,17 @@ class DivergenceGuard:
             return
         self._raise(x, step, t, t_next, times, what, bound, v)
 
-    def _raise(self, x, step, t, t_next, times, what, bound, v) -> None:
+    def _raise(
+        self,
+        x: torch.Tensor,
+        step: int | None,
+        t: float | None,
+        t_next: float | None,
+        times: torch.Tensor | None,
+        what: str,
+        bound: float,
+        v: float,
+    ) -> None:
         flat = x.detach().reshape(x.shape[0], -1) if x.dim() > 1 else x.detach().reshape(-1, 1)
         row = torch.linalg.vector_norm(flat, ord=math.inf, dim=1)
         bad = ~((row <= bound) & torch.isfinite(row))

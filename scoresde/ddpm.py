@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_
 from ._progress import progress_bar
 from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
 from .sde import SDE, VPSDE, LinearSDE, VariancePreservingSDE
+
+if TYPE_CHECKING:
+    from .mixture import GaussianMixture
 
 __all__ = ["DDPMSchedule", "DDPMSDE", "DDPMAncestral", "EpsModel", "discretized_gaussian_log_likelihood"]
 
@@ -97,7 +100,9 @@ class _DiscreteKernel(LinearSDE):
     def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("the discrete DDPM kernel has no continuous diffusion")
 
-    def coefficients(self, t: float | torch.Tensor, like: torch.Tensor | None = None):
+    def coefficients(
+        self, t: float | torch.Tensor, like: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         like = torch.empty(0, dtype=torch.float64) if like is None else like
         t = torch.as_tensor(t, dtype=like.dtype if like.is_floating_point() else torch.float64, device=like.device)
         nan = torch.full_like(t, math.nan)
@@ -129,13 +134,13 @@ class DDPMSchedule:
             raise ValueError("betas must not be empty")
         if not bool(torch.isfinite(betas).all()) or bool(((betas <= 0) | (betas >= 1)).any()):
             raise ValueError("every beta must lie in (0, 1)")
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alpha_bars = torch.exp(torch.cumsum(torch.log1p(-betas), dim=0))
+        self.betas: torch.Tensor = betas
+        self.alphas: torch.Tensor = 1.0 - betas
+        self.alpha_bars: torch.Tensor = torch.exp(torch.cumsum(torch.log1p(-betas), dim=0))
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
         #: posterior variance :math:`\tilde\beta_i = \beta_i (1 - \bar\alpha_{i-1}) / (1 - \bar\alpha_i)`
-        self.beta_tildes = betas * (1 - ab_prev) / (1 - self.alpha_bars)
-        self._alpha_bars_prev = ab_prev
+        self.beta_tildes: torch.Tensor = betas * (1 - ab_prev) / (1 - self.alpha_bars)
+        self._alpha_bars_prev: torch.Tensor = ab_prev
         #: JSON-able description that :meth:`from_config` rebuilds (recorded in checkpoints)
         self.config: dict[str, Any] = config or {"kind": "betas", "betas": betas.tolist()}
 
@@ -169,14 +174,15 @@ class DDPMSchedule:
         return out
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DDPMSchedule:
+    def from_config(cls, config: object) -> DDPMSchedule:
         """Rebuild a schedule from its :attr:`config` (``kind`` = ``linear``, ``cosine`` or ``betas``)."""
         if not isinstance(config, dict) or config.get("kind") not in ("linear", "cosine", "betas"):
             raise ValueError(f"not a DDPMSchedule config: {config!r}; expected kind 'linear', 'cosine' or 'betas'")
         kwargs = {k: v for k, v in config.items() if k != "kind"}
         if config["kind"] == "betas":
             return cls(kwargs["betas"])
-        return getattr(cls, config["kind"])(**kwargs)
+        factory: Callable[..., DDPMSchedule] = getattr(cls, config["kind"])  # cls.linear or cls.cosine
+        return factory(**kwargs)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DDPMSchedule) and torch.equal(self.betas, other.betas)
@@ -383,7 +389,7 @@ class DDPMSchedule:
         return out if terms else out["total"]
 
     # -- oracle ------------------------------------------------------------------------------
-    def oracle_eps(self, mixture: Any) -> EpsModel:
+    def oracle_eps(self, mixture: GaussianMixture) -> EpsModel:
         r"""The exact noise predictor :math:`\hat\varepsilon(x, i) = -\sqrt{1-\bar\alpha_i}\,\nabla\log q(x_i)`
         for data from a :class:`scoresde.GaussianMixture` (the minimiser of :meth:`eps_loss`)."""
         score = mixture.score(_DiscreteKernel(self))
@@ -527,14 +533,15 @@ class DDPMAncestral(Sampler):
 
     def integrate(
         self,
-        sde: DDPMSDE,
+        sde: SDE,
         score_fn: CountedScore,
         x: torch.Tensor,
         generator: torch.Generator,
         save_times: np.ndarray,
         progress: bool,
     ) -> Trajectory:
-        sch, N = sde.schedule, sde.N
+        ddpm = cast(DDPMSDE, sde)  # check() accepts a DDPMSDE only
+        sch, N = ddpm.schedule, ddpm.N
         grid = np.arange(N, -1, -1, dtype=np.float64) / N
         save_idx = set(_nearest_indices(grid, save_times))
         var = sch.p_variance(self.variance).tolist()

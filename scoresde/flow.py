@@ -19,7 +19,7 @@ Time conventions: data at ``t = 0``, noise at ``t = 1``; samplers integrate from
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -224,16 +224,31 @@ class FlowODE(_OnGrid, FixedStepSampler):
         _check_linear(self, sde)
         self._check_grid(sde)
 
-    def prepare(self, sde: LinearSDE, score_fn: CountedScore) -> Callable[[torch.Tensor, float], torch.Tensor]:
-        return velocity_field(sde, score_fn, self.t_clip)
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        # check() accepts linear SDEs only
+        return velocity_field(cast(LinearSDE, sde), score_fn, self.t_clip)
 
-    def step(self, v, sde, x, t, t_next, generator):
+    def step(
+        self,
+        v: Callable[[torch.Tensor, float], torch.Tensor],
+        sde: SDE,
+        x: torch.Tensor,
+        t: float,
+        t_next: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         dt = t_next - t
         v0 = v(x, t)
         if self.method == "euler":
             return x + dt * v0
         v1 = v(x + dt * v0, t_next)
         return x + (0.5 * dt) * (v0 + v1)
+
+
+class _VelocityModel(Protocol):
+    """A model with a ``velocity(x, t)`` method, such as a :class:`~scoresde.ScoreModel`."""
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
 
 def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +278,8 @@ def velocity_field(
     if callable(getattr(inner, "velocity", None)) and same_sde:
 
         def v_model(x: torch.Tensor, t: float) -> torch.Tensor:
-            out = inner.velocity(x, _vec(t, x))
+            # inner has a callable ``velocity`` (checked above)
+            out = cast(_VelocityModel, inner).velocity(x, _vec(t, x))
             if isinstance(score_fn, CountedScore):
                 score_fn.nfe += 1
                 return score_fn.checked(x, out, "score_fn.velocity")

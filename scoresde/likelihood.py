@@ -68,6 +68,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ from ._checks import (
 from ._progress import progress_bar
 from .flow import singular_at_T, velocity_field
 from .samplers import SCIPY_METHODS, CountedScore
-from .sde import SDE, ScoreFn
+from .sde import SDE, LinearSDE, ScoreFn
 
 __all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBE_NOISES", "MAX_NFE", "tolerance_floor"]
 
@@ -172,7 +173,9 @@ class LikelihoodResult:
     estimates: torch.Tensor | None = None
 
 
-def _probe_noise(shape: tuple[int, ...], noise: str, generator: torch.Generator, dtype, device) -> torch.Tensor:
+def _probe_noise(
+    shape: tuple[int, ...], noise: str, generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     if noise == "gaussian":
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
@@ -180,8 +183,23 @@ def _probe_noise(shape: tuple[int, ...], noise: str, generator: torch.Generator,
 
 
 def _check_args(
-    sde, score_fn, x, eps, method, rtol, atol, divergence, probes, noise, seed, dequantize, max_nfe, num_threads
-):
+    sde: Any,
+    score_fn: Any,
+    x: Any,
+    eps: Any,
+    method: Any,
+    rtol: Any,
+    atol: Any,
+    divergence: Any,
+    probes: Any,
+    noise: Any,
+    seed: Any,
+    dequantize: Any,
+    max_nfe: Any,
+    num_threads: Any,
+) -> tuple[float, float, float, int, int, float | None, int, int | None]:
+    """Validate the arguments of :func:`log_likelihood` (any values) and return the checked numbers
+    ``(eps, rtol, atol, probes, seed, dequantize, max_nfe, num_threads)``."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
     if sde.reversed:
@@ -335,21 +353,21 @@ def log_likelihood(
 
 
 def _log_likelihood(
-    sde,
-    score_fn,
-    x,
-    eps,
-    method,
-    rtol,
-    atol,
-    divergence,
-    probes,
-    noise,
-    seed,
-    dequantize,
-    progress,
-    prior_logp=None,
-    max_nfe=MAX_NFE,
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    eps: float,
+    method: str,
+    rtol: float,
+    atol: float,
+    divergence: str,
+    probes: int,
+    noise: str,
+    seed: int,
+    dequantize: float | None,
+    progress: bool,
+    prior_logp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_nfe: int = MAX_NFE,
 ) -> LikelihoodResult:
     from scipy.integrate import solve_ivp
     from threadpoolctl import threadpool_limits
@@ -370,7 +388,8 @@ def _log_likelihood(
     counted = _DifferentiableScore(score_fn)
     if singular_at_T(sde) or getattr(score_fn, "parameterization", None) == "velocity":
         # rectified flow (f infinite at T) and flow-matching models: the velocity form of the same drift
-        velocity = velocity_field(sde, counted)
+        # s(T) = 0 needs a LinearSDE, and so does a velocity-parameterised model
+        velocity = velocity_field(cast(LinearSDE, sde), counted)
 
         def pf_drift(xt: torch.Tensor, t: float) -> torch.Tensor:
             return velocity(xt, t)
@@ -392,7 +411,7 @@ def _log_likelihood(
                     f"the probability-flow drift at t={t:.6g} has no autograd graph back to x (a detached model "
                     "output?); log_likelihood needs score_fn to be differentiable in x"
                 )
-            if hutch:
+            if v is not None:  # Hutchinson (v holds the probes exactly when hutch)
                 divs = []
                 for k in range(K):
                     (grad,) = torch.autograd.grad(drift, xt, grad_outputs=v[k], retain_graph=k < K - 1)

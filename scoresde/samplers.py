@@ -29,7 +29,7 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class CountedScore:
         if not self._checked:
             check_score_output(out, x, name)
             self._checked = True
-        return out
+        return cast(torch.Tensor, out)  # a tensor by the contract checked on the first call
 
 
 @dataclass
@@ -186,7 +186,8 @@ class Sampler(abc.ABC):
         traj = self.integrate(sde, score_fn, x, generator, save_times, progress)
         if self.denoise:
             x_eps = traj.states[-1]
-            _, _, s, sigma = sde.coefficients(self.eps, like=x_eps)
+            # check() allows denoise=True for linear SDEs only
+            _, _, s, sigma = cast(LinearSDE, sde).coefficients(self.eps, like=x_eps)
             score = score_fn(x_eps, _vec(self.eps, x_eps))
             x0 = (x_eps + sigma**2 * score) / s
             guard.check(x0, None, self.eps, 0.0, what="denoised state")
@@ -232,7 +233,15 @@ class FixedStepSampler(Sampler):
     ) -> torch.Tensor:
         """Advance ``x`` from ``t`` to ``t_next < t``."""
 
-    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+    def integrate(
+        self,
+        sde: SDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool,
+    ) -> Trajectory:
         grid = self.grid(sde)
         save_idx = set(_nearest_indices(grid, save_times))
         state = self.prepare(sde, score_fn)
@@ -282,11 +291,13 @@ class EulerMaruyama(FixedStepSampler):
     with the default parameters; fewer steps give finite but meaningless samples.
     """
 
-    def step(self, rsde, sde, x, t, t_next, generator):
+    def step(
+        self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         return _em_step(rsde, x, t, t_next, generator)
 
 
-def _em_step(rsde: ReverseSDE, x, t, t_next, generator):
+def _em_step(rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator) -> torch.Tensor:
     dt = t_next - t
     drift, diffusion = rsde.sde(x, t)
     noise = _randn_like(x, generator)
@@ -297,17 +308,41 @@ def _em_step(rsde: ReverseSDE, x, t, t_next, generator):
 # ---------------------------------------------------------------------------------------
 # Predictor–corrector
 # ---------------------------------------------------------------------------------------
-def _predict_euler_maruyama(pc, rsde, sde, x, t, t_next, generator):
+def _predict_euler_maruyama(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    t_next: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     return _em_step(rsde, x, t, t_next, generator)
 
 
-def _predict_reverse_diffusion(pc, rsde, sde, x, t, t_next, generator):
+def _predict_reverse_diffusion(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    t_next: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     r"""Reverse diffusion (Song et al. 2021, eq. 46): :math:`x \leftarrow x - f + G^2 s_\theta + G z`."""
     f, G = rsde.discretize(x, t, t - t_next)
     return (x - f).add_(broadcast_coef(G, x) * _randn_like(x, generator))
 
 
-def _predict_ancestral(pc, rsde, sde, x, t, t_next, generator):
+def _predict_ancestral(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    t_next: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     r"""Ancestral sampling: DDPM for VP, SMLD for VE (Song et al. 2021, App. F).
 
     VP, with :math:`\beta_i = 1 - s(t_{i+1})^2/s(t_i)^2`:
@@ -324,15 +359,25 @@ def _predict_ancestral(pc, rsde, sde, x, t, t_next, generator):
         a2 = sde.sigma(torch.tensor(t_next, dtype=torch.float64)) ** 2
         std = math.sqrt(float(a2 * (s2 - a2) / s2))
         return (x + float(s2 - a2) * score).add_(std * z)
+    # check() allows the ancestral predictor for VESDE and VPSDE only
+    vp = cast(VPSDE, sde)
     log_alpha = 2.0 * float(
-        sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
-        - sde.log_mean_coef(torch.tensor(t_next, dtype=torch.float64))
+        vp.log_mean_coef(torch.tensor(t, dtype=torch.float64))
+        - vp.log_mean_coef(torch.tensor(t_next, dtype=torch.float64))
     )
     beta = -math.expm1(log_alpha)
     return ((x + beta * score) / math.sqrt(1 - beta)).add_(math.sqrt(beta) * z)
 
 
-def _predict_none(pc, rsde, sde, x, t, t_next, generator):
+def _predict_none(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    t_next: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     return x
 
 
@@ -350,7 +395,15 @@ def _langevin_alpha(sde: SDE, t: float, dt: float) -> float:
     return 1.0
 
 
-def _correct_langevin(pc, rsde, sde, x, t, dt, generator):
+def _correct_langevin(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    dt: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     r"""Langevin MCMC with step size from the signal-to-noise ratio (Song et al. 2021, Alg. 4).
 
     :math:`\epsilon = 2\alpha\,(r\,\|z\| / \|s_\theta\|)^2` (norms averaged over the batch),
@@ -366,7 +419,7 @@ def _correct_langevin(pc, rsde, sde, x, t, dt, generator):
     """
     alpha = _langevin_alpha(sde, t, dt)
     vt = _vec(t, x)
-    fallback = None
+    fallback: float | None = None
     for _ in range(pc.corrector_steps):
         grad = rsde.score_fn(x, vt)
         noise = _randn_like(x, generator)
@@ -381,12 +434,20 @@ def _correct_langevin(pc, rsde, sde, x, t, dt, generator):
     return x
 
 
-def _ald_step(pc, sde, x, t, alpha) -> float:
+def _ald_step(pc: PredictorCorrector, sde: SDE, x: torch.Tensor, t: float, alpha: float) -> float:
     _, std = sde.marginal_prob(x[:1], t)
     return 2 * alpha * (pc.snr * float(std[0])) ** 2
 
 
-def _correct_annealed_langevin(pc, rsde, sde, x, t, dt, generator):
+def _correct_annealed_langevin(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    dt: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     r"""Annealed Langevin dynamics (Song & Ermon 2019): :math:`\epsilon = 2\alpha (r\,\sigma(t))^2`."""
     alpha = _langevin_alpha(sde, t, dt)
     step = _ald_step(pc, sde, x, t, alpha)
@@ -397,17 +458,29 @@ def _correct_annealed_langevin(pc, rsde, sde, x, t, dt, generator):
     return x
 
 
-def _correct_none(pc, rsde, sde, x, t, dt, generator):
+def _correct_none(
+    pc: PredictorCorrector,
+    rsde: ReverseSDE,
+    sde: SDE,
+    x: torch.Tensor,
+    t: float,
+    dt: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     return x
 
 
-PREDICTORS: dict[str, Callable] = {
+#: a predictor step ``(pc, rsde, sde, x, t, t_next, generator) -> x`` or corrector moves
+#: ``(pc, rsde, sde, x, t, dt, generator) -> x``
+_PCStep = Callable[["PredictorCorrector", ReverseSDE, SDE, torch.Tensor, float, float, torch.Generator], torch.Tensor]
+
+PREDICTORS: dict[str, _PCStep] = {
     "euler_maruyama": _predict_euler_maruyama,
     "reverse_diffusion": _predict_reverse_diffusion,
     "ancestral": _predict_ancestral,
     "none": _predict_none,
 }
-CORRECTORS: dict[str, Callable] = {
+CORRECTORS: dict[str, _PCStep] = {
     "langevin": _correct_langevin,
     "ald": _correct_annealed_langevin,
     "none": _correct_none,
@@ -475,11 +548,14 @@ class PredictorCorrector(FixedStepSampler):
                 f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'"
             )
 
-    def step(self, rsde, sde, x, t, t_next, generator):
+    def step(
+        self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         x = CORRECTORS[self.corrector](self, rsde, sde, x, t, t - t_next, generator)
         if self.corrector != "none" and self.predictor != "none":
             # the corrector's result is checked before the predictor evaluates the score on it
-            guard = rsde.score_fn.guard
+            # prepare() built rsde from the run's CountedScore
+            guard = cast(CountedScore, rsde.score_fn).guard
             guard.check(x, guard.current_step, t, t_next, what="corrected state")
         return PREDICTORS[self.predictor](self, rsde, sde, x, t, t_next, generator)
 
@@ -545,14 +621,16 @@ class ProbabilityFlowODE(FixedStepSampler):
         p.update(eps=self.eps, denoise=self.denoise)
         return p
 
-    def prepare(self, sde, score_fn):
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> ReverseSDE:
         return sde.reverse(score_fn, probability_flow=True)
 
     def max_saved_states(self, sde: SDE) -> int | None:
         """``steps + 1`` for the fixed-step methods; no limit for scipy's (it saves at exact times)."""
         return None if self.method in SCIPY_METHODS else self.steps + 1
 
-    def step(self, ode, sde, x, t, t_next, generator):
+    def step(
+        self, ode: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         dt = t_next - t
         d = ode.sde(x, t)[0]
         if self.method == "euler":
@@ -560,12 +638,22 @@ class ProbabilityFlowODE(FixedStepSampler):
         d2 = ode.sde(x + d * dt, t_next)[0]
         return x + (0.5 * dt) * (d + d2)
 
-    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+    def integrate(
+        self,
+        sde: SDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool,
+    ) -> Trajectory:
         if self.method in _FIXED_ODE_METHODS:
             return super().integrate(sde, score_fn, x, generator, save_times, progress)
         return self._integrate_scipy(sde, score_fn, x, save_times, progress)
 
-    def _integrate_scipy(self, sde, score_fn, x, save_times, progress):
+    def _integrate_scipy(
+        self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray, progress: bool
+    ) -> Trajectory:
         from scipy.integrate import solve_ivp
         from threadpoolctl import threadpool_limits
 
@@ -654,7 +742,7 @@ class _TorchsdeReverse(torch.nn.Module):
         self.guard = DivergenceGuard("TorchSDE") if guard is None else guard
         self.h = h
 
-    def f(self, u, y):
+    def f(self, u: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # torchsde's additive SRA1 step evaluates the drift at (t0, y0) twice (stages 1 and 2); the
         # second call returns the cached value: 2 NFE per step instead of 3, bit-identical results
         # (the same tensor object at the same time; torchsde never updates its states in place, and
@@ -670,11 +758,13 @@ class _TorchsdeReverse(torch.nn.Module):
         self._last = (u, y, out)
         return out
 
-    def g_prod(self, u, y, v):
+    def g_prod(self, u: float | torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         _, diffusion = self.rsde.base.sde(y[:1].reshape(1, *self.shape[1:]), self.T - float(u))
         return diffusion[0] * v
 
-    def f_and_g_prod(self, u, y, v):
+    def f_and_g_prod(
+        self, u: float | torch.Tensor, y: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.f(u, y), self.g_prod(u, y, v)
 
 
@@ -737,7 +827,15 @@ class TorchSDE(Sampler):
             p["brownian"] = getattr(self.brownian, "__name__", type(self.brownian).__name__)
         return p
 
-    def integrate(self, sde, score_fn, x, generator, save_times, progress):
+    def integrate(
+        self,
+        sde: SDE,
+        score_fn: CountedScore,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        save_times: np.ndarray,
+        progress: bool,
+    ) -> Trajectory:
         import torchsde
 
         shape = x.shape

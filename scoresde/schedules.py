@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ._checks import check_positive, check_positive_int
@@ -74,7 +76,7 @@ def _linear(sde: SDE, what: str) -> LinearSDE:
     return sde
 
 
-def log_coefs(sde: LinearSDE, t: Any) -> tuple[np.ndarray, np.ndarray]:
+def log_coefs(sde: SDE, t: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     r"""Return :math:`(\log s(t), \log\sigma(t))` in float64 (NumPy arrays shaped like ``t``).
 
     Uses ``sde.log_mean_coef`` where the SDE has it (VP, sub-VP), which keeps :math:`\log s` exact
@@ -82,24 +84,24 @@ def log_coefs(sde: LinearSDE, t: Any) -> tuple[np.ndarray, np.ndarray]:
     """
     sde = _linear(sde, "log_coefs")
     tt = torch.as_tensor(np.asarray(t, dtype=np.float64))
-    log_mean = getattr(sde, "log_mean_coef", None)
+    log_mean: Callable[[torch.Tensor], torch.Tensor] | None = getattr(sde, "log_mean_coef", None)
     log_s = log_mean(tt) if callable(log_mean) else torch.log(sde.mean_coef(tt))
     log_sigma = torch.log(sde.std(tt))
     return log_s.numpy(), log_sigma.numpy()
 
 
-def log_snr(sde: LinearSDE, t: Any) -> np.ndarray:
+def log_snr(sde: SDE, t: Any) -> npt.NDArray[np.float64]:
     r"""Half log signal-to-noise ratio :math:`\lambda(t) = \log s(t) - \log\sigma(t)` (float64)."""
     log_s, log_sigma = log_coefs(sde, t)
     return log_s - log_sigma
 
 
-def noise_level(sde: LinearSDE, t: Any) -> np.ndarray:
+def noise_level(sde: SDE, t: Any) -> npt.NDArray[np.float64]:
     r"""EDM noise level :math:`\tilde\sigma(t) = \sigma(t)/s(t) = e^{-\lambda(t)}` (float64)."""
     return np.exp(-log_snr(sde, t))
 
 
-def invert_log_snr(sde: LinearSDE, lam: Any, eps: float, *, check: bool = True) -> np.ndarray:
+def invert_log_snr(sde: SDE, lam: Any, eps: float, *, check: bool = True) -> npt.NDArray[np.float64]:
     r"""Times :math:`t \in [\varepsilon, T]` with :math:`\lambda(t) = \ell` for each entry of ``lam``.
 
     Vectorised bisection (:math:`\lambda` is decreasing in :math:`t`), iterated until every
@@ -109,8 +111,8 @@ def invert_log_snr(sde: LinearSDE, lam: Any, eps: float, *, check: bool = True) 
     """
     sde = _linear(sde, "invert_log_snr")
     target = np.asarray(lam, dtype=np.float64)
-    lo = np.full(target.shape, float(eps))
-    hi = np.full(target.shape, float(sde.T))
+    lo: npt.NDArray[np.float64] = np.full(target.shape, float(eps))
+    hi: npt.NDArray[np.float64] = np.full(target.shape, float(sde.T))
     for _ in range(2000):
         mid = 0.5 * (lo + hi)
         if np.all((mid == lo) | (mid == hi)):
@@ -175,7 +177,7 @@ class TimeGrid(abc.ABC):
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params() == other.params()  # type: ignore[union-attr]
+        return type(self) is type(other) and self.params() == other.params()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, tuple(sorted(self.params().items()))))
@@ -186,7 +188,7 @@ class UniformTime(TimeGrid):
 
     name = "uniform"
 
-    def times(self, sde, steps, eps):
+    def times(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         return np.linspace(sde.T, eps, steps + 1)
 
 
@@ -200,7 +202,7 @@ class LogSNRUniform(TimeGrid):
 
     name = "logsnr"
 
-    def times(self, sde, steps, eps):
+    def times(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         lam_T, lam_eps = log_snr(sde, [sde.T, eps])
         return invert_log_snr(sde, np.linspace(lam_T, lam_eps, steps + 1), eps)
 
@@ -227,7 +229,7 @@ class TimeQuadratic(TimeGrid):
     def params(self) -> dict[str, Any]:
         return {"power": self.power}
 
-    def times(self, sde, steps, eps):
+    def times(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         p = self.power
         return np.linspace(sde.T ** (1.0 / p), eps ** (1.0 / p), steps + 1) ** p
 
@@ -263,7 +265,7 @@ class KarrasSigma(TimeGrid):
         a, b = math.exp(-lam_T / self.rho), math.exp(-lam_eps / self.rho)  # sigma_max^(1/rho), sigma_min^(1/rho)
         return (a + np.arange(steps + 1) / steps * (b - a)) ** self.rho
 
-    def times(self, sde, steps, eps):
+    def times(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         return invert_log_snr(sde, -np.log(self.sigmas(sde, steps, eps)), eps)
 
 

@@ -220,7 +220,9 @@ class LinearSDE(SDE):
         sigma = self.std(t)
         return (self.diffusion_coef(t) ** 2 + 2.0 * self.drift_coef(t) * sigma**2) / (2.0 * sigma)
 
-    def coefficients(self, t: float | torch.Tensor, like: torch.Tensor | None = None):
+    def coefficients(
+        self, t: float | torch.Tensor, like: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(f, g, s, sigma)`` at ``t`` as tensors (dtype/device of ``like``, else float64)."""
         like = torch.empty(0, dtype=torch.float64) if like is None else like
         t = _as_time(t, like.reshape(-1, 1) if like.dim() == 0 else like, self.T)
@@ -429,13 +431,19 @@ class ReverseSDE(SDE):
             G = torch.zeros_like(G)
         return f, G
 
-    def marginal_prob(self, x0, t):
+    def marginal_prob(self, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base.marginal_prob(x0, t)
 
-    def prior_sampling(self, shape, generator=None, dtype=torch.float32, device=None):
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
         return self.base.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
 
-    def prior_logp(self, z):
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         return self.base.prior_logp(z)
 
 

@@ -41,6 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._checks import check_positive, check_positive_int
@@ -55,10 +56,11 @@ def _vec(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
-def _kernel(sde: LinearSDE, t: float) -> tuple[float, float, float]:
-    r"""Return :math:`(s(t), \sigma(t), \lambda(t))` as Python floats computed in float64."""
-    log_s, log_sigma = log_coefs(sde, t)
-    log_s, log_sigma = float(log_s), float(log_sigma)
+def _kernel(sde: SDE, t: float) -> tuple[float, float, float]:
+    r"""Return :math:`(s(t), \sigma(t), \lambda(t))` as Python floats computed in float64 (``TypeError``
+    unless ``sde`` is a :class:`~scoresde.LinearSDE`)."""
+    log_s_t, log_sigma_t = log_coefs(sde, t)
+    log_s, log_sigma = float(log_s_t), float(log_sigma_t)
     return math.exp(log_s), math.exp(log_sigma), log_s - log_sigma
 
 
@@ -77,7 +79,7 @@ class _OnGrid:
     steps: int
     eps: float
 
-    def grid(self, sde: SDE):
+    def grid(self, sde: SDE) -> np.ndarray:
         """The solver's time grid for ``sde`` (float64, strictly decreasing from ``T`` to ``eps``)."""
         return self.time_grid(sde, self.steps, self.eps)
 
@@ -226,7 +228,9 @@ class DDIM(_OnGrid, FixedStepSampler):
     def prepare(self, sde: SDE, score_fn: CountedScore) -> CountedScore:
         return score_fn
 
-    def step(self, score_fn, sde, x, t, t_next, generator):
+    def step(
+        self, score_fn: CountedScore, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         s, sigma, lam = _kernel(sde, t)
         s2, sigma2, lam2 = _kernel(sde, t_next)
         score = score_fn(x, _vec(t, x))
@@ -385,7 +389,9 @@ class DPMSolverPP(_Multistep):
         lam = log_snr(sde, self.grid(sde))
         return bool(lam[-1] - lam[-2] > self.lower_order_final_ratio * (lam[-2] - lam[-3]))
 
-    def step(self, hist: _History, sde, x, t, t_next, generator):
+    def step(
+        self, hist: _History, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         s, sigma, lam = _kernel(sde, t)
         s2, sigma2, lam2 = _kernel(sde, t_next)
         score = hist.score_fn(x, _vec(t, x))
@@ -487,8 +493,6 @@ class UniPC(_Multistep):
 
     def _weights(self, rks: list[float], h: float, order: int) -> tuple[list[float], list[float], float]:
         """(rho_p, rho_c, B(h)) for the divided-difference ratios ``rks`` (last entry 1)."""
-        import numpy as np
-
         hh = -h
         h_phi_1 = math.expm1(hh)
         b_h = hh if self.variant == "bh1" else h_phi_1
@@ -509,7 +513,9 @@ class UniPC(_Multistep):
             rho_p, rho_c = list(np.linalg.solve(R_[:-1, :-1], b_[:-1])), list(np.linalg.solve(R_, b_))
         return rho_p, rho_c, b_h
 
-    def step(self, st: _History, sde, x, t, t_next, generator):
+    def step(
+        self, st: _History, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
         s, sigma, lam = _kernel(sde, t)
         s2, sigma2, lam2 = _kernel(sde, t_next)
         if not st.x0s:  # first step: evaluate at x_T
