@@ -210,8 +210,8 @@ class GaussianMixture:
         r"""The mixture :math:`p_t` at time ``t``: components :math:`\mathcal N(s\mu_k, s^2\Sigma_k + \sigma^2 I)`."""
         sde = _check_linear(sde)
         check_time(t, sde.T)
-        _, _, s, sigma = sde.coefficients(float(t))
-        s, sigma = float(s), float(sigma)
+        _, _, s_t, sigma_t = sde.coefficients(float(t))
+        s, sigma = float(s_t), float(sigma_t)
         eye = torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(self.weights, s * self.means, s**2 * self.covariances + sigma**2 * eye)
 
