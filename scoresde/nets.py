@@ -266,7 +266,7 @@ class ScoreNetwork(nn.Module):
 
 #: every registered :class:`ScoreNetwork` class by name (see :class:`ScoreNetwork`): a read-only mapping with
 #: ``register(cls, name=None)`` and ``unregister(cls_or_name)``
-NETWORK_REGISTRY: Registry[ScoreNetwork] = Registry("network", ScoreNetwork, "scoresde.nets.NETWORK_REGISTRY")
+NETWORK_REGISTRY: Registry[ScoreNetwork] = Registry("network", ScoreNetwork, "scoresde.NETWORK_REGISTRY")
 
 
 # --------------------------------------------------------------------------------------------
