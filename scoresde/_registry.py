@@ -227,6 +227,7 @@ class Registry(Mapping[str, type[T]], Generic[T]):
         theirs = sorted(set(self._classes) - set(ours))
         raise UnregisteredError(
             f"unknown {self.kind} {name!r}; choose one of {ours} or a registered {self.kind} class of your own "
-            f"({theirs if theirs else 'none is registered'}). A class of your own must be defined, i.e. the module "
-            f"that defines it imported, before loading{hint}: scoresde never imports or runs code named in a file"
+            f"({theirs if theirs else 'none is registered'}); for a class of your own, import the module that "
+            f"defines it before loading{hint}: defining the class registers it, and scoresde never imports or runs "
+            "code named in a file"
         )
