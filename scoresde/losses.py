@@ -16,6 +16,10 @@ is minimised by the true score :math:`\nabla \log p_t` (Vincent 2011). Weighting
 
 As in score_sde, the squared norm is reduced over the feature dimensions by ``reduce="mean"`` or
 ``"sum"`` and then averaged over the batch.
+
+The trainer minimises an :class:`Objective`: :class:`DenoisingScoreMatching`, :class:`DDPMObjective`,
+:class:`FlowMatching`, or a subclass of your own (registered when it is defined, recorded in checkpoints
+by name and parameters, never imported on loading).
 """
 
 from __future__ import annotations
