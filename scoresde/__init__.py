@@ -42,7 +42,15 @@ if TYPE_CHECKING:
     from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
     from .flow import FlowODE, RectifiedFlow, reflow_data
     from .likelihood import LikelihoodResult, log_likelihood
-    from .losses import dsm_loss, velocity_loss
+    from .losses import (
+        OBJECTIVE_REGISTRY,
+        DDPMObjective,
+        DenoisingScoreMatching,
+        FlowMatching,
+        Objective,
+        dsm_loss,
+        velocity_loss,
+    )
     from .mixture import (
         TARGETS,
         GaussianMixture,
@@ -54,7 +62,7 @@ if TYPE_CHECKING:
         random_mixture,
         ring,
     )
-    from .nets import ScoreModel, build_network
+    from .nets import NETWORK_REGISTRY, ScoreModel, ScoreNetwork, build_network
     from .samplers import (
         CORRECTORS,
         PREDICTORS,
@@ -70,11 +78,13 @@ if TYPE_CHECKING:
     from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
     from .sde import (
         SDE,
+        SDE_REGISTRY,
         VESDE,
         VPSDE,
         LinearSDE,
         ReverseSDE,
         SubVPSDE,
+        UnregisteredError,
         VariancePreservingSDE,
         sde_config,
         sde_from_config,
@@ -120,6 +130,11 @@ _NAMES: dict[str, str] = {
     "log_likelihood": "likelihood",
     "dsm_loss": "losses",
     "velocity_loss": "losses",
+    "Objective": "losses",
+    "DenoisingScoreMatching": "losses",
+    "DDPMObjective": "losses",
+    "FlowMatching": "losses",
+    "OBJECTIVE_REGISTRY": "losses",
     "TARGETS": "mixture",
     "GaussianMixture": "mixture",
     "MixtureScore": "mixture",
@@ -131,6 +146,8 @@ _NAMES: dict[str, str] = {
     "ring": "mixture",
     "ScoreModel": "nets",
     "build_network": "nets",
+    "ScoreNetwork": "nets",
+    "NETWORK_REGISTRY": "nets",
     "CORRECTORS": "samplers",
     "PREDICTORS": "samplers",
     "SCIPY_METHODS": "samplers",
@@ -157,6 +174,8 @@ _NAMES: dict[str, str] = {
     "VariancePreservingSDE": "sde",
     "sde_config": "sde",
     "sde_from_config": "sde",
+    "SDE_REGISTRY": "sde",
+    "UnregisteredError": "sde",
     "DDIM": "solvers",
     "SOLVERS": "solvers",
     "DPMSolverPP": "solvers",
@@ -216,6 +235,8 @@ __all__ = [
     "sample",
     "sde_config",
     "sde_from_config",
+    "SDE_REGISTRY",
+    "UnregisteredError",
     "metrics",
     "plotting",
     "evaluation",
@@ -228,6 +249,13 @@ __all__ = [
     "velocity_loss",
     "ScoreModel",
     "build_network",
+    "ScoreNetwork",
+    "NETWORK_REGISTRY",
+    "Objective",
+    "DenoisingScoreMatching",
+    "DDPMObjective",
+    "FlowMatching",
+    "OBJECTIVE_REGISTRY",
     "TrainConfig",
     "Trainer",
     "train",

@@ -16,19 +16,39 @@ is minimised by the true score :math:`\nabla \log p_t` (Vincent 2011). Weighting
 
 As in score_sde, the squared norm is reduced over the feature dimensions by ``reduce="mean"`` or
 ``"sum"`` and then averaged over the batch.
+
+The trainer minimises an :class:`Objective`: :class:`DenoisingScoreMatching`, :class:`DDPMObjective`,
+:class:`FlowMatching`, or a subclass of your own (registered when it is defined, recorded in checkpoints
+by name and parameters, never imported on loading).
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive
+from ._registry import Registry, check_arguments, check_record, default_name, is_abstract
 from .sde import SDE, LinearSDE
 
-__all__ = ["dsm_loss", "velocity_loss", "WEIGHTINGS"]
+if TYPE_CHECKING:
+    from .nets import ScoreModel
+
+__all__ = [
+    "dsm_loss",
+    "velocity_loss",
+    "WEIGHTINGS",
+    "Objective",
+    "DenoisingScoreMatching",
+    "DDPMObjective",
+    "FlowMatching",
+    "OBJECTIVE_REGISTRY",
+    "objective_config",
+    "objective_from_config",
+]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
@@ -152,3 +172,273 @@ def velocity_loss(
     target = broadcast_coef(sde.mean_coef_dot(t), x0) * x0 + broadcast_coef(sde.std_dot(t), x0) * z
     pred = _checked(model(s * x0 + sigma * z, t), x0)
     return _reduce((pred - target).square(), reduce).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# training objectives
+# --------------------------------------------------------------------------------------------
+class Objective(abc.ABC):
+    r"""A training objective: the loss that :class:`scoresde.training.Trainer` minimises.
+
+    **Your own objective.** Subclass it and implement :meth:`loss` (and :meth:`check` and
+    :meth:`params` where needed)::
+
+        class TruncatedDSM(scoresde.Objective):          # registered as "mymodule.TruncatedDSM"
+            def __init__(self, t_max: float = 0.5) -> None:
+                self.t_max = t_max
+            def params(self):
+                return {"t_max": self.t_max}
+            def loss(self, sde, model, x0, generator, z=None):
+                t = self.t_max * torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+                return dsm_loss(sde, model, x0, generator=generator, t=t.clamp_min(1e-5), z=z)
+
+        Trainer(sde, model, data, TrainConfig(objective=TruncatedDSM(0.3)))
+
+    Contract:
+
+    * :meth:`loss` returns a scalar tensor with a gradient with respect to the model's parameters, drawing
+      every random number from ``generator`` (the trainer's own, so that a run and its resumption from a
+      checkpoint are bit-identical); ``z`` is the noise paired with ``x0`` when the data is a coupling
+      (only for objectives with ``paired_noise = True``), else ``None``.
+    * :meth:`check` raises a clear ``TypeError`` / ``ValueError`` when the SDE and the model cannot be
+      trained by this objective; the trainer calls it once, before training.
+    * :meth:`params` returns the constructor arguments as numbers, strings, booleans and lists of these, so
+      that ``type(obj)(**obj.params())`` rebuilds the objective.
+
+    **Registration.** Defining a concrete subclass registers it in :data:`OBJECTIVE_REGISTRY` under
+    :attr:`name`: the class keyword ``name`` (``class TruncatedDSM(Objective, name="truncated-dsm")``), a
+    ``name`` class attribute, or by default ``f"{cls.__module__}.{cls.__qualname__}"``; ``register=False``
+    or a class name starting with an underscore leaves it out. A checkpoint records
+    ``{"name": ..., "params": ...}`` (:func:`objective_config`); loading looks the name up
+    (:func:`objective_from_config`) and never imports anything, so the module that defines the class must
+    be imported first.
+    """
+
+    #: the registered name (set when the class is defined)
+    name: ClassVar[str]
+    #: whether :meth:`loss` trains on data paired with noise (a reflow coupling)
+    paired_noise: ClassVar[bool] = False
+
+    def __init_subclass__(cls, /, name: str | None = None, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("name")
+        if name is not None and own is not None and own != name:
+            raise TypeError(f"{cls.__qualname__} gives two names, name={name!r} and the attribute {own!r}")
+        chosen = name if name is not None else own if isinstance(own, str) else default_name(cls)
+        cls.name = chosen
+        if register and not cls.__name__.startswith("_") and not is_abstract(cls):
+            OBJECTIVE_REGISTRY.register(cls, chosen)
+
+    def check(self, sde: SDE, model: ScoreModel) -> None:  # noqa: B027  # optional hook: no check by default
+        """Raise ``TypeError`` / ``ValueError`` if ``sde`` and ``model`` cannot be trained by this objective."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        sde: SDE,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss on the batch ``x0`` (shape ``(batch, *features)``), a scalar tensor."""
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-like), recorded in checkpoints."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Objective) and type(other) is type(self) and other.params() == self.params()
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
+
+
+#: every registered :class:`Objective` class by name: a read-only mapping with ``register(cls, name=None)``
+#: and ``unregister(cls_or_name)``
+OBJECTIVE_REGISTRY: Registry[Objective] = Registry(
+    "objective",
+    Objective,  # type: ignore[type-abstract]  # the base class: registered classes are its concrete subclasses
+    "scoresde.OBJECTIVE_REGISTRY",
+)
+
+
+def _check_linear(sde: SDE, what: str) -> None:
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"{what} needs a linear SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
+
+
+def _check_options(weighting: str | None, eps: float | None, reduce: str) -> None:
+    for label, value in (("weighting", weighting), ("reduce", reduce)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a string, got {type(value).__name__}")
+    if weighting is not None and weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if eps is not None:
+        check_positive("eps", eps)
+
+
+class DenoisingScoreMatching(Objective, name="dsm"):
+    r"""Continuous-time denoising score matching, :func:`dsm_loss` with :math:`t \sim U[\varepsilon, T]`.
+
+    ``TrainConfig(objective="dsm", weighting=..., eps=..., reduce=...)`` is this objective.
+
+    Parameters
+    ----------
+    weighting : {"sigma2", "likelihood"}
+        :math:`\lambda(t) = \sigma(t)^2` or :math:`g(t)^2`.
+    eps : float
+        Smallest training time.
+    reduce : {"mean", "sum"}
+        Reduction of the squared error over the feature dimensions.
+    """
+
+    def __init__(self, weighting: str = "sigma2", eps: float = 1e-5, reduce: str = "mean") -> None:
+        _check_options(weighting, eps, reduce)
+        self.weighting, self.eps, self.reduce = weighting, float(eps), reduce
+
+    def params(self) -> dict[str, Any]:
+        return {"weighting": self.weighting, "eps": self.eps, "reduce": self.reduce}
+
+    def check(self, sde: SDE, model: ScoreModel) -> None:
+        _check_linear(sde, "denoising score matching")
+
+    def loss(
+        self,
+        sde: SDE,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return dsm_loss(
+            sde, model, x0, weighting=self.weighting, eps=self.eps, reduce=self.reduce, generator=generator, z=z
+        )
+
+
+class DDPMObjective(Objective, name="ddpm"):
+    r"""Denoising score matching on the grid of a :class:`scoresde.DDPMSDE`: :math:`t = i/N`, :math:`i \sim U\{1..N\}`.
+
+    With ``weighting="sigma2"`` and an ``"eps"`` model this is Ho et al.'s
+    :math:`\|\varepsilon - \hat\varepsilon_\theta(x_i, i)\|^2`. ``TrainConfig(objective="ddpm",
+    weighting=..., reduce=...)`` is this objective.
+
+    Parameters
+    ----------
+    weighting : {"sigma2", "likelihood"}
+        As in :class:`DenoisingScoreMatching`.
+    reduce : {"mean", "sum"}
+        As in :class:`DenoisingScoreMatching`.
+    """
+
+    def __init__(self, weighting: str = "sigma2", reduce: str = "mean") -> None:
+        _check_options(weighting, None, reduce)
+        self.weighting, self.reduce = weighting, reduce
+
+    def params(self) -> dict[str, Any]:
+        return {"weighting": self.weighting, "reduce": self.reduce}
+
+    def check(self, sde: SDE, model: ScoreModel) -> None:
+        from .ddpm import DDPMSDE
+
+        if not isinstance(sde, DDPMSDE):
+            raise ValueError(
+                f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
+                f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs"
+            )
+
+    def loss(
+        self,
+        sde: SDE,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        n = int(getattr(sde, "N"))  # noqa: B009  # a DDPMSDE: see check
+        t = torch.randint(1, n + 1, (x0.shape[0],), generator=generator, device=x0.device).to(x0.dtype) / n
+        return dsm_loss(sde, model, x0, weighting=self.weighting, reduce=self.reduce, generator=generator, t=t, z=z)
+
+
+class FlowMatching(Objective, name="flow_matching"):
+    r"""Conditional flow matching, :func:`velocity_loss` for a ``"velocity"`` model.
+
+    On :class:`scoresde.RectifiedFlow` the target is :math:`z - x_0`. It also trains on data paired with
+    noise (a reflow coupling, ``paired_noise = True``). ``TrainConfig(objective="flow_matching", eps=...,
+    reduce=...)`` is this objective.
+
+    Parameters
+    ----------
+    eps : float
+        Smallest training time.
+    reduce : {"mean", "sum"}
+        Reduction of the squared error over the feature dimensions.
+    """
+
+    paired_noise = True
+
+    def __init__(self, eps: float = 1e-5, reduce: str = "mean") -> None:
+        _check_options(None, eps, reduce)
+        self.eps, self.reduce = float(eps), reduce
+
+    def params(self) -> dict[str, Any]:
+        return {"eps": self.eps, "reduce": self.reduce}
+
+    def check(self, sde: SDE, model: ScoreModel) -> None:
+        _check_linear(sde, "flow matching")
+        if getattr(model, "parameterization", None) != "velocity":
+            raise ValueError(
+                "objective='flow_matching' needs a velocity model: ScoreModel(net, sde, parameterization='velocity')"
+            )
+
+    def loss(
+        self,
+        sde: SDE,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return velocity_loss(
+            cast(LinearSDE, sde), model.velocity, x0, eps=self.eps, reduce=self.reduce, generator=generator, z=z
+        )
+
+
+def objective_config(objective: Objective) -> dict[str, Any]:
+    """The record ``{"name": registered name, "params": objective.params()}`` of an objective."""
+    if not isinstance(objective, Objective):
+        raise TypeError(f"expected a scoresde.Objective, got {type(objective).__name__}")
+    name = OBJECTIVE_REGISTRY.name_of(type(objective))
+    params = objective.params()
+    where = f"{type(objective).__qualname__}.params()"
+    if not isinstance(params, dict):
+        raise TypeError(f"{where} must return a dict of constructor arguments, got {type(params).__name__}")
+    check_record(where, params)
+    check_arguments(where, type(objective), params)
+    return {"name": name, "params": params}
+
+
+def objective_from_config(config: dict[str, Any] | str) -> Objective:
+    """Rebuild an objective from :func:`objective_config` output, or from a registered name (default arguments).
+
+    The class is looked up in :data:`OBJECTIVE_REGISTRY`, never imported: an unknown name raises
+    :class:`scoresde.UnregisteredError` (a ``ValueError``) asking to import the module that defines it.
+    """
+    given: object = config  # read from files: may be anything
+    if isinstance(given, str):
+        return OBJECTIVE_REGISTRY.lookup(given)()
+    if not isinstance(given, dict) or not isinstance(given.get("params"), dict) or "name" not in given:
+        raise ValueError(f"cannot rebuild an objective from {config!r}; expected {{'name': name, 'params': {{...}}}}")
+    cls = OBJECTIVE_REGISTRY.lookup(given["name"])
+    try:
+        return cls(**given["params"])
+    except TypeError as err:
+        raise ValueError(
+            f"cannot rebuild the objective {given['name']!r} from the parameters {given['params']!r} ({err})"
+        ) from None

@@ -30,15 +30,17 @@ Every network
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._registry import Registry, check_arguments, check_record, finite_numbers, init_signature
 from .sde import SDE, LinearSDE
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "MLPScore",
     "UNet",
     "DiT",
+    "ScoreNetwork",
     "ScoreModel",
     "NETWORKS",
+    "NETWORK_REGISTRY",
     "PARAMETERIZATIONS",
     "TIME_INPUTS",
     "build_network",
@@ -169,9 +173,106 @@ class TimeEmbedding(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# the base class of recordable networks
+# --------------------------------------------------------------------------------------------
+_Net = TypeVar("_Net", bound="ScoreNetwork")
+
+
+class ScoreNetwork(nn.Module):
+    r"""Base class of the networks that checkpoints record: ``net(x, c) -> tensor shaped like x``.
+
+    **Your own network.** Subclass ``ScoreNetwork`` instead of :class:`torch.nn.Module`, give the
+    constructor arguments that are numbers, strings, booleans or lists of these, and call
+    ``super().__init__()`` first::
+
+        class MyNet(scoresde.nets.ScoreNetwork):        # registered as "mymodule.MyNet"
+            def __init__(self, dim: int = 2, width: int = 64) -> None:
+                super().__init__()
+                self.body = nn.Sequential(nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, dim))
+
+            def forward(self, x, c):                     # c: the conditioning vector, shape (batch,)
+                return self.body(torch.cat([x, c[:, None].to(x.dtype)], dim=1))
+
+        model = scoresde.ScoreModel(MyNet(dim=2), sde)   # trains, checkpoints and reloads like MLPScore
+
+    **Registration.** Defining a subclass registers it in :data:`NETWORK_REGISTRY` under the class
+    keyword ``name`` (``class MyNet(ScoreNetwork, name="my-net")``) or by default
+    ``f"{cls.__module__}.{cls.__qualname__}"``; ``register=False`` or a class name starting with an
+    underscore leaves it out. The built-in :class:`MLPScore`, :class:`UNet` and :class:`DiT` are
+    registered as ``"mlp"``, ``"unet"`` and ``"dit"``.
+
+    **Configuration.** :attr:`config` is ``{"name": registered name, **arguments}``, the arguments the
+    constructor was called with, bound to its signature with the defaults filled in, so that
+    ``type(net)(**arguments)`` builds the same architecture (the weights come from the
+    ``state_dict``). A constructor may set ``self.config`` itself (a dict whose ``"name"`` is the
+    class's registered name, as the built-in networks do to record their normalised arguments);
+    a config whose ``"name"`` belongs to another class (set by a base class's constructor) is
+    ignored in favour of the arguments. A constructor argument called ``name`` is not allowed.
+
+    **Loading.** A checkpoint holds the registered name and the arguments; loading looks the name up
+    in :data:`NETWORK_REGISTRY` (nothing is imported: the module that defines the class must be
+    imported first), checks the arguments against the constructor's signature, builds the network
+    once on the ``meta`` device to check its size against :data:`MAX_NETWORK_ELEMENTS` (so the
+    constructor must work on the meta device, as every ``torch.nn`` layer does), then builds it.
+    """
+
+    def __new__(cls: type[_Net], *args: Any, **kwargs: Any) -> _Net:
+        self = super().__new__(cls)
+        object.__setattr__(self, "_init_arguments", (args, kwargs))  # before nn.Module.__init__ runs
+        return self
+
+    def __init_subclass__(cls, /, name: str | None = None, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in init_signature(cls).parameters:
+            raise TypeError(
+                f"{cls.__qualname__}.__init__ has an argument called 'name'; rename it (the network record's "
+                "'name' is the class's registered name)"
+            )
+        if register and not cls.__name__.startswith("_"):
+            NETWORK_REGISTRY.register(cls, name)
+        elif name is not None:
+            raise TypeError(f"{cls.__qualname__} is not registered (private or register=False); drop name=")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``{"name": registered name, **constructor arguments}`` (a copy); see :class:`ScoreNetwork`."""
+        name = NETWORK_REGISTRY.name_of(type(self))
+        explicit = self.__dict__.get("_explicit_config")
+        if isinstance(explicit, dict) and explicit.get("name") == name:
+            return dict(explicit)
+        args, kwargs = self.__dict__.get("_init_arguments", ((), {}))
+        signature = init_signature(type(self))
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        out: dict[str, Any] = {"name": name}
+        for param in list(signature.parameters.values())[1:]:
+            value = bound.arguments[param.name]
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(
+                        f"{type(self).__qualname__} got positional arguments through *{param.name}, which a "
+                        "checkpoint cannot record; give them names"
+                    )
+            elif param.kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(value)
+            else:
+                out[param.name] = value
+        return out
+
+    @config.setter
+    def config(self, value: dict[str, Any]) -> None:
+        self.__dict__["_explicit_config"] = dict(value)
+
+
+#: every registered :class:`ScoreNetwork` class by name (see :class:`ScoreNetwork`): a read-only mapping with
+#: ``register(cls, name=None)`` and ``unregister(cls_or_name)``
+NETWORK_REGISTRY: Registry[ScoreNetwork] = Registry("network", ScoreNetwork, "scoresde.NETWORK_REGISTRY")
+
+
+# --------------------------------------------------------------------------------------------
 # MLP
 # --------------------------------------------------------------------------------------------
-class MLPScore(nn.Module):
+class MLPScore(ScoreNetwork, name="mlp"):
     r"""Time-conditioned MLP for vector data ``(B, dim)``.
 
     With :math:`e = \operatorname{SiLU}(\text{TimeEmbedding}(t))` and :math:`h_0 = x`,
@@ -205,7 +306,7 @@ class MLPScore(nn.Module):
         layers = check_positive_int("layers", layers)
         embed_dim = check_positive_int("embed_dim", embed_dim)
         fourier_scale = check_positive("fourier_scale", fourier_scale)
-        self.config: dict[str, Any] = dict(
+        self.config = dict(
             name="mlp", dim=dim, hidden=hidden, layers=layers, embed_dim=embed_dim, fourier_scale=fourier_scale
         )
         self.dim = dim
@@ -258,7 +359,7 @@ class _ResBlock(nn.Module):
         return out
 
 
-class UNet(nn.Module):
+class UNet(ScoreNetwork, name="unet"):
     r"""Small time-conditioned U-Net for images ``(B, C, H, W)`` (DDPM / NCSN++ style, no attention).
 
     Level :math:`i` works at resolution :math:`(H, W)/2^i` with ``base * channel_mults[i]``
@@ -319,7 +420,7 @@ class UNet(nn.Module):
                 f"every level width base * mult = {chans} must be divisible by groups={groups}; "
                 "change base, channel_mults or groups"
             )
-        self.config: dict[str, Any] = dict(
+        self.config = dict(
             name="unet", channels=channels, base=base, channel_mults=mults, num_res_blocks=num_res_blocks,
             embed_dim=embed_dim, groups=groups, dropout=dropout, fourier_scale=fourier_scale,
         )  # fmt: skip
@@ -485,7 +586,7 @@ class _FinalLayer(nn.Module):
         return out
 
 
-class DiT(nn.Module):
+class DiT(ScoreNetwork, name="dit"):
     r"""Small diffusion transformer (Peebles & Xie 2023) for images ``(B, C, H, W)``.
 
     1. *Patchify*: a ``patch_size``-strided convolution maps the image to
@@ -550,7 +651,7 @@ class DiT(nn.Module):
             raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
         if hidden % 4:
             raise ValueError(f"hidden={hidden} must be divisible by 4 (2-D sin-cos positional embedding)")
-        self.config: dict[str, Any] = dict(
+        self.config = dict(
             name="dit", image_size=H if H == W else (H, W), channels=channels, patch_size=p, hidden=hidden,
             depth=depth, heads=heads, mlp_ratio=mlp_ratio, fourier_scale=fourier_scale,
         )  # fmt: skip
@@ -596,25 +697,31 @@ NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLPScore, "unet": UNet, "dit": Di
 
 
 def build_network(name: str, **kwargs: Any) -> nn.Module:
-    """Construct a network by name: ``"mlp"`` (:class:`MLPScore`), ``"unet"`` (:class:`UNet`), ``"dit"`` (:class:`DiT`).
+    """Construct a network by its registered name: ``"mlp"`` (:class:`MLPScore`), ``"unet"`` (:class:`UNet`),
+    ``"dit"`` (:class:`DiT`), or the name of a :class:`ScoreNetwork` subclass of your own.
 
     ``build_network(**network_config(net))`` rebuilds ``net``'s architecture, so that
-    ``load_state_dict(net.state_dict())`` (strict) succeeds on the result.
+    ``load_state_dict(net.state_dict())`` (strict) succeeds on the result. An unknown name raises
+    :class:`~scoresde.UnregisteredError` (a ``ValueError``).
     """
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
-    return NETWORKS[name](**kwargs)
+    return NETWORK_REGISTRY.lookup(name)(**kwargs)
 
 
 def network_config(net: nn.Module) -> dict[str, Any]:
-    """The constructor arguments of ``net`` including ``name`` (a copy), for :func:`build_network`."""
-    config = getattr(net, "config", None)
-    if not isinstance(config, dict) or config.get("name") not in NETWORKS:
+    """The constructor arguments of ``net`` including its registered ``name`` (a copy), for :func:`build_network`.
+
+    ``net`` must be a :class:`ScoreNetwork` (the built-in networks are); its :attr:`ScoreNetwork.config`
+    must hold only numbers, strings, booleans, ``None`` and lists and dicts of these.
+    """
+    if not isinstance(net, ScoreNetwork):
         raise TypeError(
-            f"{type(net).__name__} was not built by scoresde.nets (no network config); "
-            f"expected one of {[c.__name__ for c in NETWORKS.values()]}"
+            f"{type(net).__name__} is not a scoresde.nets.ScoreNetwork, so it has no network config that a "
+            f"checkpoint can record: subclass ScoreNetwork instead of torch.nn.Module, or use one of "
+            f"{[c.__name__ for c in NETWORKS.values()]}"
         )
-    return dict(config)
+    config = net.config
+    check_record(f"the configuration of {type(net).__qualname__}", config)
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,8 +883,11 @@ class ScoreModel(nn.Module):
 
 
 def _feature_shape(net_config: dict[str, Any]) -> list[int] | None:
-    """The sample shape a network accepts; ``-1`` marks a free size (the U-Net takes any H x W)."""
+    """The sample shape a built-in network accepts (``-1`` marks a free size: the U-Net takes any H x W);
+    ``None`` for other networks."""
     name = net_config["name"]
+    if not _is_builtin(name):
+        return None
     if name == "mlp":
         return [int(net_config.get("dim", 2))]
     if name == "dit":
@@ -796,23 +906,74 @@ _MAX_COUNT = 1024  # layers, depth, num_res_blocks, len(channel_mults)
 _MAX_SIZE = 2**16  # every other integer field: widths, dimensions, image sides, patch size
 
 
+def _is_builtin(name: Any) -> bool:
+    """Whether ``name`` is the registered name of one of the built-in networks (:data:`NETWORKS`)."""
+    return isinstance(name, str) and name in NETWORKS and NETWORK_REGISTRY.get(name) is NETWORKS[name]
+
+
+def _check_user_fields(name: str, kwargs: dict[str, Any]) -> None:
+    """Types and sizes of the arguments of a network that is not built in: JSON-like, finite, bounded."""
+    check_record(f"the configuration of network {name!r}", kwargs)
+    finite_numbers(f"network {name!r}", kwargs)
+
+    def bounded(key: str, value: Any) -> None:
+        if isinstance(value, (str, list, tuple, dict)) and len(value) > _MAX_SIZE:
+            raise ValueError(f"network field {key} has {len(value):,} entries, more than {_MAX_SIZE:,}")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+        for v in children:
+            bounded(key, v)
+
+    for key, value in kwargs.items():
+        bounded(key, value)
+
+
 def check_network_config(config: Any) -> int:
     """Check a network configuration (as in :func:`network_config`) without allocating it; return its size.
 
-    The configuration must name a network of :data:`NETWORKS` and only its constructor arguments,
-    with counts (``layers``, ``depth``, ``num_res_blocks``, ``len(channel_mults)``) at most 1024 and
-    every other integer at most ``2**16``; the network is then built on the ``meta`` device (no
-    memory, no random numbers drawn), and its parameters plus buffers must number at most
-    :data:`MAX_NETWORK_ELEMENTS`. Returns that number. Raises ``TypeError`` / ``ValueError`` naming
-    the field.
+    The configuration must name a registered network (:data:`NETWORK_REGISTRY`; nothing is imported to
+    find it) and hold only its constructor arguments. For the built-in networks (:data:`NETWORKS`),
+    counts (``layers``, ``depth``, ``num_res_blocks``, ``len(channel_mults)``) must be at most 1024 and
+    every other integer at most ``2**16``; for other networks, the arguments must be numbers (finite),
+    strings, booleans, ``None`` and lists and dicts of these with at most ``2**16`` entries each. The
+    network is then built on the ``meta`` device (no memory, no random numbers drawn), and its
+    parameters plus buffers must number at most :data:`MAX_NETWORK_ELEMENTS`. Returns that number.
+    Raises ``TypeError`` / ``ValueError`` naming the field (:class:`~scoresde.UnregisteredError` for a
+    name that is not registered).
     """
-    import inspect
-
     if not isinstance(config, dict):
         raise TypeError(f"a network configuration must be a dict, got {type(config).__name__}")
     name = config.get("name")
-    if not isinstance(name, str) or name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    cls = NETWORK_REGISTRY.lookup(name)
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    if _is_builtin(name):
+        _check_builtin_fields(cast(str, name), config)
+    else:
+        _check_user_fields(str(name), kwargs)
+        try:
+            check_arguments(f"the arguments of network {name!r}", cls, kwargs)
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+    try:
+        with torch.device("meta"):
+            net = cls(**kwargs)
+    except (TypeError, ValueError):
+        raise
+    except Exception as err:  # a constructor of one's own may fail on the meta device in any way
+        raise ValueError(
+            f"network {name!r} cannot be built on the meta device to check its size ({type(err).__name__}: "
+            f"{err}); its constructor must work under torch.device('meta') (every torch.nn layer does)"
+        ) from None
+    size = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+    if size > MAX_NETWORK_ELEMENTS:
+        raise ValueError(
+            f"network {name!r} with {kwargs} would have {size:,} parameters and buffers, more than the "
+            f"sanity bound {MAX_NETWORK_ELEMENTS:,}"
+        )
+    return size
+
+
+def _check_builtin_fields(name: str, config: dict[str, Any]) -> None:
+    """The field checks of the built-in networks: known arguments only, bounded integers, finite numbers."""
     allowed = set(inspect.signature(NETWORKS[name].__init__).parameters) - {"self"}
     unknown = sorted(set(config) - allowed - {"name"}, key=str)
     if unknown:
@@ -831,23 +992,20 @@ def check_network_config(config: Any) -> int:
                 raise ValueError(f"network field {key} = {v} is out of range: expected an integer in [1, {limit}]")
     if isinstance(config.get("mlp_ratio"), (int, float)) and config["mlp_ratio"] > _MAX_COUNT:
         raise ValueError(f"network field mlp_ratio = {config['mlp_ratio']} is out of range (at most {_MAX_COUNT})")
-    kwargs = {k: v for k, v in config.items() if k != "name"}
-    with torch.device("meta"):
-        net = NETWORKS[name](**kwargs)
-    size = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
-    if size > MAX_NETWORK_ELEMENTS:
-        raise ValueError(
-            f"network {name!r} with {kwargs} would have {size:,} parameters and buffers, more than the "
-            f"sanity bound {MAX_NETWORK_ELEMENTS:,}"
-        )
-    return size
 
 
 def model_config(model: ScoreModel) -> dict[str, Any]:
-    """Everything needed to rebuild a :class:`ScoreModel` (given its SDE): network and parameterisation."""
+    """Everything needed to rebuild a :class:`ScoreModel` (given its SDE): network and parameterisation.
+
+    The network must be a :class:`ScoreNetwork` (see :func:`network_config`). One that is not built in is
+    checked here as a checkpoint would be checked on loading (:func:`check_network_config`), so that a
+    network whose record could not be loaded is refused before training rather than after.
+    """
     if not isinstance(model, ScoreModel):
         raise TypeError(f"expected a scoresde.nets.ScoreModel, got {type(model).__name__}")
     net = network_config(model.net)
+    if not _is_builtin(net["name"]):
+        check_network_config(net)
     return {"network": net, **model.config, "feature_shape": _feature_shape(net)}
 
 
@@ -855,7 +1013,8 @@ def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
     """Rebuild the :class:`ScoreModel` described by :func:`model_config` (weights not included).
 
     The network configuration is checked first (:func:`check_network_config`), so that a configuration
-    read from a file cannot ask for an absurd allocation.
+    read from a file cannot ask for an absurd allocation; the network class is looked up by name in
+    :data:`NETWORK_REGISTRY`, never imported.
     """
     check_network_config(config["network"])
     net_cfg = dict(config["network"])

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_time
+from ._registry import Registry, UnregisteredError, check_arguments, check_record, is_abstract
 
 __all__ = [
     "SDE",
@@ -47,6 +48,8 @@ __all__ = [
     "ReverseSDE",
     "ScoreFn",
     "SDES",
+    "SDE_REGISTRY",
+    "UnregisteredError",
     "sde_config",
     "sde_from_config",
 ]
@@ -157,9 +160,38 @@ class LinearSDE(SDE):
     implement the four scalar functions ``drift_coef`` (:math:`f`), ``diffusion_coef``
     (:math:`g`), ``mean_coef`` (:math:`s`) and ``std`` (:math:`\sigma`) on time tensors, and
     ``prior_std``.
+
+    **Your own SDE.** Subclass it (or :class:`VariancePreservingSDE`, which needs only ``beta`` and
+    ``log_mean_coef``), implement the four functions, call ``super().__init__(T)``, and override
+    :meth:`~SDE.params` to return the constructor arguments as a dict of numbers, strings and lists
+    (``type(sde)(**sde.params())`` must rebuild the SDE). Defining the class registers it in
+    :data:`SDE_REGISTRY`, so that it samples, trains and is checkpointed like the built-in SDEs::
+
+        class CosineVP(scoresde.VariancePreservingSDE):            # registered as "mymodule.CosineVP"
+            def __init__(self, s: float = 0.008, T: float = 1.0) -> None:
+                super().__init__(T)
+                self.s = s
+            def params(self):
+                return {"s": self.s, "T": self.T}
+            def beta(self, t): ...
+            def log_mean_coef(self, t): ...
+
+    Registration happens in ``__init_subclass__`` for every concrete subclass, under the class
+    keyword ``name`` (``class CosineVP(VariancePreservingSDE, name="cosine-vp")``) or by default
+    ``f"{cls.__module__}.{cls.__qualname__}"`` (the plain class name for the library's own SDEs).
+    ``register=False`` or a name starting with an underscore leaves a class out. A checkpoint records
+    the name and ``params()`` (:func:`sde_config`); :func:`sde_from_config` looks the name up and never
+    imports anything, so the module that defines the class must be imported before loading.
     """
 
     prior_std: float = 1.0
+
+    def __init_subclass__(cls, /, name: str | None = None, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if register and not cls.__name__.startswith("_") and not is_abstract(cls):
+            SDE_REGISTRY.register(cls, name)
+        elif name is not None:
+            raise TypeError(f"{cls.__qualname__} is not registered (abstract, private or register=False); drop name=")
 
     @abc.abstractmethod
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
@@ -227,6 +259,21 @@ class LinearSDE(SDE):
         like = torch.empty(0, dtype=torch.float64) if like is None else like
         t = _as_time(t, like.reshape(-1, 1) if like.dim() == 0 else like, self.T)
         return self.drift_coef(t), self.diffusion_coef(t), self.mean_coef(t), self.std(t)
+
+
+def _load_library_sdes() -> None:
+    """Import the library's own modules that define SDEs (a fixed list), so that their classes are registered."""
+    from . import ddpm, flow  # noqa: F401
+
+
+#: every registered :class:`LinearSDE` class by name (see :class:`LinearSDE`): a read-only mapping with
+#: ``register(cls, name=None)`` and ``unregister(cls_or_name)``
+SDE_REGISTRY: Registry[LinearSDE] = Registry(
+    "SDE",
+    LinearSDE,  # type: ignore[type-abstract]  # the base class: registered classes are its concrete subclasses
+    "scoresde.SDE_REGISTRY",
+    _load_library_sdes,
+)
 
 
 class VariancePreservingSDE(LinearSDE):
@@ -450,34 +497,45 @@ class ReverseSDE(SDE):
 SDES: dict[str, type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
-def _recordable() -> dict[str, type[LinearSDE]]:
-    """Concrete :class:`LinearSDE` classes exported by ``scoresde`` (VP, sub-VP, VE, DDPM, rectified flow)."""
-    import scoresde
-
-    found = {}
-    for name in scoresde.__all__:
-        obj = getattr(scoresde, name, None)
-        if isinstance(obj, type) and issubclass(obj, LinearSDE) and not getattr(obj, "__abstractmethods__", None):
-            found[obj.__name__] = obj
-    return found
-
-
 def sde_config(sde: SDE) -> dict[str, Any]:
-    """A JSON-able description ``{"class": name, "params": {...}}`` that :func:`sde_from_config` rebuilds."""
-    known = _recordable()
-    if known.get(type(sde).__name__) is not type(sde):
-        raise TypeError(f"only {sorted(known)} can be recorded, got {type(sde).__name__}")
-    return {"class": type(sde).__name__, "params": sde.params()}
+    """A JSON-able description ``{"class": name, "params": sde.params()}`` that :func:`sde_from_config` rebuilds.
+
+    ``name`` is the name the SDE's class is registered under in :data:`SDE_REGISTRY` (see
+    :class:`LinearSDE`). Raises ``TypeError`` for an SDE that is not a registered :class:`LinearSDE`, or
+    whose ``params()`` are not JSON-like or not arguments of its constructor.
+    """
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(
+            f"only linear SDEs (subclasses of scoresde.LinearSDE) can be recorded, got {type(sde).__name__}"
+        )
+    name = SDE_REGISTRY.name_of(type(sde))
+    params = sde.params()
+    where = f"{type(sde).__qualname__}.params()"
+    if not isinstance(params, dict):
+        raise TypeError(f"{where} must return a dict of constructor arguments, got {type(params).__name__}")
+    check_record(where, params)
+    check_arguments(where, type(sde), params)
+    return {"class": name, "params": params}
 
 
 def sde_from_config(config: dict[str, Any] | str) -> LinearSDE:
-    """Build an SDE from :func:`sde_config` output or a short name (``"vp"``, ``"subvp"``, ``"ve"``)."""
+    """Build an SDE from :func:`sde_config` output or a short name (``"vp"``, ``"subvp"``, ``"ve"``).
+
+    The class is looked up by its registered name in :data:`SDE_REGISTRY`; nothing is imported. A name
+    that is not registered raises :class:`UnregisteredError` (a ``ValueError``) asking to import the
+    module that defines the class first; other unusable configurations raise ``ValueError``.
+    """
     if isinstance(config, str):
         if config.lower() not in SDES:
             raise ValueError(f"unknown SDE {config!r}; choose one of {sorted(SDES)}")
         return SDES[config.lower()]()
-    by_class = _recordable()
+    given: object = config  # read from files: may be anything
+    if not isinstance(given, dict) or not isinstance(given.get("params"), dict) or "class" not in given:
+        raise ValueError(f"cannot rebuild an SDE from {config!r}; expected {{'class': name, 'params': {{...}}}}")
+    cls = SDE_REGISTRY.lookup(config["class"])
     try:
-        return by_class[config["class"]](**config["params"])
-    except (KeyError, TypeError):
-        raise ValueError(f"cannot rebuild an SDE from {config!r}; expected class one of {sorted(by_class)}") from None
+        return cls(**config["params"])
+    except TypeError as err:
+        raise ValueError(
+            f"cannot rebuild the SDE {config['class']!r} from the parameters {config['params']!r} ({err})"
+        ) from None

@@ -33,7 +33,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,12 +43,20 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from ._checks import check_positive, check_positive_int, check_seed
 from ._io import DirectoryLock, OutputDirError, atomic_path, lock_directory, remove_stale_temps
 from ._progress import progress_bar
+from ._registry import UnregisteredError
 from .datasets import Dataset
-from .losses import WEIGHTINGS, dsm_loss, velocity_loss
+from .losses import (
+    WEIGHTINGS,
+    DDPMObjective,
+    DenoisingScoreMatching,
+    FlowMatching,
+    Objective,
+    objective_config,
+    objective_from_config,
+)
 from .sde import SDE, LinearSDE, sde_config, sde_from_config
 
 if TYPE_CHECKING:
-    from .ddpm import DDPMSDE
     from .nets import ScoreModel
 
 __all__ = [
@@ -84,15 +92,25 @@ class TrainConfig:
     ``lr`` is reached linearly over ``warmup`` steps; ``grad_clip`` bounds the global gradient
     norm (0 disables); ``ema_decay`` is :math:`\\mu`; ``eps`` is the smallest training time.
 
-    ``objective`` selects the loss:
+    ``objective`` selects the loss: an :class:`scoresde.Objective` (a built-in one or one of your own,
+    see :class:`scoresde.Objective`), or one of the shorthands
 
     * ``"dsm"``: continuous-time denoising score matching, :func:`scoresde.losses.dsm_loss`
-      (``weighting``, ``eps``, ``reduce``), :math:`t \\sim U[\\varepsilon, T]`;
+      (``weighting``, ``eps``, ``reduce``), :math:`t \\sim U[\\varepsilon, T]`; the same as
+      ``DenoisingScoreMatching(weighting, eps, reduce)``;
     * ``"ddpm"``: the same loss with :math:`t = i/N`, :math:`i \\sim U\\{1..N\\}` on the grid of a
       :class:`scoresde.DDPMSDE`; with ``weighting="sigma2"`` and an ``"eps"`` model this is Ho et al.'s
-      :math:`\\|\\varepsilon - \\hat\\varepsilon_\\theta(x_i, i)\\|^2`;
+      :math:`\\|\\varepsilon - \\hat\\varepsilon_\\theta(x_i, i)\\|^2`; the same as
+      ``DDPMObjective(weighting, reduce)``;
     * ``"flow_matching"``: :func:`scoresde.losses.velocity_loss` for a ``"velocity"`` model (e.g. on
-      :class:`scoresde.RectifiedFlow`: :math:`\\|v_\\theta(x_t, t) - (z - x_0)\\|^2`).
+      :class:`scoresde.RectifiedFlow`: :math:`\\|v_\\theta(x_t, t) - (z - x_0)\\|^2`); the same as
+      ``FlowMatching(eps, reduce)``.
+
+    ``weighting``, ``eps`` and ``reduce`` configure the shorthands only: with an :class:`~scoresde.Objective`
+    they must keep their defaults (set them on the objective). A recorded objective (the dict of
+    :func:`scoresde.losses.objective_config`, as read from a checkpoint) is rebuilt into its object.
+    :meth:`make_objective` returns the objective object in every case, :meth:`record` the JSON-able
+    settings that checkpoints hold (a shorthand stays a string there).
     """
 
     steps: int = 5000
@@ -105,7 +123,7 @@ class TrainConfig:
     eps: float = 1e-5
     weighting: str = "sigma2"
     reduce: str = "mean"
-    objective: str = "dsm"
+    objective: str | Objective = "dsm"
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -120,18 +138,54 @@ class TrainConfig:
         if not 0.0 <= check_positive("ema_decay", self.ema_decay, allow_zero=True) < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         check_positive("eps", self.eps)
-        for name in ("weighting", "objective", "reduce"):
+        for name in ("weighting", "reduce"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        given: object = self.objective  # a recorded objective (a dict) is rebuilt into its object
+        if isinstance(given, dict):
+            self.objective = objective_from_config(given)
+        elif not isinstance(given, (str, Objective)):
+            raise TypeError(
+                f"objective must be one of {OBJECTIVES} or a scoresde.Objective, got {type(given).__name__}"
+            )
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if isinstance(self.objective, str) and self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown objective {self.objective!r}; choose one of {OBJECTIVES} or pass a scoresde.Objective"
+            )
+        if isinstance(self.objective, Objective):
+            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in ("weighting", "eps", "reduce")}
+            changed = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
+            if changed:
+                raise ValueError(
+                    f"{changed} configure the objective shorthands only; with objective={self.objective!r} set "
+                    f"them on the objective (e.g. DenoisingScoreMatching(weighting=..., eps=..., reduce=...))"
+                )
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
         check_seed("seed", self.seed)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         check_positive_int("log_every", self.log_every)
+
+    def make_objective(self) -> Objective:
+        """The objective object: ``objective`` itself, or the built-in one a shorthand names, configured by
+        ``weighting``, ``eps`` and ``reduce``."""
+        if isinstance(self.objective, Objective):
+            return self.objective
+        if self.objective == "ddpm":
+            return DDPMObjective(weighting=self.weighting, reduce=self.reduce)
+        if self.objective == "flow_matching":
+            return FlowMatching(eps=self.eps, reduce=self.reduce)
+        return DenoisingScoreMatching(weighting=self.weighting, eps=self.eps, reduce=self.reduce)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as checkpoints record them: every field, an :class:`~scoresde.Objective` as its
+        :func:`~scoresde.losses.objective_config` (``TrainConfig(**config.record())`` rebuilds the config)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.objective, Objective):
+            out["objective"] = objective_config(self.objective)
+        return out
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -226,6 +280,8 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
         fail("field 'config' must hold the dicts 'sde', 'model', 'data' and 'train'")
     try:
         sde_from_config(cfg["sde"])
+    except UnregisteredError as err:
+        raise CheckpointError(f"{where}: unusable SDE configuration: {err}") from None
     except (TypeError, ValueError) as err:
         fail(f"unusable SDE configuration ({err})")
     train_cfg = cfg["train"]
@@ -234,6 +290,8 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
         fail(f"unknown training settings {sorted(map(str, set(train_cfg) - known))}")
     try:
         TrainConfig(**train_cfg)
+    except UnregisteredError as err:
+        raise CheckpointError(f"{where}: unusable training settings: {err}") from None
     except (TypeError, ValueError) as err:
         fail(f"unusable training settings ({err})")
     model = cfg["model"]
@@ -244,6 +302,8 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
         )
     try:
         check_network_config(model.get("network"))
+    except UnregisteredError as err:
+        raise CheckpointError(f"{where}: unusable network configuration: {err}") from None
     except (TypeError, ValueError) as err:
         fail(f"unusable network configuration ({err})")
     data = cfg["data"]
@@ -430,6 +490,7 @@ class Trainer:
                 "choose a network for this data (mlp for vectors, unet/dit for images)"
             )
         self._coupled = data.noise is not None
+        self.objective = self.config.make_objective()
         self._check_objective(sde, model)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -475,42 +536,22 @@ class Trainer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _check_objective(self, sde: SDE, model: torch.nn.Module) -> None:
-        from .ddpm import DDPMSDE
-
-        objective = self.config.objective
-        if objective == "ddpm" and not isinstance(sde, DDPMSDE):
+    def _check_objective(self, sde: SDE, model: ScoreModel) -> None:
+        if self._coupled and not self.objective.paired_noise:
             raise ValueError(
-                f"objective='ddpm' trains on the grid of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), "
-                f"got {type(sde).__name__}; use objective='dsm' for continuous SDEs"
+                "data with paired noise (a reflow coupling) trains with objective='flow_matching' only "
+                f"(an objective with paired_noise = True), not {self.objective!r}"
             )
-        if getattr(self, "_coupled", False) and objective != "flow_matching":
-            raise ValueError("data with paired noise (a reflow coupling) trains with objective='flow_matching' only")
-        if objective == "flow_matching" and getattr(model, "parameterization", None) != "velocity":
-            raise ValueError(
-                "objective='flow_matching' needs a velocity model: ScoreModel(net, sde, parameterization='velocity')"
-            )
+        self.objective.check(sde, model)
 
     def _loss(self, x0: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        cfg = self.config
-        if cfg.objective == "flow_matching":
-            return velocity_loss(
-                self.sde, self.model.velocity, x0, eps=cfg.eps, reduce=cfg.reduce, generator=self.generator, z=z
+        loss: object = self.objective.loss(self.sde, self.model, x0, self.generator, z)  # user code: checked
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"{self.objective!r}.loss returned {got} at step {self.step + 1}; it must return a scalar (0-d) tensor"
             )
-        t = None
-        if cfg.objective == "ddpm":
-            n = cast("DDPMSDE", self.sde).N  # objective "ddpm" needs a DDPMSDE: checked in __init__
-            t = torch.randint(1, n + 1, (x0.shape[0],), generator=self.generator, device=x0.device).to(x0.dtype) / n
-        return dsm_loss(
-            self.sde,
-            self.model,
-            x0,
-            weighting=cfg.weighting,
-            eps=cfg.eps,
-            reduce=cfg.reduce,
-            generator=self.generator,
-            t=t,
-        )
+        return loss
 
     # -- configuration -----------------------------------------------------------------
     def full_config(self) -> dict[str, Any]:
@@ -518,7 +559,7 @@ class Trainer:
             "sde": sde_config(self.sde),
             "model": self.model_config,
             "data": self.data.config(),
-            "train": dataclasses.asdict(self.config),
+            "train": self.config.record(),
         }
 
     # -- one step ---------------------------------------------------------------------

@@ -13,6 +13,8 @@ from scoresde.nets import (
     TimeEmbedding,
     UNet,
     build_network,
+    check_network_config,
+    model_config,
     network_config,
 )
 
@@ -332,3 +334,92 @@ def test_image_net_gradients_reach_every_parameter(make, shape):
     # the output layer always receives a non-zero gradient (for DiT, it is the zero-initialised final linear)
     out_layer = net.final.linear if isinstance(net, DiT) else net.conv_out
     assert out_layer.weight.grad.abs().max() > 0
+
+
+# -- networks of one's own ---------------------------------------------------------------------------
+class _Concat(nn.Module):
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim + 1, width)
+        self.out = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.lin(torch.cat([x, c[:, None].to(x.dtype)], dim=1))))
+
+
+class UserNet(sd.ScoreNetwork):
+    def __init__(self, dim: int, width: int = 8, *, scale: float = 1.0, **extra: int) -> None:
+        super().__init__()
+        self.core = _Concat(dim, width)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.core(x, c)
+
+
+def test_user_network_config_is_captured_and_rebuilds():
+    net = UserNet(3, scale=2.0, tag=5)
+    config = network_config(net)
+    assert config == {"name": f"{__name__}.UserNet", "dim": 3, "width": 8, "scale": 2.0, "tag": 5}
+    rebuilt = build_network(**config)
+    assert type(rebuilt) is UserNet
+    rebuilt.load_state_dict(net.state_dict(), strict=True)
+    x, t = torch.randn(4, 3), torch.rand(4)
+    assert torch.equal(rebuilt(x, t), net(x, t))
+    assert check_network_config(config) == sum(p.numel() for p in net.parameters())
+    # the built-ins keep their own normalised records
+    assert network_config(MLPScore(fourier_scale=4)) == {
+        "name": "mlp", "dim": 2, "hidden": 128, "layers": 3, "embed_dim": 64, "fourier_scale": 4.0,
+    }  # fmt: skip
+
+
+def test_subclass_of_a_builtin_records_its_own_name_and_arguments():
+    class WideMLP(MLPScore):
+        def __init__(self, dim: int = 2) -> None:
+            super().__init__(dim=dim, hidden=16, layers=1, embed_dim=8)
+
+    try:
+        assert network_config(WideMLP()) == {"name": f"{__name__}.{WideMLP.__qualname__}", "dim": 2}
+    finally:
+        sd.NETWORK_REGISTRY.unregister(WideMLP)
+
+
+def test_user_network_rules_and_bounds():
+    with pytest.raises(TypeError, match="argument called 'name'"):
+
+        class Named(sd.ScoreNetwork):
+            def __init__(self, name: str = "x") -> None:
+                super().__init__()
+
+    with pytest.raises(TypeError, match="belongs to"):
+
+        class Clash(sd.ScoreNetwork, name="mlp"):
+            pass
+
+    class Starred(sd.ScoreNetwork):
+        def __init__(self, *sizes: int) -> None:
+            super().__init__()
+            self.lin = nn.Linear(sizes[0], sizes[0])
+
+    class Huge(sd.ScoreNetwork):
+        def __init__(self, width: int = 2) -> None:
+            super().__init__()
+            self.lin = nn.Linear(width, width)
+
+    try:
+        with pytest.raises(TypeError, match=r"through \*sizes"):
+            network_config(Starred(3))
+        name = sd.NETWORK_REGISTRY.name_of(Huge)
+        with pytest.raises(ValueError, match="more than the sanity bound"):
+            check_network_config({"name": name, "width": 40_000})  # 1.6e9 parameters, counted on the meta device
+        with pytest.raises(ValueError, match="not arguments of"):
+            check_network_config({"name": name, "depth": 3})
+        with pytest.raises(TypeError, match="a checkpoint records only"):
+            check_network_config({"name": name, "width": object()})
+        with pytest.raises(ValueError, match="must be finite"):
+            check_network_config({"name": name, "width": float("nan")})
+        with pytest.raises(TypeError, match="not a scoresde.nets.ScoreNetwork"):
+            model_config(ScoreModel(_Concat(2, 4), sd.VPSDE()))
+    finally:
+        sd.NETWORK_REGISTRY.unregister(Starred)
+        sd.NETWORK_REGISTRY.unregister(Huge)

@@ -455,3 +455,60 @@ def test_random_kills_during_cli_training_resume_bit_identically(tmp_path):
     for k, state in b["optimizer"]["state"].items():
         assert all(torch.equal(state[f], a["optimizer"]["state"][k][f]) for f in state)
     assert a["history"] == b["history"]
+
+
+# -- objectives as objects ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shorthand", "options", "objective"),
+    [
+        (
+            "dsm",
+            dict(weighting="likelihood", reduce="sum", eps=1e-3),
+            sd.DenoisingScoreMatching("likelihood", 1e-3, "sum"),
+        ),
+        ("ddpm", dict(reduce="sum"), sd.DDPMObjective(reduce="sum")),
+        ("flow_matching", dict(eps=1e-3), sd.FlowMatching(eps=1e-3)),
+    ],
+)
+def test_objective_object_trains_bit_identically_to_its_shorthand(shorthand, options, objective):
+    sde = {"dsm": sd.VPSDE(), "ddpm": sd.DDPMSchedule.linear(T=100).sde(), "flow_matching": sd.RectifiedFlow()}[
+        shorthand
+    ]
+    param = "velocity" if shorthand == "flow_matching" else "eps"
+    data = load_dataset("eight_gaussians", n=256, seed=0)
+    runs = []
+    for cfg in (TrainConfig(steps=15, batch_size=32, checkpoint_every=0, objective=shorthand, **options),
+                TrainConfig(steps=15, batch_size=32, checkpoint_every=0, objective=objective)):  # fmt: skip
+        torch.manual_seed(0)
+        model = ScoreModel(build_network("mlp", dim=2, hidden=16, layers=1, embed_dim=8), sde, parameterization=param)
+        runs.append(Trainer(sde, model, data, cfg).train(progress=False))
+    assert runs[0].objective == objective and runs[0].config.make_objective() == objective
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert runs[0].full_config()["train"]["objective"] == shorthand  # a shorthand is still recorded as a string
+    assert runs[1].full_config()["train"]["objective"] == {"name": shorthand, "params": objective.params()}
+
+
+def test_train_config_objective_validation_and_record():
+    with pytest.raises(TypeError, match="objective must be one of"):
+        TrainConfig(objective=3)
+    with pytest.raises(ValueError, match=r"\['eps', 'reduce'\] configure the objective shorthands only"):
+        TrainConfig(objective=sd.DenoisingScoreMatching(), eps=1e-3, reduce="sum")
+    with pytest.raises(ValueError, match="unknown weighting"):
+        sd.DenoisingScoreMatching(weighting="sigma")
+    with pytest.raises(ValueError, match="reduce"):
+        sd.FlowMatching(reduce="max")
+    cfg = TrainConfig(objective=sd.DenoisingScoreMatching(weighting="likelihood"))
+    record = cfg.record()
+    assert record["objective"] == {"name": "dsm", "params": {"weighting": "likelihood", "eps": 1e-5, "reduce": "mean"}}
+    assert TrainConfig(**record) == cfg
+    with pytest.raises(sd.UnregisteredError, match="unknown objective 'elbo'"):
+        TrainConfig(objective={"name": "elbo", "params": {}})
+
+
+def test_objective_checks_reach_the_trainer():
+    data = load_dataset("moons", n=128)
+    with pytest.raises(ValueError, match="DDPMSDE"):
+        Trainer(sd.VPSDE(), small_model(sd.VPSDE()), data, TrainConfig(objective=sd.DDPMObjective()))
+    with pytest.raises(ValueError, match="velocity model"):
+        Trainer(sd.VPSDE(), small_model(sd.VPSDE()), data, TrainConfig(objective=sd.FlowMatching()))
