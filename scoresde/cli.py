@@ -1641,7 +1641,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         plotting.plot_loss(
             history,
             f"{label} · {type(sde).__name__} · {net_name} ({trainer.model.parameterization}) · {trainer.step} steps",
-            objective=trainer.config.objective,
+            objective=trainer.config.make_objective().name,
         ),
         out / "loss.png",
     )

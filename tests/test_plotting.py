@@ -257,7 +257,9 @@ def test_plot_loss_short_and_empty_histories():
     assert len(ax.get_lines()) == 1
     (ax,) = plot_loss(history(0)).axes
     assert not ax.get_lines() and ax.texts[0].get_text() == "no logged steps"
-    with pytest.raises(ValueError, match="unknown objective"):
-        plot_loss(history(10), objective="sm")
+    (ax,) = plot_loss(history(10), objective="truncated-dsm").axes  # a user objective's name
+    assert ax.get_ylabel() == "truncated-dsm loss"
+    with pytest.raises(TypeError, match="objective"):
+        plot_loss(history(10), objective=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="history"):
         plot_loss([1.0, 2.0])
