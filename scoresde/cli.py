@@ -143,6 +143,9 @@ _LAZY = {
     "SCORE_ERROR_T_MIN": ("scoresde.evaluation", "SCORE_ERROR_T_MIN"),
     "plot_image_grid": ("scoresde.plotting", "plot_image_grid"),
     "plot_loss": ("scoresde.plotting", "plot_loss"),
+    "data_label": ("scoresde.evaluation", "data_label"),
+    "training_data": ("scoresde.evaluation", "training_data"),
+    "evaluate_model_samples": ("scoresde.evaluation", "evaluate_model_samples"),
 }
 
 
@@ -1157,53 +1160,6 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------
 # sample a trained model (--checkpoint)
 # ---------------------------------------------------------------------------------------
-def _display_range(x: np.ndarray, data_cfg: dict[str, Any]) -> tuple[float, float]:
-    """Data-space range shown by image grids: the min-max range of the training map, else robust quantiles."""
-    shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
-    if (data_cfg.get("params") or {}).get("scaling") == "minmax":
-        return shift - scale, shift + scale
-    finite = x[np.isfinite(x)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.quantile(finite, [0.005, 0.995]))
-    return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
-
-
-def _training_data(ckpt: dict[str, Any]) -> torch.Tensor | None:
-    """The training data in data space, float64, where it can be had: regenerated toy sets, stored arrays."""
-    import torch
-
-    from .datasets import toy_sample
-
-    d = ckpt["config"]["data"]
-    p = d.get("params") or {}
-    if d["name"] in TOY_DATASETS:
-        return torch.from_numpy(toy_sample(d["name"], int(p.get("n", DEFAULT_N_DATA)), int(p.get("seed", 0))))
-    stored = ckpt.get("data")
-    if isinstance(stored, torch.Tensor):
-        return stored.to(torch.float64) * float(d["scale"]) + float(d["shift"])
-    return None
-
-
-def _toy_draw(name: str) -> Callable[[int, torch.Generator], torch.Tensor]:
-    import torch
-
-    from .datasets import toy_sample
-
-    def draw(m: int, generator: torch.Generator) -> torch.Tensor:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        return torch.from_numpy(toy_sample(name, m, seed))
-
-    return draw
-
-
-def _data_label(data_cfg: dict[str, Any]) -> str:
-    p = data_cfg.get("params") or {}
-    if data_cfg["name"] == "array" and p.get("source"):
-        return str(p["source"]) + (f":{p['var']}" if p.get("var") else "")
-    return str(data_cfg["name"])
-
-
 def _read_checkpoint_problem(args: argparse.Namespace, sub: argparse.ArgumentParser) -> tuple[dict[str, Any], Any]:
     """The checkpoint of ``--checkpoint`` and its SDE, after the checks of the options against it."""
     from .sde import sde_from_config
@@ -1271,66 +1227,12 @@ def _sample_model(
     ds.attrs.update(
         checkpoint=str(path),
         checkpoint_step=int(ckpt["step"]),
-        data=_data_label(data_cfg),
+        data=_lib("data_label")(data_cfg),
         data_shift=shift,
         data_scale=scale,
         command=shlex.join([PROG, *argv]),
     )
     return ds
-
-
-def _evaluate_model(ds: Any, ckpt: dict[str, Any], seed: int) -> tuple[Evaluation | None, torch.Tensor | None]:
-    """SW2 against the training data for 2-D named toy sets (else None), and the training data if it can be had."""
-    import torch
-
-    from .evaluation import evaluate_against_data
-
-    data_cfg = ckpt["config"]["data"]
-    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
-    final = torch.from_numpy(np.asarray(ds["x_data"].values, dtype=np.float64))
-    train_data = _training_data(ckpt) if len(feature_shape) == 1 else None
-    if feature_shape != (2,) or data_cfg["name"] not in TOY_DATASETS or train_data is None:
-        return None, train_data
-    label = _data_label(data_cfg)
-    desc = f"the training data ({len(train_data)} points of {label}, data space)"
-    ev = evaluate_against_data(final, train_data, _toy_draw(data_cfg["name"]), seed, desc)
-    ev.floor_reference += f" of {label}"
-    return ev, train_data
-
-
-def _model_figure(
-    ds: Any, data_cfg: dict[str, Any], train_data: torch.Tensor | None, title: str, seed: int, plotting: Any
-) -> Any:
-    """The samples' figure: scatter and paths for vectors (with training data), an image grid for images."""
-    import torch
-
-    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
-    n = ds.sizes["sample"]
-    shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
-    if len(feature_shape) == 1:
-        plot_ds = ds[["x"]].assign(x=ds["x"] * scale + shift)
-        plot_ds.attrs = {**ds.attrs, "target": title}
-        reference = None
-        if train_data is not None:
-            idx = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed))[:n]
-            reference = train_data[idx]
-        fig = plotting.plot_samples(plot_ds, target=None, reference=reference)
-        legend = fig.axes[0].get_legend()
-        for text in legend.get_texts() if legend is not None else ():
-            text.set_text(text.get_text().replace("exact samples", "training data"))
-        return fig
-    if len(feature_shape) == 3:
-        images = np.asarray(ds["x_data"].values, dtype=np.float64)
-        lo, hi = _display_range(images, data_cfg)
-        k = min(64, n)
-        return plotting.plot_image_grid(
-            images,
-            lo,
-            hi,
-            title=f"{title}: first {k} of {n} samples, {ds.attrs['sampler']}, "
-            f"NFE {ds.attrs['nfe']}\n(data space, shown in [{lo:g}, {hi:g}])",
-        )
-    return None
 
 
 def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -1352,10 +1254,10 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
         ev, train_data = None, None
         if finite and args.evaluate:
             t0 = time.perf_counter()
-            ev, train_data = _evaluate_model(ds, ckpt, args.seed)
+            ev, train_data = _lib("evaluate_model_samples")(ds, ckpt, args.seed)
             timings.evaluation = time.perf_counter() - t0
         elif len(feature_shape) == 1:
-            train_data = _training_data(ckpt)
+            train_data = _lib("training_data")(ckpt)
     if ev is not None:
         from .evaluation import metric_attrs
 
@@ -1365,8 +1267,8 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
     nc_path, png_path = out / "samples.nc", out / "samples.png"
     _write_netcdf(ds, nc_path)
     written = [nc_path]
-    label, step = _data_label(data_cfg), int(ckpt["step"])
-    fig = _model_figure(ds, data_cfg, train_data, f"{label} model (step {step})", args.seed, plotting)
+    label, step = _lib("data_label")(data_cfg), int(ckpt["step"])
+    fig = plotting.plot_model_samples(ds, data_cfg, train_data, f"{label} model (step {step})", args.seed)
     if fig is not None:
         plotting.save_figure(fig, png_path)
         written.append(png_path)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -43,7 +44,7 @@ import torch
 
 from . import metrics
 from ._io import atomic_path
-from .datasets import Dataset
+from .datasets import TOY_DATASETS, Dataset, load_dataset, toy_sample
 from .mixture import GaussianMixture, get_target
 from .sde import LinearSDE
 
@@ -59,6 +60,10 @@ __all__ = [
     "report_lines",
     "score_error",
     "model_space_oracle",
+    "training_data",
+    "toy_draw",
+    "data_label",
+    "evaluate_model_samples",
     "SW_PROJECTIONS",
     "FLOOR_PAIRS",
     "FLOOR_K",
@@ -426,3 +431,63 @@ def model_space_oracle(name: str, data: Dataset) -> GaussianMixture:
     """The named mixture mapped like the data: means ``(m - shift) / scale``, covariances ``C / scale^2``."""
     mix = get_target(name)
     return GaussianMixture(mix.weights, (mix.means - data.shift) / data.scale, mix.covariances / data.scale**2)
+
+
+# ---------------------------------------------------------------------------------------
+# samples of a trained model against its training data
+# ---------------------------------------------------------------------------------------
+def training_data(checkpoint: dict[str, Any]) -> torch.Tensor | None:
+    """A checkpoint's training data in data space (float64), where it can be had, else ``None``.
+
+    Toy sets are regenerated from their recorded ``n`` and ``seed``; data stored in the checkpoint
+    (``checkpoint["data"]``, in model space) is mapped back with ``x * scale + shift``.
+    """
+    d = checkpoint["config"]["data"]
+    p = d.get("params") or {}
+    if d["name"] in TOY_DATASETS:
+        default_n = inspect.signature(load_dataset).parameters["n"].default
+        return torch.from_numpy(toy_sample(d["name"], int(p.get("n", default_n)), int(p.get("seed", 0))))
+    stored = checkpoint.get("data")
+    if isinstance(stored, torch.Tensor):
+        return stored.to(torch.float64) * float(d["scale"]) + float(d["shift"])
+    return None
+
+
+def toy_draw(name: str) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``draw(m, generator)``: ``m`` fresh points of the toy set ``name``, seeded from ``generator``."""
+
+    def draw(m: int, generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return torch.from_numpy(toy_sample(name, m, seed))
+
+    return draw
+
+
+def data_label(data_config: dict[str, Any]) -> str:
+    """A short name of a checkpoint's training data: the toy set's name or the array file it came from."""
+    p = data_config.get("params") or {}
+    if data_config["name"] == "array" and p.get("source"):
+        return str(p["source"]) + (f":{p['var']}" if p.get("var") else "")
+    return str(data_config["name"])
+
+
+def evaluate_model_samples(
+    ds: Any, checkpoint: dict[str, Any], seed: int
+) -> tuple[Evaluation | None, torch.Tensor | None]:
+    """Evaluate a trained model's final samples (``ds.x_data``, data space) against its training data.
+
+    Returns the :class:`Evaluation` (sliced Wasserstein to the training data next to the floor of
+    fresh draws of the same toy set) for 2-D named toy sets, else ``None``, and the training data
+    of vector data sets where it can be had (for the figure).
+    """
+    data_cfg = checkpoint["config"]["data"]
+    feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
+    final = torch.from_numpy(np.asarray(ds["x_data"].values, dtype=np.float64))
+    train = training_data(checkpoint) if len(feature_shape) == 1 else None
+    if feature_shape != (2,) or data_cfg["name"] not in TOY_DATASETS or train is None:
+        return None, train
+    label = data_label(data_cfg)
+    desc = f"the training data ({len(train)} points of {label}, data space)"
+    ev = evaluate_against_data(final, train, toy_draw(data_cfg["name"]), seed, desc)
+    ev.floor_reference += f" of {label}"
+    return ev, train

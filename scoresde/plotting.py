@@ -31,7 +31,16 @@ from matplotlib.ticker import FuncFormatter, NullLocator
 from ._io import atomic_path
 from ._samples import as_samples
 
-__all__ = ["DisplayFigure", "plot_samples", "plot_image_grid", "plot_loss", "save_figure", "atomic_path"]
+__all__ = [
+    "DisplayFigure",
+    "plot_samples",
+    "plot_model_samples",
+    "plot_image_grid",
+    "plot_loss",
+    "display_range",
+    "save_figure",
+    "atomic_path",
+]
 
 _SAMPLE_COLOR = "C0"
 _REFERENCE_COLOR = "0.55"
@@ -179,7 +188,12 @@ def _hdr_levels(density: np.ndarray, masses: Sequence[float]) -> list[float]:
 
 
 def _exact_density(
-    target: Any, reference: np.ndarray | None, d: int, xlim: tuple[float, float], ylim: tuple[float, float]
+    target: Any,
+    reference: np.ndarray | None,
+    d: int,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    reference_label: str = "exact samples",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str] | None:
     """Density of the exact distribution of the first two features on a grid over the axes.
 
@@ -207,11 +221,13 @@ def _exact_density(
             kde.set_bandwidth(kde.factor * _KDE_BANDWIDTH)
         except np.linalg.LinAlgError:  # degenerate (e.g. all points on a line): no contours
             return None
-        return X, Y, kde(grid.T).reshape(X.shape), f"exact samples ({len(reference)}, KDE)"
+        return X, Y, kde(grid.T).reshape(X.shape), f"{reference_label} ({len(reference)}, KDE)"
     return None
 
 
-def _plot_final_1d(ax: Axes, final: np.ndarray, target: Any, reference: np.ndarray | None) -> None:
+def _plot_final_1d(
+    ax: Axes, final: np.ndarray, target: Any, reference: np.ndarray | None, reference_label: str = "exact samples"
+) -> None:
     n = final.shape[0]
     finite = final[np.isfinite(final[:, 0]), 0]
     handles: list[Any] = []
@@ -220,7 +236,7 @@ def _plot_final_1d(ax: Axes, final: np.ndarray, target: Any, reference: np.ndarr
     bins = np.histogram_bin_edges(both, bins=int(np.clip(np.sqrt(n), 10, 100))).tolist()
     if reference is not None:
         ax.hist(reference[:, 0], bins=bins, density=True, color=_REFERENCE_COLOR, alpha=0.45)
-        handles.append(Patch(color=_REFERENCE_COLOR, alpha=0.45, label=f"exact samples ({len(reference)})"))
+        handles.append(Patch(color=_REFERENCE_COLOR, alpha=0.45, label=f"{reference_label} ({len(reference)})"))
     ax.hist(finite, bins=bins, density=True, histtype="step", color=_SAMPLE_COLOR, lw=1.5)
     handles.append(Line2D([], [], color=_SAMPLE_COLOR, lw=1.5, label=f"samples ({n})"))
     if target is not None and hasattr(target, "log_prob") and getattr(target, "dim", None) == 1:
@@ -248,13 +264,14 @@ def _plot_final_2d(
     target: Any,
     reference: np.ndarray | None,
     box: tuple[tuple[float, float], tuple[float, float]],
+    reference_label: str = "exact samples",
 ) -> None:
     n, d = final.shape
     size, alpha = _point_style(n)
     handles: list[Any] = []
     ax.scatter(final[:, 0], final[:, 1], s=size, alpha=alpha, color=_SAMPLE_COLOR, lw=0, rasterized=True, zorder=1)
     handles.append(_marker(f"samples ({n})", marker="o", ms=5, color=_SAMPLE_COLOR))
-    dens = _exact_density(target, reference, d, *box)
+    dens = _exact_density(target, reference, d, *box, reference_label=reference_label)
     if dens is not None:
         X, Y, Z, what = dens
         levels = _hdr_levels(Z, _CONTOUR_MASSES)
@@ -374,6 +391,7 @@ def plot_samples(
     reference: Any = None,
     n_traj: int = 4,
     ax: Axes | Sequence[Axes] | None = None,
+    reference_label: str = "exact samples",
 ) -> Figure:
     r"""Plot a sampling run from :func:`scoresde.sample`.
 
@@ -412,6 +430,8 @@ def plot_samples(
     ax : Axes or sequence of Axes, optional
         ``None``: a new figure with the panels above. One ``Axes``: only the final samples,
         drawn there. A sequence of 2 or 3 axes: the panels in that order.
+    reference_label : str
+        What ``reference`` is, in the legend (default ``"exact samples"``; e.g. ``"training data"``).
 
     Returns
     -------
@@ -459,9 +479,9 @@ def plot_samples(
     final = x[-1]
     if d >= 2:
         box = _box(final, *([] if ref is None else [ref]))
-        _plot_final_2d(axes[0], final, target, ref, box)
+        _plot_final_2d(axes[0], final, target, ref, box, reference_label)
     else:
-        _plot_final_1d(axes[0], final, target, ref)
+        _plot_final_1d(axes[0], final, target, ref, reference_label)
     axes[0].set_title(f"final samples (t = {float(times[-1]):.3g})")
     if len(axes) > 1:
         _plot_coordinate(axes[1], times, x, n_traj, T, float(times[-1]), d)
@@ -601,3 +621,58 @@ def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_imag
     if title:
         fig.suptitle(title, fontsize="medium", y=1.0 - 0.1 / (grid_h + head), va="top")
     return fig
+
+
+def display_range(images: np.ndarray, data_config: dict[str, Any]) -> tuple[float, float]:
+    """Data-space range in which image grids show a trained model's samples.
+
+    The range of the training data's min-max map (``scale``/``shift`` of the checkpoint's data
+    configuration with ``scaling="minmax"``), else the 0.5 % and 99.5 % quantiles of the finite
+    pixels (a constant image gets a unit range around its value).
+    """
+    shift, scale = float(data_config["shift"]), float(data_config["scale"])
+    if (data_config.get("params") or {}).get("scaling") == "minmax":
+        return shift - scale, shift + scale
+    finite = images[np.isfinite(images)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.quantile(finite, [0.005, 0.995]))
+    return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
+
+
+def plot_model_samples(
+    ds: xr.Dataset, data_config: dict[str, Any], training_data: Any = None, title: str = "", seed: int = 0
+) -> Figure | None:
+    """The figure of a trained model's samples (``scoresde sample --checkpoint``), in data space.
+
+    Vector samples: :func:`plot_samples` of ``x * scale + shift`` against as many points of
+    ``training_data`` as there are samples (drawn with ``seed``), labelled "training data". Image
+    samples ``(C, H, W)``: :func:`plot_image_grid` of ``ds.x_data`` in :func:`display_range`.
+    Other shapes: ``None``.
+    """
+    import torch
+
+    feature_shape = tuple(int(s) for s in data_config["feature_shape"])
+    n = ds.sizes["sample"]
+    shift, scale = float(data_config["shift"]), float(data_config["scale"])
+    if len(feature_shape) == 1:
+        plot_ds = ds[["x"]].assign(x=ds["x"] * scale + shift)
+        plot_ds.attrs = {**ds.attrs, "target": title}
+        reference = None
+        if training_data is not None:
+            data = torch.as_tensor(np.asarray(training_data))
+            idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+            reference = data[idx]
+        return plot_samples(plot_ds, target=None, reference=reference, reference_label="training data")
+    if len(feature_shape) == 3:
+        images = np.asarray(ds["x_data"].values, dtype=np.float64)
+        lo, hi = display_range(images, data_config)
+        k = min(64, n)
+        return plot_image_grid(
+            images,
+            lo,
+            hi,
+            title=f"{title}: first {k} of {n} samples, {ds.attrs['sampler']}, "
+            f"NFE {ds.attrs['nfe']}\n(data space, shown in [{lo:g}, {hi:g}])",
+        )
+    return None

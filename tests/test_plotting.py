@@ -263,3 +263,26 @@ def test_plot_loss_short_and_empty_histories():
         plot_loss(history(10), objective=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="history"):
         plot_loss([1.0, 2.0])
+
+
+def test_reference_label_and_model_samples_figure(vp_run):
+    """A trained model's samples are drawn in data space against its training data, so labelled."""
+    ds, _, ref = vp_run
+    labels = [
+        t.get_text()
+        for t in plot_samples(ds, reference=ref, reference_label="training data").axes[0].get_legend().get_texts()
+    ]
+    assert any(s.startswith("training data (300, KDE)") for s in labels), labels
+    data_cfg = {"feature_shape": [2], "shift": 1.0, "scale": 2.0, "name": "moons"}
+    fig = sd.plotting.plot_model_samples(ds, data_cfg, ref, title="moons model", seed=0)
+    final = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(final, ds["x"].isel(time=-1).values * 2.0 + 1.0, rtol=1e-6)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(s.startswith("training data (300, KDE)") for s in labels), labels
+    images = xr.Dataset({"x_data": (("sample", "channel", "height", "width"), np.zeros((5, 1, 4, 4)))})
+    images.attrs = {"sampler": "EulerMaruyama", "nfe": 3}
+    grid = sd.plotting.plot_model_samples(images, {"feature_shape": [1, 4, 4], "shift": 0.0, "scale": 1.0})
+    assert grid is not None and len([a for a in grid.axes if a.get_images()]) == 5
+    assert sd.plotting.display_range(np.zeros((2, 1, 4, 4)), {"shift": 0.0, "scale": 1.0}) == (-0.5, 0.5)
+    minmax = {"shift": 8.0, "scale": 8.0, "params": {"scaling": "minmax"}}
+    assert sd.plotting.display_range(np.zeros(3), minmax) == (0.0, 16.0)
