@@ -23,6 +23,7 @@ __all__ = [
     "is_library_class",
     "check_record",
     "check_arguments",
+    "recorded_params",
     "finite_numbers",
     "LIBRARY_PACKAGE",
 ]
@@ -114,6 +115,21 @@ def check_arguments(where: str, cls: type, params: dict[str, Any]) -> None:
             f"{where} = {sorted(params)} are not arguments of {cls.__qualname__}(...) ({err}); the record must hold "
             "the constructor arguments that rebuild the object"
         ) from None
+
+
+def recorded_params(obj: Any) -> dict[str, Any]:
+    """``obj.params()``, checked to be a JSON-like dict of arguments that rebuild ``type(obj)``.
+
+    Raises ``TypeError`` naming ``<class>.params()`` when it does not return a dict, returns values
+    that are not JSON-like (:func:`check_record`), or names arguments the constructor does not take.
+    """
+    params = obj.params()
+    where = f"{type(obj).__qualname__}.params()"
+    if not isinstance(params, dict):
+        raise TypeError(f"{where} must return a dict of constructor arguments, got {type(params).__name__}")
+    check_record(where, params)
+    check_arguments(where, type(obj), params)
+    return params
 
 
 class Registry(Mapping[str, type[T]], Generic[T]):

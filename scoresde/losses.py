@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive
-from ._registry import Registry, check_arguments, check_record, default_name, is_abstract
+from ._registry import Registry, default_name, is_abstract, recorded_params
 from .sde import SDE, LinearSDE
 
 if TYPE_CHECKING:
@@ -415,12 +415,7 @@ def objective_config(objective: Objective) -> dict[str, Any]:
     if not isinstance(objective, Objective):
         raise TypeError(f"expected a scoresde.Objective, got {type(objective).__name__}")
     name = OBJECTIVE_REGISTRY.name_of(type(objective))
-    params = objective.params()
-    where = f"{type(objective).__qualname__}.params()"
-    if not isinstance(params, dict):
-        raise TypeError(f"{where} must return a dict of constructor arguments, got {type(params).__name__}")
-    check_record(where, params)
-    check_arguments(where, type(objective), params)
+    params = recorded_params(objective)
     return {"name": name, "params": params}
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_time
-from ._registry import Registry, UnregisteredError, check_arguments, check_record, is_abstract
+from ._registry import Registry, UnregisteredError, is_abstract, recorded_params
 
 __all__ = [
     "SDE",
@@ -509,12 +509,7 @@ def sde_config(sde: SDE) -> dict[str, Any]:
             f"only linear SDEs (subclasses of scoresde.LinearSDE) can be recorded, got {type(sde).__name__}"
         )
     name = SDE_REGISTRY.name_of(type(sde))
-    params = sde.params()
-    where = f"{type(sde).__qualname__}.params()"
-    if not isinstance(params, dict):
-        raise TypeError(f"{where} must return a dict of constructor arguments, got {type(params).__name__}")
-    check_record(where, params)
-    check_arguments(where, type(sde), params)
+    params = recorded_params(sde)
     return {"class": name, "params": params}
 
 
