@@ -90,6 +90,7 @@ _SUBMODULES = frozenset(
         "ddpm",
         "evaluation",
         "flow",
+        "integrators",
         "likelihood",
         "losses",
         "metrics",

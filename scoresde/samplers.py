@@ -26,7 +26,6 @@ Where :math:`\bar f = f - g^2 s_\theta` is the reverse drift (Song et al. 2021, 
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -34,10 +33,12 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._checks import check_positive, check_positive_int
 from ._guard import DivergenceError, DivergenceGuard, check_score_output, max_abs, resolve_bound
 from ._progress import progress_bar
-from .sde import SDE, VESDE, VPSDE, LinearSDE, ReverseSDE, ScoreFn, SubVPSDE
+from .integrators.correctors import CORRECTOR_ALIASES, CORRECTORS, Corrector, NoneCorrector
+from .integrators.predictors import PREDICTORS, EulerMaruyamaPredictor, NonePredictor, Predictor
+from .sde import SDE, LinearSDE, ReverseSDE, ScoreFn
 
 __all__ = [
     "Sampler",
@@ -294,223 +295,48 @@ class EulerMaruyama(FixedStepSampler):
     def step(
         self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        return _em_step(rsde, x, t, t_next, generator)
+        return _EM_PREDICTOR.update(rsde, x, t, t_next, generator)
 
 
-def _em_step(rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator) -> torch.Tensor:
-    dt = t_next - t
-    drift, diffusion = rsde.sde(x, t)
-    noise = _randn_like(x, generator)
-    x = x + drift * dt
-    return x.add_(broadcast_coef(diffusion, x) * math.sqrt(-dt) * noise)
+_EM_PREDICTOR = EulerMaruyamaPredictor()
 
 
 # ---------------------------------------------------------------------------------------
 # Predictor–corrector
 # ---------------------------------------------------------------------------------------
-def _predict_euler_maruyama(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    t_next: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    return _em_step(rsde, x, t, t_next, generator)
-
-
-def _predict_reverse_diffusion(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    t_next: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    r"""Reverse diffusion (Song et al. 2021, eq. 46): :math:`x \leftarrow x - f + G^2 s_\theta + G z`."""
-    f, G = rsde.discretize(x, t, t - t_next)
-    return (x - f).add_(broadcast_coef(G, x) * _randn_like(x, generator))
-
-
-def _predict_ancestral(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    t_next: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    r"""Ancestral sampling: DDPM for VP, SMLD for VE (Song et al. 2021, App. F).
-
-    VP, with :math:`\beta_i = 1 - s(t_{i+1})^2/s(t_i)^2`:
-    :math:`x \leftarrow (x + \beta_i s_\theta)/\sqrt{1-\beta_i} + \sqrt{\beta_i}\,z`.
-
-    VE, with :math:`\sigma = \sigma(t_i)`, :math:`\sigma' = \sigma(t_{i+1})`:
-    :math:`x \leftarrow x + (\sigma^2 - \sigma'^2) s_\theta
-    + \sqrt{\sigma'^2 (\sigma^2 - \sigma'^2)/\sigma^2}\,z`.
-    """
-    score = rsde.score_fn(x, _vec(t, x))
-    z = _randn_like(x, generator)
-    if isinstance(sde, VESDE):
-        s2 = sde.sigma(torch.tensor(t, dtype=torch.float64)) ** 2
-        a2 = sde.sigma(torch.tensor(t_next, dtype=torch.float64)) ** 2
-        std = math.sqrt(float(a2 * (s2 - a2) / s2))
-        return (x + float(s2 - a2) * score).add_(std * z)
-    # check() allows the ancestral predictor for VESDE and VPSDE only
-    vp = cast(VPSDE, sde)
-    log_alpha = 2.0 * float(
-        vp.log_mean_coef(torch.tensor(t, dtype=torch.float64))
-        - vp.log_mean_coef(torch.tensor(t_next, dtype=torch.float64))
-    )
-    beta = -math.expm1(log_alpha)
-    return ((x + beta * score) / math.sqrt(1 - beta)).add_(math.sqrt(beta) * z)
-
-
-def _predict_none(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    t_next: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    return x
-
-
-def _langevin_alpha(sde: SDE, t: float, dt: float) -> float:
-    """Song's ``alpha``: :math:`1 - \\beta_i` for VP (the DDPM step), 1 otherwise."""
-    if isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE):
-        lo = max(t - dt, 0.0)
-        return math.exp(
-            2.0
-            * float(
-                sde.log_mean_coef(torch.tensor(t, dtype=torch.float64))
-                - sde.log_mean_coef(torch.tensor(lo, dtype=torch.float64))
-            )
-        )
-    return 1.0
-
-
-def _correct_langevin(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    dt: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    r"""Langevin MCMC with step size from the signal-to-noise ratio (Song et al. 2021, Alg. 4).
-
-    :math:`\epsilon = 2\alpha\,(r\,\|z\| / \|s_\theta\|)^2` (norms averaged over the batch),
-    :math:`x \leftarrow x + \epsilon\,s_\theta(x, t) + \sqrt{2\epsilon}\,z`.
-
-    Where the score vanishes (:math:`\|s_\theta\| = 0`, e.g. a network whose last layer starts at
-    zero) the rule gives :math:`\epsilon = \infty`; wherever :math:`\epsilon` is not finite
-    (:math:`\|s_\theta\| = 0`, or so small that :math:`\epsilon` overflows) the step falls back to
-    the annealed-Langevin step :math:`\epsilon = 2\alpha\,(r\,\sigma(t))^2`, the limit the SNR rule
-    takes for the Gaussian :math:`\mathcal N(\mu, \sigma(t)^2 I)`, whose score has
-    :math:`\|s\| \approx \|z\|/\sigma(t)`. With a zero score the move is then
-    :math:`x \leftarrow x + \sqrt{2\epsilon}\,z`, as for ``corrector="ald"``.
-    """
-    alpha = _langevin_alpha(sde, t, dt)
-    vt = _vec(t, x)
-    fallback: float | None = None
-    for _ in range(pc.corrector_steps):
-        grad = rsde.score_fn(x, vt)
-        noise = _randn_like(x, generator)
-        grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
-        noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
-        step = 2 * alpha * (pc.snr * noise_norm / grad_norm) ** 2
-        if fallback is None:
-            fallback = _ald_step(pc, sde, x, t, alpha)
-        # no host sync: the fallback is selected on the device
-        step = torch.where(torch.isfinite(step), step, fallback)
-        x = x + step * grad + torch.sqrt(2 * step) * noise
-    return x
-
-
-def _ald_step(pc: PredictorCorrector, sde: SDE, x: torch.Tensor, t: float, alpha: float) -> float:
-    _, std = sde.marginal_prob(x[:1], t)
-    return 2 * alpha * (pc.snr * float(std[0])) ** 2
-
-
-def _correct_annealed_langevin(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    dt: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    r"""Annealed Langevin dynamics (Song & Ermon 2019): :math:`\epsilon = 2\alpha (r\,\sigma(t))^2`."""
-    alpha = _langevin_alpha(sde, t, dt)
-    step = _ald_step(pc, sde, x, t, alpha)
-    vt = _vec(t, x)
-    for _ in range(pc.corrector_steps):
-        grad = rsde.score_fn(x, vt)
-        x = (x + step * grad).add_(math.sqrt(2 * step) * _randn_like(x, generator))
-    return x
-
-
-def _correct_none(
-    pc: PredictorCorrector,
-    rsde: ReverseSDE,
-    sde: SDE,
-    x: torch.Tensor,
-    t: float,
-    dt: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    return x
-
-
-#: a predictor step ``(pc, rsde, sde, x, t, t_next, generator) -> x`` or corrector moves
-#: ``(pc, rsde, sde, x, t, dt, generator) -> x``
-_PCStep = Callable[["PredictorCorrector", ReverseSDE, SDE, torch.Tensor, float, float, torch.Generator], torch.Tensor]
-
-PREDICTORS: dict[str, _PCStep] = {
-    "euler_maruyama": _predict_euler_maruyama,
-    "reverse_diffusion": _predict_reverse_diffusion,
-    "ancestral": _predict_ancestral,
-    "none": _predict_none,
-}
-CORRECTORS: dict[str, _PCStep] = {
-    "langevin": _correct_langevin,
-    "ald": _correct_annealed_langevin,
-    "none": _correct_none,
-}
-
-
 class PredictorCorrector(FixedStepSampler):
-    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1): at each grid time, ``corrector_steps``
-    corrector (MCMC) moves at :math:`t_i`, then one predictor step to :math:`t_{i+1}`.
+    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1): at each grid time, the corrector's
+    MCMC moves at :math:`t_i`, then one predictor step to :math:`t_{i+1}`.
 
     Parameters
     ----------
-    predictor : {"reverse_diffusion", "euler_maruyama", "ancestral", "none"}
-        Numerical step of the reverse SDE. ``"ancestral"`` is DDPM sampling for ``VPSDE`` and
-        SMLD sampling for ``VESDE`` (not defined for ``SubVPSDE``).
-    corrector : {"langevin", "ald", "none"}
-        Langevin MCMC with signal-to-noise step size, annealed Langevin dynamics, or none.
+    predictor : Predictor or str
+        Numerical step of the reverse SDE: a :class:`~scoresde.integrators.predictors.Predictor`, or the
+        name of a built-in one in ``PREDICTORS``: ``"reverse_diffusion"``, ``"euler_maruyama"``,
+        ``"ancestral"`` (DDPM sampling for variance-preserving kernels such as ``VPSDE`` and
+        ``DDPMSDE``, SMLD sampling for ``VESDE``; not defined for ``SubVPSDE``) or ``"none"``.
+    corrector : Corrector or str
+        A :class:`~scoresde.integrators.correctors.Corrector`, or the name of a built-in one in
+        ``CORRECTORS``: ``"langevin"`` (Langevin MCMC with signal-to-noise step size), ``"ald"``
+        (also ``"annealed_langevin"``: annealed Langevin dynamics) or ``"none"``.
     steps : int
-        Number of predictor steps :math:`N`. NFE is :math:`N(1 + M)` with :math:`M` corrector
-        steps (predictor ``"none"`` costs nothing).
+        Number of predictor steps :math:`N`. NFE is :math:`N` times ``nfe_per_step``, the predictor's
+        plus the corrector's NFE (:math:`1 + M` for the built-ins with :math:`M` corrector steps;
+        predictor ``"none"`` costs nothing).
     snr : float
-        Signal-to-noise ratio :math:`r` that sets the corrector step size. Default 0.16.
+        Signal-to-noise ratio :math:`r` that sets the step size of a corrector given by name.
+        Default 0.16.
     corrector_steps : int
-        Corrector steps :math:`M` per time step. Default 1.
+        Corrector moves :math:`M` per time step of a corrector given by name. Default 1.
+
+    A corrector given as an object carries its own ``snr`` and ``steps``; ``snr`` and ``corrector_steps``
+    must then keep their defaults.
     """
 
     def __init__(
         self,
-        predictor: str = "reverse_diffusion",
-        corrector: str = "langevin",
+        predictor: Predictor | str = "reverse_diffusion",
+        corrector: Corrector | str = "langevin",
         steps: int = 1000,
         snr: float = 0.16,
         corrector_steps: int = 1,
@@ -518,21 +344,49 @@ class PredictorCorrector(FixedStepSampler):
         denoise: bool = False,
     ) -> None:
         super().__init__(steps, eps, denoise)
-        if predictor not in PREDICTORS:
-            raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
-        if corrector not in CORRECTORS:
-            raise ValueError(f"unknown corrector {corrector!r}; choose one of {sorted(CORRECTORS)}")
-        if predictor == "none" and corrector == "none":
+        if isinstance(predictor, str):
+            if predictor not in PREDICTORS:
+                raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+            predictor = PREDICTORS[predictor]()
+        elif not isinstance(predictor, Predictor):
+            raise TypeError(
+                f"predictor must be a Predictor or one of {sorted(PREDICTORS)}, got {type(predictor).__name__}"
+            )
+        if isinstance(corrector, str):
+            key = CORRECTOR_ALIASES.get(corrector, corrector)
+            if key not in CORRECTORS:
+                names = sorted([*CORRECTORS, *CORRECTOR_ALIASES])
+                raise ValueError(f"unknown corrector {corrector!r}; choose one of {names}")
+            corrector = CORRECTORS[key](snr=snr, steps=corrector_steps)
+        elif isinstance(corrector, Corrector):
+            if snr != 0.16 or corrector_steps != 1:
+                raise ValueError(
+                    f"snr and corrector_steps set the corrector given by name; {corrector!r} carries its own "
+                    f"(pass them to its constructor)"
+                )
+        else:
+            raise TypeError(
+                f"corrector must be a Corrector or one of {sorted(CORRECTORS)}, got {type(corrector).__name__}"
+            )
+        if isinstance(predictor, NonePredictor) and isinstance(corrector, NoneCorrector):
             raise ValueError("predictor and corrector cannot both be 'none'")
-        self.predictor = predictor
-        self.corrector = corrector
-        self.snr = check_positive("snr", snr)
-        self.corrector_steps = check_positive_int("corrector_steps", corrector_steps, minimum=0)
+        self.predictor: Predictor = predictor
+        self.corrector: Corrector = corrector
+
+    @property
+    def snr(self) -> float:
+        """The corrector's signal-to-noise ratio."""
+        return self.corrector.snr
+
+    @property
+    def corrector_steps(self) -> int:
+        """The corrector's moves per grid time."""
+        return self.corrector.steps
 
     def params(self) -> dict[str, Any]:
         return {
-            "predictor": self.predictor,
-            "corrector": self.corrector,
+            "predictor": self.predictor.name or repr(self.predictor),
+            "corrector": self.corrector.name or repr(self.corrector),
             "snr": self.snr,
             "corrector_steps": self.corrector_steps,
             **super().params(),
@@ -540,24 +394,19 @@ class PredictorCorrector(FixedStepSampler):
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
-        if self.predictor == "ancestral" and not (
-            isinstance(sde, VESDE) or (isinstance(sde, VPSDE) and not isinstance(sde, SubVPSDE))
-        ):
-            raise ValueError(
-                f"the ancestral predictor is defined for VPSDE (DDPM) and VESDE (SMLD) only, not "
-                f"{type(sde).__name__}; use predictor='reverse_diffusion' or 'euler_maruyama'"
-            )
+        self.predictor.check(sde)
+        self.corrector.check(sde)
 
     def step(
         self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        x = CORRECTORS[self.corrector](self, rsde, sde, x, t, t - t_next, generator)
-        if self.corrector != "none" and self.predictor != "none":
+        x = self.corrector.update(rsde, x, t, t_next, generator)
+        if not isinstance(self.corrector, NoneCorrector) and not isinstance(self.predictor, NonePredictor):
             # the corrector's result is checked before the predictor evaluates the score on it
             # prepare() built rsde from the run's CountedScore
             guard = cast(CountedScore, rsde.score_fn).guard
             guard.check(x, guard.current_step, t, t_next, what="corrected state")
-        return PREDICTORS[self.predictor](self, rsde, sde, x, t, t_next, generator)
+        return self.predictor.update(rsde, x, t, t_next, generator)
 
 
 # ---------------------------------------------------------------------------------------
