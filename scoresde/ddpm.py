@@ -524,6 +524,10 @@ class DDPMAncestral(Sampler):
         r"""``N + 1``: the chain's states :math:`x_N, \dots, x_0`."""
         return sde.N + 1 if isinstance(sde, DDPMSDE) else None
 
+    def expected_nfe(self, sde: SDE) -> int | None:
+        """``N``, one score evaluation per step of the chain."""
+        return sde.N if isinstance(sde, DDPMSDE) else None
+
     def check(self, sde: SDE) -> None:
         if not isinstance(sde, DDPMSDE):
             raise ValueError(

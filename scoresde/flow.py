@@ -219,6 +219,11 @@ class FlowODE(_OnGrid, FixedStepSampler):
             "t_clip": self.t_clip,
         }
 
+    @property
+    def nfe_per_step(self) -> int | None:
+        """1 (``"euler"``) or 2 (``"heun"``) velocity evaluations per step."""
+        return 1 if self.method == "euler" else 2
+
     def check(self, sde: SDE) -> None:
         super().check(sde)
         _check_linear(self, sde)

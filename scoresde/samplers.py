@@ -142,6 +142,11 @@ class Sampler(abc.ABC):
                 f"{type(self).__name__} cannot start there; sample it with scoresde.FlowODE"
             )
 
+    def expected_nfe(self, sde: SDE) -> int | None:
+        """The exact number of score evaluations a run on ``sde`` makes, the denoising step included, or
+        ``None`` where it is known only after the run (adaptive step sizes)."""
+        return None
+
     def max_saved_states(self, sde: SDE) -> int | None:
         """How many distinct states from ``T`` to ``eps`` a run can save (``None``: no limit of its own).
 
@@ -224,6 +229,16 @@ class FixedStepSampler(Sampler):
         """``steps + 1``: the states on the grid."""
         return self.steps + 1
 
+    @property
+    def nfe_per_step(self) -> int | None:
+        """Score evaluations per step (``None``: not a fixed number)."""
+        return None
+
+    def expected_nfe(self, sde: SDE) -> int | None:
+        """``steps * nfe_per_step``, plus one for the denoising step."""
+        n = self.nfe_per_step
+        return None if n is None else self.steps * n + int(self.denoise)
+
     def prepare(self, sde: SDE, score_fn: CountedScore) -> Any:
         """Per-run state handed to every ``step`` (default: the reverse-time SDE)."""
         return sde.reverse(score_fn)
@@ -291,6 +306,11 @@ class EulerMaruyama(FixedStepSampler):
     stability needs :math:`|\Delta t| < 1/\log(\sigma_{\max}/\sigma_{\min})`: at least 9 steps
     with the default parameters; fewer steps give finite but meaningless samples.
     """
+
+    @property
+    def nfe_per_step(self) -> int | None:
+        """One score evaluation per step."""
+        return 1
 
     def step(
         self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
@@ -382,6 +402,11 @@ class PredictorCorrector(FixedStepSampler):
     def corrector_steps(self) -> int:
         """The corrector's moves per grid time."""
         return self.corrector.steps
+
+    @property
+    def nfe_per_step(self) -> int | None:
+        """The predictor's NFE plus the corrector's."""
+        return self.predictor.nfe + self.corrector.nfe
 
     def params(self) -> dict[str, Any]:
         return {
@@ -476,6 +501,11 @@ class ProbabilityFlowODE(FixedStepSampler):
     def max_saved_states(self, sde: SDE) -> int | None:
         """``steps + 1`` for the fixed-step methods; no limit for scipy's (it saves at exact times)."""
         return None if self.method in SCIPY_METHODS else self.steps + 1
+
+    @property
+    def nfe_per_step(self) -> int | None:
+        """1 (``"euler"``), 2 (``"heun"``), ``None`` for scipy's adaptive methods."""
+        return {"euler": 1, "heun": 2}.get(self.method)
 
     def step(
         self, ode: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
@@ -669,6 +699,19 @@ class TorchSDE(Sampler):
         self.method = method
         self.steps = check_positive_int("steps", steps)
         self.brownian = brownian
+
+    #: drift evaluations per step of the torchsde methods (additive noise; the srk repeat is cached)
+    NFE_PER_STEP: dict[str, int] = {"euler": 1, "milstein": 1, "srk": 2, "heun": 2, "midpoint": 2}
+
+    @property
+    def nfe_per_step(self) -> int | None:
+        """Score evaluations per step of ``method`` (``None`` where torchsde does not fix it)."""
+        return self.NFE_PER_STEP.get(self.method)
+
+    def expected_nfe(self, sde: SDE) -> int | None:
+        """``steps * nfe_per_step``, plus one for the denoising step."""
+        n = self.nfe_per_step
+        return None if n is None else self.steps * n + int(self.denoise)
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"method": self.method, "steps": self.steps, **super().params()}

@@ -221,6 +221,11 @@ class DDIM(_OnGrid, FixedStepSampler):
             "denoise": self.denoise,
         }
 
+    @property
+    def nfe_per_step(self) -> int | None:
+        """One score evaluation per step."""
+        return 1
+
     def check(self, sde: SDE) -> None:
         super().check(sde)
         _check_linear(self, sde)
@@ -273,6 +278,11 @@ class _Multistep(_OnGrid, FixedStepSampler):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         self.time_grid = get_grid(grid)
         self.lower_order_final = bool(lower_order_final)
+
+    @property
+    def nfe_per_step(self) -> int | None:
+        """One score evaluation per step (the evaluation at ``eps`` is never made)."""
+        return 1
 
     def check(self, sde: SDE) -> None:
         super().check(sde)

@@ -1,4 +1,5 @@
-"""Samplers: the contract every sampler meets, and exactness on Gaussian targets."""
+"""Samplers: exactness on Gaussian targets, arguments, saving, predictors and correctors (the contract every
+sampler meets is in test_sampler_contract.py)."""
 
 import math
 
@@ -6,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import SDES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scoresde as sd
 from scoresde.integrators.correctors import AnnealedLangevinCorrector, Corrector
-
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 
 
 def small_samplers(steps=8):
@@ -31,56 +31,12 @@ def small_samplers(steps=8):
     ]
 
 
-def expected_nfe(sampler):
-    if isinstance(sampler, sd.EulerMaruyama):
-        n = sampler.steps
-    elif isinstance(sampler, sd.PredictorCorrector):
-        n = sampler.steps * (
-            (sampler.predictor.name != "none") + sampler.corrector_steps * (sampler.corrector.name != "none")
-        )
-    elif isinstance(sampler, sd.ProbabilityFlowODE) and sampler.method in ("euler", "heun"):
-        n = sampler.steps * (1 if sampler.method == "euler" else 2)
-    elif isinstance(sampler, sd.TorchSDE) and sampler.method in ("euler", "srk"):
-        n = sampler.steps * (1 if sampler.method == "euler" else 2)
-    else:
-        return None
-    return n + sampler.denoise
-
-
 def _ok_for(sampler, sde):
     return not (
         isinstance(sampler, sd.PredictorCorrector)
         and sampler.predictor.name == "ancestral"
         and isinstance(sde, sd.SubVPSDE)
     )
-
-
-@pytest.mark.parametrize("sde", SDES, ids=repr)
-@pytest.mark.parametrize("sampler", small_samplers(), ids=repr)
-def test_sampler_contract(sde, sampler):
-    if not _ok_for(sampler, sde):
-        with pytest.raises(ValueError, match="ancestral"):
-            sd.sample(sde, sd.eight_gaussians().score(sde), sampler, shape=(4, 2), progress=False)
-        return
-    score = sd.eight_gaussians().score(sde)
-    ds = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
-    x = ds["x"]
-    assert x.dims == ("time", "sample", "feature") and x.shape[1:] == (64, 2)
-    assert x.dtype == np.float32
-    t = ds["time"].values
-    assert t[0] == pytest.approx(sde.T) and t[-1] == pytest.approx(sampler.eps)
-    assert np.all(np.diff(t) < 0), "saved times must be strictly decreasing"
-    assert np.isfinite(x.values).all()
-    nfe = expected_nfe(sampler)
-    if nfe is not None:
-        assert ds.attrs["nfe"] == nfe
-        assert ds["nfe"].values[-1] == nfe
-    assert ds.attrs["nfe"] >= 1
-    # same seed -> bit-identical; another seed -> different (stochastic) or same start (ODE)
-    again = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
-    assert np.array_equal(again["x"].values, x.values)
-    other = sd.sample(sde, score, sampler, shape=(64, 2), seed=4, progress=False, save_at=3)
-    assert not np.array_equal(other["x"].values[-1], x.values[-1])
 
 
 @pytest.mark.parametrize("sampler", small_samplers(steps=5), ids=repr)
