@@ -84,7 +84,7 @@ class _OnGrid:
         return self.time_grid(sde, self.steps, self.eps)
 
     def _check_grid(self, sde: SDE) -> None:
-        if self.time_grid.name != "uniform" and not isinstance(sde, LinearSDE):
+        if self.time_grid.needs_linear_sde and not isinstance(sde, LinearSDE):
             raise ValueError(f"the {self.time_grid!r} grid needs a linear SDE, got {type(sde).__name__}")
 
 

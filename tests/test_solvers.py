@@ -364,3 +364,50 @@ def test_lower_order_final_on_a_stretched_last_step():
     err = ring_rmse(DPMSolverPP(3, 20, grid="uniform"), 300)[0]
     forced_off = ring_rmse(DPMSolverPP(3, 20, grid="uniform", lower_order_final=False), 300)[0]
     assert err < 0.1 < 0.5 < forced_off, (err, forced_off)
+
+
+class _Cubic(sd.SDE):
+    """A non-linear SDE, dx = -x^3 dt + dw (no Gaussian kernel)."""
+
+    def sde(self, x, t):
+        return -(x**3), torch.ones(x.shape[0], dtype=x.dtype)
+
+    def marginal_prob(self, x0, t):
+        raise NotImplementedError
+
+    def prior_sampling(self, shape, generator=None, dtype=torch.float32, device=None):
+        return torch.randn(*shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z):
+        raise NotImplementedError
+
+
+class _SquareRootGrid(sd.TimeGrid):
+    """A user grid from T, steps and eps alone: uniform in sqrt(t)."""
+
+    needs_linear_sde = False
+
+    def times(self, sde, steps, eps):
+        return np.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1) ** 2
+
+
+def test_a_grid_that_declares_no_linear_sde_runs_a_non_linear_sde():
+    sde = _Cubic()
+
+    def score(x, t):
+        return -x
+
+    ds = sd.sample(sde, score, Euler(4, grid=_SquareRootGrid()), shape=(3, 2), progress=False, divergence_bound=None)
+    np.testing.assert_allclose(ds["time"].values, [1.0, 1e-3], rtol=1e-12)
+    assert ds.attrs["nfe"] == 4
+    assert not sd.UniformTime.needs_linear_sde and not sd.TimeQuadratic.needs_linear_sde
+    for grid in ("logsnr", "karras"):
+        assert sd.get_grid(grid).needs_linear_sde
+        with pytest.raises(ValueError, match="needs a linear SDE, got _Cubic"):
+            sd.sample(sde, score, Euler(4, grid=grid), shape=(3, 2), progress=False)
+
+    class Linear(_SquareRootGrid):
+        needs_linear_sde = True
+
+    with pytest.raises(ValueError, match="needs a linear SDE, got _Cubic"):
+        sd.sample(sde, score, Euler(4, grid=Linear()), shape=(3, 2), progress=False)
