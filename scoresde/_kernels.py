@@ -29,6 +29,8 @@ __all__ = [
     "check_linear",
     "is_variance_preserving",
     "is_variance_exploding",
+    "singular_at_T",
+    "ddpm_step",
 ]
 
 
@@ -50,7 +52,7 @@ def kernel(sde: SDE, t: float) -> tuple[float, float, float]:
     return math.exp(log_s), math.exp(log_sigma), log_s - log_sigma
 
 
-def tweedie(x: torch.Tensor, score: torch.Tensor, s: float, sigma: float) -> torch.Tensor:
+def tweedie(x: torch.Tensor, score: torch.Tensor, s: float | torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     r"""Tweedie's data prediction :math:`\hat x_0 = (x + \sigma^2 s_\theta)/s`."""
     return (x + sigma**2 * score) / s
 
@@ -83,3 +85,17 @@ def is_variance_exploding(sde: SDE) -> bool:
     if not isinstance(sde, LinearSDE):
         return False
     return bool(torch.all(sde.mean_coef(_probe_times(sde)) == 1.0))
+
+
+def singular_at_T(sde: SDE) -> bool:
+    """Whether :math:`s(T) = 0` (the path ends in pure noise, as for :class:`~scoresde.RectifiedFlow`)."""
+    return isinstance(sde, LinearSDE) and float(sde.mean_coef(torch.tensor(sde.T, dtype=torch.float64))) == 0.0
+
+
+def ddpm_step(
+    x: torch.Tensor, score: torch.Tensor, beta: float, noise_std: float, z: torch.Tensor | None
+) -> torch.Tensor:
+    r"""One DDPM ancestral step :math:`x' = (x + \beta\,s_\theta)/\sqrt{1 - \beta} + \sigma z` (Ho et al. 2020,
+    Algorithm 2 with :math:`\hat\varepsilon = -\sqrt{1 - \bar\alpha}\,s_\theta`); no noise when ``z`` is None."""
+    x = (x + beta * score) / math.sqrt(1 - beta)
+    return x if z is None else x.add_(noise_std * z)

@@ -130,8 +130,8 @@ def test_sampler_contract(name, sde):
     declared = DECLARED[name]
     assert sampler.expected_nfe(sde) == (None if declared is None else declared(4))
     if isinstance(sampler, sd.samplers.FixedStepSampler) and sampler.nfe_per_step is not None:
-        assert sampler.expected_nfe(sde) == sampler.steps * sampler.nfe_per_step + sampler.denoise
         grid = sampler.grid(sde)
+        assert sampler.expected_nfe(sde) == (len(grid) - 1) * sampler.nfe_per_step + sampler.denoise
         assert grid.dtype == np.float64 and grid[0] == sde.T and grid[-1] == sampler.eps
         assert np.all(np.diff(grid) < 0)
     for dtype, np_dtype in ((torch.float32, np.float32), (torch.float64, np.float64)):

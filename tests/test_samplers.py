@@ -289,7 +289,7 @@ def test_torchsde_user_brownian_motion():
 def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
     """torchsde's SRA1 asks twice for the drift at (t0, y0); the cached answer gives bit-identical samples
     with 2N instead of 3N + 2 score evaluations (euler: N instead of N + 2)."""
-    from scoresde.samplers import _TorchsdeReverse
+    from scoresde.integrators.torchsde import TorchsdeReverse
 
     sde = sd.VPSDE()
     score = sd.eight_gaussians().score(sde)
@@ -302,7 +302,7 @@ def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
         drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - float(u))
         return -drift.reshape(y.shape)
 
-    monkeypatch.setattr(_TorchsdeReverse, "f", uncached)
+    monkeypatch.setattr(TorchsdeReverse, "f", uncached)
     for m, nfe in (("srk", 3 * 25 + 2), ("euler", 25 + 2)):
         plain = sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
         np.testing.assert_array_equal(plain["x"].values, cached[m]["x"].values)

@@ -15,7 +15,7 @@ from typing import cast
 import torch
 
 from .._checks import broadcast_coef
-from .._kernels import is_variance_exploding, is_variance_preserving, randn_like, time_vector
+from .._kernels import ddpm_step, is_variance_exploding, is_variance_preserving, randn_like, time_vector
 from ..schedules import log_coefs
 from ..sde import SDE, LinearSDE, ReverseSDE
 
@@ -133,7 +133,7 @@ class AncestralPredictor(Predictor):
         log_s, _ = log_coefs(sde, t)
         log_s_next, _ = log_coefs(sde, t_next)
         beta = -math.expm1(2.0 * float(log_s - log_s_next))
-        return ((x + beta * score) / math.sqrt(1 - beta)).add_(math.sqrt(beta) * z)
+        return ddpm_step(x, score, beta, math.sqrt(beta), z)
 
 
 class NonePredictor(Predictor):
