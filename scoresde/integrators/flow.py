@@ -115,7 +115,7 @@ def velocity_field(
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     r"""The probability-flow velocity :math:`v(x, t)` (a callable of a state and a float time) for ``sde``.
 
-    * If ``score_fn`` (or the function a :class:`~scoresde.samplers.CountedScore` wraps) has a
+    * If ``score_fn`` (or the function a :class:`~scoresde.integrators.base.CountedScore` wraps) has a
       ``velocity`` method and an ``sde`` equal to ``sde`` (a :class:`~scoresde.ScoreModel`), that is used;
       calls are counted on the ``CountedScore``.
     * Otherwise :math:`v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon
