@@ -205,7 +205,8 @@ def check_forward(sde: SDE) -> None:
 
 
 class FixedStepSampler(Sampler):
-    """A sampler on the uniform grid ``linspace(T, eps, steps + 1)``; subclasses define ``step``."""
+    """A sampler on a time grid (default: uniform, ``linspace(T, eps, steps + 1)``); subclasses define
+    :meth:`step` and :attr:`nfe_per_step` (see the module docstring)."""
 
     def __init__(self, steps: int = 1000, eps: float = 1e-3, denoise: bool = False) -> None:
         super().__init__(eps, denoise)
@@ -240,7 +241,27 @@ class FixedStepSampler(Sampler):
     def step(
         self, state: Any, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        """Advance ``x`` from ``t`` to ``t_next < t``."""
+        """Advance ``x`` from ``t`` to ``t_next < t``.
+
+        Parameters
+        ----------
+        state
+            What :meth:`prepare` returned for this run (default: ``sde.reverse(score_fn)``).
+        sde : SDE
+            The forward SDE.
+        x : torch.Tensor
+            The state at ``t``; not to be modified in place.
+        t, t_next : float
+            Consecutive grid times, ``t_next < t``.
+        generator : torch.Generator
+            The run's generator: the only source of random numbers.
+
+        Returns
+        -------
+        torch.Tensor
+            The state at ``t_next``, of ``x``'s shape, dtype and device, after exactly :attr:`nfe_per_step`
+            score evaluations.
+        """
 
     def integrate(
         self,
