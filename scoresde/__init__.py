@@ -100,6 +100,7 @@ _SUBMODULES = frozenset(
         "ddpm",
         "evaluation",
         "flow",
+        "integrators",
         "likelihood",
         "losses",
         "metrics",

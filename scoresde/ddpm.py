@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive, check_positive_int
-from ._progress import progress_bar
-from .samplers import CountedScore, Sampler, Trajectory, _nearest_indices
-from .sde import SDE, VPSDE, LinearSDE, VariancePreservingSDE
+from .sde import VPSDE, LinearSDE, VariancePreservingSDE
 
 if TYPE_CHECKING:
     from .mixture import GaussianMixture
@@ -491,73 +489,5 @@ class DDPMSDE(VariancePreservingSDE):
         return -0.5 * self.cumulative_beta(t)
 
 
-class DDPMAncestral(Sampler):
-    r"""Ho et al.'s ancestral sampler (Algorithm 2) through :func:`scoresde.sample`, for a :class:`DDPMSDE`.
-
-    From :math:`x_N \sim \mathcal N(0, I)`, for :math:`i = N, \dots, 1` with :math:`t_i = i/N`:
-
-    .. math::
-        x_{i-1} = \frac{x_i + \beta_i\,s_\theta(x_i, t_i)}{\sqrt{\alpha_i}} + \sigma_i z,
-        \qquad \sigma_i^2 = \beta_i \text{ or } \tilde\beta_i,
-
-    which is :meth:`DDPMSchedule.p_mean` with :math:`\hat\varepsilon = -\sqrt{1-\bar\alpha_i}\,s_\theta`;
-    no noise is added on the last step, which ends at :math:`t = 0` (``eps = 0``). NFE = N.
-    For continuous VP SDEs use ``PredictorCorrector(predictor="ancestral")`` instead.
-
-    Parameters
-    ----------
-    variance : {"beta", "beta_tilde"}
-        The reverse variance :math:`\sigma_i^2`.
-    """
-
-    def __init__(self, variance: str = "beta") -> None:
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-        self.variance = variance
-        self.eps = 0.0
-        self.denoise = False
-
-    def params(self) -> dict[str, Any]:
-        return {"variance": self.variance, "eps": self.eps}
-
-    def max_saved_states(self, sde: SDE) -> int | None:
-        r"""``N + 1``: the chain's states :math:`x_N, \dots, x_0`."""
-        return sde.N + 1 if isinstance(sde, DDPMSDE) else None
-
-    def check(self, sde: SDE) -> None:
-        if not isinstance(sde, DDPMSDE):
-            raise ValueError(
-                f"DDPMAncestral runs the chain of a DDPMSDE (e.g. DDPMSchedule.linear().sde()), got "
-                f"{type(sde).__name__}; for a continuous VP SDE use PredictorCorrector(predictor='ancestral')"
-            )
-
-    def integrate(
-        self,
-        sde: SDE,
-        score_fn: CountedScore,
-        x: torch.Tensor,
-        generator: torch.Generator,
-        save_times: np.ndarray,
-        progress: bool,
-    ) -> Trajectory:
-        ddpm = cast(DDPMSDE, sde)  # check() accepts a DDPMSDE only
-        sch, N = ddpm.schedule, ddpm.N
-        grid = np.arange(N, -1, -1, dtype=np.float64) / N
-        save_idx = set(_nearest_indices(grid, save_times))
-        var = sch.p_variance(self.variance).tolist()
-        betas = sch.betas.tolist()
-        traj = Trajectory()
-        if 0 in save_idx:
-            traj.save(grid[0], x, score_fn.nfe)
-        guard = score_fn.guard
-        for k in progress_bar(range(N), desc="DDPMAncestral", disable=not progress):
-            i = N - k
-            t = torch.full((x.shape[0],), i / N, dtype=x.dtype, device=x.device)
-            x = (x + betas[i - 1] * score_fn(x, t)) / math.sqrt(1.0 - betas[i - 1])
-            if i > 1:
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = x + math.sqrt(var[i - 1]) * z
-            guard.check(x, k, float(grid[k]), float(grid[k + 1]))
-            if k + 1 in save_idx:
-                traj.save(grid[k + 1], x, score_fn.nfe)
-        return traj
+# the sampler of the chain lives with the other integrators (it imports this module, so it comes last)
+from .integrators.ancestral import DDPMAncestral  # noqa: E402

@@ -81,9 +81,9 @@ from ._checks import (
     check_seed,
     torch_threads,
 )
-from ._progress import progress_bar
-from .flow import singular_at_T, velocity_field
-from .samplers import SCIPY_METHODS, CountedScore
+from .integrators.base import CountedScore
+from .integrators.flow import singular_at_T, velocity_field
+from .integrators.ode import SCIPY_METHODS, solve_ode
 from .sde import SDE, LinearSDE, ScoreFn
 
 __all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBE_NOISES", "MAX_NFE", "tolerance_floor"]
@@ -369,9 +369,6 @@ def _log_likelihood(
     prior_logp: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_nfe: int = MAX_NFE,
 ) -> LikelihoodResult:
-    from scipy.integrate import solve_ivp
-    from threadpoolctl import threadpool_limits
-
     shape, dtype, device = x.shape, x.dtype, x.device
     B = shape[0]
     D = x[0].numel()
@@ -426,10 +423,6 @@ def _log_likelihood(
                 div = div[:, None]
         return drift.detach(), div.detach()
 
-    bar = progress_bar(total=100, desc="log_likelihood", disable=not progress, bar_format="{l_bar}{bar}| t {postfix}")
-    span = T - eps
-    done = [0]
-
     def fun(t: float, y: np.ndarray) -> np.ndarray:
         t = float(t)
         if not math.isfinite(t):
@@ -459,20 +452,11 @@ def _log_likelihood(
                 f"log_likelihood: the probability-flow {what} is NaN or infinite at t={t:.6g} for samples "
                 f"{_first_bad(rows)}; check score_fn (and its gradient) at these points and this time"
             )
-        pct = int(100 * (t - eps) / span)
-        if pct > done[0]:
-            bar.update(pct - done[0])
-            done[0] = pct
-            bar.set_postfix_str(f"{t:.4f}", refresh=False)
         out = torch.cat([drift.reshape(-1), div.reshape(-1)])
         return out.to(device="cpu", dtype=torch.float64).numpy()
 
     y0 = np.concatenate([x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy(), np.zeros(B * K)])
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            sol = solve_ivp(fun, (eps, T), y0, method=method, rtol=rtol, atol=atol)
-    finally:
-        bar.close()
+    sol = solve_ode(fun, (eps, T), y0, method=method, rtol=rtol, atol=atol, desc="log_likelihood", progress=progress)
     if sol.status != 0:
         raise RuntimeError(f"solve_ivp({method}) failed: {sol.message}")
 

@@ -137,13 +137,17 @@ def invert_log_snr(sde: SDE, lam: Any, eps: float, *, check: bool = True) -> npt
 class TimeGrid(abc.ABC):
     r"""A time grid: ``grid(sde, steps, eps)`` returns :math:`T = t_0 > \dots > t_N = \varepsilon`.
 
-    Subclasses implement :meth:`times`; ``__call__`` validates the arguments, pins the two ends to
-    exactly ``T`` and ``eps``, and checks that the result is finite, float64, of length
+    Subclasses implement :meth:`times` and set :attr:`needs_linear_sde`; ``__call__`` validates the
+    arguments, pins the two ends to exactly ``T`` and ``eps``, and checks that the result is finite, float64, of length
     ``steps + 1`` and strictly decreasing (no duplicate times), raising ``ValueError`` otherwise.
     """
 
     #: registry name (``GRIDS`` key)
     name: str = ""
+    #: whether :meth:`times` needs the kernel of a :class:`~scoresde.LinearSDE` (:math:`s`, :math:`\sigma`,
+    #: :math:`\lambda`); samplers refuse other SDEs on such a grid. A grid computed from ``T``, ``steps`` and
+    #: ``eps`` alone sets it to ``False``.
+    needs_linear_sde: bool = True
 
     def __call__(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         steps = check_positive_int("steps", steps)
@@ -187,6 +191,7 @@ class UniformTime(TimeGrid):
     r"""Uniform in time: :math:`t_i = T - i\,(T - \varepsilon)/N`. Works for any SDE."""
 
     name = "uniform"
+    needs_linear_sde = False
 
     def times(self, sde: SDE, steps: int, eps: float) -> np.ndarray:
         return np.linspace(sde.T, eps, steps + 1)
@@ -222,6 +227,7 @@ class TimeQuadratic(TimeGrid):
     """
 
     name = "quadratic"
+    needs_linear_sde = False
 
     def __init__(self, power: float = 2.0) -> None:
         self.power = check_positive("power", power)

@@ -16,3 +16,21 @@ torch.set_num_threads(1)
 # `scoresde sample` keeps SW2 floors in the user's cache directory; tests never write there
 # (tests/test_cli.py points SCORESDE_CACHE_DIR at a temporary directory where it tests the cache)
 os.environ["SCORESDE_NO_CACHE"] = "1"
+
+
+# -- shared SDEs ---------------------------------------------------------------------------------
+# The three SDEs of Song et al. (2021); parametrise a test over them with the ``sde`` fixture, or import
+# the tuple (``from conftest import SDES``) where a parametrisation needs the objects themselves.
+import pytest  # noqa: E402
+
+import scoresde as sd  # noqa: E402
+
+SDES = (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE())
+#: ... and the discrete-chain DDPM (a short chain) and rectified-flow SDEs
+ALL_SDES = (*SDES, sd.DDPMSchedule.linear(T=50).sde(), sd.RectifiedFlow())
+
+
+@pytest.fixture(params=SDES, ids=repr)
+def sde(request):
+    """VPSDE, SubVPSDE and VESDE with their default parameters."""
+    return request.param

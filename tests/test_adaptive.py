@@ -10,20 +10,16 @@ from scoresde.adaptive import AdaptiveSDE
 GAUSS = sd.GaussianMixture([1.0], [[1.0, -0.5]], [[[0.8, 0.3], [0.3, 0.5]]])
 
 
-@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()], ids=repr)
-def test_contract(sde):
+def test_only_the_ends_are_saved_and_each_iteration_costs_two_nfe(sde):
+    # the rest of the contract (reproducibility, dtypes, finiteness) is in test_sampler_contract.py
     score = sd.eight_gaussians().score(sde)
     a = sd.sample(sde, score, AdaptiveSDE(), shape=(32, 2), seed=5, progress=False, save_at=4)
-    b = sd.sample(sde, score, AdaptiveSDE(), shape=(32, 2), seed=5, progress=False)
-    np.testing.assert_array_equal(a["x"].values, b["x"].values)
     assert a["x"].shape == (2, 32, 2)  # only T and eps can be saved with per-sample times
     np.testing.assert_allclose(a["time"].values, [sde.T, 1e-3])
-    assert np.isfinite(a["x"].values).all()
     assert a.attrs["nfe"] == a["nfe"].values[-1] == 2 * a.attrs["stat_iterations"] > 0
     assert a.attrs["stat_accepted_max"] >= a.attrs["stat_accepted_mean"] > 0
     assert a.attrs["sampler"] == "AdaptiveSDE" and a.attrs["sampler_rtol"] == 1e-2
-    c = sd.sample(sde, score, AdaptiveSDE(), shape=(32, 2), seed=6, progress=False)
-    assert not np.array_equal(a["x"].values[-1], c["x"].values[-1])
+    assert AdaptiveSDE().expected_nfe(sde) is None
 
 
 def test_denoise_and_validation():

@@ -1,4 +1,5 @@
-"""Samplers: the contract every sampler meets, and exactness on Gaussian targets."""
+"""Samplers: exactness on Gaussian targets, arguments, saving, predictors and correctors (the contract every
+sampler meets is in test_sampler_contract.py)."""
 
 import math
 
@@ -6,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from conftest import SDES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scoresde as sd
-
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
+from scoresde.integrators.correctors import AnnealedLangevinCorrector, Corrector
 
 
 def small_samplers(steps=8):
@@ -30,57 +31,21 @@ def small_samplers(steps=8):
     ]
 
 
-def expected_nfe(sampler):
-    if isinstance(sampler, sd.EulerMaruyama):
-        n = sampler.steps
-    elif isinstance(sampler, sd.PredictorCorrector):
-        n = sampler.steps * ((sampler.predictor != "none") + sampler.corrector_steps * (sampler.corrector != "none"))
-    elif isinstance(sampler, sd.ProbabilityFlowODE) and sampler.method in ("euler", "heun"):
-        n = sampler.steps * (1 if sampler.method == "euler" else 2)
-    elif isinstance(sampler, sd.TorchSDE) and sampler.method in ("euler", "srk"):
-        n = sampler.steps * (1 if sampler.method == "euler" else 2)
-    else:
-        return None
-    return n + sampler.denoise
-
-
 def _ok_for(sampler, sde):
     return not (
-        isinstance(sampler, sd.PredictorCorrector) and sampler.predictor == "ancestral" and isinstance(sde, sd.SubVPSDE)
+        isinstance(sampler, sd.PredictorCorrector)
+        and sampler.predictor.name == "ancestral"
+        and isinstance(sde, sd.SubVPSDE)
     )
-
-
-@pytest.mark.parametrize("sde", SDES, ids=repr)
-@pytest.mark.parametrize("sampler", small_samplers(), ids=repr)
-def test_sampler_contract(sde, sampler):
-    if not _ok_for(sampler, sde):
-        with pytest.raises(ValueError, match="ancestral"):
-            sd.sample(sde, sd.eight_gaussians().score(sde), sampler, shape=(4, 2), progress=False)
-        return
-    score = sd.eight_gaussians().score(sde)
-    ds = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
-    x = ds["x"]
-    assert x.dims == ("time", "sample", "feature") and x.shape[1:] == (64, 2)
-    assert x.dtype == np.float32
-    t = ds["time"].values
-    assert t[0] == pytest.approx(sde.T) and t[-1] == pytest.approx(sampler.eps)
-    assert np.all(np.diff(t) < 0), "saved times must be strictly decreasing"
-    assert np.isfinite(x.values).all()
-    nfe = expected_nfe(sampler)
-    if nfe is not None:
-        assert ds.attrs["nfe"] == nfe
-        assert ds["nfe"].values[-1] == nfe
-    assert ds.attrs["nfe"] >= 1
-    # same seed -> bit-identical; another seed -> different (stochastic) or same start (ODE)
-    again = sd.sample(sde, score, sampler, shape=(64, 2), seed=3, progress=False, save_at=3)
-    assert np.array_equal(again["x"].values, x.values)
-    other = sd.sample(sde, score, sampler, shape=(64, 2), seed=4, progress=False, save_at=3)
-    assert not np.array_equal(other["x"].values[-1], x.values[-1])
 
 
 @pytest.mark.parametrize("sampler", small_samplers(steps=5), ids=repr)
 def test_float64_and_images(sampler):
-    sde = sd.VESDE() if isinstance(sampler, sd.PredictorCorrector) and sampler.predictor == "ancestral" else sd.VPSDE()
+    sde = (
+        sd.VESDE()
+        if isinstance(sampler, sd.PredictorCorrector) and sampler.predictor.name == "ancestral"
+        else sd.VPSDE()
+    )
 
     def score(x, t):  # exact score of N(0, I) data, any feature shape
         _, _, s, sigma = sde.coefficients(t, like=x)
@@ -324,7 +289,7 @@ def test_torchsde_user_brownian_motion():
 def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
     """torchsde's SRA1 asks twice for the drift at (t0, y0); the cached answer gives bit-identical samples
     with 2N instead of 3N + 2 score evaluations (euler: N instead of N + 2)."""
-    from scoresde.samplers import _TorchsdeReverse
+    from scoresde.integrators.torchsde import TorchsdeReverse
 
     sde = sd.VPSDE()
     score = sd.eight_gaussians().score(sde)
@@ -337,7 +302,7 @@ def test_torchsde_drift_cache_changes_nothing_but_the_nfe(monkeypatch):
         drift, _ = self.rsde.sde(y.reshape(self.shape), self.T - float(u))
         return -drift.reshape(y.shape)
 
-    monkeypatch.setattr(_TorchsdeReverse, "f", uncached)
+    monkeypatch.setattr(TorchsdeReverse, "f", uncached)
     for m, nfe in (("srk", 3 * 25 + 2), ("euler", 25 + 2)):
         plain = sd.sample(sde, score, sd.TorchSDE(m, steps=25), shape=(64, 2), seed=3, progress=False)
         np.testing.assert_array_equal(plain["x"].values, cached[m]["x"].values)
@@ -405,3 +370,95 @@ def test_save_capacity_of_exact_time_and_ddpm_samplers():
     assert sd.DDPMAncestral().max_saved_states(ddpm) == 11
     with pytest.raises(ValueError, match="save_at=12 .*at most 11"):
         sd.sample(ddpm, sd.eight_gaussians().score(ddpm), sd.DDPMAncestral(), shape=(4, 2), save_at=12, progress=False)
+
+
+# -- predictors and correctors as objects -------------------------------------------------------
+class FixedStepLangevin(Corrector):
+    """A user corrector: plain Langevin moves x <- x + delta s(x, t) + sqrt(2 delta) z with a fixed delta."""
+
+    name = "fixed_langevin"
+
+    def __init__(self, delta, steps=1):
+        super().__init__(steps=steps)
+        self.delta = delta
+
+    def update(self, rsde, x, t, t_next, generator):
+        for _ in range(self.steps):
+            score = rsde.score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype))
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + self.delta * score + math.sqrt(2 * self.delta) * z
+        return x
+
+
+def test_a_user_corrector_runs_inside_predictor_corrector():
+    sde, delta = sd.VESDE(), 0.01
+    target = sd.eight_gaussians()
+    score = target.score(sde)
+    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    pc = sd.PredictorCorrector("none", FixedStepLangevin(delta, steps=2), steps=3)
+    ds = sd.sample(sde, score, pc, x_T=x_T, seed=5, dtype=torch.float64, progress=False)
+    # by hand: on the grid linspace(T, eps, 4) two Langevin moves at each of t_0, t_1, t_2 (the predictor is none)
+    g = torch.Generator().manual_seed(5)
+    x = x_T.clone()
+    for t in np.linspace(sde.T, pc.eps, 4)[:-1]:
+        for _ in range(2):
+            s = score(x, torch.full((16,), float(t), dtype=torch.float64))
+            x = x + delta * s + math.sqrt(2 * delta) * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    np.testing.assert_array_equal(ds["x"].values[-1], x.numpy())
+    assert ds.attrs["nfe"] == 3 * 2 == pc.steps * pc.corrector.nfe
+    assert ds.attrs["sampler_corrector"] == "fixed_langevin"
+    with pytest.raises(ValueError, match="carries its own"):
+        sd.PredictorCorrector(corrector=FixedStepLangevin(delta), corrector_steps=3)
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral", "none"])
+def test_predictor_names_and_instances_give_the_same_run(name):
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    kw = dict(shape=(8, 2), seed=2, progress=False)
+    a = sd.sample(sde, score, sd.PredictorCorrector(name, "langevin", steps=4), **kw)
+    b = sd.sample(sde, score, sd.PredictorCorrector(sd.samplers.PREDICTORS[name](), "langevin", steps=4), **kw)
+    np.testing.assert_array_equal(a["x"].values, b["x"].values)
+    assert a.attrs["sampler_params"] == b.attrs["sampler_params"]
+
+
+def test_annealed_langevin_alias_is_ald():
+    pc = sd.PredictorCorrector(corrector="annealed_langevin", corrector_steps=2, snr=0.1)
+    assert isinstance(pc.corrector, AnnealedLangevinCorrector)
+    assert pc.params()["corrector"] == "ald" and pc.corrector_steps == 2 and pc.snr == 0.1
+    with pytest.raises(TypeError, match="Predictor"):
+        sd.PredictorCorrector(predictor=3)
+
+
+def test_ancestral_predictor_is_checked_by_kernel_not_class():
+    from scoresde.integrators.predictors import AncestralPredictor
+
+    anc = AncestralPredictor()
+    for sde in (sd.VPSDE(), sd.VESDE(), sd.DDPMSchedule.linear(T=10).sde()):
+        anc.check(sde)
+    with pytest.raises(ValueError, match="SubVPSDE"):
+        anc.check(sd.SubVPSDE())
+
+
+def test_ancestral_predictor_on_ddpm_is_the_ddpm_step():
+    # on DDPMSDE's grid t_i = i/N the ancestral step is x' = (x + beta_i s) / sqrt(1 - beta_i) + sqrt(beta_i) z,
+    # with beta_i the schedule's own (s(t_i)^2 = alpha_bar_i exactly)
+    sch = sd.DDPMSchedule.linear(T=4)
+    sde = sch.sde()
+    score = sd.eight_gaussians().score(sde)
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pc = sd.PredictorCorrector("ancestral", "none", steps=4, eps=1e-9)
+    ds = sd.sample(sde, score, pc, x_T=x_T, seed=3, dtype=torch.float64, progress=False)
+    g = torch.Generator().manual_seed(3)
+    x = x_T.clone()
+    grid = np.linspace(1.0, 1e-9, 5)
+    for i in range(4):
+        beta = 1 - float(sde.mean_coef(torch.tensor(grid[i], dtype=torch.float64)) ** 2) / float(
+            sde.mean_coef(torch.tensor(grid[i + 1], dtype=torch.float64)) ** 2
+        )
+        if i < 3:
+            np.testing.assert_allclose(beta, float(sch.betas[3 - i]), rtol=1e-6)
+        s = score(x, torch.full((8,), grid[i], dtype=torch.float64))
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        x = (x + beta * s) / math.sqrt(1 - beta) + math.sqrt(beta) * z
+    np.testing.assert_allclose(ds["x"].values[-1], x.numpy(), rtol=1e-10, atol=1e-12)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SDES
 
 import scoresde as sd
 from scoresde.schedules import (
@@ -22,7 +23,6 @@ from scoresde.schedules import (
 )
 from scoresde.solvers import DDIM, DPMSolverPP, Euler, Heun
 
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 EPS = 1e-3
 
 
@@ -312,41 +312,6 @@ def test_ring_accuracy_2000():
 # ------------------------------------------------------------------------------------
 # Contract
 # ------------------------------------------------------------------------------------
-def contract_solvers(steps=6):
-    return [
-        Euler(steps, grid="karras"),
-        Heun(steps, grid="logsnr"),
-        DDIM(steps),
-        DDIM(steps, grid="karras", eta=0.5),
-        DPMSolverPP(2, steps),
-        DPMSolverPP(3, steps, grid="uniform"),
-        sd.UniPC(3, steps),
-        sd.UniPC(2, steps, grid="karras", variant="bh1"),
-    ]
-
-
-@pytest.mark.parametrize("sde", SDES, ids=repr)
-@pytest.mark.parametrize("sampler", contract_solvers(), ids=repr)
-def test_solver_contract(sde, sampler):
-    score = sd.eight_gaussians().score(sde)
-    for dtype in (torch.float32, torch.float64):
-        ds = sd.sample(sde, score, sampler, shape=(32, 2), seed=3, dtype=dtype, save_at=3, progress=False)
-        x = ds["x"].values
-        assert x.dtype == (np.float32 if dtype == torch.float32 else np.float64)
-        assert x.shape[1:] == (32, 2) and np.isfinite(x).all()
-        t = ds["time"].values
-        assert t[0] == sde.T and t[-1] == pytest.approx(EPS) and np.all(np.diff(t) < 0)
-        assert ds.attrs["nfe"] == ds["nfe"].values[-1] == sampler.steps * (2 if isinstance(sampler, Heun) else 1)
-        again = sd.sample(sde, score, sampler, shape=(32, 2), seed=3, dtype=dtype, save_at=3, progress=False)
-        assert np.array_equal(again["x"].values, x)
-    # another seed: a different start; with the same start only DDIM(eta > 0) differs
-    x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(5))
-    a = sd.sample(sde, score, sampler, x_T=x_T, seed=1, progress=False)["x"].values[-1]
-    b = sd.sample(sde, score, sampler, x_T=x_T, seed=2, progress=False)["x"].values[-1]
-    assert sampler.stochastic == (not np.array_equal(a, b))
-    assert sampler.stochastic == (isinstance(sampler, DDIM) and sampler.eta > 0)
-
-
 @pytest.mark.parametrize("steps", [1, 2, 3, 1000])
 def test_any_step_count_is_finite(steps):
     sde = sd.VPSDE()
@@ -399,3 +364,50 @@ def test_lower_order_final_on_a_stretched_last_step():
     err = ring_rmse(DPMSolverPP(3, 20, grid="uniform"), 300)[0]
     forced_off = ring_rmse(DPMSolverPP(3, 20, grid="uniform", lower_order_final=False), 300)[0]
     assert err < 0.1 < 0.5 < forced_off, (err, forced_off)
+
+
+class _Cubic(sd.SDE):
+    """A non-linear SDE, dx = -x^3 dt + dw (no Gaussian kernel)."""
+
+    def sde(self, x, t):
+        return -(x**3), torch.ones(x.shape[0], dtype=x.dtype)
+
+    def marginal_prob(self, x0, t):
+        raise NotImplementedError
+
+    def prior_sampling(self, shape, generator=None, dtype=torch.float32, device=None):
+        return torch.randn(*shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z):
+        raise NotImplementedError
+
+
+class _SquareRootGrid(sd.TimeGrid):
+    """A user grid from T, steps and eps alone: uniform in sqrt(t)."""
+
+    needs_linear_sde = False
+
+    def times(self, sde, steps, eps):
+        return np.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1) ** 2
+
+
+def test_a_grid_that_declares_no_linear_sde_runs_a_non_linear_sde():
+    sde = _Cubic()
+
+    def score(x, t):
+        return -x
+
+    ds = sd.sample(sde, score, Euler(4, grid=_SquareRootGrid()), shape=(3, 2), progress=False, divergence_bound=None)
+    np.testing.assert_allclose(ds["time"].values, [1.0, 1e-3], rtol=1e-12)
+    assert ds.attrs["nfe"] == 4
+    assert not sd.UniformTime.needs_linear_sde and not sd.TimeQuadratic.needs_linear_sde
+    for grid in ("logsnr", "karras"):
+        assert sd.get_grid(grid).needs_linear_sde
+        with pytest.raises(ValueError, match="needs a linear SDE, got _Cubic"):
+            sd.sample(sde, score, Euler(4, grid=grid), shape=(3, 2), progress=False)
+
+    class Linear(_SquareRootGrid):
+        needs_linear_sde = True
+
+    with pytest.raises(ValueError, match="needs a linear SDE, got _Cubic"):
+        sd.sample(sde, score, Euler(4, grid=Linear()), shape=(3, 2), progress=False)

@@ -1,0 +1,1 @@
+"""The reverse-time integrators of :func:`scoresde.sample`, one module per concept."""

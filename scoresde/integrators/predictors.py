@@ -1,0 +1,157 @@
+r"""Predictors: one step of the reverse-time SDE from :math:`t` to :math:`t' < t` (Song et al. 2021, Alg. 1).
+
+A predictor is run by :class:`~scoresde.PredictorCorrector` once per grid step, after the corrector.
+To write one, subclass :class:`Predictor`, set :attr:`Predictor.nfe` (score evaluations per step) and
+:attr:`Predictor.name`, implement :meth:`Predictor.update`, and override :meth:`Predictor.check` if the
+step is defined for some SDEs only.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import cast
+
+import torch
+
+from .._checks import broadcast_coef
+from .._kernels import ddpm_step, is_variance_exploding, is_variance_preserving, randn_like, time_vector
+from ..schedules import log_coefs
+from ..sde import SDE, LinearSDE, ReverseSDE
+
+__all__ = [
+    "Predictor",
+    "EulerMaruyamaPredictor",
+    "ReverseDiffusionPredictor",
+    "AncestralPredictor",
+    "NonePredictor",
+    "PREDICTORS",
+]
+
+
+class Predictor(abc.ABC):
+    r"""One step of the reverse-time SDE, :math:`x_t \mapsto x_{t'}` with :math:`t' < t`.
+
+    :meth:`update` receives
+
+    * ``rsde`` — the reverse-time SDE ``sde.reverse(score_fn)`` (a :class:`~scoresde.ReverseSDE`): its
+      ``sde(x, t)`` returns the reverse drift :math:`\bar f = f - g^2 s_\theta` and the diffusion
+      :math:`g`, ``rsde.score_fn(x, t)`` is the (counted) score :math:`s_\theta` with ``t`` a ``(batch,)``
+      vector, and ``rsde.base`` is the forward SDE;
+    * ``x`` — the state at time ``t``;
+    * ``t``, ``t_next`` — the step's two times (Python floats, ``t_next < t``);
+    * ``generator`` — the run's ``torch.Generator``, the only source of random numbers,
+
+    and returns the state at ``t_next``, a new tensor of ``x``'s shape, dtype and device (``x`` itself
+    must not be modified). It evaluates the score exactly :attr:`nfe` times.
+    """
+
+    #: score evaluations per step
+    nfe: int = 1
+    #: name recorded in provenance (the ``PREDICTORS`` key of the built-ins)
+    name: str = ""
+
+    def check(self, sde: SDE) -> None:
+        """Raise ``ValueError`` if this predictor is not defined for the forward SDE ``sde`` (default: any SDE)."""
+        return None
+
+    @abc.abstractmethod
+    def update(
+        self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The state at ``t_next`` from ``x`` at ``t`` (see the class docstring)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EulerMaruyamaPredictor(Predictor):
+    r"""Euler–Maruyama: :math:`x' = x + \bar f(x, t)\,\Delta t + g(t)\sqrt{|\Delta t|}\,z`,
+    :math:`\Delta t = t' - t < 0`, :math:`z \sim \mathcal N(0, I)`. One NFE."""
+
+    name = "euler_maruyama"
+
+    def update(
+        self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        dt = t_next - t
+        drift, diffusion = rsde.sde(x, t)
+        noise = randn_like(x, generator)
+        x = x + drift * dt
+        return x.add_(broadcast_coef(diffusion, x) * math.sqrt(-dt) * noise)
+
+
+class ReverseDiffusionPredictor(Predictor):
+    r"""Reverse diffusion (Song et al. 2021, eq. 46): with the forward transition
+    :math:`x_{t} = x_{t'} + F(x_{t'}) + G z` of ``sde.discretize`` over :math:`t - t'`,
+    :math:`x' = x - F(x) + G^2 s_\theta(x, t) + G z`. One NFE."""
+
+    name = "reverse_diffusion"
+
+    def update(
+        self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        f, G = rsde.discretize(x, t, t - t_next)
+        return (x - f).add_(broadcast_coef(G, x) * randn_like(x, generator))
+
+
+class AncestralPredictor(Predictor):
+    r"""Ancestral sampling: DDPM for a variance-preserving kernel, SMLD for a variance-exploding one
+    (Song et al. 2021, App. F). One NFE.
+
+    Variance preserving (:math:`s^2 + \sigma^2 = 1`: VP, DDPM), with
+    :math:`\beta_i = 1 - s(t)^2/s(t')^2` (:math:`= 1 - \bar\alpha_i/\bar\alpha_{i-1}` on a DDPM grid):
+    :math:`x' = (x + \beta_i s_\theta)/\sqrt{1-\beta_i} + \sqrt{\beta_i}\,z`.
+
+    Variance exploding (:math:`s \equiv 1`: VE), with :math:`\sigma = \sigma(t)`, :math:`\sigma' = \sigma(t')`:
+    :math:`x' = x + (\sigma^2 - \sigma'^2) s_\theta + \sqrt{\sigma'^2 (\sigma^2 - \sigma'^2)/\sigma^2}\,z`.
+
+    Not defined for other kernels (sub-VP): :meth:`check` raises ``ValueError``.
+    """
+
+    name = "ancestral"
+
+    def check(self, sde: SDE) -> None:
+        if not (is_variance_exploding(sde) or is_variance_preserving(sde)):
+            raise ValueError(
+                f"the ancestral predictor is defined for variance-preserving (VPSDE, DDPMSDE: DDPM) and "
+                f"variance-exploding (VESDE: SMLD) kernels only, not {type(sde).__name__}; use "
+                f"predictor='reverse_diffusion' or 'euler_maruyama'"
+            )
+
+    def update(
+        self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        sde = rsde.base
+        score = rsde.score_fn(x, time_vector(t, x))
+        z = randn_like(x, generator)
+        if is_variance_exploding(sde):
+            ve = cast(LinearSDE, sde)  # check() accepts linear SDEs only
+            s2 = float(ve.std(torch.tensor(t, dtype=torch.float64))) ** 2
+            a2 = float(ve.std(torch.tensor(t_next, dtype=torch.float64))) ** 2
+            return (x + (s2 - a2) * score).add_(math.sqrt(a2 * (s2 - a2) / s2) * z)
+        log_s, _ = log_coefs(sde, t)
+        log_s_next, _ = log_coefs(sde, t_next)
+        beta = -math.expm1(2.0 * float(log_s - log_s_next))
+        return ddpm_step(x, score, beta, math.sqrt(beta), z)
+
+
+class NonePredictor(Predictor):
+    """No predictor step: :math:`x' = x` (corrector-only sampling). No NFE."""
+
+    nfe = 0
+    name = "none"
+
+    def update(
+        self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        return x
+
+
+#: predictor name -> class (the shorthands accepted by ``PredictorCorrector(predictor=...)``)
+PREDICTORS: dict[str, type[Predictor]] = {
+    "euler_maruyama": EulerMaruyamaPredictor,
+    "reverse_diffusion": ReverseDiffusionPredictor,
+    "ancestral": AncestralPredictor,
+    "none": NonePredictor,
+}
