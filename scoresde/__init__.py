@@ -14,13 +14,9 @@ do not import torch, xarray or matplotlib until something needs them.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("scoresde")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 if TYPE_CHECKING:
     from . import (
@@ -41,6 +37,14 @@ if TYPE_CHECKING:
     from .datasets import Dataset, load_dataset
     from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
     from .flow import FlowODE, RectifiedFlow, reflow_data
+    from .integrators.correctors import AnnealedLangevinCorrector, Corrector, LangevinCorrector, NoneCorrector
+    from .integrators.predictors import (
+        AncestralPredictor,
+        EulerMaruyamaPredictor,
+        NonePredictor,
+        Predictor,
+        ReverseDiffusionPredictor,
+    )
     from .likelihood import LikelihoodResult, log_likelihood
     from .losses import (
         OBJECTIVE_REGISTRY,
@@ -153,6 +157,15 @@ _NAMES: dict[str, str] = {
     "PREDICTORS": "samplers",
     "SCIPY_METHODS": "samplers",
     "DivergenceError": "samplers",
+    "Predictor": "integrators.predictors",
+    "EulerMaruyamaPredictor": "integrators.predictors",
+    "ReverseDiffusionPredictor": "integrators.predictors",
+    "AncestralPredictor": "integrators.predictors",
+    "NonePredictor": "integrators.predictors",
+    "Corrector": "integrators.correctors",
+    "LangevinCorrector": "integrators.correctors",
+    "AnnealedLangevinCorrector": "integrators.correctors",
+    "NoneCorrector": "integrators.correctors",
     "EulerMaruyama": "samplers",
     "PredictorCorrector": "samplers",
     "ProbabilityFlowODE": "samplers",
@@ -233,6 +246,15 @@ __all__ = [
     "CORRECTORS",
     "SCIPY_METHODS",
     "DivergenceError",
+    "Predictor",
+    "EulerMaruyamaPredictor",
+    "ReverseDiffusionPredictor",
+    "AncestralPredictor",
+    "NonePredictor",
+    "Corrector",
+    "LangevinCorrector",
+    "AnnealedLangevinCorrector",
+    "NoneCorrector",
     "sample",
     "sde_config",
     "sde_from_config",

@@ -17,6 +17,8 @@ __all__ = [
     "check_time",
     "broadcast_coef",
     "check_seed",
+    "check_tolerances",
+    "tolerance_floor",
     "SEED_LIMIT",
     "check_num_threads",
     "torch_threads",
@@ -137,3 +139,29 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def tolerance_floor(dtype: torch.dtype) -> float:
+    r"""Smallest ``rtol`` and ``atol`` accepted for data of ``dtype``: :math:`\max(100\,\epsilon_{64}, \epsilon_d)`.
+
+    Adaptive solvers control their error in float64 (scipy) or in the state's dtype, and cannot
+    resolve relative errors below :math:`100\,\epsilon_{64} \approx 2.2\times10^{-14}`; the score is
+    evaluated in ``dtype``, whose machine epsilon :math:`\epsilon_d` (:math:`1.2\times10^{-7}` for
+    float32) bounds the accuracy of every evaluation. Smaller tolerances only make the solver take
+    ever smaller steps.
+    """
+    return max(100 * torch.finfo(torch.float64).eps, torch.finfo(dtype).eps)
+
+
+def check_tolerances(rtol: float, atol: float, dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` as positive floats of at least :func:`tolerance_floor` of ``dtype``, else ``ValueError``."""
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    floor = tolerance_floor(dtype)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol < floor:
+            raise ValueError(
+                f"{name}={tol:g} is below the resolution of the computation: for {str(dtype).replace('torch.', '')} "
+                f"data {name} must be >= {floor:.3g} (max of 100 eps of float64 and eps of x's dtype); "
+                "use a larger tolerance, or float64 data for tolerances below float32's eps"
+            )
+    return rtol, atol

@@ -534,7 +534,7 @@ def build_sampler(args: argparse.Namespace) -> Sampler:
 # ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``scoresde`` parser, with one sub-parser per command (``train``, ``sample``)."""
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG,

@@ -79,6 +79,8 @@ from ._checks import (
     check_positive,
     check_positive_int,
     check_seed,
+    check_tolerances,
+    tolerance_floor,
     torch_threads,
 )
 from .integrators.base import CountedScore
@@ -92,17 +94,6 @@ DIVERGENCES = ("exact", "hutchinson")
 PROBE_NOISES = ("rademacher", "gaussian")
 #: default cap on score evaluations of one solve (correct runs at rtol = atol = 1e-9 take a few hundred)
 MAX_NFE = 5000
-
-
-def tolerance_floor(dtype: torch.dtype) -> float:
-    r"""Smallest ``rtol`` and ``atol`` accepted for data of ``dtype``: :math:`\max(100\,\epsilon_{64}, \epsilon_d)`.
-
-    The ODE is integrated in float64, where scipy cannot resolve relative errors below
-    :math:`100\,\epsilon_{64} \approx 2.2\times10^{-14}`; the drift is evaluated in ``dtype``, whose
-    machine epsilon :math:`\epsilon_d` (:math:`1.2\times10^{-7}` for float32) bounds the accuracy
-    of every evaluation. Smaller tolerances only make the solver take ever smaller steps.
-    """
-    return max(100 * torch.finfo(torch.float64).eps, torch.finfo(dtype).eps)
 
 
 class _DifferentiableScore(CountedScore):
@@ -216,16 +207,7 @@ def _check_args(
         raise ValueError(f"eps must lie in (0, T={sde.T:g}), got {eps!r}")
     if method not in SCIPY_METHODS:
         raise ValueError(f"method must be one of scipy's solve_ivp methods {list(SCIPY_METHODS)}, got {method!r}")
-    rtol = check_positive("rtol", rtol)
-    atol = check_positive("atol", atol)
-    floor = tolerance_floor(x.dtype)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if tol < floor:
-            raise ValueError(
-                f"{name}={tol:g} is below the resolution of the computation: for {str(x.dtype).replace('torch.', '')} "
-                f"data {name} must be >= {floor:.3g} (max of 100 eps of float64 and eps of x's dtype); "
-                "use a larger tolerance, or float64 data for tolerances below float32's eps"
-            )
+    rtol, atol = check_tolerances(rtol, atol, x.dtype)
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
     probes = check_positive_int("probes", probes)

@@ -140,7 +140,7 @@ def _netcdf_safe(value: Any) -> Any:
 
 def provenance(sde: SDE, sampler: Sampler, score_fn: ScoreFn, **extra: Any) -> dict[str, Any]:
     """netCDF-safe attributes describing a run: SDE, sampler, score function, versions, time."""
-    from . import __version__
+    from ._version import __version__
 
     attrs: dict[str, Any] = {
         "sde": type(sde).__name__,

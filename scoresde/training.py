@@ -732,7 +732,7 @@ class Trainer:
         """Loss history as an ``xarray.Dataset`` over the ``step`` dimension, with the configuration."""
         import json
 
-        from . import __version__
+        from ._version import __version__
 
         h = self.history
         return xr.Dataset(

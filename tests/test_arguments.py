@@ -241,3 +241,18 @@ def test_samples_are_bit_identical_for_one_and_two_threads():
     one = sd.sample(SDE, SCORE, sampler, num_threads=1, **kw)
     two = sd.sample(SDE, SCORE, sampler, num_threads=2, **kw)
     np.testing.assert_array_equal(one.x.values, two.x.values)
+
+
+# -- tolerances of the adaptive samplers ------------------------------------------------------
+@pytest.mark.parametrize(
+    "make", [lambda tol: sd.ProbabilityFlowODE(rtol=tol, atol=tol), lambda tol: sd.AdaptiveSDE(rtol=tol, atol=tol)]
+)
+def test_adaptive_samplers_refuse_tolerances_below_the_resolution(make):
+    """rtol = atol = 1e-300 used to hang scipy (and drive AdaptiveSDE to NaN): refused up front instead."""
+    with pytest.raises(ValueError, match=r"rtol=1e-300 is below the resolution .* must be >= 2.22e-14"):
+        make(1e-300)
+    sampler = make(1e-9)  # fine for float64 data, below float32's resolution
+    sde = sd.VPSDE()
+    score = sd.eight_gaussians().score(sde)
+    with pytest.raises(ValueError, match=r"for float32 data rtol must be >= 1.19e-07"):
+        sd.sample(sde, score, sampler, shape=(2, 2), progress=False)

@@ -34,8 +34,26 @@ from scoresde.training import (
     save_atomic,
 )
 
-
 # -- the user's classes ---------------------------------------------------------------------------
+
+
+class TheirCorrector(sd.Corrector):
+    """A user's corrector: ``steps`` Langevin moves x <- x + delta s(x, t) + sqrt(2 delta) z with a fixed delta."""
+
+    name = "their_langevin"
+
+    def __init__(self, delta: float, steps: int = 1) -> None:
+        super().__init__(steps=steps)
+        self.delta = delta
+
+    def update(self, rsde: Any, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator) -> torch.Tensor:
+        for _ in range(self.steps):
+            score = rsde.score_fn(x, torch.full((x.shape[0],), t, dtype=x.dtype))
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + self.delta * score + math.sqrt(2 * self.delta) * noise
+        return x
+
+
 class QuadraticVP(sd.LinearSDE):
     r"""A VP SDE with :math:`\beta(t) = b_0 + b_1 t^2`, written against ``LinearSDE`` directly.
 
@@ -146,12 +164,20 @@ def test_user_sde_and_network_train_checkpoint_reload_resume_and_sample(tmp_path
         assert torch.equal(a, b)
 
     sampler = sd.PredictorCorrector(steps=20)
-    # >>> lead: add sd.PredictorCorrector(steps=20, corrector=TheirCorrector()) here once user correctors land
     ds = sd.sample(sde, model, sampler, shape=(64, 2), seed=0, progress=False)
     ref = sd.sample(tr.sde, tr.ema, sd.PredictorCorrector(steps=20), shape=(64, 2), seed=0, progress=False)
     final = ds["x"].isel(time=-1).values
     assert final.shape == (64, 2) and np.isfinite(final).all()
     np.testing.assert_array_equal(final, ref["x"].isel(time=-1).values)
+
+    # the reloaded model on the user's SDE, sampled with the user's own corrector
+    theirs = sd.PredictorCorrector(steps=20, corrector=TheirCorrector(delta=1e-3, steps=2))
+    ds = sd.sample(sde, model, theirs, shape=(64, 2), seed=0, progress=False)
+    assert ds.attrs["nfe"] == 20 * (1 + 2) and ds.attrs["sampler_corrector"] == "their_langevin"
+    again = sd.sample(sde, model, theirs, shape=(64, 2), seed=0, progress=False)
+    np.testing.assert_array_equal(ds["x"].values, again["x"].values)
+    assert np.isfinite(ds["x"].values).all()
+    assert not np.array_equal(ds["x"].isel(time=-1).values, final)  # the corrector did something
 
 
 def test_user_sde_is_a_consistent_linear_sde():

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import broadcast_coef, check_positive, check_positive_int
+from .._checks import broadcast_coef, check_positive, check_positive_int, check_tolerances
 from .._kernels import randn_like
 from .._progress import progress_bar
 from ..sde import SDE
@@ -100,8 +100,7 @@ class AdaptiveSDE(Sampler):
         denoise: bool = False,
     ) -> None:
         super().__init__(eps, denoise)
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
+        self.rtol, self.atol = check_tolerances(rtol, atol, torch.float64)
         self.h_init = check_positive("h_init", h_init)
         self.safety = check_positive("safety", safety)
         if self.safety > 1:
@@ -131,6 +130,7 @@ class AdaptiveSDE(Sampler):
         save_times: np.ndarray,
         progress: bool,
     ) -> Trajectory:
+        check_tolerances(self.rtol, self.atol, x.dtype)
         rsde = sde.reverse(score_fn)
         traj = Trajectory()
         traj.save(sde.T, x, score_fn.nfe)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import check_positive
+from .._checks import check_tolerances
 from .._progress import progress_bar
 from ..sde import SDE, ReverseSDE
 from .base import CountedScore, FixedStepSampler, Trajectory
@@ -123,8 +123,7 @@ class ProbabilityFlowODE(FixedStepSampler):
                 f"fixed-step {list(_FIXED_ODE_METHODS)}"
             )
         self.method = method
-        self.rtol = check_positive("rtol", rtol)
-        self.atol = check_positive("atol", atol)
+        self.rtol, self.atol = check_tolerances(rtol, atol, torch.float64)
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"method": self.method}
@@ -168,6 +167,7 @@ class ProbabilityFlowODE(FixedStepSampler):
     def _integrate_scipy(
         self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray, progress: bool
     ) -> Trajectory:
+        check_tolerances(self.rtol, self.atol, x.dtype)
         ode = sde.reverse(score_fn, probability_flow=True)
         shape, dtype, device = x.shape, x.dtype, x.device
         t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
