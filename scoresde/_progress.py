@@ -9,7 +9,6 @@ rather than falling back to text written to stderr at every update.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from functools import lru_cache
 from typing import Any
@@ -33,7 +32,11 @@ def _in_jupyter_kernel() -> bool:
 
 @lru_cache(maxsize=1)
 def _widgets_available() -> bool:
-    return importlib.util.find_spec("ipywidgets") is not None
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def progress_bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) -> Any:
@@ -44,10 +47,12 @@ def progress_bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) 
     """
     kwargs.setdefault("mininterval", MININTERVAL)
     kwargs.setdefault("leave", False)
-    if _in_jupyter_kernel():
-        if not _widgets_available():
-            disable = True
+    if _in_jupyter_kernel() and _widgets_available():
         from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
     else:
+        # tqdm.auto must not even be imported in a kernel without ipywidgets: the import itself warns
+        # ("IProgress not found") on stderr; there the text bar is disabled rather than written to stderr
         from tqdm.std import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+
+        disable = disable or _in_jupyter_kernel()
     return tqdm(iterable, disable=disable, **kwargs)
