@@ -47,12 +47,13 @@ def progress_bar(iterable: Any = None, *, disable: bool = False, **kwargs: Any) 
     """
     kwargs.setdefault("mininterval", MININTERVAL)
     kwargs.setdefault("leave", False)
-    if _in_jupyter_kernel() and _widgets_available():
+    in_kernel = _in_jupyter_kernel()
+    if in_kernel and _widgets_available():
         from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
     else:
         # tqdm.auto must not even be imported in a kernel without ipywidgets: the import itself warns
         # ("IProgress not found") on stderr; there the text bar is disabled rather than written to stderr
         from tqdm.std import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
-        disable = disable or _in_jupyter_kernel()
+        disable = disable or in_kernel
     return tqdm(iterable, disable=disable, **kwargs)

@@ -40,7 +40,8 @@ class EulerMaruyama(FixedStepSampler):
     Notes
     -----
     The step is explicit, so it is stable only for small enough steps. For VE, where the reverse
-    drift near a Gaussian mode is :math:`g^2 x / \sigma^2 = 2\log(\sigma_{\max}/\sigma_{\min})\,x`,
+    drift near a Gaussian mode of mean :math:`\mu` is
+    :math:`g^2 (x - \mu) / \sigma^2 = 2\log(\sigma_{\max}/\sigma_{\min})\,(x - \mu)`,
     stability needs :math:`|\Delta t| < 1/\log(\sigma_{\max}/\sigma_{\min})`: at least 9 steps
     with the default parameters; fewer steps give finite but meaningless samples.
     """
