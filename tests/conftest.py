@@ -28,6 +28,8 @@ import scoresde as sd  # noqa: E402
 SDES = (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE())
 #: ... and the discrete-chain DDPM (a short chain) and rectified-flow SDEs
 ALL_SDES = (*SDES, sd.DDPMSchedule.linear(T=50).sde(), sd.RectifiedFlow())
+#: the three by the short names the CLI and the studies use
+SDES_BY_NAME = dict(zip(("vp", "subvp", "ve"), SDES, strict=True))
 
 
 @pytest.fixture(params=SDES, ids=repr)

@@ -26,13 +26,14 @@ from functools import cache
 
 import pytest
 import torch
+from conftest import SDES_BY_NAME
 from scipy.stats import norm
 
 import scoresde as sd
 from scoresde import metrics
 
 TARGET = sd.eight_gaussians()
-SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
+SDES = SDES_BY_NAME
 #: DDPM (its chain as a VP SDE) and rectified flow, checked with their own samplers below
 ALL_SDES = {**SDES, "ddpm": sd.DDPMSchedule.linear().sde(), "rf": sd.RectifiedFlow()}
 METRICS = ("sliced_wasserstein", "energy")

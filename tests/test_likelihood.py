@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import SDES_BY_NAME
 
 import scoresde as sd
 from scoresde.likelihood import LikelihoodResult, log_likelihood
@@ -26,7 +27,7 @@ def _one_torch_thread():
 
 EPS = 1e-5
 TOL = {"rtol": 1e-6, "atol": 1e-6}
-SDES = {"vp": sd.VPSDE, "subvp": sd.SubVPSDE, "ve": sd.VESDE}
+SDES = {name: type(sde) for name, sde in SDES_BY_NAME.items()}
 
 
 TARGETS = {

@@ -5,13 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SDES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
 import scoresde as sd
-
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 
 
 def _full_cov_mixture():

@@ -172,7 +172,7 @@ def test_bad_t_shape_raises():
 
 
 # -- ScoreModel ------------------------------------------------------------------------------
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
+from conftest import SDES  # noqa: E402
 
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import SDES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scoresde as sd
 
-SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 sde_strategy = st.one_of(
     st.builds(lambda a, b: sd.VPSDE(a, a + b), st.floats(0.01, 1.0), st.floats(0.0, 30.0)),
     st.builds(lambda a, b: sd.SubVPSDE(a, a + b), st.floats(0.01, 1.0), st.floats(0.0, 30.0)),
