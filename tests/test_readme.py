@@ -42,7 +42,7 @@ import scoresde as sd
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 #: pages whose ```python blocks are a quickstart (the tutorials are executed by the docs build)
-QUICKSTART_PAGES = ("README.md", "docs/index.md")
+QUICKSTART_PAGES = ("README.md", "docs/index.md", "docs/quickstart.md")
 
 #: the reduced sizes of the Python blocks
 SMALL = {"n_samples": 256, "sampler_steps": 20, "train_steps": 30}
@@ -288,6 +288,16 @@ def readme_cli_lines() -> list[tuple[int, str]]:
     return lines
 
 
+def quickstart_cli_lines() -> list[tuple[int, str]]:
+    """(line number, text) of the ``scoresde`` commands in the ```bash blocks of the docs' quickstart
+    (its ``pip install`` lines are not run)."""
+    lines = []
+    for block in fenced_blocks(ROOT / "docs" / "quickstart.md"):
+        if block.lang == "bash":
+            lines += [(block.line + i, t) for i, t in enumerate(block.code.splitlines()) if t.startswith("scoresde")]
+    return lines
+
+
 def _expected_files(argv: list[str]) -> list[str]:
     """The files a README command writes (relative to its working directory)."""
     opts = _options(argv)
@@ -339,6 +349,22 @@ def test_readme_has_cli_lines():
     lines = readme_cli_lines()
     assert len(lines) >= 2, lines
     assert any("--help" in text for _, text in lines)
+    assert quickstart_cli_lines(), "the quickstart shows no scoresde command"
+
+
+@pytest.mark.parametrize("number,text", quickstart_cli_lines())
+def test_quickstart_cli_line_runs(number, text, tmp_path):
+    argv = shlex.split(text, comments=True)
+    args = small_cli_args(argv[1:])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoresde", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    where = f"docs/quickstart.md:{number}: scoresde {shlex.join(args)}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0 and proc.stderr == "", where
+    missing = [f for f in _expected_files(args) if not (tmp_path / f).is_file()]
+    assert not missing, f"{where}\nmissing files {missing}"
 
 
 @pytest.mark.parametrize(
