@@ -394,8 +394,9 @@ def _require_zarr() -> None:
         raise ImportError(f"out= writes a zarr store and needs zarr and dask ({err}); {ZARR_INSTALL_HINT}") from None
 
 
-def _open(path: Path) -> xr.Dataset:
-    return xr.open_zarr(path, consolidated=False)
+def _open(path: Path, lazy: bool = True) -> xr.Dataset:
+    """The store at ``path``: as dask arrays (``lazy``, what users get) or lazily indexed (small reads here)."""
+    return xr.open_zarr(path, consolidated=False, chunks={} if lazy else None)
 
 
 def _inspect_store(run: _Run, path: Path) -> np.ndarray | None:
@@ -403,7 +404,7 @@ def _inspect_store(run: _Run, path: Path) -> np.ndarray | None:
     if not path.exists():
         return None
     try:
-        ds = _open(path)
+        ds = _open(path, lazy=False)
     except Exception as err:  # zarr and xarray raise many types for what is not a store
         raise ValueError(
             f"out={str(path)!r} exists and is not a zarr store ({type(err).__name__}: {err}); choose another path "
@@ -494,7 +495,7 @@ def _sample_to_zarr(run: _Run, progress: bool, path: Path) -> xr.Dataset:
                 assert first is not None and first.index == 0  # a new store: rank 0 has chunk 0 to do
                 _write_template(run, first, path)
             _barrier(world)
-        with _open(path) as store:
+        with _open(path, lazy=False) as store:
             times = np.asarray(store["time"].values)
             names = [str(v) for v in store.data_vars]
         for i in todo:
@@ -506,7 +507,7 @@ def _sample_to_zarr(run: _Run, progress: bool, path: Path) -> xr.Dataset:
         bar.close()
     _barrier(world)
     if rank == 0:
-        with _open(path) as store:
+        with _open(path, lazy=False) as store:
             complete = bool(store["chunk_done"].values.all())
             aggregates = _aggregate_attrs(store) if complete else {}
         update_store_attrs(path, aggregates)
