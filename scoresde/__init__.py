@@ -260,6 +260,7 @@ __all__ = [
     "AnnealedLangevinCorrector",
     "NoneCorrector",
     "sample",
+    "chunked",
     "chunk_seed",
     "sde_config",
     "sde_from_config",

@@ -10,7 +10,10 @@ they differ from those of the same ``seed`` without chunks (one generator for th
 Processes. When the caller has initialised a ``torch.distributed`` process group (e.g. under
 ``torchrun``), the ranks share the chunks round-robin: chunk :math:`i` runs on rank
 :math:`i \bmod W` of :math:`W`. Without a process group everything runs in this process. The library never
-initialises a process group itself (the command line does, under ``torchrun``).
+initialises a process group itself (the command line does, under ``torchrun``). An error on one rank
+(e.g. a :class:`~scoresde.DivergenceError`) is raised there with the chunk named; the other ranks then
+wait at the next synchronisation until the process group's timeout (``torchrun`` stops them all when one
+rank fails).
 
 Zarr stores (``out=``). Every finished chunk is written into one zarr store through xarray
 (``to_zarr(region=...)``): the store's chunks along ``sample`` are the run's chunks, so the ranks write
@@ -51,6 +54,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ._guard import resolve_bound
 from ._progress import progress_bar
 from .samplers import CountedScore, Sampler
 from .sampling import feature_dims, provenance
@@ -348,6 +352,7 @@ def sample_chunked(
     their chunks and each returns the whole Dataset; with ``out`` (a path) the chunks are streamed into
     the zarr store there, and the store is returned lazily opened (``xarray.open_zarr``).
     """
+    resolve_bound(divergence_bound, sde, torch.zeros((1, *feature_shape), dtype=dtype))  # its type and value
     run = _Run(
         sde,
         score_fn,
@@ -396,7 +401,8 @@ def _require_zarr() -> None:
 
 def _open(path: Path, lazy: bool = True) -> xr.Dataset:
     """The store at ``path``: as dask arrays (``lazy``, what users get) or lazily indexed (small reads here)."""
-    return xr.open_zarr(path, consolidated=False, chunks={} if lazy else None)
+    ds: xr.Dataset = xr.open_zarr(path, consolidated=False, chunks={} if lazy else None)
+    return ds
 
 
 def _inspect_store(run: _Run, path: Path) -> np.ndarray | None:
@@ -448,8 +454,9 @@ def _write_template(run: _Run, first: _Chunk, path: Path) -> None:
         variables[name] = (vdims, da.zeros(shape, chunks=(1, *values.shape[1:]), dtype=values.dtype), attrs)
     variables["chunk_done"] = (("chunk",), da.zeros(c, chunks=1, dtype=bool), {"long_name": "chunk complete"})
     template = xr.Dataset(variables, coords=_coords(run, first.times), attrs=_base_attrs(run, first))
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run killed while it made the store
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         template.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
         os.rename(tmp, path)

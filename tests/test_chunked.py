@@ -303,3 +303,25 @@ def test_cli_chunk_size_with_netcdf_output(tmp_path):
         assert ds.sizes["chunk"] == 4 and ds.attrs["chunk_size"] == 8
         direct = sd.sample(SDE, SCORE, sd.DDIM(steps=5), shape=(30, 2), seed=0, save_at=3, chunk_size=8, progress=False)
         np.testing.assert_array_equal(ds["x"].values, direct["x"].values)
+
+
+def test_a_divergence_names_its_chunk():
+    x_T = torch.zeros(N, 2)
+    x_T[2 * K + 1] = 40.0  # sample 25 = sample 1 of chunk 2
+
+    def score(x, t):  # NaN far out: only chunk 2 meets it
+        return torch.where(x.abs() > 30, torch.nan, SCORE(x, t))
+
+    with pytest.raises(sd.DivergenceError) as info:
+        sd.sample(SDE, score, sampler(), x_T=x_T, chunk_size=K, progress=False)
+    assert info.value.indices == [1]
+    assert "in chunk 2 of 5: samples 24 to 35; sample indices in the message count from 24" in str(
+        getattr(info.value, "__notes__", ["(no notes before Python 3.11)"])
+    ) or sys.version_info < (3, 11)
+
+
+@pytest.mark.parametrize("bound", [[1.0], "x", -1.0, True])
+def test_a_bad_divergence_bound_is_refused_before_any_chunk(tmp_path, bound):
+    with pytest.raises((TypeError, ValueError), match="divergence_bound"):
+        run(chunk_size=K, divergence_bound=bound, out=tmp_path / "b.zarr")
+    assert not (tmp_path / "b.zarr").exists()
