@@ -176,23 +176,29 @@ def test_a_chunk_without_its_done_mark_is_recomputed(tmp_path, monkeypatch, refe
     np.testing.assert_array_equal(ds["x"].values, reference["x"].values)
 
 
+@pytest.fixture(scope="module")
+def complete_store(tmp_path_factory) -> Path:
+    """A complete store of ``run(chunk_size=K)``, which the tests that use it only read."""
+    store = tmp_path_factory.mktemp("complete") / "run.zarr"
+    run(chunk_size=K, out=store)
+    return store
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [({"seed": 8}, "seed"), ({"chunk_size": 10}, "chunk_size"), ({"save_at": 4}, "save_times"),
      ({"shape": (N + 1, 2)}, "n_samples"), ({"dtype": torch.float64}, "dtype")],
 )  # fmt: skip
-def test_a_store_of_another_configuration_is_refused(tmp_path, change, named):
-    store = tmp_path / "run.zarr"
-    run(chunk_size=K, out=store)
+def test_a_store_of_another_configuration_is_refused(complete_store, change, named):
+    store = complete_store
     before = sorted(p.name for p in store.iterdir())
     with pytest.raises(ValueError, match=rf"another configuration \(.*{named}: store"):
         run(**{"chunk_size": K, **change, "out": store})
     assert sorted(p.name for p in store.iterdir()) == before
 
 
-def test_other_sampler_refused(tmp_path):
-    store = tmp_path / "run.zarr"
-    run(chunk_size=K, out=store)
+def test_other_sampler_refused(complete_store):
+    store = complete_store
     with pytest.raises(ValueError, match="sampler_params"):
         sd.sample(SDE, SCORE, sd.EulerMaruyama(steps=7), shape=(N, 2), seed=7, save_at=3, chunk_size=K, out=store)
 
