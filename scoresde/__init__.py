@@ -21,6 +21,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from . import (
         adaptive,
+        chunked,
         datasets,
         ddpm,
         evaluation,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         solvers,
     )
     from .adaptive import AdaptiveSDE
+    from .chunked import chunk_seed
     from .datasets import Dataset, load_dataset
     from .ddpm import DDPMSDE, DDPMAncestral, DDPMSchedule
     from .flow import FlowODE, RectifiedFlow, reflow_data
@@ -100,6 +102,7 @@ if TYPE_CHECKING:
 _SUBMODULES = frozenset(
     {
         "adaptive",
+        "chunked",
         "datasets",
         "ddpm",
         "evaluation",
@@ -123,6 +126,7 @@ _SUBMODULES = frozenset(
 #: public name -> submodule that defines it
 _NAMES: dict[str, str] = {
     "AdaptiveSDE": "adaptive",
+    "chunk_seed": "chunked",
     "Dataset": "datasets",
     "load_dataset": "datasets",
     "DDPMSDE": "ddpm",
@@ -256,6 +260,8 @@ __all__ = [
     "AnnealedLangevinCorrector",
     "NoneCorrector",
     "sample",
+    "chunked",
+    "chunk_seed",
     "sde_config",
     "sde_from_config",
     "SDE_REGISTRY",

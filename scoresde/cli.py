@@ -102,6 +102,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 DTYPE_NAMES = ("float32", "float64")
 
+#: chunk size of a run written to a zarr store (--out *.zarr) when --chunk-size is not given
+DEFAULT_CHUNK_SIZE = 10_000
+
 #: the sampler used when --sampler is not given
 DEFAULT_SAMPLER = {"ddpm": "ddpm", "rf": "flow"}
 #: the training objective and parameterisation used when --objective / --parameterization are not given
@@ -591,7 +594,9 @@ def _add_sample_parser(commands: Any) -> None:
         + "  karras       EDM's schedule in sigma(t)/s(t), exponent rho = --grid-rho (default 7)\n"
         + "\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
         + "\n  scoresde sample --sampler dpmsolver++ --order 3 --steps 15 --grid logsnr --out out/dpm"
-        + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons",
+        + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons"
+        + "\n  torchrun --nproc-per-node 2 -m scoresde sample --sampler ddim --steps 10 --n-samples 1000000 "
+        + "--chunk-size 10000 --out out/big.zarr",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("problem")
@@ -755,7 +760,18 @@ def _add_sample_parser(commands: Any) -> None:
         type=Path,
         default=Path("out"),
         metavar="DIR",
-        help="output directory, created if needed; samples.nc and samples.png in it are replaced (default: out)",
+        help="output directory, created if needed; samples.nc and samples.png in it are replaced (default: out); "
+        "a path ending in .zarr is a zarr store instead, into which the chunks of the run are streamed "
+        "(--chunk-size; no figure, no metrics), and a store of an interrupted run of the same command is completed",
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=_int_at_least(1),
+        default=None,
+        metavar="K",
+        help="sample in chunks of K samples, chunk i seeded by (--seed, i), so the samples do not depend on "
+        "the number of processes; under torchrun the ranks share the chunks round-robin (default: one batch; "
+        f"{DEFAULT_CHUNK_SIZE} with --out *.zarr)",
     )
     g.add_argument(
         "--threads",
@@ -1086,9 +1102,58 @@ def _nonfinite_warning() -> int:
     return 1
 
 
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr"
+
+
+def _under_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (which sets RANK, WORLD_SIZE and MASTER_ADDR)."""
+    import os
+
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[int]:
+    """Under ``torchrun``: a ``torch.distributed`` process group (gloo on CPU, nccl on CUDA) for the run,
+    destroyed at the end; yields this process's rank (0 without torchrun)."""
+    if not _under_torchrun():
+        yield 0
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # main() called by a program that made its own group
+        yield dist.get_rank()
+        return
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
+def _prepare_store(out: Path, sub: argparse.ArgumentParser) -> None:
+    """Check the path of a zarr store (--out *.zarr) and create its parent directory."""
+    if out.exists() and not out.is_dir():
+        sub.error(f"argument --out: {str(out)!r} exists and is not a zarr store (a directory)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        sub.error(f"argument --out: cannot create directory {str(out.parent)!r}: {err.strerror or err}")
+
+
 def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.checkpoint is not None:
+        if _is_zarr(args.out):
+            args.subparser.error("argument --out: a zarr store is written for targets only, not with --checkpoint")
+        if _under_torchrun():
+            raise CLIError("sample --checkpoint does not run under torchrun; run it as one process")
         return _cmd_sample_checkpoint(args, argv)
+    with _process_group(args.device) as rank:
+        return _cmd_sample_target(args, argv, rank)
+
+
+def _cmd_sample_target(args: argparse.Namespace, argv: Sequence[str], rank: int) -> int:
     timings = _Timings()
     sub: argparse.ArgumentParser = args.subparser
     args.sde = args.sde or "vp"
@@ -1109,21 +1174,17 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     target = get_target(args.target)
     sampler = build_sampler(args)
     sampler.check(sde)
+    if _is_zarr(args.out):
+        return _sample_target_to_zarr(args, argv, rank, sde, target, sampler, device, timings)
+    if rank != 0:  # under torchrun: every rank samples its chunks, rank 0 writes and reports
+        with _torch_threads(args.threads):
+            _sample_target(args, sde, target, sampler, device)
+        return 0
     out = _prepare_out(args.out, sub)
     plotting = _plotting()
 
     with _torch_threads(args.threads):
-        ds = _lib("sample")(
-            sde,
-            target.score(sde),
-            sampler,
-            shape=(args.n_samples, target.dim),
-            seed=args.seed,
-            device=device,
-            dtype=getattr(torch, args.dtype),
-            save_at=args.save_at or _default_save_at(sampler, sde, args.n_samples * target.dim),
-            progress=not args.quiet,
-        )
+        ds = _sample_target(args, sde, target, sampler, device)
         ds.attrs["target"] = args.target
         ds.attrs["command"] = shlex.join([PROG, *argv])
 
@@ -1153,6 +1214,56 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     head += f"{ds.attrs['dtype']} on {ds.attrs['device']}"
     lines = _run_lines(ds, head, timings) + _metric_lines(ev, finite, args.evaluate)
     lines.append(f"  wrote      {nc_path}, {png_path}")
+    print("\n".join(lines))
+    return 0 if finite else _nonfinite_warning()
+
+
+def _sample_target(args: argparse.Namespace, sde: Any, target: Any, sampler: Sampler, device: Any, **kw: Any) -> Any:
+    import torch
+
+    return _lib("sample")(
+        sde,
+        target.score(sde),
+        sampler,
+        shape=(args.n_samples, target.dim),
+        seed=args.seed,
+        device=device,
+        dtype=getattr(torch, args.dtype),
+        save_at=args.save_at or _default_save_at(sampler, sde, args.n_samples * target.dim),
+        progress=not args.quiet,
+        chunk_size=args.chunk_size,
+        **kw,
+    )
+
+
+def _sample_target_to_zarr(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    rank: int,
+    sde: Any,
+    target: Any,
+    sampler: Sampler,
+    device: Any,
+    timings: _Timings,
+) -> int:
+    """``sample --out STORE.zarr``: stream the chunks into the store; rank 0 adds the command and reports."""
+    from .chunked import update_store_attrs
+
+    _prepare_store(args.out, args.subparser)
+    args.chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
+    with _torch_threads(args.threads):
+        ds = _sample_target(args, sde, target, sampler, device, out=str(args.out))
+    if rank != 0:
+        ds.close()
+        return 0
+    with ds:
+        update_store_attrs(args.out, {"target": args.target, "command": shlex.join([PROG, *argv])})
+        finite = bool(np.isfinite(ds["x"].isel(time=-1).values).all())
+        head = f"{PROG} sample: target {args.target}, n = {args.n_samples}, seed {args.seed}, "
+        head += f"{ds.attrs['dtype']} on {ds.attrs['device']}, {ds.attrs['n_chunks']} chunks of {args.chunk_size}"
+        lines = _run_lines(ds, head, timings)
+    lines.append("  metrics    skipped for a zarr store (evaluate ds.x.isel(time=-1) of xarray.open_zarr(store))")
+    lines.append(f"  wrote      {args.out}")
     print("\n".join(lines))
     return 0 if finite else _nonfinite_warning()
 
@@ -1216,6 +1327,7 @@ def _sample_model(
         dtype=dtype,
         save_at=save_at,
         progress=not args.quiet,
+        chunk_size=args.chunk_size,
     )
     shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
     x_data = (ds["x"].isel(time=-1) * scale + shift).drop_vars("time")

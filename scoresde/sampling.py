@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import operator
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -174,6 +175,8 @@ def sample(
     progress: bool = True,
     num_threads: int | None = None,
     divergence_bound: float | str | None = "auto",
+    chunk_size: int | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> xr.Dataset:
     r"""Sample the reverse-time SDE (or probability-flow ODE) of ``sde`` driven by ``score_fn``.
 
@@ -220,6 +223,18 @@ def sample(
         (default): :math:`B = 10^3(\sigma_T + \max(1, \|x_T\|_\infty))`, with :math:`\sigma_T` the
         prior's std (1 for VP, :math:`\sigma_{\max}` for VE); a number sets :math:`B`; ``None``
         disables the bound (NaN and inf still raise).
+    chunk_size : int, optional
+        Sample in chunks of ``chunk_size`` samples (the last one may be smaller); chunk :math:`i` draws
+        its prior and noise from its own generator, seeded with :func:`~scoresde.chunk_seed` ``(seed, i)``,
+        so the samples do not depend on the order of the chunks or on the number of processes (under
+        ``torch.distributed``, if the caller initialised a process group, rank :math:`r` of :math:`W` runs
+        the chunks :math:`i \equiv r \bmod W`). The samples differ from those of the same ``seed`` without
+        chunks. ``None`` (default): one batch, one generator. See :mod:`scoresde.chunked`.
+    out : path, optional
+        With ``chunk_size``: stream each finished chunk into a zarr store at this path and return the
+        store lazily opened (``xarray.open_zarr``), so memory holds one chunk, not the whole trajectory.
+        An existing store of the same call is completed (only its missing chunks are computed); one of
+        another configuration raises ``ValueError``. Needs ``pip install 'scoresde[zarr]'``.
 
     Returns
     -------
@@ -230,7 +245,11 @@ def sample(
         where the solver cannot tell), and attributes: SDE and sampler with their parameters,
         score function, total NFE, seed, eps, dtype, device, wall time, versions, the bound in force
         (``divergence_bound``, ``inf`` if disabled) and the run's largest :math:`|x|` (``max_abs_x``). The
-        attributes are netCDF-safe, so ``ds.to_netcdf(path)`` round-trips.
+        attributes are netCDF-safe, so ``ds.to_netcdf(path)`` round-trips. With ``chunk_size``, ``nfe``
+        has dimensions ``(chunk, time)`` and the per-chunk results are variables along ``chunk``
+        (``chunk_nfe``, ``chunk_wall_time_s``, ``chunk_max_abs_x``, ``chunk_divergence_bound``,
+        ``chunk_done``, ...); the attributes ``nfe``, ``nfe_total``, ``wall_time_s``, ``max_abs_x`` and
+        ``divergence_bound`` aggregate them (see :mod:`scoresde.chunked`).
     """
     sampler = PredictorCorrector() if sampler is None else sampler
     if not isinstance(sampler, Sampler):
@@ -240,6 +259,14 @@ def sample(
     if not callable(score_fn):
         raise TypeError("score_fn must be callable as score_fn(x, t)")
     seed = check_seed("seed", seed)
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    elif out is not None:
+        raise ValueError(
+            f"out={out!r} streams the run into a zarr store chunk by chunk; give chunk_size as well (e.g. 10000)"
+        )
+    if out is not None and not isinstance(out, str | os.PathLike):
+        raise TypeError(f"out must be a path (str or os.PathLike) of a zarr store, got {type(out).__name__}")
     num_threads = check_num_threads("num_threads", num_threads)
     checked_shape = None if shape is None else _check_shape(shape)
     if x_T is not None:
@@ -266,6 +293,28 @@ def sample(
     sampler.check(sde)
     _check_capacity(sampler, sde, save_at)
     save_times = _save_times(save_at, sde.T, sampler.eps)
+    if chunk_size is not None:
+        from .chunked import sample_chunked
+
+        full_shape = tuple(x_T.shape) if x_T is not None else checked_shape
+        assert full_shape is not None  # checked above: shape or x_T
+        with torch_threads(num_threads):
+            return sample_chunked(
+                sde,
+                score_fn,
+                sampler,
+                n=full_shape[0],
+                feature_shape=full_shape[1:],
+                chunk_size=chunk_size,
+                x_T=x_T,
+                seed=seed,
+                device=device,
+                dtype=dtype,
+                save_times=save_times,
+                divergence_bound=divergence_bound,
+                progress=progress,
+                out=out,
+            )
 
     generator = torch.Generator(device=device).manual_seed(int(seed))
     counted = CountedScore(score_fn)

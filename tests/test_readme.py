@@ -241,6 +241,8 @@ def small_cli_args(argv: list[str]) -> list[str]:
             small.update({"--rtol": "1e-3", "--atol": "1e-3"})
         elif sampler != "ddpm":  # the DDPM chain has its own N
             small["--steps"] = "20"
+        if "--chunk-size" in opts:  # several chunks, so that every rank of a torchrun line has some
+            small["--chunk-size"] = "50"
     elif command == "train":
         small.update({"--steps": "30", "--batch-size": "32"})
         if opts.get("--data") in TOY_DATA:
@@ -303,6 +305,8 @@ def _expected_files(argv: list[str]) -> list[str]:
     opts = _options(argv)
     if argv[0] == "sample":
         out = opts.get("--out") or "out"
+        if out.endswith(".zarr"):
+            return [f"{out}/zarr.json", f"{out}/x/zarr.json"]
         return [f"{out}/samples.nc", f"{out}/samples.png"]
     out = opts.get("--out") or f"runs/{opts['--data']}"
     return [f"{out}/last.pt", f"{out}/history.nc", f"{out}/loss.png"]
@@ -324,14 +328,20 @@ class CliSession:
             if i not in self.results:
                 number, text = self.lines[i]
                 argv = shlex.split(text, comments=True)
+                launcher, env = [sys.executable], self.env
+                if argv[0] == "torchrun":  # torchrun OPTIONS -m scoresde ...: the same launcher, as a module
+                    m = argv.index("-m")
+                    assert argv[m + 1] == "scoresde", f"README.md:{number}: {text!r} does not run scoresde"
+                    launcher = [sys.executable, "-m", "torch.distributed.run", *argv[1:m]]
+                    argv, env = argv[m + 1 :], {**self.env, "OMP_NUM_THREADS": "1"}
                 assert argv[0] == "scoresde", f"README.md:{number}: {text!r} is not a scoresde command"
                 args = argv[1:] if "--help" in argv else small_cli_args(argv[1:])
                 out = _options(args).get("--out")
                 assert out is None or not Path(out).is_absolute(), f"README.md:{number}: --out {out} is absolute"
                 proc = subprocess.run(
-                    [sys.executable, "-m", "scoresde", *args],
+                    [*launcher, "-m", "scoresde", *args],
                     cwd=self.cwd,
-                    env=self.env,
+                    env=env,
                     capture_output=True,
                     text=True,
                     timeout=300,
