@@ -80,12 +80,17 @@ html_last_updated_fmt = None
 # defining module, and turn any reference to a ``scoresde.*`` name that still does not resolve
 # into a warning (so -W catches theory pages that point at functions that do not exist).
 _PUBLIC_MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(scoresde.__path__) if not m.name.startswith("_") and m.name not in ("cli",)
+    m.name.removeprefix("scoresde.")
+    for m in pkgutil.walk_packages(scoresde.__path__, prefix="scoresde.")
+    if not any(part.startswith("_") for part in m.name.split(".")) and m.name != "scoresde.cli"
 )
 
 
 def _defining_path(target: str) -> str | None:
-    """``scoresde.X.rest`` -> ``scoresde.<module>.X.rest`` where ``X`` is defined; None if unknown."""
+    """``scoresde.X.rest`` -> ``scoresde.<module>.X.rest`` where ``X`` is defined; None if unknown.
+
+    A class or function is documented in the module that defines it (its ``__module__``); other
+    objects (registries, constants) in the first public module whose ``__all__`` lists them."""
     parts = target.split(".")
     if len(parts) < 2 or parts[0] != "scoresde":
         return None
@@ -93,6 +98,10 @@ def _defining_path(target: str) -> str | None:
     if name in _PUBLIC_MODULES or not hasattr(scoresde, name):
         return None
     obj = getattr(scoresde, name)
+    home = getattr(obj, "__module__", None)
+    if (inspect.isclass(obj) or inspect.isfunction(obj)) and isinstance(home, str) and home.startswith("scoresde."):
+        if home.removeprefix("scoresde.") in _PUBLIC_MODULES:
+            return ".".join([home, getattr(obj, "__qualname__", name), *rest])
     for modname in _PUBLIC_MODULES:
         mod = importlib.import_module(f"scoresde.{modname}")
         if name in getattr(mod, "__all__", ()) and getattr(mod, name, None) is obj:
@@ -136,7 +145,9 @@ def _is_public(path: str) -> bool:
             obj = getattr(obj, name)
         if not (inspect.isclass(obj) or inspect.ismodule(obj) or callable(obj)):
             return False  # module data (registries like GRIDS) is documented only when it has a doc comment
-        return all(not p.startswith("_") for p in parts[i:]) and parts[i] in getattr(mod, "__all__", ())
+        if any(p.startswith("_") for p in parts):  # private modules and names are not documented
+            return False
+        return parts[i] in getattr(mod, "__all__", ())
     return True
 
 

@@ -122,7 +122,9 @@ class Evaluation:
 
 
 def mode_limit(n_modes: int) -> float:
-    """|z| limit of the mode-weight check: Bonferroni over the modes at the 3-sigma rate (3.0 for one mode)."""
+    r"""The limit on :math:`|z|` of the mode-weight check: Bonferroni over the modes at the 3-sigma rate.
+
+    3.0 for one mode."""
     return NormalDist().inv_cdf(1.0 - MODE_FWER / (2 * max(1, n_modes)))
 
 
