@@ -1,8 +1,9 @@
 """The citation records agree with the package metadata."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
