@@ -128,22 +128,45 @@ def test_toy_sets_are_shuffled(name):
         assert abs((rq[:, i] * rq[:, j]).mean() - prod.mean()) < 4.5 * se, (name, i, j)
 
 
+@pytest.mark.parametrize("name", sorted(TOY_DATASETS))
+def test_toy_sets_are_iid(name):
+    """Points are independent draws, not a stratified set: the fraction of points in one half-plane
+    varies across seeds with the binomial variance p (1 - p) / n (a stratified generator, like
+    scikit-learn's make_moons with its evenly spaced angles, gives almost none)."""
+    n, seeds = 200, 300
+    fractions = np.array([(toy_sample(name, n, seed=s)[:, 0] < 0.5).mean() for s in range(seeds)])
+    p = fractions.mean()
+    ratio = fractions.var(ddof=1) / (p * (1 - p) / n)
+    # the sample variance of 300 binomial fractions is within 25 % of its expectation far beyond 3 sd
+    assert 0.75 < ratio < 1.25, (name, p, ratio)
+
+
 def test_moons_first_points_come_from_both_moons():
     raw = toy_sample("moons", 8000, seed=1)
     # nearest half circle: the upper moon lies on the unit circle, the lower one on the unit circle about (1, 0.5)
     upper = np.abs(np.hypot(raw[:, 0], raw[:, 1]) - 1) < np.abs(np.hypot(raw[:, 0] - 1, raw[:, 1] - 0.5) - 1)
-    assert upper.mean() == pytest.approx(0.5, abs=0.01)
+    assert upper.mean() == pytest.approx(0.5, abs=4 * 0.5 / np.sqrt(8000))  # 4 binomial standard errors
     for k in (200, 2000):
         # binomial standard error of a fraction of 1/2 from k points
         assert abs(upper[:k].mean() - 0.5) < 4.5 * 0.5 / math.sqrt(k), (k, upper[:k].mean())
 
 
-def test_toy_sets_match_scikit_learn():
+def test_moons_lie_on_scikit_learns_half_circles():
+    """Without noise every point lies on one of make_moons' two half circles, and the set's mean is the
+    exact (1/2, 1/4); the same seed gives the same points."""
     from sklearn.datasets import make_moons
 
-    raw = toy_sample("moons", 1000, seed=2)
-    # the same points as scikit-learn's generator, up to order
-    rng = np.random.default_rng(2)
-    ref, _ = make_moons(n_samples=1000, noise=0.05, shuffle=True, random_state=int(rng.integers(0, 2**32 - 1)))
-    assert np.array_equal(np.sort(raw, axis=0), np.sort(ref, axis=0))
-    assert np.array_equal(toy_sample("moons", 1000, seed=2), raw)
+    from scoresde.datasets import TOY_DATASETS
+
+    def off_arcs(x):
+        upper = np.abs(np.hypot(x[:, 0], x[:, 1]) - 1) + np.maximum(-x[:, 1], 0)
+        lower = np.abs(np.hypot(x[:, 0] - 1, x[:, 1] - 0.5) - 1) + np.maximum(x[:, 1] - 0.5, 0)
+        return np.minimum(upper, lower)
+
+    ref, _ = make_moons(n_samples=1000, noise=0.0, random_state=0)
+    assert off_arcs(ref).max() < 1e-12  # the geometry is scikit-learn's
+    x = TOY_DATASETS["moons"](20_000, np.random.default_rng(3), noise=0.0)
+    assert off_arcs(x).max() < 1e-12
+    se = x.std(0) / np.sqrt(len(x))
+    assert np.all(np.abs(x.mean(0) - [0.5, 0.25]) < 4 * se), x.mean(0)
+    assert np.array_equal(toy_sample("moons", 1000, seed=2), toy_sample("moons", 1000, seed=2))
