@@ -47,9 +47,9 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 # -- executed tutorials (myst-nb) -----------------------------------------------------------
-# "force" re-runs every notebook on every build; SCORESDE_DOCS_EXECUTE=cache reuses
-# docs/_build/.jupyter_cache between builds (handy while writing).
-nb_execution_mode = os.environ.get("SCORESDE_DOCS_EXECUTE", "force")
+# "cache" executes a notebook only when its code changed since the last build (jupyter-cache in
+# docs/_build/.jupyter_cache, keyed on the code cells); SCORESDE_DOCS_EXECUTE=force re-runs every one.
+nb_execution_mode = os.environ.get("SCORESDE_DOCS_EXECUTE", "cache")
 nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
