@@ -16,7 +16,9 @@ Command lines (```` ```bash ```` blocks of the "Command line" section): each lin
 all lines (run in README order, so ``sample --checkpoint runs/moons/last.pt`` finds the checkpoint of
 the earlier ``train`` line), with the small-size options of :func:`small_cli_args` added (one place
 to adjust them). Each must exit 0 with nothing on stderr (no warning, no traceback) and write its
-files. ``--help`` lines run as they are. The set-up commands are not run (they create virtual
+files. ``--help`` lines run as they are. A ``torchrun <options> -m scoresde ...`` line runs as
+``python -m torch.distributed.run <options> -m scoresde ...`` (with ``OMP_NUM_THREADS=1``, so that
+torchrun does not warn that it sets it). The set-up commands are not run (they create virtual
 environments); their form is checked.
 """
 
@@ -314,14 +316,19 @@ class CliSession:
             if i not in self.results:
                 number, text = self.lines[i]
                 argv = shlex.split(text, comments=True)
+                launcher, env = [sys.executable], self.env
+                if argv[0] == "torchrun" and "-m" in argv:  # data-parallel: torchrun <options> -m scoresde ...
+                    at = argv.index("-m")
+                    launcher = [sys.executable, "-m", "torch.distributed.run", *argv[1:at]]
+                    argv, env = argv[at + 1 :], {**self.env, "OMP_NUM_THREADS": "1"}
                 assert argv[0] == "scoresde", f"README.md:{number}: {text!r} is not a scoresde command"
                 args = argv[1:] if "--help" in argv else small_cli_args(argv[1:])
                 out = _options(args).get("--out")
                 assert out is None or not Path(out).is_absolute(), f"README.md:{number}: --out {out} is absolute"
                 proc = subprocess.run(
-                    [sys.executable, "-m", "scoresde", *args],
+                    [*launcher, "-m", "scoresde", *args],
                     cwd=self.cwd,
-                    env=self.env,
+                    env=env,
                     capture_output=True,
                     text=True,
                     timeout=300,
