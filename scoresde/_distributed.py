@@ -31,6 +31,7 @@ __all__ = [
     "all_gather_rows",
     "collective_failed",
     "rank_failed",
+    "row_bounds",
 ]
 
 
@@ -137,6 +138,12 @@ def check_agree(value: Any, what: str, group: Any = None) -> None:
             f"the ranks disagree on {what}: rank 0 has {gathered[0]!r}, rank(s) {differ} have "
             f"{[gathered[r] for r in differ]!r}; start every rank with the same settings (and the same checkpoint)"
         )
+
+
+def row_bounds(n: int, world: int) -> list[int]:
+    """Where the ranks' rows of a batch of ``n`` start: rank ``r`` of ``world`` has rows
+    ``[b[r], b[r + 1])`` with ``b[r] = r n // world`` (consecutive blocks whose sizes differ by at most one)."""
+    return [r * n // world for r in range(world + 1)]
 
 
 def all_gather_rows(own: torch.Tensor, sizes: list[int], what: str, group: Any = None) -> list[torch.Tensor]:

@@ -67,6 +67,7 @@ from ._distributed import (
     collective_failed,
     raise_if_any,
     rank_failed,
+    row_bounds,
 )
 from ._distributed import rank as dist_rank
 from ._distributed import world_size as dist_world_size
@@ -394,7 +395,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     optimizer states, the random states, the SDE, network, data and training configurations (the
     network within the sanity bounds of :func:`scoresde.nets.check_network_config`, checked before
     anything is allocated) and the history. Files of format version 1 (written before checksums)
-    have no checksum to verify and are accepted when all the other checks pass.
+    have no checksum to verify and are accepted when all the other checks pass. The fields
+    ``world_size`` and ``global_batch_size`` (the number of ranks of the run that wrote the file and
+    its global batch) are checked when present; files written before they were recorded lack them.
 
     Raises :class:`CheckpointError` (a ``ValueError``) for a missing, truncated, corrupt, foreign,
     inconsistent or newer-format file.
@@ -496,9 +499,9 @@ class _RowSlicedNet(torch.nn.Module):
         self.rank, self.world = rank, world
         self.where = ""
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Any) -> torch.Tensor:
         n = x.shape[0]
-        bounds = [r * n // self.world for r in range(self.world + 1)]
+        bounds = row_bounds(n, self.world)
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
         rows = isinstance(c, torch.Tensor) and c.dim() >= 1 and c.shape[0] == n
         own = self.ddp(x[lo:hi], c[lo:hi] if rows else c)
@@ -607,7 +610,8 @@ class Trainer:
 
         ids = None
         if self.device.type == "cuda":
-            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            index: int | None = self.device.index  # None for a bare "cuda" (torch's stubs say int)
+            ids = [index if index is not None else torch.cuda.current_device()]
         try:
             ddp = DistributedDataParallel(self.model.net, device_ids=ids)
         except RuntimeError as err:

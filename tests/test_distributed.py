@@ -13,8 +13,11 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import scoresde as sd
+from scoresde._distributed import row_bounds
 from scoresde.datasets import load_dataset
 from scoresde.nets import ScoreModel, build_network
 from scoresde.training import TrainConfig, Trainer, read_checkpoint
@@ -70,7 +73,7 @@ WORKER = textwrap.dedent("""
     sde = sd.VPSDE()
     model = ScoreModel(build_network("mlp", dim=2, hidden=16, layers=2, embed_dim=8), sde).double()
     data = load_dataset("moons", n=500, dtype=torch.float64)
-    cfg = TrainConfig(steps=steps, batch_size=30, lr=3e-3, warmup=5, checkpoint_every=20, log_every=5,
+    cfg = TrainConfig(steps=steps, batch_size=31, lr=3e-3, warmup=5, checkpoint_every=20, log_every=5,
                       objective=FailingDSM() if mode == "fail" else "dsm")
     t = train(sde, model, data, cfg, out_dir=out or None, progress=False)
     torch.save = save
@@ -136,7 +139,9 @@ def max_rel_diff(a, b):
 
 
 def test_two_ranks_take_the_steps_of_one(tmp_path):
-    """Same seed and global batch: 2 gloo ranks end within 1e-5 (relative, float64) of 1 process after 50 steps."""
+    """Same seed and global batch: 2 gloo ranks end within 1e-5 (relative, float64) of 1 process after 50 steps.
+
+    The global batch of 31 splits into 15 + 16 rows (unequal slices)."""
     single_procs, ddp_procs = launch(tmp_path, 0, 50, tag="single"), launch(tmp_path, 2, 50, tag="ddp")
     (single,), ranks = results(tmp_path, single_procs, "single"), results(tmp_path, ddp_procs, "ddp")
     assert single["world_size"] == 1 and [r["rank"] for r in ranks] == [0, 1] and ranks[1]["world_size"] == 2
@@ -170,7 +175,7 @@ def test_killed_two_rank_run_resumes_identically_and_loads_in_one_process(tmp_pa
         p.communicate()
     paused.unlink()
     ckpt = read_checkpoint(out / "last.pt")
-    assert ckpt["step"] == 40 and ckpt["world_size"] == 2 and ckpt["global_batch_size"] == 30
+    assert ckpt["step"] == 40 and ckpt["world_size"] == 2 and ckpt["global_batch_size"] == 31
     resumed, ref = run_ok(tmp_path, 2, 60, out=out, tag="resumed"), results(tmp_path, ref_procs, "ref")
     for key in ("model", "ema"):
         for k in ref[0][key]:
@@ -258,3 +263,19 @@ def test_torchrun_cli_trains_with_two_ranks(tmp_path):
         ["history.nc", "last.pt", "loss.png", "step_0000010.pt", "step_0000020.pt"]
     )
     assert max_rel_diff(ddp["model"], one["model"]) <= 1e-4  # float32
+
+
+@given(n=st.integers(0, 10_000), world=st.integers(1, 64))
+def test_row_bounds_split_a_batch_into_consecutive_near_equal_blocks(n, world):
+    b = row_bounds(n, world)
+    sizes = [hi - lo for lo, hi in zip(b[:-1], b[1:], strict=True)]
+    assert b[0] == 0 and b[-1] == n and len(sizes) == world
+    assert min(sizes) >= 0 and max(sizes) - min(sizes) <= 1 and sum(sizes) == n
+
+
+def test_single_process_trainer_has_rank_0_of_1_and_no_data_parallel_wrapper():
+    sde = sd.VPSDE()
+    model = ScoreModel(build_network("mlp", dim=2, hidden=16, layers=1, embed_dim=8), sde)
+    trainer = Trainer(sde, model, load_dataset("moons", n=100), TrainConfig(steps=1, batch_size=8))
+    assert (trainer.rank, trainer.world_size) == (0, 1) and not torch.distributed.is_initialized()
+    assert type(trainer.model.net).__name__ == "MLPScore"
