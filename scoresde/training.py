@@ -38,7 +38,8 @@ checkpoints, the history and progress bars (and locks ``out_dir``); the other ra
 stop with :class:`DistributedError` if it fails (and it stops if they fail).
 A rank whose process ends makes the others' next collective operation fail at once; a rank that
 stops answering makes them fail after the process group's timeout. Checkpoints record the world size
-and the global batch size, and load in runs of any world size.
+and the global batch size, and load in runs of any world size; every rank of a resumed run reads the
+checkpoint, so ``out_dir`` must be on a file system that all ranks see.
 """
 
 from __future__ import annotations
