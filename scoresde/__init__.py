@@ -96,7 +96,15 @@ if TYPE_CHECKING:
         sde_from_config,
     )
     from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
-    from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
+    from .training import (
+        CheckpointError,
+        DistributedError,
+        TrainConfig,
+        Trainer,
+        load_checkpoint,
+        read_checkpoint,
+        train,
+    )
 
 #: public submodules, importable as ``scoresde.<name>``
 _SUBMODULES = frozenset(
@@ -201,6 +209,7 @@ _NAMES: dict[str, str] = {
     "Heun": "solvers",
     "UniPC": "solvers",
     "CheckpointError": "training",
+    "DistributedError": "training",
     "TrainConfig": "training",
     "Trainer": "training",
     "load_checkpoint": "training",
@@ -291,6 +300,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "CheckpointError",
+    "DistributedError",
     "likelihood",
     "log_likelihood",
     "LikelihoodResult",

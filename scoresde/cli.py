@@ -806,7 +806,11 @@ def _add_train_parser(commands: Any) -> None:
         epilog="data:\n  " + ", ".join(DATASETS) + "\n  or a path to a .npy file (n, *features) or a netCDF "
         "file (--var NAME; first dimension: samples);\n  vectors are standardised, images (n, C, H, W) "
         "mapped to [-1, 1]\n\nexamples:\n  scoresde train --data moons --sde vp --steps 5000 --out "
-        "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits",
+        "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits\n"
+        "  torchrun --standalone --nproc-per-node 2 -m scoresde train --data moons --out runs/moons-ddp\n\n"
+        "under torchrun every rank takes its slice of each global batch (--batch-size) and the gradients\n"
+        "are averaged (DistributedDataParallel: gloo on CPU, nccl on CUDA, each rank on its LOCAL_RANK GPU);\n"
+        "rank 0 writes the checkpoints and prints",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
@@ -958,6 +962,13 @@ def _add_train_parser(commands: Any) -> None:
         metavar="N",
         help="torch CPU threads; 0 keeps torch's default (default: 1: the small networks gain "
         "little from intra-op parallelism, which is much slower when cores are shared)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before it stops with an error (default: 300)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train, subparser=p)
@@ -1512,6 +1523,7 @@ def _resume_trainer(
     given: dict[str, Any],
     out: Path,
     device: torch.device,
+    report: bool = True,
 ) -> Any:
     """A Trainer continued from ``last``, after checking that it is the same run (SDE, network, data).
 
@@ -1560,7 +1572,7 @@ def _resume_trainer(
         for k, v in given.items()
         if k not in BOOKKEEPING and k in train_cfg and train_cfg[k] != v
     ]
-    if ignored:
+    if ignored and report:
         print(
             f"{PROG}: warning: resuming keeps the checkpoint's settings; ignoring "
             + ", ".join(ignored)
@@ -1578,9 +1590,51 @@ def _resume_trainer(
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``scoresde train``; under torchrun (``RANK`` and ``WORLD_SIZE`` set) in a process group made here.
+
+    The group (gloo on CPU, nccl on CUDA with each rank on the GPU of its ``LOCAL_RANK``) has the
+    timeout ``--dist-timeout`` and is destroyed when the command ends.
+    """
+    import os
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return _train(args, argv)
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a group made by the caller (main() called in-process): use it as it is
+        return _train(args, argv)
+    device = _torch_device(args.device, args.subparser)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise CLIError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=args.dist_timeout)
+    )
+    from ._distributed import DistributedError
+
+    try:
+        return _train(args, argv)
+    except DistributedError as err:  # another rank failed or left: its own message says why
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from ._distributed import rank as dist_rank
+    from ._distributed import world_size as dist_world_size
+
     start = time.perf_counter()
     sub: argparse.ArgumentParser = args.subparser
     device = _torch_device(args.device, sub)
+    main_rank, world = dist_rank() == 0, dist_world_size()
 
     import torch
 
@@ -1604,7 +1658,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     sde = _sde_class(args.sde)()
     model = _build_score_model(args, data, sde, label)
     name = args.data if args.data in DATASETS else Path(args.data).stem
-    out = _prepare_out(args.out if args.out is not None else Path("runs") / name, sub, TRAIN_FILES)
+    out = args.out if args.out is not None else Path("runs") / name
+    if main_rank:  # rank 0 alone writes into --out (and locks it)
+        out = _prepare_out(out, sub, TRAIN_FILES)
     last = out / "last.pt"
 
     plotting = _plotting()
@@ -1615,10 +1671,11 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     try:
         if args.resume and last.exists():
-            trainer = _resume_trainer(last, sde, model, data, config, given, out, device)
-            print(f"resuming from {last} at step {trainer.step} (to step {args.steps})", flush=True)
+            trainer = _resume_trainer(last, sde, model, data, config, given, out, device, main_rank)
+            if main_rank:
+                print(f"resuming from {last} at step {trainer.step} (to step {args.steps})", flush=True)
         else:
-            if last.exists():
+            if last.exists() and main_rank:
                 print(
                     f"{PROG}: note: --no-resume: starting over at step 0; the checkpoints in {out} are replaced",
                     file=sys.stderr,
@@ -1626,9 +1683,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             trainer = Trainer(sde, model, data, config, out_dir=out, device=device)
         first = trainer.step
         t0 = time.perf_counter()
-        if trainer.step >= args.steps:
+        if trainer.step >= args.steps and main_rank:
             print(f"already at step {trainer.step} >= --steps {args.steps}: nothing to train", flush=True)
-        else:
+        elif trainer.step < args.steps:
             try:
                 trainer.train(progress=not args.quiet)
             except KeyboardInterrupt:
@@ -1639,11 +1696,16 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 )
                 raise
             except FloatingPointError as err:
-                print(f"{PROG}: error: {err} (checkpoints up to the last one before it are in {out})", file=sys.stderr)
+                if main_rank:
+                    print(
+                        f"{PROG}: error: {err} (checkpoints up to the last one before it are in {out})", file=sys.stderr
+                    )
                 return 1
         train_s = time.perf_counter() - t0
         trained = trainer.step - first
         score_err = None
+        if not main_rank:  # rank 0 reports and plots
+            return 0
         if data.name in ORACLE_DATASETS:
             score_err = score_error(trainer.ema, sde, model_space_oracle(data.name, data))
     finally:
@@ -1666,7 +1728,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"{PROG} train: data {label} ({' x '.join(map(str, (len(data), *data.feature_shape)))}, "
         f"{data.params.get('scaling')}: "
         f"shift {data.shift:.4g}, scale {data.scale:.4g}), {type(sde).__name__}, {net_name} "
-        f"({n_params:,} parameters, {trainer.model.parameterization}) on {trainer.device}",
+        f"({n_params:,} parameters, {trainer.model.parameterization}) on {trainer.device}"
+        + (f", {world} ranks (global batch {trainer.config.batch_size})" if world > 1 else ""),
         f"  steps      {trainer.step} ({trained} this run in {train_s:.1f} s: "
         + (f"{trained / train_s:.1f} steps/s)" if trained and train_s > 0 else "-)"),
         f"  wall time  {time.perf_counter() - start:.1f} s in all",

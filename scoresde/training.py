@@ -20,6 +20,26 @@ checkpoint (its step is at least that of every ``step_XXXXXXX.pt``), and a run r
 continues bit-identically on CPU. A trainer holds an exclusive lock on its ``out_dir``
 (``.scoresde.lock``) so that a second run cannot write into the same directory, and removes the
 temporary files that a killed run left there.
+
+**Data-parallel training.** Under an initialised ``torch.distributed`` process group (one that the
+user, or ``torchrun`` with ``scoresde train``, set up; the trainer never creates or destroys one) with
+:math:`N > 1` ranks, the network is wrapped in ``torch.nn.parallel.DistributedDataParallel``. Every
+rank draws the same global batch of ``batch_size`` samples and the same times and noise (the same
+generator, the same draws) and evaluates the objective on all of it, but the network only on its own
+rows: rank :math:`r` of a batch of :math:`n` evaluates rows :math:`[\lfloor rn/N \rfloor,
+\lfloor (r+1)n/N \rfloor)` with gradient, and the outputs of the other ranks' rows are gathered
+(without gradient). So the loss is that of the whole global batch on every rank, and the gradient of
+rank :math:`r` is :math:`\sum_{i \in r} (\partial L/\partial F_i)(\partial F_i/\partial\theta)`;
+the loss is scaled by :math:`N` before the backward pass, so that the all-reduce average of
+``DistributedDataParallel`` is :math:`\partial L/\partial\theta`, the single-process gradient of the
+global batch (for any loss, as long as the network treats rows independently). One rank and
+:math:`N` ranks thus take the same steps up to the order of floating-point sums. Rank 0 alone writes
+checkpoints, the history and progress bars (and locks ``out_dir``); the other ranks wait for it and
+stop with :class:`DistributedError` if it fails (and it stops if they fail).
+A rank whose process ends makes the others' next collective operation fail at once; a rank that
+stops answering makes them fail after the process group's timeout. Checkpoints record the world size
+and the global batch size, and load in runs of any world size; every rank of a resumed run reads the
+checkpoint, so ``out_dir`` must be on a file system that all ranks see.
 """
 
 from __future__ import annotations
@@ -41,6 +61,17 @@ import xarray as xr
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from ._checks import check_positive, check_positive_int, check_seed
+from ._distributed import (
+    DistributedError,
+    all_gather_rows,
+    check_agree,
+    collective_failed,
+    raise_if_any,
+    rank_failed,
+    row_bounds,
+)
+from ._distributed import rank as dist_rank
+from ._distributed import world_size as dist_world_size
 from ._io import DirectoryLock, OutputDirError, atomic_path, lock_directory, remove_stale_temps
 from ._progress import progress_bar
 from ._registry import UnregisteredError
@@ -64,6 +95,7 @@ __all__ = [
     "Trainer",
     "train",
     "CheckpointError",
+    "DistributedError",
     "OutputDirError",
     "checksum",
     "load_checkpoint",
@@ -328,6 +360,13 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
         v = data.get(key)
         if not _is_number(v) or not math.isfinite(v) or (key == "scale" and v <= 0):
             fail(f"data {key} must be a finite number{' > 0' if key == 'scale' else ''}, got {v!r}")
+    for key in ("world_size", "global_batch_size"):  # absent in checkpoints written before they were recorded
+        value = ckpt.get(key)
+        if value is not None and (not _is_int(value) or value < 1):
+            fail(f"field {key!r} must be an integer >= 1, got {value!r}")
+    batch = ckpt.get("global_batch_size")
+    if batch is not None and batch != train_cfg.get("batch_size"):
+        fail(f"the global batch size {batch!r} differs from the setting batch_size {train_cfg.get('batch_size')!r}")
     hist = ckpt["history"]
     keys = ("step", "loss", "lr", "grad_norm")
     if (
@@ -357,7 +396,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     optimizer states, the random states, the SDE, network, data and training configurations (the
     network within the sanity bounds of :func:`scoresde.nets.check_network_config`, checked before
     anything is allocated) and the history. Files of format version 1 (written before checksums)
-    have no checksum to verify and are accepted when all the other checks pass.
+    have no checksum to verify and are accepted when all the other checks pass. The fields
+    ``world_size`` and ``global_batch_size`` (the number of ranks of the run that wrote the file and
+    its global batch) are checked when present; files written before they were recorded lack them.
 
     Raises :class:`CheckpointError` (a ``ValueError``) for a missing, truncated, corrupt, foreign,
     inconsistent or newer-format file.
@@ -403,10 +444,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def _build_model(config: dict[str, Any], sde: SDE) -> ScoreModel:
+def _build_model(config: dict[str, Any], sde: SDE, weights: dict[str, Any] | None = None) -> ScoreModel:
+    """The model of ``config``, in the floating dtype of the checkpoint's ``weights`` (e.g. float64) if given."""
     from .nets import model_from_config
 
-    return model_from_config(config, sde)
+    model = model_from_config(config, sde)
+    dtypes = {v.dtype for v in (weights or {}).values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
+    return model
 
 
 def _load_state(module: torch.nn.Module, state: dict[str, Any], what: str, path: Any) -> None:
@@ -432,12 +478,41 @@ def load_checkpoint(
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     sde = sde_from_config(cfg["sde"])
-    model = _build_model(cfg["model"], sde)
+    model = _build_model(cfg["model"], sde, ckpt["ema" if ema else "model"])
     _load_state(model, ckpt["ema" if ema else "model"], "EMA" if ema else "model", path)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return sde, model, cfg["data"]
+
+
+class _RowSlicedNet(torch.nn.Module):
+    """The network of a data-parallel run: ``ddp`` (the wrapped network) on this rank's rows of every batch.
+
+    Called with a whole batch of ``n`` rows, rank ``r`` of ``world`` evaluates rows
+    ``[r n // world, (r + 1) n // world)`` with gradient; the rows of the other ranks are gathered
+    from them (without gradient) to complete the output.
+    """
+
+    def __init__(self, ddp: torch.nn.Module, rank: int, world: int) -> None:
+        super().__init__()
+        self.ddp = ddp
+        self.rank, self.world = rank, world
+        self.where = ""
+
+    def forward(self, x: torch.Tensor, c: Any) -> torch.Tensor:
+        n = x.shape[0]
+        bounds = row_bounds(n, self.world)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        rows = isinstance(c, torch.Tensor) and c.dim() >= 1 and c.shape[0] == n
+        own = self.ddp(x[lo:hi], c[lo:hi] if rows else c)
+        if not isinstance(own, torch.Tensor) or own.shape[:1] != (hi - lo,):
+            got = f"shape {tuple(own.shape)}" if isinstance(own, torch.Tensor) else type(own).__name__
+            raise ValueError(f"the network returned {got} for {hi - lo} input rows{self.where}; it must keep the rows")
+        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        blocks = all_gather_rows(own, sizes, f"gathering the network outputs{self.where}")
+        blocks[self.rank] = own
+        return torch.cat(blocks)
 
 
 class Trainer:
@@ -461,6 +536,12 @@ class Trainer:
         :meth:`close`, the end of a ``with`` block, or until the trainer is garbage-collected, and
         removes the temporary files that a killed run left behind.
     device : str or torch.device
+
+    Under an initialised ``torch.distributed`` process group with more than one rank, every rank
+    constructs its trainer with the same arguments and trains with ``DistributedDataParallel`` (see
+    the module's documentation): ``batch_size`` is the global batch, split over the ranks; only rank
+    0 locks and writes ``out_dir``. :attr:`rank` and :attr:`world_size` are this process's rank and the
+    number of ranks (0 and 1 without a process group).
     """
 
     #: seconds the whole :func:`~scoresde.training.train` call took (set only by that function)
@@ -478,6 +559,12 @@ class Trainer:
         from .nets import model_config
 
         self.config = config or TrainConfig()
+        self.rank, self.world_size = dist_rank(), dist_world_size()
+        if self.config.batch_size < self.world_size:
+            raise ValueError(
+                f"batch_size={self.config.batch_size} is the global batch, split over the {self.world_size} ranks; "
+                f"it must be at least the number of ranks"
+            )
         self.sde = sde
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -495,7 +582,7 @@ class Trainer:
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._lock: DirectoryLock | None = None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.rank == 0:  # rank 0 alone writes into out_dir
             self._lock = lock_directory(self.out_dir)  # OutputDirError: not writable or in use
             remove_stale_temps(self.out_dir, CHECKPOINT_FILES)
         self.ema = copy.deepcopy(self.model).eval()
@@ -514,6 +601,23 @@ class Trainer:
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
         self._buffer_pairs = list(zip(self.ema.buffers(), self.model.buffers(), strict=True))
+        self._sliced: _RowSlicedNet | None = None
+        if self.world_size > 1:
+            self._sliced = self._data_parallel_net()
+
+    def _data_parallel_net(self) -> _RowSlicedNet:
+        """``model.net`` in ``DistributedDataParallel`` (which makes every rank start from rank 0's weights)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None
+        if self.device.type == "cuda":
+            index: int | None = self.device.index  # None for a bare "cuda" (torch's stubs say int)
+            ids = [index if index is not None else torch.cuda.current_device()]
+        try:
+            ddp = DistributedDataParallel(self.model.net, device_ids=ids)
+        except RuntimeError as err:
+            raise collective_failed("setting up DistributedDataParallel", err) from err
+        return _RowSlicedNet(ddp, self.rank, self.world_size)
 
     def _make_scheduler(self, last_epoch: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
         """The linear warm-up ``LambdaLR``; ``last_epoch=k - 1`` continues it at step ``k``."""
@@ -545,7 +649,16 @@ class Trainer:
         self.objective.check(sde, model)
 
     def _loss(self, x0: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        loss: object = self.objective.loss(self.sde, self.model, x0, self.generator, z)  # user code: checked
+        if self._sliced is None:
+            loss: object = self.objective.loss(self.sde, self.model, x0, self.generator, z)  # user code: checked
+        else:  # data-parallel: the objective sees the whole batch, the network computes this rank's rows
+            net = self.model.net
+            self._sliced.where = f" at step {self.step + 1}"
+            self.model.net = self._sliced
+            try:
+                loss = self.objective.loss(self.sde, self.model, x0, self.generator, z)
+            finally:
+                self.model.net = net
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -578,9 +691,20 @@ class Trainer:
         idx = torch.randint(0, self._x.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device)
         if not self.model.training:
             self.model.train()
-        loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        if self._sliced is None:
+            loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        else:
+            try:
+                loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                # DistributedDataParallel averages the ranks' gradients: scaled by N, the average is their sum
+                (loss * self.world_size).backward()  # type: ignore[no-untyped-call]
+            except DistributedError:
+                raise
+            except RuntimeError as err:  # DistributedDataParallel's own collectives (buffers, gradients) fail so
+                raise rank_failed(f"step {self.step + 1}", err) from err
         if cfg.grad_clip > 0:  # clip_grad_norm_ skips parameters without a gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip))
         else:
@@ -604,7 +728,8 @@ class Trainer:
     def train(self, steps: int | None = None, progress: bool = True) -> Trainer:
         """Train until ``steps`` (default ``config.steps``) total steps, checkpointing as configured."""
         total = self.config.steps if steps is None else check_positive_int("steps", steps, minimum=0)
-        bar = progress_bar(total=total, initial=self.step, desc="train", disable=not progress)
+        self._check_ranks_agree(total)
+        bar = progress_bar(total=total, initial=self.step, desc="train", disable=not progress or self.rank != 0)
         every = self.config.checkpoint_every
         try:
             while self.step < total:
@@ -624,6 +749,32 @@ class Trainer:
             self.save_checkpoint()
         return self
 
+    def _check_ranks_agree(self, total: int) -> None:
+        """Under a process group: raise :class:`DistributedError` unless every rank starts from the same state."""
+        if self.world_size == 1:
+            return
+        import json
+
+        h = hashlib.sha256()
+        _digest({"generator": self.generator.get_state(), "data": self._x, "model": self.model.state_dict()}, h)
+        settings = json.dumps([repr(self.config), repr(self.sde), self.model_config, self.data.config()], default=str)
+        state = (self.step, total, settings, h.hexdigest())
+        check_agree(state, "the step, settings, data, weights and random state at the start of training")
+
+    def _on_main(self, what: str, write: Any) -> Any:
+        """``write()`` on rank 0 only (its result, ``None`` elsewhere); every rank then waits for it and raises if it
+        failed."""
+        if self.world_size == 1:
+            return write()
+        result, error = None, None
+        if self.rank == 0:
+            try:
+                result = write()
+            except Exception as err:  # every rank must hear of it: re-raised below (on rank 0 as itself)
+                error = err
+        raise_if_any(error, what)
+        return result
+
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The checkpoint payload, with its SHA-256 checksum under ``"sha256"`` (:func:`checksum`)."""
@@ -642,6 +793,8 @@ class Trainer:
             "history": {k: list(v) for k, v in self.history.items()},
             "data": data,
             "noise": self.data.noise,
+            "world_size": self.world_size,
+            "global_batch_size": self.config.batch_size,
         }
         payload["sha256"] = checksum(payload)
         return payload
@@ -650,18 +803,26 @@ class Trainer:
         """Write ``last.pt``, then ``step_XXXXXXX.pt``, then ``history.nc``, each atomically (or only ``path``).
 
         ``last.pt`` comes first so that it is always the newest complete checkpoint in ``out_dir``.
-        Returns the path of ``step_XXXXXXX.pt`` (or ``path``).
+        Returns the path of ``step_XXXXXXX.pt`` (or ``path``). Under a process group every rank calls it;
+        rank 0 writes, the others wait for it.
         """
         if path is None:
-            if self.out_dir is None:
+            out_dir = self.out_dir
+            if out_dir is None:
                 raise ValueError("no out_dir set: pass a path")
-            with lock_directory(self.out_dir):  # re-entrant: held already unless close() was called
-                state = self.state()
-                save_atomic(state, self.out_dir / "last.pt")
-                p = save_atomic(state, self.out_dir / f"step_{self.step:07d}.pt")
-                self.write_history()
-            return p
-        return save_atomic(self.state(), path)
+
+            def write() -> None:
+                with lock_directory(out_dir):  # re-entrant: held already unless close() was called
+                    state = self.state()
+                    save_atomic(state, out_dir / "last.pt")
+                    save_atomic(state, out_dir / f"step_{self.step:07d}.pt")
+                    self._write_history(out_dir)
+
+            self._on_main(f"writing the checkpoint of step {self.step} to {str(out_dir)!r} on rank 0", write)
+            return out_dir / f"step_{self.step:07d}.pt"
+        given = Path(path)
+        self._on_main(f"writing the checkpoint {str(given)!r} on rank 0", lambda: save_atomic(self.state(), given))
+        return given
 
     def load_state(self, ckpt: dict[str, Any], path: Any = "<memory>") -> None:
         _load_state(self.model, ckpt["model"], "model", path)
@@ -705,7 +866,7 @@ class Trainer:
         ckpt = read_checkpoint(path)
         cfg = ckpt["config"]
         sde = sde_from_config(cfg["sde"])
-        model = _build_model(cfg["model"], sde)
+        model = _build_model(cfg["model"], sde, ckpt["model"])
         train_cfg = dict(cfg["train"])
         if steps is not None:
             train_cfg["steps"] = steps
@@ -715,7 +876,10 @@ class Trainer:
                 data = Dataset(ckpt["data"], d["name"], d["shift"], d["scale"], d["params"], noise=ckpt.get("noise"))
             else:
                 p = d["params"]
-                data = load_dataset(d["name"], n=p.get("n", 20_000), seed=p.get("seed", 0), scaling=p["scaling"])
+                dtype = next((v.dtype for v in model.parameters() if v.is_floating_point()), torch.float32)
+                data = load_dataset(
+                    d["name"], n=p.get("n", 20_000), seed=p.get("seed", 0), scaling=p["scaling"], dtype=dtype
+                )
         trainer = cls(
             sde,
             model,
@@ -746,13 +910,16 @@ class Trainer:
         )
 
     def write_history(self) -> Path:
-        """Write ``out_dir/history.nc`` atomically."""
-        if self.out_dir is None:
+        """Write ``out_dir/history.nc`` atomically (under a process group: rank 0 writes, the others wait)."""
+        out_dir = self.out_dir
+        if out_dir is None:
             raise ValueError("no out_dir set")
-        path = self.out_dir / "history.nc"
-        with lock_directory(self.out_dir), atomic_path(path) as tmp:
+        self._on_main(f"writing {str(out_dir / 'history.nc')!r} on rank 0", lambda: self._write_history(out_dir))
+        return out_dir / "history.nc"
+
+    def _write_history(self, out_dir: Path) -> None:
+        with lock_directory(out_dir), atomic_path(out_dir / "history.nc") as tmp:
             self.history_dataset().to_netcdf(tmp)
-        return path
 
 
 def train(

@@ -16,7 +16,9 @@ Command lines (```` ```bash ```` blocks of the "Command line" section): each lin
 all lines (run in README order, so ``sample --checkpoint runs/moons/last.pt`` finds the checkpoint of
 the earlier ``train`` line), with the small-size options of :func:`small_cli_args` added (one place
 to adjust them). Each must exit 0 with nothing on stderr (no warning, no traceback) and write its
-files. ``--help`` lines run as they are. The set-up commands are not run (they create virtual
+files. ``--help`` lines run as they are. A ``torchrun <options> -m scoresde ...`` line runs as
+``python -m torch.distributed.run <options> -m scoresde ...`` (with ``OMP_NUM_THREADS=1``, so that
+torchrun does not warn that it sets it). The set-up commands are not run (they create virtual
 environments); their form is checked.
 """
 
