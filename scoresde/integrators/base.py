@@ -26,7 +26,12 @@ subclasses one of the two base classes:
     tensor (do not modify ``x`` in place);
   - :attr:`FixedStepSampler.nfe_per_step`: the score evaluations one step makes (``None`` if not fixed);
   - optionally :meth:`FixedStepSampler.grid` (default: uniform in :math:`t`), :meth:`Sampler.check` (raise
-    ``ValueError`` for SDEs the method is not defined for) and :meth:`Sampler.params` (provenance).
+    ``ValueError`` for SDEs the method is not defined for), :meth:`Sampler.params` (provenance) and
+    :meth:`FixedStepSampler.prepare_run` (a per-run state that needs the run's grid, built once).
+
+  Coefficients that depend on the time only are best computed once per run rather than once per step:
+  :class:`LinearDrift` does so for the reverse drift of a linear SDE, and :func:`run_table` gives a dict
+  that lives as long as the run's reverse-time SDE.
 
   The base class runs the loop, checks every state for divergence, saves the states nearest the requested
   times and shows the progress bar.
