@@ -340,7 +340,7 @@ class LinearDrift:
         """``(t as a 0-d tensor, f(t), -c g(t)^2, g(t))`` in ``x``'s dtype (the floats hold its values exactly)."""
         entry = self._table.get(t)
         if entry is None:
-            base = self.rsde.base
+            base = cast(LinearSDE, self.rsde.base)  # applies() accepts linear SDEs only
             tt = torch.tensor(float(t), dtype=x.dtype, device=x.device)
             f = 0.0 if self.zero_drift else float(base.drift_coef(tt))
             g = base.diffusion_coef(tt)
@@ -351,7 +351,7 @@ class LinearDrift:
     def diffusion_times(self, t: float, x: torch.Tensor, factor: float) -> float:
         """:math:`g(t)` times ``factor``, rounded to ``x``'s dtype as ``g(t) * factor`` on a tensor would be."""
         tt = self.coefficients(t, x)[0]
-        return float(self.rsde.base.diffusion_coef(tt) * factor)
+        return float(cast(LinearSDE, self.rsde.base).diffusion_coef(tt) * factor)
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         r""":math:`\bar f(x, t)`: one score evaluation."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -165,13 +165,13 @@ class AncestralPredictor(Predictor):
         if coefs is None:
             coefs = table[key] = _ancestral_coefficients(sde, t, t_next)
         if coefs[0] == "ve":
-            _, s2, a2 = coefs
+            s2, a2 = cast(float, coefs[1]), cast(float, coefs[2])
             return (x + (s2 - a2) * score).add_(math.sqrt(a2 * (s2 - a2) / s2) * z)
-        beta = coefs[1]
+        beta = cast(float, coefs[1])
         return ddpm_step(x, score, beta, math.sqrt(beta), z)
 
 
-def _ancestral_coefficients(sde: SDE, t: float, t_next: float) -> tuple[str, float] | tuple[str, float, float]:
+def _ancestral_coefficients(sde: SDE, t: float, t_next: float) -> tuple[Any, ...]:
     r"""``("ve", \sigma(t)^2, \sigma(t')^2)`` for a variance-exploding kernel, else ``("vp", \beta)``."""
     if is_variance_exploding(sde):
         ve = cast(LinearSDE, sde)  # check() accepts linear SDEs only
