@@ -26,7 +26,12 @@ subclasses one of the two base classes:
     tensor (do not modify ``x`` in place);
   - :attr:`FixedStepSampler.nfe_per_step`: the score evaluations one step makes (``None`` if not fixed);
   - optionally :meth:`FixedStepSampler.grid` (default: uniform in :math:`t`), :meth:`Sampler.check` (raise
-    ``ValueError`` for SDEs the method is not defined for) and :meth:`Sampler.params` (provenance).
+    ``ValueError`` for SDEs the method is not defined for), :meth:`Sampler.params` (provenance) and
+    :meth:`FixedStepSampler.prepare_run` (a per-run state that needs the run's grid, built once).
+
+  Coefficients that depend on the time only are best computed once per run rather than once per step:
+  :class:`LinearDrift` does so for the reverse drift of a linear SDE, and :func:`run_table` gives a dict
+  that lives as long as the run's reverse-time SDE.
 
   The base class runs the loop, checks every state for divergence, saves the states nearest the requested
   times and shows the progress bar.
@@ -42,6 +47,7 @@ Attributes every sampler declares: ``stochastic`` (whether it draws random numbe
 from __future__ import annotations
 
 import abc
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,7 +58,7 @@ from .._checks import check_positive, check_positive_int
 from .._guard import DivergenceGuard, check_score_output, max_abs, resolve_bound
 from .._kernels import singular_at_T, time_vector, tweedie
 from .._progress import progress_bar
-from ..sde import SDE, LinearSDE, ReverseSDE, ScoreFn
+from ..sde import SDE, VESDE, LinearSDE, ReverseSDE, ScoreFn
 
 __all__ = ["Sampler", "FixedStepSampler", "CountedScore", "Trajectory"]
 
@@ -237,6 +243,13 @@ class FixedStepSampler(Sampler):
         """Per-run state handed to every ``step`` (default: the reverse-time SDE)."""
         return sde.reverse(score_fn)
 
+    def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> Any:
+        """Per-run state for a run on ``grid`` (the run's :meth:`grid`, built once): :meth:`prepare` by default.
+
+        Samplers whose state depends on the grid override this rather than build the grid again.
+        """
+        return self.prepare(sde, score_fn)
+
     @abc.abstractmethod
     def step(
         self, state: Any, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
@@ -274,22 +287,90 @@ class FixedStepSampler(Sampler):
     ) -> Trajectory:
         grid = self.grid(sde)
         save_idx = set(nearest_indices(grid, save_times))
-        state = self.prepare(sde, score_fn)
+        state = self.prepare_run(sde, score_fn, grid)
+        times: list[float] = grid.tolist()  # Python floats, converted once per run
         traj = Trajectory()
         if 0 in save_idx:
-            traj.save(grid[0], x, score_fn.nfe)
+            traj.save(times[0], x, score_fn.nfe)
         desc = type(self).__name__
         guard = score_fn.guard
-        for i in progress_bar(range(len(grid) - 1), desc=desc, disable=not progress):
-            t, t_next = float(grid[i]), float(grid[i + 1])
+        step = self.step
+        for i in progress_bar(range(len(times) - 1), desc=desc, disable=not progress):
+            t, t_next = times[i], times[i + 1]
             guard.current_step = i
-            x = self.step(state, sde, x, t, t_next, generator)
+            x = step(state, sde, x, t, t_next, generator)
             guard.check(x, i, t, t_next)
             if i + 1 in save_idx:
-                traj.save(grid[i + 1], x, score_fn.nfe)
+                traj.save(t_next, x, score_fn.nfe)
         return traj
 
 
 def nearest_indices(grid: np.ndarray, times: np.ndarray) -> list[int]:
     """Indices of the grid points nearest ``times``, and of the last one, sorted."""
     return sorted({int(np.argmin(np.abs(grid - t))) for t in np.atleast_1d(times)} | {len(grid) - 1})
+
+
+class LinearDrift:
+    r"""The drift :math:`\bar f(x, t) = f(t)\,x - c\,g(t)^2 s_\theta(x, t)` of ``rsde``, the reverse-time SDE
+    (:math:`c = 1`) or probability-flow ODE (:math:`c = \tfrac12`) of a linear SDE, with :math:`f(t)`,
+    :math:`-c\,g(t)^2` and :math:`g(t)` as Python floats computed once per time of the run.
+
+    The coefficients come from the SDE's own ``drift_coef`` and ``diffusion_coef`` on a 0-d tensor in the
+    state's dtype, combined in the order of :meth:`scoresde.ReverseSDE.sde`, so the drift is bit-identical
+    to ``rsde.sde(x, t)[0]`` on the CPU while each step makes no coefficient tensors of its own. Use
+    :meth:`applies` first: it holds for a :class:`~scoresde.ReverseSDE` of a :class:`~scoresde.LinearSDE`
+    that keeps the linear drift :math:`f(t)\,x` (``sde`` not overridden, as for VP, sub-VP and VE).
+    """
+
+    def __init__(self, rsde: ReverseSDE) -> None:
+        self.rsde = rsde
+        self.zero_drift = type(rsde.base).sde is VESDE.sde
+        self.c = 0.5 if rsde.probability_flow else 1.0
+        self._table: dict[float, tuple[torch.Tensor, float, float, float]] = {}
+
+    @staticmethod
+    def applies(rsde: Any) -> bool:
+        r"""Whether ``rsde`` is a reverse-time SDE or ODE of a forward linear SDE with the drift :math:`f(t)\,x`."""
+        if type(rsde) is not ReverseSDE:
+            return False
+        base = rsde.base
+        return isinstance(base, LinearSDE) and not base.reversed and type(base).sde in (LinearSDE.sde, VESDE.sde)
+
+    def coefficients(self, t: float, x: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
+        """``(t as a 0-d tensor, f(t), -c g(t)^2, g(t))`` in ``x``'s dtype (the floats hold its values exactly)."""
+        entry = self._table.get(t)
+        if entry is None:
+            base = cast(LinearSDE, self.rsde.base)  # applies() accepts linear SDEs only
+            tt = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+            f = 0.0 if self.zero_drift else float(base.drift_coef(tt))
+            g = base.diffusion_coef(tt)
+            k = float((-self.c) * g**2)
+            entry = self._table[t] = (tt, f, k, float(g))
+        return entry
+
+    def diffusion_times(self, t: float, x: torch.Tensor, factor: float) -> float:
+        """:math:`g(t)` times ``factor``, rounded to ``x``'s dtype as ``g(t) * factor`` on a tensor would be."""
+        tt = self.coefficients(t, x)[0]
+        return float(cast(LinearSDE, self.rsde.base).diffusion_coef(tt) * factor)
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        r""":math:`\bar f(x, t)`: one score evaluation."""
+        tt, f, k, _ = self.coefficients(t, x)
+        score = self.rsde.score_fn(x, tt.reshape(-1).expand(x.shape[0]))
+        drift = score * k
+        if not self.zero_drift:
+            drift.add_(x * f)
+        return drift
+
+
+#: per-run tables of step coefficients, keyed (weakly) by the run's reverse-time SDE
+_RUN_TABLES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def run_table(rsde: Any) -> dict[Any, Any]:
+    """A dict that lives as long as ``rsde`` (the reverse-time SDE a run builds in ``prepare``): where the
+    steps of that run keep coefficients they compute once per time rather than once per step."""
+    table = _RUN_TABLES.get(rsde)
+    if table is None:
+        table = _RUN_TABLES[rsde] = {}
+    return table

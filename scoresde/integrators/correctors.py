@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import cast
 
 import torch
 
@@ -18,6 +19,7 @@ from .._checks import check_positive, check_positive_int
 from .._kernels import is_variance_preserving, randn_like, time_vector
 from ..schedules import log_coefs
 from ..sde import SDE, ReverseSDE
+from .base import run_table
 
 __all__ = [
     "Corrector",
@@ -100,6 +102,27 @@ def _annealed_step(corrector: Corrector, sde: SDE, x: torch.Tensor, t: float, al
     return 2 * alpha * (corrector.snr * float(std[0])) ** 2
 
 
+def _run_alpha(rsde: ReverseSDE, t: float, t_next: float) -> float:
+    """:func:`langevin_alpha` for ``rsde``'s forward SDE, computed once per run and pair of times."""
+    table = run_table(rsde)
+    key = ("langevin_alpha", t, t_next)
+    alpha = table.get(key)
+    if alpha is None:
+        alpha = table[key] = langevin_alpha(rsde.base, t, t_next)
+    return cast(float, alpha)
+
+
+def _run_annealed_step(corrector: Corrector, rsde: ReverseSDE, x: torch.Tensor, t: float, alpha: float) -> float:
+    r""":func:`_annealed_step` with :math:`\sigma(t)` (in ``x``'s dtype) computed once per run and time."""
+    table = run_table(rsde)
+    key = ("std", t, x.dtype, x.device)
+    std = table.get(key)
+    if std is None:
+        _, std_t = rsde.base.marginal_prob(x[:1], t)
+        std = table[key] = float(std_t[0])
+    return 2 * alpha * (corrector.snr * cast(float, std)) ** 2
+
+
 class LangevinCorrector(Corrector):
     r"""Langevin MCMC with step size from the signal-to-noise ratio (Song et al. 2021, Alg. 4).
 
@@ -121,7 +144,7 @@ class LangevinCorrector(Corrector):
     def update(
         self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        alpha = langevin_alpha(rsde.base, t, t_next)
+        alpha = _run_alpha(rsde, t, t_next)
         vt = time_vector(t, x)
         fallback: float | None = None
         for _ in range(self.steps):
@@ -131,7 +154,7 @@ class LangevinCorrector(Corrector):
             noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
             step = 2 * alpha * (self.snr * noise_norm / grad_norm) ** 2
             if fallback is None:
-                fallback = _annealed_step(self, rsde.base, x, t, alpha)
+                fallback = _run_annealed_step(self, rsde, x, t, alpha)
             # no host sync: the fallback is selected on the device
             step = torch.where(torch.isfinite(step), step, fallback)
             x = x + step * grad + torch.sqrt(2 * step) * noise
@@ -147,8 +170,8 @@ class AnnealedLangevinCorrector(Corrector):
     def update(
         self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        alpha = langevin_alpha(rsde.base, t, t_next)
-        step = _annealed_step(self, rsde.base, x, t, alpha)
+        alpha = _run_alpha(rsde, t, t_next)
+        step = _run_annealed_step(self, rsde, x, t, alpha)
         vt = time_vector(t, x)
         for _ in range(self.steps):
             grad = rsde.score_fn(x, vt)

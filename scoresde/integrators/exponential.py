@@ -70,6 +70,22 @@ class _Exponential(OnGrid, FixedStepSampler):
         check_linear(self, sde)
 
 
+@dataclass
+class _Run:
+    r"""Per-run state of an exponential integrator: the counted score and :math:`(s, \sigma, \lambda)` at the
+    grid times, each computed once per run (by :func:`~scoresde._kernels.kernel`, on first use)."""
+
+    score_fn: CountedScore
+    coefs: dict[float, tuple[float, float, float]] = field(default_factory=dict)
+
+    def kernel(self, sde: SDE, t: float) -> tuple[float, float, float]:
+        r""":math:`(s(t), \sigma(t), \lambda(t))`, from the run's table."""
+        k = self.coefs.get(t)
+        if k is None:
+            k = self.coefs[t] = kernel(sde, t)
+        return k
+
+
 class DDIM(_Exponential):
     r"""DDIM (Song, Meng & Ermon 2021) for any linear SDE, in data-prediction form.
 
@@ -132,15 +148,22 @@ class DDIM(_Exponential):
             "denoise": self.denoise,
         }
 
-    def prepare(self, sde: SDE, score_fn: CountedScore) -> CountedScore:
-        return score_fn
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> _Run:
+        return _Run(score_fn)
 
     def step(
-        self, score_fn: CountedScore, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+        self,
+        run: _Run | CountedScore,
+        sde: SDE,
+        x: torch.Tensor,
+        t: float,
+        t_next: float,
+        generator: torch.Generator,
     ) -> torch.Tensor:
-        s, sigma, lam = kernel(sde, t)
-        s2, sigma2, lam2 = kernel(sde, t_next)
-        score = score_fn(x, time_vector(t, x))
+        run = run if isinstance(run, _Run) else _Run(run)
+        s, sigma, lam = run.kernel(sde, t)
+        s2, sigma2, lam2 = run.kernel(sde, t_next)
+        score = run.score_fn(x, time_vector(t, x))
         x0 = tweedie(x, score, s, sigma)
         h = lam2 - lam
         if self.eta == 0:
@@ -155,10 +178,9 @@ class DDIM(_Exponential):
 # DPM-Solver++ multistep
 # ---------------------------------------------------------------------------------------
 @dataclass
-class _History:
+class _History(_Run):
     """Per-run state of a multistep solver: the last data predictions and their lambdas."""
 
-    score_fn: CountedScore
     step: int = 0
     lams: list[float] = field(default_factory=list)
     x0s: list[torch.Tensor] = field(default_factory=list)
@@ -182,7 +204,10 @@ class _Multistep(_Exponential):
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
         return _History(score_fn, lower_final=self.lowers_final_order(sde))
 
-    def lowers_final_order(self, sde: SDE | None = None) -> bool:
+    def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _History:
+        return _History(score_fn, lower_final=self.lowers_final_order(sde, grid))
+
+    def lowers_final_order(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
         """Whether the final steps use lower orders (default: whenever ``lower_order_final``)."""
         return self.lower_order_final
 
@@ -279,22 +304,23 @@ class DPMSolverPP(_Multistep):
             "denoise": self.denoise,
         }
 
-    def lowers_final_order(self, sde: SDE | None = None) -> bool:
-        """Whether the final steps use lower orders (for ``sde``'s grid; without it, by ``steps`` alone)."""
+    def lowers_final_order(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
+        """Whether the final steps use lower orders (for ``sde``'s grid, or ``grid`` when given: the run's
+        own, built once; without ``sde``, by ``steps`` alone)."""
         if not self.lower_order_final:
             return False
         if self.steps < self.lower_order_final_below:
             return True
         if sde is None or self.steps < 2:
             return False
-        lam = log_snr(sde, self.grid(sde))
+        lam = log_snr(sde, self.grid(sde) if grid is None else grid)
         return bool(lam[-1] - lam[-2] > self.lower_order_final_ratio * (lam[-2] - lam[-3]))
 
     def step(
         self, hist: _History, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        s, sigma, lam = kernel(sde, t)
-        s2, sigma2, lam2 = kernel(sde, t_next)
+        s, sigma, lam = hist.kernel(sde, t)
+        s2, sigma2, lam2 = hist.kernel(sde, t_next)
         score = hist.score_fn(x, time_vector(t, x))
         hist.x0s.append(tweedie(x, score, s, sigma))
         hist.lams.append(lam)
@@ -417,8 +443,8 @@ class UniPC(_Multistep):
     def step(
         self, st: _History, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        s, sigma, lam = kernel(sde, t)
-        s2, sigma2, lam2 = kernel(sde, t_next)
+        s, sigma, lam = st.kernel(sde, t)
+        s2, sigma2, lam2 = st.kernel(sde, t_next)
         if not st.x0s:  # first step: evaluate at x_T
             score = st.score_fn(x, time_vector(t, x))
             st.x0s.append(tweedie(x, score, s, sigma))

@@ -138,13 +138,18 @@ def velocity_field(
         return v_model
 
     t_max = sde.T - t_clip if singular_at_T(sde) else sde.T
+    # (s_dot / s, sigma^2, sigma_dot sigma) at each time asked about, computed once
+    coefs: dict[float, tuple[float, float, float]] = {}
 
     def v_score(x: torch.Tensor, t: float) -> torch.Tensor:
         t = min(t, t_max)
-        tt = torch.tensor(t, dtype=torch.float64)
-        s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
-        s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
+        c = coefs.get(t)
+        if c is None:
+            tt = torch.tensor(t, dtype=torch.float64)
+            s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
+            s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
+            c = coefs[t] = (s_dot / s, sigma**2, sigma_dot * sigma)
         score = score_fn(x, time_vector(t, x))
-        return (s_dot / s) * (x + sigma**2 * score) - (sigma_dot * sigma) * score
+        return c[0] * (x + c[1] * score) - c[2] * score
 
     return v_score

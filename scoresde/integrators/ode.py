@@ -16,7 +16,7 @@ import torch
 from .._checks import check_tolerances
 from .._progress import progress_bar
 from ..sde import SDE, ReverseSDE
-from .base import CountedScore, FixedStepSampler, Trajectory
+from .base import CountedScore, FixedStepSampler, LinearDrift, Trajectory
 
 __all__ = ["ProbabilityFlowODE", "SCIPY_METHODS", "solve_ode", "euler_heun_step"]
 
@@ -134,8 +134,10 @@ class ProbabilityFlowODE(FixedStepSampler):
         p.update(eps=self.eps, denoise=self.denoise)
         return p
 
-    def prepare(self, sde: SDE, score_fn: CountedScore) -> ReverseSDE:
-        return sde.reverse(score_fn, probability_flow=True)
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> ReverseSDE | LinearDrift:
+        """The probability-flow ODE, as a :class:`~scoresde.integrators.base.LinearDrift` where it applies."""
+        ode = sde.reverse(score_fn, probability_flow=True)
+        return LinearDrift(ode) if LinearDrift.applies(ode) else ode
 
     def max_saved_states(self, sde: SDE) -> int | None:
         """``steps + 1`` for the fixed-step methods; no limit for scipy's (it saves at exact times)."""
@@ -147,9 +149,16 @@ class ProbabilityFlowODE(FixedStepSampler):
         return {"euler": 1, "heun": 2}.get(self.method)
 
     def step(
-        self, ode: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+        self,
+        ode: ReverseSDE | LinearDrift,
+        sde: SDE,
+        x: torch.Tensor,
+        t: float,
+        t_next: float,
+        generator: torch.Generator,
     ) -> torch.Tensor:
-        return euler_heun_step(lambda y, s: ode.sde(y, s)[0], x, t, t_next, self.method == "heun")
+        f: Drift = ode if isinstance(ode, LinearDrift) else (lambda y, s: ode.sde(y, s)[0])
+        return euler_heun_step(f, x, t, t_next, self.method == "heun")
 
     def integrate(
         self,

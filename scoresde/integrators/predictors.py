@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from .._checks import broadcast_coef
 from .._kernels import ddpm_step, is_variance_exploding, is_variance_preserving, randn_like, time_vector
 from ..schedules import log_coefs
-from ..sde import SDE, LinearSDE, ReverseSDE
+from ..sde import SDE, VESDE, LinearSDE, ReverseSDE, VariancePreservingSDE
+from .base import run_table
 
 __all__ = [
     "Predictor",
@@ -91,8 +92,41 @@ class ReverseDiffusionPredictor(Predictor):
     def update(
         self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
     ) -> torch.Tensor:
-        f, G = rsde.discretize(x, t, t - t_next)
-        return (x - f).add_(broadcast_coef(G, x) * randn_like(x, generator))
+        coefs = _exact_transition(rsde, x, t, t - t_next)
+        if coefs is None:
+            f, G = rsde.discretize(x, t, t - t_next)
+            return (x - f).add_(broadcast_coef(G, x) * randn_like(x, generator))
+        # the same update with the run's coefficients: F(x) = a x (a = 0: VE), G = g
+        tt, a, k, g = coefs
+        f = rsde.score_fn(x, tt.reshape(-1).expand(x.shape[0])) * k
+        if a is not None:
+            f.add_(x * a)
+        return (x - f).add_(randn_like(x, generator).mul_(g))
+
+
+def _exact_transition(
+    rsde: ReverseSDE, x: torch.Tensor, t: float, dt: float
+) -> tuple[torch.Tensor, float | None, float, float] | None:
+    r"""For a reverse-time SDE whose forward SDE uses the exact transition of VP (and DDPM) or VE as
+    ``discretize``, ``(t, a, -G^2, G)`` of :math:`x_t = x + a x + G z` (``a`` None for VE) over ``dt``, as
+    the SDE computes them in ``x``'s dtype, once per run and time; else None."""
+    base = rsde.base
+    if type(rsde) is not ReverseSDE or rsde.probability_flow or base.reversed:
+        return None
+    kind = type(base).discretize
+    if kind is not VariancePreservingSDE.discretize and kind is not VESDE.discretize:
+        return None
+    table = run_table(rsde)
+    key = ("transition", t, dt, x.dtype, x.device)
+    entry = table.get(key)
+    if entry is None:
+        # the SDE's own discretize (and its checks) on a one-sample probe of ones: F(1) = a exactly
+        probe = torch.ones((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        F, G = base.discretize(probe, t, dt)
+        a = None if kind is VESDE.discretize else float(F.reshape(-1)[0])
+        tt = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+        entry = table[key] = (tt, a, float(-1.0 * G[0] ** 2), float(G[0]))
+    return cast(tuple[torch.Tensor, float | None, float, float], entry)
 
 
 class AncestralPredictor(Predictor):
@@ -125,15 +159,28 @@ class AncestralPredictor(Predictor):
         sde = rsde.base
         score = rsde.score_fn(x, time_vector(t, x))
         z = randn_like(x, generator)
-        if is_variance_exploding(sde):
-            ve = cast(LinearSDE, sde)  # check() accepts linear SDEs only
-            s2 = float(ve.std(torch.tensor(t, dtype=torch.float64))) ** 2
-            a2 = float(ve.std(torch.tensor(t_next, dtype=torch.float64))) ** 2
+        table = run_table(rsde)
+        key = ("ancestral", t, t_next)
+        coefs = table.get(key)  # the step's coefficients, computed once per run
+        if coefs is None:
+            coefs = table[key] = _ancestral_coefficients(sde, t, t_next)
+        if coefs[0] == "ve":
+            s2, a2 = cast(float, coefs[1]), cast(float, coefs[2])
             return (x + (s2 - a2) * score).add_(math.sqrt(a2 * (s2 - a2) / s2) * z)
-        log_s, _ = log_coefs(sde, t)
-        log_s_next, _ = log_coefs(sde, t_next)
-        beta = -math.expm1(2.0 * float(log_s - log_s_next))
+        beta = cast(float, coefs[1])
         return ddpm_step(x, score, beta, math.sqrt(beta), z)
+
+
+def _ancestral_coefficients(sde: SDE, t: float, t_next: float) -> tuple[Any, ...]:
+    r"""``("ve", \sigma(t)^2, \sigma(t')^2)`` for a variance-exploding kernel, else ``("vp", \beta)``."""
+    if is_variance_exploding(sde):
+        ve = cast(LinearSDE, sde)  # check() accepts linear SDEs only
+        s2 = float(ve.std(torch.tensor(t, dtype=torch.float64))) ** 2
+        a2 = float(ve.std(torch.tensor(t_next, dtype=torch.float64))) ** 2
+        return ("ve", s2, a2)
+    log_s, _ = log_coefs(sde, t)
+    log_s_next, _ = log_coefs(sde, t_next)
+    return ("vp", -math.expm1(2.0 * float(log_s - log_s_next)))
 
 
 class NonePredictor(Predictor):

@@ -9,12 +9,14 @@ corrector's NFE (predictor–corrector; see :mod:`~scoresde.integrators.predicto
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import torch
 
+from .._kernels import randn_like
 from ..sde import SDE, ReverseSDE
-from .base import CountedScore, FixedStepSampler
+from .base import CountedScore, FixedStepSampler, LinearDrift
 from .correctors import CORRECTOR_ALIASES, CORRECTORS, Corrector, NoneCorrector
 from .predictors import PREDICTORS, EulerMaruyamaPredictor, NonePredictor, Predictor
 
@@ -51,10 +53,28 @@ class EulerMaruyama(FixedStepSampler):
         """One score evaluation per step."""
         return 1
 
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> ReverseSDE | LinearDrift:
+        """The reverse-time SDE, as a :class:`~scoresde.integrators.base.LinearDrift` where it applies."""
+        rsde = sde.reverse(score_fn)
+        return LinearDrift(rsde) if LinearDrift.applies(rsde) else rsde
+
     def step(
-        self, rsde: ReverseSDE, sde: SDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
+        self,
+        rsde: ReverseSDE | LinearDrift,
+        sde: SDE,
+        x: torch.Tensor,
+        t: float,
+        t_next: float,
+        generator: torch.Generator,
     ) -> torch.Tensor:
-        return _EM_PREDICTOR.update(rsde, x, t, t_next, generator)
+        if not isinstance(rsde, LinearDrift):
+            return _EM_PREDICTOR.update(rsde, x, t, t_next, generator)
+        # the predictor's update with the run's coefficients: x + drift dt + g sqrt(-dt) z
+        dt = t_next - t
+        drift = rsde(x, t)
+        noise = randn_like(x, generator)
+        x = x + drift.mul_(dt)
+        return x.add_(noise.mul_(rsde.diffusion_times(t, x, math.sqrt(-dt))))
 
 
 _EM_PREDICTOR = EulerMaruyamaPredictor()
