@@ -67,6 +67,7 @@ SDE_CHOICES: dict[str, tuple[str, str]] = {
     "vp": ("VPSDE", "variance preserving, beta(t) linear from 0.1 to 20 (DDPM's continuous limit)"),
     "subvp": ("SubVPSDE", "sub-VP: the VP drift with a smaller diffusion, variance 1 - s(t)^2 squared"),
     "ve": ("VESDE", "variance exploding, sigma(t) geometric from 0.01 to 50 (SMLD / NCSN)"),
+    "edm": ("EDMSDE", "variance exploding in EDM's time, sigma(t) = t from 0 to 80 (Karras et al. 2022)"),
     "ddpm": ("DDPMSDE", "the VP SDE through Ho et al.'s 1000-step DDPM chain (linear betas 1e-4..0.02)"),
     "rf": ("RectifiedFlow", "rectified flow: x_t = (1 - t) x_0 + t z (sampled with the flow ODE)"),
 }

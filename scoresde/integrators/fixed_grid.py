@@ -80,10 +80,6 @@ class OnGrid:
             return np.array([float(sde.T)])
         return self.time_grid(sde, self.grid_steps, self.eps)
 
-    def max_saved_states(self, sde: SDE) -> int | None:
-        """The states on the grid: ``grid_steps + 1`` (the state at sigma = 0 is saved in addition)."""
-        return self.grid_steps + 1
-
     def check_grid(self, sde: SDE) -> None:
         """Raise ``ValueError`` if the grid needs a linear SDE and ``sde`` is not one (or ``to_zero`` is set)."""
         if self.time_grid.needs_linear_sde and not isinstance(sde, LinearSDE):
