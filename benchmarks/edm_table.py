@@ -49,10 +49,11 @@ def main() -> None:
         for sname, sde in sdes:
             score = mix.score(sde)
             x_T = sde.prior_sampling((args.n, mix.dim), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-            ref = sd.sample(sde, score, sd.ProbabilityFlowODE("DOP853", rtol=1e-10, atol=1e-10), x_T=x_T,
-                            progress=False).x.values[-1]
+            ref = sd.sample(
+                sde, score, sd.ProbabilityFlowODE("DOP853", rtol=1e-10, atol=1e-10), x_T=x_T, progress=False
+            ).x.values[-1]
 
-            def rmse(a):
+            def rmse(a, ref=ref):
                 return math.sqrt(float(np.mean(np.sum((a - ref) ** 2, axis=1))))
 
             for nfe in (10, 20, 50):
@@ -66,13 +67,12 @@ def main() -> None:
                         row.append(f"{rmse(ds.x.values[-1]):.3g}")
                 if sname == "VE":
                     sig = sd.schedules.KarrasSigma(7.0).sigmas(sde, nfe // 2, 1e-3)
-                    sigma_to_t = lambda s_: sd.schedules.invert_log_snr(sde, -np.log(s_), 1e-3)  # noqa: E731
-                    ts = sigma_to_t(sig)
+                    ts = sd.schedules.invert_log_snr(sde, -np.log(sig), 1e-3)
                     ts[0], ts[-1] = sde.T, 1e-3
                     sig = sd.schedules.noise_level(sde, ts)
                     tmap = dict(zip(sig.tolist(), ts.tolist(), strict=True))
                     with torch.no_grad():
-                        out = karras_heun(lambda x, s_: score(x, tmap[s_]), x_T.clone(), sig)
+                        out = karras_heun(lambda x, s_, f=score, m=tmap: f(x, m[s_]), x_T.clone(), sig)
                     row.append(f"{rmse(out.numpy()):.3g}")
                 else:
                     row.append("-")

@@ -82,10 +82,10 @@ if TYPE_CHECKING:
     from .sampling import sample
     from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
     from .sde import (
+        EDMSDE,
         SDE,
         SDE_REGISTRY,
         VESDE,
-        EDMSDE,
         VPSDE,
         LinearSDE,
         ReverseSDE,

@@ -18,8 +18,8 @@ As in score_sde, the squared norm is reduced over the feature dimensions by ``re
 ``"sum"`` and then averaged over the batch.
 
 The trainer minimises an :class:`Objective`: :class:`DenoisingScoreMatching`, :class:`DDPMObjective`,
-:class:`FlowMatching`, :class:`EDMObjective`, or a subclass of your own (registered when it is defined, recorded in checkpoints
-by name and parameters, never imported on loading).
+:class:`FlowMatching`, :class:`EDMObjective`, or a subclass of your own (registered when it is defined,
+recorded in checkpoints by name and parameters, never imported on loading).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from ._checks import broadcast_coef, check_finite_tensor, check_positive
 from ._registry import Registry, default_name, is_abstract, recorded_params
 from .schedules import invert_log_snr, noise_level
-from .sde import SDE, EDMSDE, LinearSDE
+from .sde import EDMSDE, SDE, LinearSDE
 
 if TYPE_CHECKING:
     from .nets import ScoreModel

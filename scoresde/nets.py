@@ -749,8 +749,8 @@ class ScoreModel(nn.Module):
     the data prediction is
 
     .. math::
-        D_\theta(x, t) = c_{\rm skip}(\tilde\sigma)\,\tilde x
-            + c_{\rm out}(\tilde\sigma)\,F_\theta\big(c_{\rm in}(\tilde\sigma)\,\tilde x,\ c_{\rm noise}(\tilde\sigma)\big),
+        D_\theta(x, t) = c_{\rm skip}\,\tilde x
+            + c_{\rm out}\,F_\theta\big(c_{\rm in}\,\tilde x,\ c_{\rm noise}\big),
 
         c_{\rm skip} = \frac{\sigma_{\rm data}^2}{\tilde\sigma^2 + \sigma_{\rm data}^2}, \quad
         c_{\rm out} = \frac{\tilde\sigma\,\sigma_{\rm data}}{\sqrt{\tilde\sigma^2 + \sigma_{\rm data}^2}}, \quad

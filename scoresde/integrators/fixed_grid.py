@@ -219,7 +219,7 @@ class Euler(OnGrid, ProbabilityFlowODE):
         assert self.nfe_per_step is not None
         return self.grid_steps * self.nfe_per_step + int(self.to_zero) + int(self.denoise)
 
-    def prepare(self, sde: SDE, score_fn: CountedScore) -> ReverseSDE | CountedScore:
+    def prepare(self, sde: SDE, score_fn: CountedScore) -> Any:
         """The probability-flow ODE (form ``"t"``), or the counted score itself (EDM form)."""
         return super().prepare(sde, score_fn) if self.form_for(sde) == "t" else score_fn
 
@@ -262,9 +262,7 @@ class Heun(Euler):
     _method = "heun"
 
 
-def edm_step(
-    score_fn: CountedScore, sde: SDE, x: torch.Tensor, t: float, t_next: float, heun: bool
-) -> torch.Tensor:
+def edm_step(score_fn: CountedScore, sde: SDE, x: torch.Tensor, t: float, t_next: float, heun: bool) -> torch.Tensor:
     r"""One Euler or Heun step of :math:`d\tilde x/d\tilde\sigma = \hat\varepsilon` from ``t`` to ``t_next``
     (see :class:`Euler`, :class:`Heun`), returned in the original variable :math:`x = s\,\tilde x`."""
     s, sigma, _ = kernel(sde, t)
