@@ -398,3 +398,17 @@ def test_edm_objective_trains_and_checkpoints(tmp_path):
         assert torch.equal(loaded(x, t), trainer.ema(x, t))
     ds = sd.sample(sde2, loaded, sd.Heun(8, grid="karras", to_zero=True), shape=(64, 2), progress=False)
     assert ds.attrs["nfe"] == 15 and np.isfinite(ds["x"].values).all()
+
+
+def test_cli_reaches_form_and_to_zero(tmp_path):
+    from scoresde import cli
+    from scoresde.integrators.fixed_grid import FORMS
+
+    assert cli.FORM_NAMES == FORMS and cli.SDE_CHOICES["edm"][0] == "EDMSDE"
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["sample", "--sde", "edm", "--sampler", "heun", "--steps", "5", "--to-zero", "--form", "edm"]
+    )
+    sampler = cli.build_sampler(args)
+    assert isinstance(sampler, sd.Heun) and sampler.to_zero and sampler.form == "edm"
+    assert sampler.expected_nfe(sd.EDMSDE()) == 9
