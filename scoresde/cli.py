@@ -1148,7 +1148,9 @@ def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
         final = torch.from_numpy(np.asarray(ds["x"].isel(time=-1).values, dtype=np.float64))
         finite = bool(torch.isfinite(final).all())
-        if sampler.denoise or getattr(sampler, "to_zero", False):
+        if sampler.denoise:
+            reference, reference_desc = target, "the target (denoised samples, t = 0)"
+        elif getattr(sampler, "to_zero", False):
             reference, reference_desc = target, "the target (samples at sigma = 0, t = 0)"
         else:
             reference, reference_desc = target.marginal(sde, sampler.eps), f"p_t at t = eps = {sampler.eps:g}"
