@@ -1,7 +1,7 @@
 """End-point RMSE of Euler and Heun on the probability-flow ODE, against a DOP853 solve (rtol = atol = 1e-10) of
 the same ODE from the same x_T, on the 8-Gaussian ring and a 10-D random mixture (exact scores), VE and VP.
 
-Run: PYTHONPATH=$PWD python benchmarks/edm_table.py [--n 2000]
+Run: PYTHONPATH=$PWD python benchmarks/edm_table.py [--n 2000] [--grid uniform|karras|...] [--ve-sigma 0.01 50]
 
 Columns: Euler and Heun in each available ``form`` ("t": steps in t; "edm": steps in the noise level
 sigma~ = sigma/s on the same grid), and a k-diffusion-style Heun that steps in sigma on the Karras (rho = 7)
@@ -38,11 +38,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--grid", default="uniform")
+    ap.add_argument("--ve-sigma", type=float, nargs=2, default=(0.01, 50.0), metavar=("MIN", "MAX"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     forms = ["t", "edm"] if "form" in inspect.signature(sd.Heun).parameters else ["t"]
     cases = [("ring", sd.eight_gaussians()), ("10-D", sd.random_mixture(dim=10))]
-    sdes = [("VE", sd.VESDE()), ("VP", sd.VPSDE())]
+    sdes = [("VE", sd.VESDE(*args.ve_sigma)), ("VP", sd.VPSDE())]
     head = ["target", "SDE", "NFE"] + [f"{m}-{f}" for m in ("Euler", "Heun") for f in forms] + ["Heun-sigma(karras)"]
     print(" | ".join(head))
     for tname, mix in cases:
