@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         OBJECTIVE_REGISTRY,
         DDPMObjective,
         DenoisingScoreMatching,
+        EDMObjective,
         FlowMatching,
         Objective,
         dsm_loss,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     from .sampling import sample
     from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
     from .sde import (
+        EDMSDE,
         SDE,
         SDE_REGISTRY,
         VESDE,
@@ -149,6 +151,7 @@ _NAMES: dict[str, str] = {
     "velocity_loss": "losses",
     "Objective": "losses",
     "DenoisingScoreMatching": "losses",
+    "EDMObjective": "losses",
     "DDPMObjective": "losses",
     "FlowMatching": "losses",
     "OBJECTIVE_REGISTRY": "losses",
@@ -193,6 +196,7 @@ _NAMES: dict[str, str] = {
     "get_grid": "schedules",
     "SDE": "sde",
     "VESDE": "sde",
+    "EDMSDE": "sde",
     "VPSDE": "sde",
     "LinearSDE": "sde",
     "ReverseSDE": "sde",
@@ -240,6 +244,7 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "VESDE",
+    "EDMSDE",
     "ReverseSDE",
     "GaussianMixture",
     "MixtureScore",
@@ -291,6 +296,7 @@ __all__ = [
     "NETWORK_REGISTRY",
     "Objective",
     "DenoisingScoreMatching",
+    "EDMObjective",
     "DDPMObjective",
     "FlowMatching",
     "OBJECTIVE_REGISTRY",

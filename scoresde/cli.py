@@ -67,6 +67,7 @@ SDE_CHOICES: dict[str, tuple[str, str]] = {
     "vp": ("VPSDE", "variance preserving, beta(t) linear from 0.1 to 20 (DDPM's continuous limit)"),
     "subvp": ("SubVPSDE", "sub-VP: the VP drift with a smaller diffusion, variance 1 - s(t)^2 squared"),
     "ve": ("VESDE", "variance exploding, sigma(t) geometric from 0.01 to 50 (SMLD / NCSN)"),
+    "edm": ("EDMSDE", "variance exploding in EDM's time, sigma(t) = t from 0 to 80 (Karras et al. 2022)"),
     "ddpm": ("DDPMSDE", "the VP SDE through Ho et al.'s 1000-step DDPM chain (linear betas 1e-4..0.02)"),
     "rf": ("RectifiedFlow", "rectified flow: x_t = (1 - t) x_0 + t z (sampled with the flow ODE)"),
 }
@@ -78,6 +79,7 @@ CORRECTOR_NAMES = ("langevin", "ald", "none")
 WEIGHTING_NAMES = ("sigma2", "likelihood")
 OBJECTIVE_NAMES = ("dsm", "ddpm", "flow_matching")
 GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras")
+FORM_NAMES = ("auto", "edm", "t")
 SCIPY_METHOD_NAMES = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 TORCHSDE_METHOD_NAMES = ("euler", "milstein", "srk", "heun", "midpoint", "reversible_heun")
 FLOW_METHOD_NAMES = ("euler", "heun")
@@ -306,6 +308,8 @@ SAMPLER_OPTIONS = (
     "grid",
     "eps",
     "denoise",
+    "form",
+    "to_zero",
 )
 _END = ("eps", "denoise")
 
@@ -380,28 +384,30 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ("rtol", "atol", *_END),
     ),
     "euler": SamplerSpec(
-        "solvers:Euler", "probability-flow ODE, Euler in t on --grid; default 100 steps", ("steps", "grid", *_END)
+        "solvers:Euler",
+        "probability-flow ODE, Euler in t or in the noise level (--form) on --grid; default 100 steps",
+        ("steps", "grid", "form", "to_zero", *_END),
     ),
     "heun": SamplerSpec(
         "solvers:Heun",
-        "probability-flow ODE, Heun in t on --grid (2 NFE per step); default 100 steps",
-        ("steps", "grid", *_END),
+        "probability-flow ODE, Heun in t or in the noise level (--form) on --grid (2 NFE per step); default 100 steps",
+        ("steps", "grid", "form", "to_zero", *_END),
     ),
     "ddim": SamplerSpec(
         "solvers:DDIM",
         "DDIM (first-order exponential integrator; --eta > 0 adds noise) on --grid; default 50 steps",
-        ("steps", "grid", "eta", *_END),
+        ("steps", "grid", "eta", "to_zero", *_END),
     ),
     "dpmsolver++": SamplerSpec(
         "solvers:DPMSolverPP",
         "DPM-Solver++ multistep, --order 2 (default) or 3, on --grid (default logsnr); default 20 steps",
-        ("order", "steps", "grid", "lower_order_final", *_END),
+        ("order", "steps", "grid", "lower_order_final", "to_zero", *_END),
     ),
     "unipc": SamplerSpec(
         "solvers:UniPC",
         "UniPC predictor-corrector, --order 1-3 (default 3), --variant bh2|bh1, on --grid (default logsnr); "
         "default 20 steps",
-        ("order", "variant", "steps", "grid", "lower_order_final", *_END),
+        ("order", "variant", "steps", "grid", "lower_order_final", "to_zero", *_END),
     ),
     "ddpm": SamplerSpec(
         "ddpm:DDPMAncestral",
@@ -436,7 +442,7 @@ def _option_flag(dest: str) -> str:
 
 def _given(args: argparse.Namespace, dest: str) -> bool:
     value = getattr(args, dest, None)
-    return bool(value) if dest == "denoise" else value is not None
+    return bool(value) if dest in ("denoise", "to_zero") else value is not None
 
 
 def _check_sampler_options(args: argparse.Namespace, sub: argparse.ArgumentParser) -> None:
@@ -724,6 +730,19 @@ def _add_sample_parser(commands: Any) -> None:
         action="store_true",
         help="finish with the Tweedie denoising step (one more NFE) and compare with the "
         "target itself instead of its marginal at t = eps (not ddpm, flow)",
+    )
+    g.add_argument(
+        "--form",
+        choices=FORM_NAMES,
+        default=None,
+        help="euler, heun: step in t, or in the noise level sigma/s (edm); auto: edm on VE, t otherwise "
+        "(default: auto)",
+    )
+    g.add_argument(
+        "--to-zero",
+        action="store_true",
+        help="euler, heun, ddim, dpmsolver++, unipc: end at sigma = 0 with the data prediction within --steps "
+        "(no extra NFE; heun: 2 steps - 1 NFE) and compare with the target itself",
     )
 
     g = p.add_argument_group("run and output")
@@ -1203,6 +1222,8 @@ def _cmd_sample_target(args: argparse.Namespace, argv: Sequence[str], rank: int)
         finite = bool(torch.isfinite(final).all())
         if sampler.denoise:
             reference, reference_desc = target, "the target (denoised samples, t = 0)"
+        elif getattr(sampler, "to_zero", False):
+            reference, reference_desc = target, "the target (samples at sigma = 0, t = 0)"
         else:
             reference, reference_desc = target.marginal(sde, sampler.eps), f"p_t at t = eps = {sampler.eps:g}"
         ev = None

@@ -18,8 +18,8 @@ As in score_sde, the squared norm is reduced over the feature dimensions by ``re
 ``"sum"`` and then averaged over the batch.
 
 The trainer minimises an :class:`Objective`: :class:`DenoisingScoreMatching`, :class:`DDPMObjective`,
-:class:`FlowMatching`, or a subclass of your own (registered when it is defined, recorded in checkpoints
-by name and parameters, never imported on loading).
+:class:`FlowMatching`, :class:`EDMObjective`, or a subclass of your own (registered when it is defined,
+recorded in checkpoints by name and parameters, never imported on loading).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ import abc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import numpy as np
 import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive
 from ._registry import Registry, default_name, is_abstract, recorded_params
-from .sde import SDE, LinearSDE
+from .schedules import invert_log_snr, noise_level
+from .sde import EDMSDE, SDE, LinearSDE
 
 if TYPE_CHECKING:
     from .nets import ScoreModel
@@ -45,6 +47,7 @@ __all__ = [
     "DenoisingScoreMatching",
     "DDPMObjective",
     "FlowMatching",
+    "EDMObjective",
     "OBJECTIVE_REGISTRY",
     "objective_config",
     "objective_from_config",
@@ -408,6 +411,107 @@ class FlowMatching(Objective, name="flow_matching"):
         return velocity_loss(
             cast(LinearSDE, sde), model.velocity, x0, eps=self.eps, reduce=self.reduce, generator=generator, z=z
         )
+
+
+class EDMObjective(Objective, name="edm"):
+    r"""EDM's training objective (Karras et al. 2022, eq. 2 and Table 1), for any linear SDE and any model.
+
+    With the noise level :math:`\tilde\sigma = \sigma(t)/s(t)` and the model's data prediction
+    :math:`D_\theta` (:meth:`scoresde.nets.ScoreModel.data_prediction`; best with
+    ``parameterization="edm"``, whose preconditioning gives every noise level unit weight on the network's
+    output),
+
+    .. math::
+        \mathcal L(\theta) = \mathbb E_{\tilde\sigma, x_0, z}\,\lambda(\tilde\sigma)\,
+            \big\| D_\theta\big(s(t)(x_0 + \tilde\sigma z), t\big) - x_0 \big\|^2, \qquad
+        \lambda(\tilde\sigma) = \frac{\tilde\sigma^2 + \sigma_{\rm data}^2}{(\tilde\sigma\,\sigma_{\rm data})^2},
+        \qquad \log\tilde\sigma \sim \mathcal N(P_{\rm mean}, P_{\rm std}^2),
+
+    where :math:`t` is the time with :math:`\tilde\sigma(t) = \tilde\sigma` (:math:`t = \sqrt{\tilde\sigma^2 -
+    \sigma_{\min}^2}` for :class:`scoresde.EDMSDE`, a bisection on :math:`\lambda(t)` otherwise). Noise
+    levels outside the SDE's range :math:`[\tilde\sigma(\varepsilon), \tilde\sigma(T)]` do not exist on it:
+    they are moved to the nearer end (the log-normal is truncated there). As
+    :math:`D_\theta - x_0 = \tilde\sigma(z + \sigma s_\theta)`, this is denoising score matching with weight
+    :math:`1 + \tilde\sigma^2/\sigma_{\rm data}^2` on the noise-prediction loss.
+
+    Parameters
+    ----------
+    sigma_data : float
+        :math:`\sigma_{\rm data} > 0`. Default 0.5; must equal an ``"edm"`` model's own.
+    p_mean, p_std : float
+        Mean and standard deviation (> 0) of :math:`\log\tilde\sigma`. Default -1.2 and 1.2.
+    eps : float
+        Smallest training time (bounds :math:`\tilde\sigma` below). Default 1e-5.
+    reduce : {"mean", "sum"}
+        Reduction of the squared error over the feature dimensions.
+    """
+
+    def __init__(
+        self,
+        sigma_data: float = 0.5,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        eps: float = 1e-5,
+        reduce: str = "mean",
+    ) -> None:
+        _check_options(None, eps, reduce)
+        self.sigma_data = check_positive("sigma_data", sigma_data)
+        self.p_std = check_positive("p_std", p_std)
+        given: object = p_mean
+        if isinstance(given, bool) or not isinstance(given, (int, float)) or not np.isfinite(given):
+            raise ValueError(f"p_mean must be a finite number, got {p_mean!r}")
+        self.p_mean, self.eps, self.reduce = float(p_mean), float(eps), reduce
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "sigma_data": self.sigma_data,
+            "p_mean": self.p_mean,
+            "p_std": self.p_std,
+            "eps": self.eps,
+            "reduce": self.reduce,
+        }
+
+    def check(self, sde: SDE, model: ScoreModel) -> None:
+        _check_linear(sde, "the EDM objective")
+        if self.eps >= sde.T:
+            raise ValueError(f"eps={self.eps!r} must be smaller than T={sde.T!r}")
+        own = getattr(model, "sigma_data", None) if getattr(model, "parameterization", None) == "edm" else None
+        if own is not None and own != self.sigma_data:
+            raise ValueError(
+                f"the model's EDM preconditioning has sigma_data={own!r} but the objective sigma_data="
+                f"{self.sigma_data!r}; use EDMObjective(sigma_data={own!r})"
+            )
+
+    def times(self, sde: LinearSDE, sigma: torch.Tensor) -> torch.Tensor:
+        r"""The times :math:`t` with :math:`\tilde\sigma(t) =` ``sigma`` (already within the SDE's range)."""
+        if isinstance(sde, EDMSDE):
+            return torch.sqrt(torch.clamp(sigma**2 - sde.sigma_min**2, min=0.0))
+        lam = -np.log(sigma.detach().to(device="cpu", dtype=torch.float64).numpy())
+        t = invert_log_snr(sde, lam, self.eps)
+        return torch.from_numpy(t).to(dtype=sigma.dtype, device=sigma.device)
+
+    def loss(
+        self,
+        sde: SDE,
+        model: ScoreModel,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        _check_linear(sde, "the EDM objective")
+        lin = cast(LinearSDE, sde)
+        check_finite_tensor("x0", x0, min_dim=2)
+        n = torch.randn(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+        hi, lo = (float(v) for v in noise_level(lin, [sde.T, self.eps]))
+        t = self.times(lin, torch.exp(self.p_mean + self.p_std * n).clamp(lo, hi))
+        if z is None:
+            z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        mean, std = lin.marginal_prob(x0, t)
+        sig = std / lin.mean_coef(t).to(x0.dtype)
+        x_t = mean + broadcast_coef(std, x0) * z
+        pred = _checked(model.data_prediction(x_t, t), x0)
+        weight = (sig**2 + self.sigma_data**2) / (sig * self.sigma_data) ** 2
+        return (weight * _reduce((pred - x0).square(), self.reduce)).mean()
 
 
 def objective_config(objective: Objective) -> dict[str, Any]:

@@ -63,7 +63,7 @@ __all__ = [
     "MAX_NETWORK_ELEMENTS",
 ]
 
-PARAMETERIZATIONS = ("eps", "score", "velocity")
+PARAMETERIZATIONS = ("eps", "score", "velocity", "edm")
 TIME_INPUTS = ("t", "log_sigma")
 
 
@@ -743,6 +743,25 @@ class ScoreModel(nn.Module):
     ========================  =============================================  ==================================
 
     using :math:`x_t = s(t) x_0 + \sigma(t)\varepsilon \Rightarrow \nabla \log p_{0t} = -\varepsilon/\sigma`.
+
+    With ``"edm"`` the network is preconditioned as in Karras et al. (2022, Table 1), in the scaled state
+    :math:`\tilde x = x/s(t)` and noise level :math:`\tilde\sigma = \sigma(t)/s(t)` of any linear SDE:
+    the data prediction is
+
+    .. math::
+        D_\theta(x, t) = c_{\rm skip}\,\tilde x
+            + c_{\rm out}\,F_\theta\big(c_{\rm in}\,\tilde x,\ c_{\rm noise}\big),
+
+        c_{\rm skip} = \frac{\sigma_{\rm data}^2}{\tilde\sigma^2 + \sigma_{\rm data}^2}, \quad
+        c_{\rm out} = \frac{\tilde\sigma\,\sigma_{\rm data}}{\sqrt{\tilde\sigma^2 + \sigma_{\rm data}^2}}, \quad
+        c_{\rm in} = \frac{1}{\sqrt{\tilde\sigma^2 + \sigma_{\rm data}^2}}, \quad
+        c_{\rm noise} = \tfrac14\log\tilde\sigma,
+
+    and the score :math:`s_\theta = (s D_\theta - x)/\sigma^2`, computed as
+    :math:`-x/\big(s^2(\tilde\sigma^2 + \sigma_{\rm data}^2)\big) + \sigma_{\rm data} F_\theta /
+    \big(\sigma\sqrt{\tilde\sigma^2 + \sigma_{\rm data}^2}\big)` (no cancellation at small :math:`\sigma`).
+    The network's conditioning input is :math:`c_{\rm noise}` (``time_input="log_sigma"``, the default for
+    ``"edm"``) or :math:`t`.
     With ``"velocity"`` (flow matching) the network predicts the velocity of the path,
     :math:`F_\theta \approx \mathbb E[\dot s x_0 + \dot\sigma\varepsilon \mid x_t]`; solving
     :math:`x = s\hat x_0 + \sigma\hat\varepsilon`, :math:`F = \dot s\hat x_0 + \dot\sigma\hat\varepsilon` for
@@ -760,13 +779,17 @@ class ScoreModel(nn.Module):
     sde : SDE
         The forward SDE; :math:`\sigma(t)` is ``sde.std(t)`` for a :class:`~scoresde.LinearSDE`,
         else ``sde.marginal_prob(zeros, t)[1]``.
-    parameterization : {"eps", "score", "velocity"}
-        What the network predicts (``"velocity"`` needs a :class:`~scoresde.LinearSDE`).
+    parameterization : {"eps", "score", "velocity", "edm"}
+        What the network predicts (``"velocity"`` and ``"edm"`` need a :class:`~scoresde.LinearSDE`).
     scale_by_sigma : bool, optional
         Only for ``"score"`` (default ``True``): divide the network output by :math:`\sigma(t)`
         (score_sde's ``scale_by_sigma``). Must be left unset (or ``False``) for ``"eps"``.
-    time_input : {"t", "log_sigma"}
-        Conditioning scalar passed to the network.
+    time_input : {"t", "log_sigma"}, optional
+        Conditioning scalar passed to the network: :math:`t`, or :math:`\tfrac14\log\sigma(t)`
+        (:math:`\tfrac14\log\tilde\sigma` for ``"edm"``). Default ``"t"``, ``"log_sigma"`` for ``"edm"``.
+    sigma_data : float, optional
+        Only for ``"edm"``: the data's standard deviation :math:`\sigma_{\rm data} > 0` in the
+        preconditioning. Default 0.5 (EDM's).
 
     Notes
     -----
@@ -781,9 +804,12 @@ class ScoreModel(nn.Module):
         sde: SDE,
         parameterization: str = "eps",
         scale_by_sigma: bool | None = None,
-        time_input: str = "t",
+        time_input: str | None = None,
+        sigma_data: float | None = None,
     ) -> None:
         super().__init__()
+        if time_input is None:
+            time_input = "log_sigma" if parameterization == "edm" else "t"
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if not hasattr(sde, "marginal_prob"):
@@ -792,9 +818,13 @@ class ScoreModel(nn.Module):
             raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {list(PARAMETERIZATIONS)}")
         if time_input not in TIME_INPUTS:
             raise ValueError(f"unknown time_input {time_input!r}; choose one of {list(TIME_INPUTS)}")
-        if parameterization == "velocity" and not isinstance(sde, LinearSDE):
-            raise TypeError(f"parameterization='velocity' needs a linear SDE, got {type(sde).__name__}")
-        if parameterization in ("eps", "velocity"):
+        if parameterization in ("velocity", "edm") and not isinstance(sde, LinearSDE):
+            raise TypeError(f"parameterization={parameterization!r} needs a linear SDE, got {type(sde).__name__}")
+        if parameterization == "edm":
+            self.sigma_data = check_positive("sigma_data", 0.5 if sigma_data is None else sigma_data)
+        elif sigma_data is not None:
+            raise ValueError(f"sigma_data applies to parameterization='edm' only, not {parameterization!r}")
+        if parameterization in ("eps", "velocity", "edm"):
             if scale_by_sigma:
                 raise ValueError(f"scale_by_sigma applies to parameterization='score' only, not {parameterization!r}")
             scale_by_sigma = False
@@ -808,6 +838,8 @@ class ScoreModel(nn.Module):
         self.config: dict[str, Any] = dict(
             parameterization=parameterization, scale_by_sigma=self.scale_by_sigma, time_input=time_input
         )
+        if parameterization == "edm":
+            self.config["sigma_data"] = self.sigma_data
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -849,6 +881,19 @@ class ScoreModel(nn.Module):
             for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t))
         )
 
+    def _edm(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r"""EDM preconditioning: ``(F, x / s, s, sigma, sigma / s, sqrt(sigma_t^2 + sigma_data^2))``, the last
+        five broadcast against ``x``; ``F`` is the network's output at :math:`(c_{in}\tilde x, c_{noise})`."""
+        t = self._time(x, t)
+        sigma_v = self._sigma(x, t)
+        s_v = cast(LinearSDE, self.sde).mean_coef(t).reshape(-1).expand(x.shape[0]).to(x.dtype)
+        sig_v = sigma_v / s_v
+        norm_v = torch.sqrt(sig_v**2 + self.sigma_data**2)
+        s, sigma, sig, norm = (broadcast_coef(c, x) for c in (s_v, sigma_v, sig_v, norm_v))
+        x_scaled = x / s
+        c = t if self.time_input == "t" else 0.25 * torch.log(sig_v)
+        return self.net(x_scaled / norm, c), x_scaled, s, sigma, sig, norm
+
     def _velocity_eps(self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         s, sigma, s_dot, sigma_dot = self._path(x, t)
         return (s * v - s_dot * x) / (s * sigma_dot - s_dot * sigma)
@@ -856,6 +901,9 @@ class ScoreModel(nn.Module):
     # -- outputs ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r"""The score :math:`s_\theta(x, t)`, shaped like ``x``."""
+        if self.parameterization == "edm":
+            out, _, s, sigma, _, norm = self._edm(x, t)
+            return (self.sigma_data / (sigma * norm)) * out - x / (s * norm) ** 2
         out, sigma = self._output(x, t)
         if self.parameterization == "eps":
             return -out / sigma
@@ -865,12 +913,28 @@ class ScoreModel(nn.Module):
 
     def epsilon(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r"""Noise prediction :math:`\hat\varepsilon_\theta(x, t) = -\sigma(t)\,s_\theta(x, t)`, shaped like ``x``."""
+        if self.parameterization == "edm":
+            out, _, s, sigma, _, norm = self._edm(x, t)
+            return (sigma / (s * norm) ** 2) * x - (self.sigma_data / norm) * out
         out, sigma = self._output(x, t)
         if self.parameterization == "eps":
             return out
         if self.parameterization == "velocity":
             return self._velocity_eps(x, out, t)
         return -out if self.scale_by_sigma else -sigma * out
+
+    def data_prediction(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r"""Data prediction :math:`D_\theta(x, t) = \big(x + \sigma(t)^2 s_\theta(x, t)\big)/s(t)
+        = \big(x - \sigma(t)\hat\varepsilon_\theta\big)/s(t)` (Tweedie's formula; for ``"edm"`` the
+        preconditioned :math:`c_{\rm skip}\tilde x + c_{\rm out} F_\theta`), shaped like ``x``. Linear SDEs only."""
+        if self.parameterization == "edm":
+            out, x_scaled, _, _, sig, norm = self._edm(x, t)
+            return (self.sigma_data / norm) ** 2 * x_scaled + (sig * self.sigma_data / norm) * out
+        if not isinstance(self.sde, LinearSDE):
+            raise TypeError(f"data_prediction needs a linear SDE (it divides by s(t)), got {type(self.sde).__name__}")
+        tt = self._time(x, t)
+        s = broadcast_coef(self.sde.mean_coef(tt).reshape(-1).expand(x.shape[0]).to(x.dtype), x)
+        return (x - broadcast_coef(self._sigma(x, tt), x) * self.epsilon(x, t)) / s
 
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         r"""Flow velocity :math:`\hat v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon` with
@@ -1025,4 +1089,5 @@ def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
         parameterization=config["parameterization"],
         scale_by_sigma=config["scale_by_sigma"] if config["parameterization"] == "score" else None,
         time_input=config["time_input"],
+        sigma_data=config.get("sigma_data") if config["parameterization"] == "edm" else None,
     )

@@ -45,6 +45,7 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "VESDE",
+    "EDMSDE",
     "ReverseSDE",
     "ScoreFn",
     "SDES",
@@ -427,6 +428,71 @@ class VESDE(LinearSDE):
         return torch.zeros_like(x), _batch_vector(G, x.shape[0])
 
 
+class EDMSDE(LinearSDE):
+    r"""The variance-exploding SDE in EDM's parameterisation (Karras et al. 2022): the time is the noise level.
+
+    .. math::
+        \sigma(t) = \sqrt{t^2 + \sigma_{\min}^2}, \quad s(t) = 1, \quad f = 0, \quad g(t) = \sqrt{2t},
+        \quad dx = \sqrt{2t}\,dw, \qquad t \in [0, T],\ T = \sigma_{\max},
+
+    so that with the default :math:`\sigma_{\min} = 0`, :math:`\sigma(t) = t`, :math:`t = 0` is the data
+    itself and the probability-flow ODE is EDM's :math:`dx/dt = -t\,\nabla_x\log p_t(x)` (eq. 4 with
+    :math:`\sigma(t) = t`). A :math:`\sigma_{\min} > 0` smooths :math:`p_0` by
+    :math:`\mathcal N(0, \sigma_{\min}^2 I)`, as :class:`VESDE` does; :math:`\frac{d}{dt}\sigma^2 = g^2` holds
+    for every :math:`\sigma_{\min}`. The prior is :math:`\mathcal N(0, \sigma(T)^2 I)`. ``discretize`` is the
+    exact transition :math:`G = \sqrt{\sigma(t)^2 - \sigma(t - \Delta t)^2} = \sqrt{2t\Delta t - \Delta t^2}`.
+
+    The score is infinite at :math:`t = 0` when :math:`\sigma_{\min} = 0`: samplers stop at ``eps > 0``, and the
+    data-prediction solvers reach :math:`\sigma = 0` with ``to_zero=True``.
+
+    Parameters
+    ----------
+    sigma_max : float
+        :math:`T = \sigma_{\max} > 0`. Default 80 (EDM's).
+    sigma_min : float
+        :math:`\sigma_{\min} \ge 0`, below ``sigma_max``. Default 0.
+    """
+
+    def __init__(self, sigma_max: float = 80.0, sigma_min: float = 0.0) -> None:
+        sigma_max = check_positive("sigma_max", sigma_max)
+        super().__init__(T=sigma_max)
+        self.sigma_max = sigma_max
+        self.sigma_min = check_positive("sigma_min", sigma_min, allow_zero=True)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+        self.prior_std = math.hypot(self.sigma_max, self.sigma_min)
+
+    def params(self) -> dict[str, Any]:
+        return {"sigma_max": self.sigma_max, "sigma_min": self.sigma_min}
+
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(t)
+
+    def diffusion_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(2.0 * t)
+
+    def mean_coef(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sigma(t) = \sqrt{t^2 + \sigma_{\min}^2}` (:math:`= t` for :math:`\sigma_{\min} = 0`)."""
+        return t.abs() if self.sigma_min == 0 else torch.hypot(t, torch.full_like(t, self.sigma_min))
+
+    def std_dot(self, t: torch.Tensor) -> torch.Tensor:
+        r""":math:`\dot\sigma = t/\sigma(t)` (1 for :math:`\sigma_{\min} = 0`, also at :math:`t = 0`)."""
+        return torch.ones_like(t) if self.sigma_min == 0 else t / self.std(t)
+
+    def sde(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _as_time(t, x, self.T)
+        return torch.zeros_like(x), _batch_vector(self.diffusion_coef(t), x.shape[0])
+
+    def discretize(self, x: torch.Tensor, t: float | torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+        dt = self._check_dt(t, dt)
+        t = _as_time(t, x, self.T)
+        G = torch.sqrt(torch.clamp(2.0 * t * dt - dt**2, min=0.0))
+        return torch.zeros_like(x), _batch_vector(G, x.shape[0])
+
+
 class ReverseSDE(SDE):
     r"""The time reversal of ``base`` driven by a score function (or its probability-flow ODE).
 
@@ -494,7 +560,7 @@ class ReverseSDE(SDE):
         return self.base.prior_logp(z)
 
 
-SDES: dict[str, type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES: dict[str, type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}
 
 
 def sde_config(sde: SDE) -> dict[str, Any]:
@@ -514,7 +580,7 @@ def sde_config(sde: SDE) -> dict[str, Any]:
 
 
 def sde_from_config(config: dict[str, Any] | str) -> LinearSDE:
-    """Build an SDE from :func:`sde_config` output or a short name (``"vp"``, ``"subvp"``, ``"ve"``).
+    """Build an SDE from :func:`sde_config` output or a short name (``"vp"``, ``"subvp"``, ``"ve"``, ``"edm"``).
 
     The class is looked up by its registered name in :data:`SDE_REGISTRY`; nothing is imported. A name
     that is not registered raises :class:`UnregisteredError` (a ``ValueError``) asking to import the

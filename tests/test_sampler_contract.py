@@ -57,6 +57,12 @@ SAMPLERS = {
     "dpm3_uniform": lambda n: sd.DPMSolverPP(3, n, grid="uniform"),
     "unipc3": lambda n: sd.UniPC(3, n),
     "unipc2_bh1": lambda n: sd.UniPC(2, n, grid="karras", variant="bh1", denoise=True),
+    "euler_t": lambda n: sd.Euler(n, form="t"),
+    "heun_edm": lambda n: sd.Heun(n, form="edm"),
+    "heun_karras_zero": lambda n: sd.Heun(n, grid="karras", to_zero=True),
+    "ddim_zero": lambda n: sd.DDIM(n, to_zero=True),
+    "dpm3_zero": lambda n: sd.DPMSolverPP(3, n, to_zero=True),
+    "unipc3_zero": lambda n: sd.UniPC(3, n, grid="quadratic", to_zero=True),
     "adaptive": lambda n: sd.AdaptiveSDE(rtol=5e-2, atol=5e-2),
     "flow_euler": lambda n: sd.FlowODE(n),
     "flow_heun": lambda n: sd.FlowODE(n, method="heun", grid="quadratic"),
@@ -93,6 +99,12 @@ DECLARED = {
     "dpm3_uniform": lambda n: n,
     "unipc3": lambda n: n,
     "unipc2_bh1": lambda n: n + 1,
+    "euler_t": lambda n: n,
+    "heun_edm": lambda n: 2 * n,
+    "heun_karras_zero": lambda n: 2 * n - 1,
+    "ddim_zero": lambda n: n,
+    "dpm3_zero": lambda n: n,
+    "unipc3_zero": lambda n: n,
     "adaptive": None,
     "flow_euler": lambda n: n,
     "flow_heun": lambda n: 2 * n,
@@ -128,10 +140,12 @@ def test_sampler_contract(name, sde):
             run(name, sde, 4, shape=(4, 2))
         return
     declared = DECLARED[name]
+    # denoise=True, or to_zero=True, ends the run at sigma = 0 (saved at time 0) with one more evaluation
+    at_zero = sampler.denoise or getattr(sampler, "to_zero", False)
     assert sampler.expected_nfe(sde) == (None if declared is None else declared(4))
     if isinstance(sampler, sd.samplers.FixedStepSampler) and sampler.nfe_per_step is not None:
         grid = sampler.grid(sde)
-        assert sampler.expected_nfe(sde) == (len(grid) - 1) * sampler.nfe_per_step + sampler.denoise
+        assert sampler.expected_nfe(sde) == (len(grid) - 1) * sampler.nfe_per_step + at_zero
         assert grid.dtype == np.float64 and grid[0] == sde.T and grid[-1] == sampler.eps
         assert np.all(np.diff(grid) < 0)
     for dtype, np_dtype in ((torch.float32, np.float32), (torch.float64, np.float64)):
@@ -141,7 +155,7 @@ def test_sampler_contract(name, sde):
         assert np.isfinite(x.values).all()
         t = ds["time"].values
         assert t[0] == sde.T and np.all(np.diff(t) < 0)
-        assert t[-1] == (0.0 if sampler.denoise else pytest.approx(sampler.eps, rel=1e-12))
+        assert t[-1] == (0.0 if at_zero else pytest.approx(sampler.eps, rel=1e-12))
         nfe = ds.attrs["nfe"]
         assert nfe == ds["nfe"].values[-1] >= 1
         if declared is not None:

@@ -32,7 +32,9 @@ Two families of solvers:
 
 VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
 uses :math:`s(t)` and :math:`\sigma(t)` from the SDE. :math:`\sigma(\varepsilon) > 0`, so the last step
-never takes :math:`\log 0`.
+never takes :math:`\log 0`. With ``to_zero=True`` the run ends at :math:`\sigma = 0` within ``steps``: the last
+step is the data prediction at the grid's end (the limit :math:`h \to \infty` of every update; see
+:mod:`scoresde.integrators.fixed_grid`).
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ class DDIM(_Exponential):
         Final time. Default 1e-3.
     denoise : bool
         Finish with the Tweedie step (one more NFE). Default False.
+    to_zero : bool
+        End at :math:`\sigma = 0` with the data prediction, within ``steps``. Default False.
     """
 
     def __init__(
@@ -131,8 +135,10 @@ class DDIM(_Exponential):
         eta: float = 0.0,
         eps: float = 1e-3,
         denoise: bool = False,
+        to_zero: bool = False,
     ) -> None:
         super().__init__(steps, eps, denoise)
+        self.set_to_zero(to_zero)
         self.time_grid = get_grid(grid)
         self.eta = check_positive("eta", eta, allow_zero=True)
         if self.eta > 1:
@@ -146,6 +152,7 @@ class DDIM(_Exponential):
             "eta": self.eta,
             "eps": self.eps,
             "denoise": self.denoise,
+            "to_zero": self.to_zero,
         }
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _Run:
@@ -192,9 +199,17 @@ class _Multistep(_Exponential):
     schedule with warm-up and (when :meth:`lowers_final_order` says so) lowering over the final steps."""
 
     def __init__(
-        self, order: int, steps: int, grid: str | TimeGrid, lower_order_final: bool, eps: float, denoise: bool
+        self,
+        order: int,
+        steps: int,
+        grid: str | TimeGrid,
+        lower_order_final: bool,
+        eps: float,
+        denoise: bool,
+        to_zero: bool = False,
     ) -> None:
         super().__init__(steps, eps, denoise)
+        self.set_to_zero(to_zero)
         self.order = check_positive_int("order", order)
         if self.order > 3:
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -272,6 +287,9 @@ class DPMSolverPP(_Multistep):
         Final time. Default 1e-3.
     denoise : bool
         Finish with the Tweedie step (one more NFE). Default False.
+    to_zero : bool
+        End at :math:`\sigma = 0` with the data prediction, within ``steps`` (a first-order last step).
+        Default False.
     """
 
     #: ``lower_order_final`` applies when ``steps`` is below this
@@ -288,8 +306,9 @@ class DPMSolverPP(_Multistep):
         lower_order_final: bool = True,
         eps: float = 1e-3,
         denoise: bool = False,
+        to_zero: bool = False,
     ) -> None:
-        super().__init__(order, steps, grid, lower_order_final, eps, denoise)
+        super().__init__(order, steps, grid, lower_order_final, eps, denoise, to_zero)
         if not multistep:
             raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
 
@@ -302,6 +321,7 @@ class DPMSolverPP(_Multistep):
             "lower_order_final": self.lower_order_final,
             "eps": self.eps,
             "denoise": self.denoise,
+            "to_zero": self.to_zero,
         }
 
     def lowers_final_order(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
@@ -388,6 +408,9 @@ class UniPC(_Multistep):
         Final time. Default 1e-3.
     denoise : bool
         Finish with the Tweedie step (one more NFE). Default False.
+    to_zero : bool
+        End at :math:`\sigma = 0` with the data prediction, within ``steps``: the step before it makes no
+        corrector, so the data prediction is that of the predicted state. Default False.
     """
 
     VARIANTS = ("bh1", "bh2")
@@ -401,8 +424,9 @@ class UniPC(_Multistep):
         lower_order_final: bool = True,
         eps: float = 1e-3,
         denoise: bool = False,
+        to_zero: bool = False,
     ) -> None:
-        super().__init__(order, steps, grid, lower_order_final, eps, denoise)
+        super().__init__(order, steps, grid, lower_order_final, eps, denoise, to_zero)
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
         self.variant = variant
@@ -416,6 +440,7 @@ class UniPC(_Multistep):
             "lower_order_final": self.lower_order_final,
             "eps": self.eps,
             "denoise": self.denoise,
+            "to_zero": self.to_zero,
         }
 
     def _weights(self, rks: list[float], h: float, order: int) -> tuple[list[float], list[float], float]:
@@ -451,7 +476,7 @@ class UniPC(_Multistep):
             st.lams.append(lam)
         k = self.step_order(st.step, st.lower_final)
         st.step += 1
-        last = st.step == self.steps
+        last = st.step == self.grid_steps
         h = lam2 - lam
         d0 = st.x0s[-1]
         rks = [(st.lams[-(j + 1)] - lam) / h for j in range(1, k)] + [1.0]
