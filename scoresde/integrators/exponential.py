@@ -37,7 +37,9 @@ never takes :math:`\log 0`.
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,7 @@ from ..schedules import TimeGrid, get_grid, log_snr
 from ..sde import SDE
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import Euler, Heun, OnGrid
+from .singlestep import DPMSolverPPSinglestep
 
 __all__ = ["DDIM", "DPMSolverPP", "UniPC", "SOLVERS"]
 
@@ -162,12 +165,12 @@ class _History:
     step: int = 0
     lams: list[float] = field(default_factory=list)
     x0s: list[torch.Tensor] = field(default_factory=list)
-    lower_final: bool = False
+    lower_order_final: bool = False
 
 
 class _Multistep(_Exponential):
     """What DPM-Solver++ and UniPC share: order 1-3, a time grid, a :class:`_History`, and an order
-    schedule with warm-up and (when :meth:`lowers_final_order` says so) lowering over the final steps."""
+    schedule with warm-up and (when :meth:`uses_lower_order_final` says so) lowering over the final steps."""
 
     def __init__(
         self, order: int, steps: int, grid: str | TimeGrid, lower_order_final: bool, eps: float, denoise: bool
@@ -180,16 +183,25 @@ class _Multistep(_Exponential):
         self.lower_order_final = bool(lower_order_final)
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
-        return _History(score_fn, lower_final=self.lowers_final_order(sde))
+        return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde))
 
-    def lowers_final_order(self, sde: SDE | None = None) -> bool:
-        """Whether the final steps use lower orders (default: whenever ``lower_order_final``)."""
+    def uses_lower_order_final(self, sde: SDE | None = None) -> bool:
+        """Whether ``lower_order_final`` takes effect: the final steps use lower orders (default: whenever
+        ``lower_order_final`` is set)."""
         return self.lower_order_final
 
-    def step_order(self, i: int, lower_final: bool | None = None) -> int:
-        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
+    def lowers_final_order(self, sde: SDE | None = None) -> bool:
+        """Deprecated name of :meth:`uses_lower_order_final`."""
+        warnings.warn(
+            "lowers_final_order() is deprecated; use uses_lower_order_final()", DeprecationWarning, stacklevel=2
+        )
+        return self.uses_lower_order_final(sde)
+
+    def step_order(self, i: int, lower_order_final: bool | None = None) -> int:
+        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end when
+        ``lower_order_final`` (default: :meth:`uses_lower_order_final` without an SDE)."""
         k = min(self.order, i + 1)
-        if self.lowers_final_order() if lower_final is None else lower_final:
+        if self.uses_lower_order_final() if lower_order_final is None else lower_order_final:
             k = min(k, self.steps - i)
         return k
 
@@ -239,7 +251,10 @@ class DPMSolverPP(_Multistep):
     grid : str or TimeGrid
         Time grid; default ``"logsnr"`` (constant :math:`h`).
     multistep : bool
-        Only the multistep variant is implemented; ``False`` raises ``ValueError``.
+        ``True`` (default): this multistep solver. ``False`` returns the single-step solver
+        :class:`~scoresde.DPMSolverPPSinglestep` (2S/3S, ``order`` NFE per step) built from the arguments
+        given (``order``, ``steps``, ``grid``, ``eps``, ``denoise``; the others take its defaults);
+        ``lower_order_final`` then cannot be given.
     lower_order_final : bool
         Lower the order over the last steps when ``steps < 15`` or the last :math:`\lambda`-step is
         more than twice the previous one (see above). Default True.
@@ -254,6 +269,19 @@ class DPMSolverPP(_Multistep):
     #: ... or when the last lambda-step exceeds this multiple of the one before
     lower_order_final_ratio = 2.0
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        given = dict(bound.arguments)
+        given.pop("self")
+        if given.pop("multistep", True):
+            return super().__new__(cls)
+        if "lower_order_final" in given:
+            raise ValueError(
+                "lower_order_final applies to the multistep solver only (a single-step solver has the full order "
+                "at every step); drop it, or use multistep=True"
+            )
+        return DPMSolverPPSinglestep(**given)
+
     def __init__(
         self,
         order: int = 2,
@@ -265,8 +293,6 @@ class DPMSolverPP(_Multistep):
         denoise: bool = False,
     ) -> None:
         super().__init__(order, steps, grid, lower_order_final, eps, denoise)
-        if not multistep:
-            raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
 
     def params(self) -> dict[str, Any]:
         return {
@@ -279,7 +305,7 @@ class DPMSolverPP(_Multistep):
             "denoise": self.denoise,
         }
 
-    def lowers_final_order(self, sde: SDE | None = None) -> bool:
+    def uses_lower_order_final(self, sde: SDE | None = None) -> bool:
         """Whether the final steps use lower orders (for ``sde``'s grid; without it, by ``steps`` alone)."""
         if not self.lower_order_final:
             return False
@@ -299,7 +325,7 @@ class DPMSolverPP(_Multistep):
         hist.x0s.append(tweedie(x, score, s, sigma))
         hist.lams.append(lam)
         del hist.x0s[: -self.order], hist.lams[: -self.order]
-        k = self.step_order(hist.step, hist.lower_final)
+        k = self.step_order(hist.step, hist.lower_order_final)
         hist.step += 1
 
         h = lam2 - lam
@@ -423,7 +449,7 @@ class UniPC(_Multistep):
             score = st.score_fn(x, time_vector(t, x))
             st.x0s.append(tweedie(x, score, s, sigma))
             st.lams.append(lam)
-        k = self.step_order(st.step, st.lower_final)
+        k = self.step_order(st.step, st.lower_order_final)
         st.step += 1
         last = st.step == self.steps
         h = lam2 - lam
