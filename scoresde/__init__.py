@@ -93,7 +93,7 @@ if TYPE_CHECKING:
         sde_config,
         sde_from_config,
     )
-    from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
+    from .solvers import DDIM, SOLVERS, AdaptiveDPMSolver, DPMSolverPP, DPMSolverPPSinglestep, Euler, Heun, UniPC
     from .training import CheckpointError, TrainConfig, Trainer, load_checkpoint, read_checkpoint, train
 
 #: public submodules, importable as ``scoresde.<name>``
@@ -193,6 +193,8 @@ _NAMES: dict[str, str] = {
     "DDIM": "solvers",
     "SOLVERS": "solvers",
     "DPMSolverPP": "solvers",
+    "DPMSolverPPSinglestep": "solvers",
+    "AdaptiveDPMSolver": "solvers",
     "Euler": "solvers",
     "Heun": "solvers",
     "UniPC": "solvers",
@@ -301,6 +303,8 @@ __all__ = [
     "Heun",
     "DDIM",
     "DPMSolverPP",
+    "DPMSolverPPSinglestep",
+    "AdaptiveDPMSolver",
     "UniPC",
     "SOLVERS",
     "ddpm",

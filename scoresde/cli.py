@@ -394,6 +394,19 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "DPM-Solver++ multistep, --order 2 (default) or 3, on --grid (default logsnr); default 20 steps",
         ("order", "steps", "grid", "lower_order_final", *_END),
     ),
+    "dpmsolver++-singlestep": SamplerSpec(
+        "solvers:DPMSolverPPSinglestep",
+        "DPM-Solver++ single-step, --order 2 (2S, default) or 3 (3S), --order NFE per step, on --grid "
+        "(default logsnr); default 10 steps",
+        ("order", "steps", "grid", *_END),
+    ),
+    "dpm-adaptive": SamplerSpec(
+        "solvers:AdaptiveDPMSolver",
+        "adaptive DPM-Solver with error control, --order 3 (DPM-Solver-23, default) or 2 (-12), --rtol/--atol "
+        "(default 0.05/0.0078)",
+        ("order", "rtol", "atol", *_END),
+        ignored={"steps": "adaptive step size; use --rtol/--atol"},
+    ),
     "unipc": SamplerSpec(
         "solvers:UniPC",
         "UniPC predictor-corrector, --order 1-3 (default 3), --variant bh2|bh1, on --grid (default logsnr); "
@@ -669,13 +682,15 @@ def _add_sample_parser(commands: Any) -> None:
         "--rtol",
         type=_positive_float,
         default=None,
-        help="ode, adaptive: relative tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+        help="ode, adaptive, dpm-adaptive: relative tolerance (default: 1e-5 for ode, 1e-2 for adaptive, 0.05 for "
+        "dpm-adaptive)",
     )
     g.add_argument(
         "--atol",
         type=_positive_float,
         default=None,
-        help="ode, adaptive: absolute tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+        help="ode, adaptive, dpm-adaptive: absolute tolerance (default: 1e-5 for ode, 1e-2 for adaptive, 0.0078 for "
+        "dpm-adaptive)",
     )
     g.add_argument(
         "--eta", type=_unit_interval, default=None, help="ddim: stochasticity in [0, 1], 0 deterministic (default: 0)"
@@ -684,7 +699,8 @@ def _add_sample_parser(commands: Any) -> None:
         "--order",
         type=_int_at_least(1, maximum=3),
         default=None,
-        help="dpmsolver++, unipc: order 1-3 (default: 2 for dpmsolver++, 3 for unipc)",
+        help="dpmsolver++, dpmsolver++-singlestep, unipc: order 1-3; dpm-adaptive: 2 or 3 (default: 2 for dpmsolver++ "
+        "and dpmsolver++-singlestep, 3 for unipc and dpm-adaptive)",
     )
     g.add_argument("--variant", choices=UNIPC_VARIANTS, default=None, help="unipc: B(h) variant (default: bh2)")
     g.add_argument(
@@ -704,7 +720,7 @@ def _add_sample_parser(commands: Any) -> None:
         "--grid",
         choices=GRID_NAMES,
         default=None,
-        help="euler, heun, ddim, dpmsolver++, unipc, flow: time grid, see below",
+        help="euler, heun, ddim, dpmsolver++, dpmsolver++-singlestep, unipc, flow: time grid, see below",
     )
     g.add_argument("--grid-rho", type=_positive_float, default=None, help="--grid karras: exponent rho (default: 7)")
     g.add_argument("--grid-power", type=_positive_float, default=None, help="--grid quadratic: power p (default: 2)")
