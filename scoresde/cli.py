@@ -79,6 +79,7 @@ WEIGHTING_NAMES = ("sigma2", "likelihood")
 OBJECTIVE_NAMES = ("dsm", "ddpm", "flow_matching")
 GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras")
 SCIPY_METHOD_NAMES = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+TORCHDIFFEQ_METHOD_NAMES = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 TORCHSDE_METHOD_NAMES = ("euler", "milstein", "srk", "heun", "midpoint", "reversible_heun")
 FLOW_METHOD_NAMES = ("euler", "heun")
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -346,10 +347,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "ode": SamplerSpec(
         "samplers:ProbabilityFlowODE",
-        "probability-flow ODE with a scipy solver with error control (--method, default RK45; --rtol/--atol)",
+        "probability-flow ODE with a scipy or torchdiffeq solver with error control (--method, default RK45; "
+        "--rtol/--atol)",
         ("method", "rtol", "atol", *_END),
         defaults={"method": "RK45"},
-        choices={"method": SCIPY_METHOD_NAMES},
+        choices={"method": SCIPY_METHOD_NAMES + TORCHDIFFEQ_METHOD_NAMES},
         ignored={"steps": "adaptive step size; use --rtol/--atol, or --sampler ode-euler / ode-heun for fixed steps"},
     ),
     "ode-euler": SamplerSpec(
@@ -675,7 +677,8 @@ def _add_sample_parser(commands: Any) -> None:
     g.add_argument(
         "--method",
         default=None,
-        help=f"ode: scipy method, {'/'.join(SCIPY_METHOD_NAMES)} (default: RK45); torchsde: "
+        help=f"ode: scipy method, {'/'.join(SCIPY_METHOD_NAMES)} (default: RK45), or torchdiffeq's "
+        f"{'/'.join(TORCHDIFFEQ_METHOD_NAMES)} (scoresde[torchdiffeq]); torchsde: "
         f"{'/'.join(TORCHSDE_METHOD_NAMES)} (default: srk); flow: euler/heun (default: heun)",
     )
     g.add_argument(
