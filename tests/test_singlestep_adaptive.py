@@ -150,7 +150,7 @@ def test_lowers_final_order_is_a_deprecated_alias():
 def test_adaptive_error_tracks_the_tolerance(sde, order):
     """The error decreases with the tolerance and stays near it (measured error/tol: 1.7-4.3 for
     DPM-Solver-12, 0.10-0.74 for DPM-Solver-23, tol = 1e-2 .. 1e-5); the NFE grows."""
-    tols = (1e-2, 1e-3, 1e-4)
+    tols = (1e-2, 1e-3, 1e-4) if order == 3 else (3e-2, 3e-3, 3e-4)  # (fewer NFE for the second-order pair)
     runs = [gauss_error(sde, sd.AdaptiveDPMSolver(order, rtol=tol, atol=tol)) for tol in tols]
     errs, nfes = [e for e, _ in runs], [n for _, n in runs]
     assert errs[0] > errs[1] > errs[2], errs
