@@ -47,7 +47,14 @@ from .._progress import progress_bar
 from ..schedules import invert_log_snr, log_snr
 from ..sde import SDE
 from .base import CountedScore, Sampler, Trajectory
-from .singlestep import STAGE_RATIOS, data_prediction, first_order_update, stage_update, third_order_stage
+from .singlestep import (
+    STAGE_RATIOS,
+    data_prediction,
+    first_order_update,
+    stage_times,
+    stage_update,
+    third_order_stage,
+)
 
 __all__ = ["AdaptiveDPMSolver"]
 
@@ -157,9 +164,7 @@ class AdaptiveDPMSolver(Sampler):
         prediction at ``(x, t)``; ``order - 1`` score evaluations."""
         ks, kt = kernel(sde, t), kernel(sde, t_next)
         ratios = STAGE_RATIOS[self.order]
-        lam = np.array([ks[2], kt[2]])
-        inner = invert_log_snr(sde, lam[0] + np.asarray(ratios) * (lam[1] - lam[0]), self.eps)
-        inner = [float(min(max(u, t_next), t)) for u in inner]
+        inner = stage_times(sde, t, t_next, ratios, self.eps)
         k1 = kernel(sde, inner[0])
         x1 = first_order_update(x, d_s, ks, k1)
         d1 = data_prediction(score_fn, x1, inner[0], k1[0], k1[1])

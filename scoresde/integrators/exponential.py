@@ -27,7 +27,8 @@ Two families of solvers:
                + s(t') \int_{\lambda_t}^{\lambda_{t'}} e^{-(\lambda_{t'} - \lambda)}\,\hat x_0(\lambda)\,d\lambda.
 
   :class:`DDIM` (order 1) keeps :math:`\hat x_0` constant; :class:`DPMSolverPP` (multistep, order 2
-  or 3) extrapolates it from the previous steps, and :class:`UniPC` adds a corrector that reuses the
+  or 3) extrapolates it from the previous steps (``multistep=False``: the single-step 2S/3S of
+  :mod:`scoresde.integrators.singlestep`, which evaluate inside each step instead), and :class:`UniPC` adds a corrector that reuses the
   next step's evaluation. One score evaluation per step: NFE = ``steps``.
 
 VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
@@ -293,6 +294,11 @@ class DPMSolverPP(_Multistep):
         denoise: bool = False,
     ) -> None:
         super().__init__(order, steps, grid, lower_order_final, eps, denoise)
+
+    #: the constructor's parameters, for ``inspect.signature`` (which would otherwise show ``__new__``'s)
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:]
+    )
 
     def params(self) -> dict[str, Any]:
         return {
