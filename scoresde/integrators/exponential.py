@@ -28,8 +28,8 @@ Two families of solvers:
 
   :class:`DDIM` (order 1) keeps :math:`\hat x_0` constant; :class:`DPMSolverPP` (multistep, order 2
   or 3) extrapolates it from the previous steps (``multistep=False``: the single-step 2S/3S of
-  :mod:`scoresde.integrators.singlestep`, which evaluate inside each step instead), and :class:`UniPC` adds a corrector that reuses the
-  next step's evaluation. One score evaluation per step: NFE = ``steps``.
+  :mod:`scoresde.integrators.singlestep`, which evaluate inside each step instead), and :class:`UniPC`
+  adds a corrector that reuses the next step's evaluation. One score evaluation per step: NFE = ``steps``.
 
 VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
 uses :math:`s(t)` and :math:`\sigma(t)` from the SDE. :math:`\sigma(\varepsilon) > 0`, so the last step
