@@ -74,6 +74,7 @@ if TYPE_CHECKING:
         CORRECTORS,
         PREDICTORS,
         SCIPY_METHODS,
+        TORCHDIFFEQ_METHODS,
         DivergenceError,
         EulerMaruyama,
         PredictorCorrector,
@@ -97,7 +98,7 @@ if TYPE_CHECKING:
         sde_config,
         sde_from_config,
     )
-    from .solvers import DDIM, SOLVERS, DPMSolverPP, Euler, Heun, UniPC
+    from .solvers import DDIM, SOLVERS, AdaptiveDPMSolver, DPMSolverPP, DPMSolverPPSinglestep, Euler, Heun, UniPC
     from .training import (
         CheckpointError,
         DistributedError,
@@ -171,6 +172,7 @@ _NAMES: dict[str, str] = {
     "CORRECTORS": "samplers",
     "PREDICTORS": "samplers",
     "SCIPY_METHODS": "samplers",
+    "TORCHDIFFEQ_METHODS": "samplers",
     "DivergenceError": "samplers",
     "Predictor": "integrators.predictors",
     "EulerMaruyamaPredictor": "integrators.predictors",
@@ -209,6 +211,8 @@ _NAMES: dict[str, str] = {
     "DDIM": "solvers",
     "SOLVERS": "solvers",
     "DPMSolverPP": "solvers",
+    "DPMSolverPPSinglestep": "solvers",
+    "AdaptiveDPMSolver": "solvers",
     "Euler": "solvers",
     "Heun": "solvers",
     "UniPC": "solvers",
@@ -263,6 +267,7 @@ __all__ = [
     "PREDICTORS",
     "CORRECTORS",
     "SCIPY_METHODS",
+    "TORCHDIFFEQ_METHODS",
     "DivergenceError",
     "Predictor",
     "EulerMaruyamaPredictor",
@@ -323,6 +328,8 @@ __all__ = [
     "Heun",
     "DDIM",
     "DPMSolverPP",
+    "DPMSolverPPSinglestep",
+    "AdaptiveDPMSolver",
     "UniPC",
     "SOLVERS",
     "ddpm",

@@ -81,6 +81,7 @@ OBJECTIVE_NAMES = ("dsm", "ddpm", "flow_matching")
 GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras")
 FORM_NAMES = ("auto", "edm", "t")
 SCIPY_METHOD_NAMES = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+TORCHDIFFEQ_METHOD_NAMES = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 TORCHSDE_METHOD_NAMES = ("euler", "milstein", "srk", "heun", "midpoint", "reversible_heun")
 FLOW_METHOD_NAMES = ("euler", "heun")
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -353,10 +354,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "ode": SamplerSpec(
         "samplers:ProbabilityFlowODE",
-        "probability-flow ODE with a scipy solver with error control (--method, default RK45; --rtol/--atol)",
+        "probability-flow ODE with a scipy or torchdiffeq solver with error control (--method, default RK45; "
+        "--rtol/--atol)",
         ("method", "rtol", "atol", *_END),
         defaults={"method": "RK45"},
-        choices={"method": SCIPY_METHOD_NAMES},
+        choices={"method": SCIPY_METHOD_NAMES + TORCHDIFFEQ_METHOD_NAMES},
         ignored={"steps": "adaptive step size; use --rtol/--atol, or --sampler ode-euler / ode-heun for fixed steps"},
     ),
     "ode-euler": SamplerSpec(
@@ -402,6 +404,19 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "solvers:DPMSolverPP",
         "DPM-Solver++ multistep, --order 2 (default) or 3, on --grid (default logsnr); default 20 steps",
         ("order", "steps", "grid", "lower_order_final", "to_zero", *_END),
+    ),
+    "dpmsolver++-singlestep": SamplerSpec(
+        "solvers:DPMSolverPPSinglestep",
+        "DPM-Solver++ single-step, --order 2 (2S, default) or 3 (3S), --order NFE per step, on --grid "
+        "(default logsnr); default 10 steps",
+        ("order", "steps", "grid", *_END),
+    ),
+    "dpm-adaptive": SamplerSpec(
+        "solvers:AdaptiveDPMSolver",
+        "adaptive DPM-Solver with error control, --order 3 (DPM-Solver-23, default) or 2 (-12), --rtol/--atol "
+        "(default 0.05/0.0078)",
+        ("order", "rtol", "atol", *_END),
+        ignored={"steps": "adaptive step size; use --rtol/--atol"},
     ),
     "unipc": SamplerSpec(
         "solvers:UniPC",
@@ -673,20 +688,23 @@ def _add_sample_parser(commands: Any) -> None:
     g.add_argument(
         "--method",
         default=None,
-        help=f"ode: scipy method, {'/'.join(SCIPY_METHOD_NAMES)} (default: RK45); torchsde: "
+        help=f"ode: scipy method, {'/'.join(SCIPY_METHOD_NAMES)} (default: RK45), or torchdiffeq's "
+        f"{'/'.join(TORCHDIFFEQ_METHOD_NAMES)} (scoresde[torchdiffeq]); torchsde: "
         f"{'/'.join(TORCHSDE_METHOD_NAMES)} (default: srk); flow: euler/heun (default: heun)",
     )
     g.add_argument(
         "--rtol",
         type=_positive_float,
         default=None,
-        help="ode, adaptive: relative tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+        help="ode, adaptive, dpm-adaptive: relative tolerance (default: 1e-5 for ode, 1e-2 for adaptive, 0.05 for "
+        "dpm-adaptive)",
     )
     g.add_argument(
         "--atol",
         type=_positive_float,
         default=None,
-        help="ode, adaptive: absolute tolerance (default: 1e-5 for ode, 1e-2 for adaptive)",
+        help="ode, adaptive, dpm-adaptive: absolute tolerance (default: 1e-5 for ode, 1e-2 for adaptive, 0.0078 for "
+        "dpm-adaptive)",
     )
     g.add_argument(
         "--eta", type=_unit_interval, default=None, help="ddim: stochasticity in [0, 1], 0 deterministic (default: 0)"
@@ -695,7 +713,8 @@ def _add_sample_parser(commands: Any) -> None:
         "--order",
         type=_int_at_least(1, maximum=3),
         default=None,
-        help="dpmsolver++, unipc: order 1-3 (default: 2 for dpmsolver++, 3 for unipc)",
+        help="dpmsolver++, dpmsolver++-singlestep, unipc: order 1-3; dpm-adaptive: 2 or 3 (default: 2 for dpmsolver++ "
+        "and dpmsolver++-singlestep, 3 for unipc and dpm-adaptive)",
     )
     g.add_argument("--variant", choices=UNIPC_VARIANTS, default=None, help="unipc: B(h) variant (default: bh2)")
     g.add_argument(
@@ -715,7 +734,7 @@ def _add_sample_parser(commands: Any) -> None:
         "--grid",
         choices=GRID_NAMES,
         default=None,
-        help="euler, heun, ddim, dpmsolver++, unipc, flow: time grid, see below",
+        help="euler, heun, ddim, dpmsolver++, dpmsolver++-singlestep, unipc, flow: time grid, see below",
     )
     g.add_argument("--grid-rho", type=_positive_float, default=None, help="--grid karras: exponent rho (default: 7)")
     g.add_argument("--grid-power", type=_positive_float, default=None, help="--grid quadratic: power p (default: 2)")

@@ -85,7 +85,7 @@ from ._checks import (
 )
 from .integrators.base import CountedScore
 from .integrators.flow import singular_at_T, velocity_field
-from .integrators.ode import SCIPY_METHODS, solve_ode
+from .integrators.ode import SCIPY_METHODS, TORCHDIFFEQ_METHODS, import_torchdiffeq, solve_ode
 from .sde import SDE, LinearSDE, ScoreFn
 
 __all__ = ["log_likelihood", "LikelihoodResult", "DIVERGENCES", "PROBE_NOISES", "MAX_NFE", "tolerance_floor"]
@@ -205,8 +205,13 @@ def _check_args(
     eps = check_positive("eps", eps)
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T:g}), got {eps!r}")
-    if method not in SCIPY_METHODS:
-        raise ValueError(f"method must be one of scipy's solve_ivp methods {list(SCIPY_METHODS)}, got {method!r}")
+    if method not in SCIPY_METHODS + TORCHDIFFEQ_METHODS:
+        raise ValueError(
+            f"method must be one of scipy's solve_ivp methods {list(SCIPY_METHODS)} or torchdiffeq's "
+            f"{list(TORCHDIFFEQ_METHODS)}, got {method!r}"
+        )
+    if method in TORCHDIFFEQ_METHODS:
+        import_torchdiffeq(f"log_likelihood(method={method!r})")
     rtol, atol = check_tolerances(rtol, atol, x.dtype)
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
@@ -265,9 +270,11 @@ def log_likelihood(
         CPU), e.g. the exact ``mixture.marginal(sde, T).log_prob`` to remove the prior-mismatch
         bias from an accuracy study.
     method, rtol, atol :
-        ``scipy.integrate.solve_ivp`` method (any of ``SCIPY_METHODS``) and tolerances. The
-        whole batch and its log-density increments form one flat float64 system, so error
-        control is joint. Implicit methods difference the augmented system: small problems only.
+        ``scipy.integrate.solve_ivp`` method (any of ``SCIPY_METHODS``) or torchdiffeq's (any of
+        ``TORCHDIFFEQ_METHODS``, needs ``scoresde[torchdiffeq]``) and tolerances. The whole batch and
+        its log-density increments form one flat float64 system (a NumPy array on the CPU for scipy, a
+        tensor on ``x``'s device for torchdiffeq), so error control is joint. Implicit methods
+        difference the augmented system: small problems only.
         Both tolerances must be at least :func:`tolerance_floor` of ``x``'s dtype,
         :math:`\max(100\,\epsilon_{64}, \epsilon_{\text{dtype}})`.
     divergence : {"exact", "hutchinson"}
@@ -405,7 +412,8 @@ def _log_likelihood(
                 div = div[:, None]
         return drift.detach(), div.detach()
 
-    def fun(t: float, y: np.ndarray) -> np.ndarray:
+    def fun_torch(t: float, state: torch.Tensor) -> torch.Tensor:
+        """The augmented right-hand side at a flat float64 state (on any device), float64 on its device."""
         t = float(t)
         if not math.isfinite(t):
             raise RuntimeError(f"log_likelihood: the solver produced a non-finite time t={t} (after {counted.nfe} NFE)")
@@ -416,9 +424,8 @@ def _log_likelihood(
                 f"[{eps:g}, {T:g}]); a correct score needs far fewer, so check score_fn (a wrong scale makes the "
                 "probability-flow ODE stiff), or raise max_nfe for very tight tolerances or implicit methods"
             )
-        state = torch.from_numpy(y)
         if not bool(torch.isfinite(state).all()):
-            bad = ~torch.isfinite(state)
+            bad = ~torch.isfinite(state.cpu())
             rows = bad[:n_x].reshape(B, D).any(dim=1) | bad[n_x:].reshape(B, K).any(dim=1)
             raise RuntimeError(
                 f"log_likelihood: the ODE state became NaN or infinite at t={t:.6g} for samples {_first_bad(rows)}; "
@@ -434,15 +441,27 @@ def _log_likelihood(
                 f"log_likelihood: the probability-flow {what} is NaN or infinite at t={t:.6g} for samples "
                 f"{_first_bad(rows)}; check score_fn (and its gradient) at these points and this time"
             )
-        out = torch.cat([drift.reshape(-1), div.reshape(-1)])
-        return out.to(device="cpu", dtype=torch.float64).numpy()
+        return torch.cat([drift.reshape(-1), div.reshape(-1)]).to(dtype=torch.float64, device=state.device)
 
-    y0 = np.concatenate([x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy(), np.zeros(B * K)])
-    sol = solve_ode(fun, (eps, T), y0, method=method, rtol=rtol, atol=atol, desc="log_likelihood", progress=progress)
-    if sol.status != 0:
-        raise RuntimeError(f"solve_ivp({method}) failed: {sol.message}")
+    def fun(t: float, y: np.ndarray) -> np.ndarray:
+        return fun_torch(t, torch.from_numpy(y)).cpu().numpy()
 
-    y_end = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
+    if method in TORCHDIFFEQ_METHODS:
+        y0_t = torch.cat([x.reshape(-1).to(torch.float64), torch.zeros(B * K, dtype=torch.float64, device=device)])
+        sol = solve_ode(
+            fun_torch, (eps, T), y0_t, method=method, rtol=rtol, atol=atol, desc="log_likelihood", progress=progress
+        )
+        if sol.status != 0:
+            raise RuntimeError(f"torchdiffeq's {method} failed near t={float(sol.t[-1]):.6g}: {sol.message}")
+        y_end = sol.ys[-1].cpu()
+    else:
+        y0 = np.concatenate([x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy(), np.zeros(B * K)])
+        sol = solve_ode(
+            fun, (eps, T), y0, method=method, rtol=rtol, atol=atol, desc="log_likelihood", progress=progress
+        )
+        if sol.status != 0:
+            raise RuntimeError(f"solve_ivp({method}) failed: {sol.message}")
+        y_end = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1]))
     latent64 = y_end[:n_x].reshape(shape)
     deltas = y_end[n_x:].reshape(B, K)  # float64, on the CPU
     prior = (sde.prior_logp if prior_logp is None else prior_logp)(latent64).to(torch.float64).reshape(B)

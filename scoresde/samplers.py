@@ -5,7 +5,7 @@
 * :class:`EulerMaruyama`, :class:`PredictorCorrector` — :mod:`scoresde.integrators.stochastic`, with the
   predictors and correctors of :mod:`scoresde.integrators.predictors` and
   :mod:`scoresde.integrators.correctors` (``PREDICTORS``, ``CORRECTORS``: name -> class);
-* :class:`ProbabilityFlowODE`, ``SCIPY_METHODS`` — :mod:`scoresde.integrators.ode`;
+* :class:`ProbabilityFlowODE`, ``SCIPY_METHODS``, ``TORCHDIFFEQ_METHODS`` — :mod:`scoresde.integrators.ode`;
 * :class:`TorchSDE`, ``TORCHSDE_METHODS`` — :mod:`scoresde.integrators.torchsde`.
 """
 
@@ -21,7 +21,7 @@ from .integrators.correctors import (
     LangevinCorrector,
     NoneCorrector,
 )
-from .integrators.ode import SCIPY_METHODS, ProbabilityFlowODE
+from .integrators.ode import SCIPY_METHODS, TORCHDIFFEQ_METHODS, ProbabilityFlowODE
 from .integrators.predictors import (
     PREDICTORS,
     AncestralPredictor,
@@ -42,6 +42,7 @@ __all__ = [
     "PREDICTORS",
     "CORRECTORS",
     "SCIPY_METHODS",
+    "TORCHDIFFEQ_METHODS",
     "DivergenceError",
     "FixedStepSampler",
     "CountedScore",

@@ -402,6 +402,7 @@ def test_parser_names_are_the_librarys():
     assert cli.WEIGHTING_NAMES == losses.WEIGHTINGS and cli.OBJECTIVE_NAMES == training.OBJECTIVES
     assert cli.GRID_NAMES == tuple(sd.GRIDS)
     assert cli.SCIPY_METHOD_NAMES == samplers.SCIPY_METHODS
+    assert cli.TORCHDIFFEQ_METHOD_NAMES == samplers.TORCHDIFFEQ_METHODS
     assert cli.TORCHSDE_METHOD_NAMES == samplers.TORCHSDE_METHODS
     assert cli.FLOW_METHOD_NAMES == flow.METHODS
     assert cli.UNIPC_VARIANTS == solvers.UniPC.VARIANTS and cli.DDPM_VARIANCES == ddpm.VARIANCES
@@ -416,6 +417,8 @@ def test_parser_names_are_the_librarys():
         samplers.ProbabilityFlowODE,
         samplers.TorchSDE,
         *solvers.SOLVERS.values(),
+        solvers.DPMSolverPPSinglestep,
+        solvers.AdaptiveDPMSolver,
         adaptive.AdaptiveSDE,
         ddpm.DDPMAncestral,
         flow.FlowODE,

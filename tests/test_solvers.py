@@ -331,8 +331,7 @@ def test_solver_parameters_and_errors():
     assert Heun(5, grid=KarrasSigma(3.0)).params()["grid"] == "KarrasSigma(rho=3.0)"
     with pytest.raises(ValueError, match="order"):
         DPMSolverPP(order=4)
-    with pytest.raises(ValueError, match="multistep"):
-        DPMSolverPP(multistep=False)
+    assert type(DPMSolverPP(multistep=False)) is sd.DPMSolverPPSinglestep  # tests/test_singlestep_adaptive.py
     with pytest.raises(ValueError, match="eta"):
         DDIM(eta=1.5)
     with pytest.raises(ValueError, match="eta"):
@@ -357,10 +356,10 @@ def test_lower_order_final_on_a_stretched_last_step():
     extrapolation over it is unstable unless the final orders are lowered (measured, 3M at 20 steps on the
     ring: 0.77 without, 0.074 with). VE's uniform-t grid is uniform in lambda and is left alone."""
     uni = DPMSolverPP(3, 20, grid="uniform")
-    assert uni.lowers_final_order(sd.VPSDE()) and uni.lowers_final_order(sd.SubVPSDE())
-    assert not uni.lowers_final_order(sd.VESDE())
-    assert not DPMSolverPP(3, 20).lowers_final_order(sd.VPSDE())
-    assert not DPMSolverPP(3, 20, grid="uniform", lower_order_final=False).lowers_final_order(sd.VPSDE())
+    assert uni.uses_lower_order_final(sd.VPSDE()) and uni.uses_lower_order_final(sd.SubVPSDE())
+    assert not uni.uses_lower_order_final(sd.VESDE())
+    assert not DPMSolverPP(3, 20).uses_lower_order_final(sd.VPSDE())
+    assert not DPMSolverPP(3, 20, grid="uniform", lower_order_final=False).uses_lower_order_final(sd.VPSDE())
     err = ring_rmse(DPMSolverPP(3, 20, grid="uniform"), 300)[0]
     forced_off = ring_rmse(DPMSolverPP(3, 20, grid="uniform", lower_order_final=False), 300)[0]
     assert err < 0.1 < 0.5 < forced_off, (err, forced_off)

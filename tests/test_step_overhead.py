@@ -98,7 +98,7 @@ def test_multistep_grid_built_once_per_run(monkeypatch):
     sd.sample(sd.VPSDE(), _score, sampler, shape=(4, 2), progress=False)
     assert len(calls) == 1
     # the lowering rule still sees the grid: uniform-t VP lowers the final orders (last lambda-step > 2x)
-    assert sampler.lowers_final_order(sd.VPSDE())
+    assert sampler.uses_lower_order_final(sd.VPSDE())
 
 
 def test_tables_are_per_run():

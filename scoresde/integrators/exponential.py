@@ -27,8 +27,9 @@ Two families of solvers:
                + s(t') \int_{\lambda_t}^{\lambda_{t'}} e^{-(\lambda_{t'} - \lambda)}\,\hat x_0(\lambda)\,d\lambda.
 
   :class:`DDIM` (order 1) keeps :math:`\hat x_0` constant; :class:`DPMSolverPP` (multistep, order 2
-  or 3) extrapolates it from the previous steps, and :class:`UniPC` adds a corrector that reuses the
-  next step's evaluation. One score evaluation per step: NFE = ``steps``.
+  or 3) extrapolates it from the previous steps (``multistep=False``: the single-step 2S/3S of
+  :mod:`scoresde.integrators.singlestep`, which evaluate inside each step instead), and :class:`UniPC`
+  adds a corrector that reuses the next step's evaluation. One score evaluation per step: NFE = ``steps``.
 
 VE is the special case :math:`s \equiv 1` and needs nothing special (dpm-solver#5): every formula
 uses :math:`s(t)` and :math:`\sigma(t)` from the SDE. :math:`\sigma(\varepsilon) > 0`, so the last step
@@ -39,7 +40,9 @@ step is the data prediction at the grid's end (the limit :math:`h \to \infty` of
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +55,7 @@ from ..schedules import TimeGrid, get_grid, log_snr
 from ..sde import SDE
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import Euler, Heun, OnGrid
+from .singlestep import DPMSolverPPSinglestep
 
 __all__ = ["DDIM", "DPMSolverPP", "UniPC", "SOLVERS"]
 
@@ -191,12 +195,12 @@ class _History(_Run):
     step: int = 0
     lams: list[float] = field(default_factory=list)
     x0s: list[torch.Tensor] = field(default_factory=list)
-    lower_final: bool = False
+    lower_order_final: bool = False
 
 
 class _Multistep(_Exponential):
     """What DPM-Solver++ and UniPC share: order 1-3, a time grid, a :class:`_History`, and an order
-    schedule with warm-up and (when :meth:`lowers_final_order` says so) lowering over the final steps."""
+    schedule with warm-up and (when :meth:`uses_lower_order_final` says so) lowering over the final steps."""
 
     def __init__(
         self,
@@ -217,19 +221,28 @@ class _Multistep(_Exponential):
         self.lower_order_final = bool(lower_order_final)
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _History:
-        return _History(score_fn, lower_final=self.lowers_final_order(sde))
+        return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde))
 
     def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _History:
-        return _History(score_fn, lower_final=self.lowers_final_order(sde, grid))
+        return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde, grid))
 
-    def lowers_final_order(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
-        """Whether the final steps use lower orders (default: whenever ``lower_order_final``)."""
+    def uses_lower_order_final(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
+        """Whether ``lower_order_final`` takes effect: the final steps use lower orders (default: whenever
+        ``lower_order_final`` is set)."""
         return self.lower_order_final
 
-    def step_order(self, i: int, lower_final: bool | None = None) -> int:
-        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end if asked."""
+    def lowers_final_order(self, sde: SDE | None = None) -> bool:
+        """Deprecated name of :meth:`uses_lower_order_final`."""
+        warnings.warn(
+            "lowers_final_order() is deprecated; use uses_lower_order_final()", DeprecationWarning, stacklevel=2
+        )
+        return self.uses_lower_order_final(sde)
+
+    def step_order(self, i: int, lower_order_final: bool | None = None) -> int:
+        """Order used by step ``i`` (0-based): warm-up, then ``order``, lowered at the end when
+        ``lower_order_final`` (default: :meth:`uses_lower_order_final` without an SDE)."""
         k = min(self.order, i + 1)
-        if self.lowers_final_order() if lower_final is None else lower_final:
+        if self.uses_lower_order_final() if lower_order_final is None else lower_order_final:
             k = min(k, self.steps - i)
         return k
 
@@ -279,7 +292,10 @@ class DPMSolverPP(_Multistep):
     grid : str or TimeGrid
         Time grid; default ``"logsnr"`` (constant :math:`h`).
     multistep : bool
-        Only the multistep variant is implemented; ``False`` raises ``ValueError``.
+        ``True`` (default): this multistep solver. ``False`` returns the single-step solver
+        :class:`~scoresde.DPMSolverPPSinglestep` (2S/3S, ``order`` NFE per step) built from the arguments
+        given (``order``, ``steps``, ``grid``, ``eps``, ``denoise``; the others take its defaults);
+        ``lower_order_final`` then cannot be given.
     lower_order_final : bool
         Lower the order over the last steps when ``steps < 15`` or the last :math:`\lambda`-step is
         more than twice the previous one (see above). Default True.
@@ -297,6 +313,19 @@ class DPMSolverPP(_Multistep):
     #: ... or when the last lambda-step exceeds this multiple of the one before
     lower_order_final_ratio = 2.0
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        given = dict(bound.arguments)
+        given.pop("self")
+        if given.pop("multistep", True):
+            return super().__new__(cls)
+        if "lower_order_final" in given:
+            raise ValueError(
+                "lower_order_final applies to the multistep solver only (a single-step solver has the full order "
+                "at every step); drop it, or use multistep=True"
+            )
+        return DPMSolverPPSinglestep(**given)
+
     def __init__(
         self,
         order: int = 2,
@@ -309,8 +338,11 @@ class DPMSolverPP(_Multistep):
         to_zero: bool = False,
     ) -> None:
         super().__init__(order, steps, grid, lower_order_final, eps, denoise, to_zero)
-        if not multistep:
-            raise ValueError("only multistep DPM-Solver++ is implemented; use multistep=True")
+
+    #: the constructor's parameters, for ``inspect.signature`` (which would otherwise show ``__new__``'s)
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:]
+    )
 
     def params(self) -> dict[str, Any]:
         return {
@@ -324,7 +356,7 @@ class DPMSolverPP(_Multistep):
             "to_zero": self.to_zero,
         }
 
-    def lowers_final_order(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
+    def uses_lower_order_final(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
         """Whether the final steps use lower orders (for ``sde``'s grid, or ``grid`` when given: the run's
         own, built once; without ``sde``, by ``steps`` alone)."""
         if not self.lower_order_final:
@@ -345,7 +377,7 @@ class DPMSolverPP(_Multistep):
         hist.x0s.append(tweedie(x, score, s, sigma))
         hist.lams.append(lam)
         del hist.x0s[: -self.order], hist.lams[: -self.order]
-        k = self.step_order(hist.step, hist.lower_final)
+        k = self.step_order(hist.step, hist.lower_order_final)
         hist.step += 1
 
         h = lam2 - lam
@@ -474,7 +506,7 @@ class UniPC(_Multistep):
             score = st.score_fn(x, time_vector(t, x))
             st.x0s.append(tweedie(x, score, s, sigma))
             st.lams.append(lam)
-        k = self.step_order(st.step, st.lower_final)
+        k = self.step_order(st.step, st.lower_order_final)
         st.step += 1
         last = st.step == self.grid_steps
         h = lam2 - lam
