@@ -96,10 +96,17 @@ def _denoised_residual(
     r"""Score at ``xg``, the residual :math:`y - A\hat x_0(xg)` (batch, m) and :math:`r_t^2` (``()`` or (batch,))."""
     s, sigma = _kernel_like(sde, t, xg)
     A, y = obs.tensors(xg)
-    score = score_fn(xg, t.clone() if isinstance(t, torch.Tensor) else t)
+    score = score_fn(xg, _time_tensor(t, xg))
     x0 = (xg + broadcast_coef(sigma**2, xg) * score) / broadcast_coef(s, xg)
     residual = y - x0.reshape(xg.shape[0], -1) @ A.T
     return score, residual, sigma**2 / (s**2 + sigma**2)
+
+
+def _time_tensor(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a normal (non-inference) tensor: a copy of a tensor, or a ``(batch,)`` vector of a float."""
+    if isinstance(t, torch.Tensor):
+        return t.clone()
+    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
 def _grad_enabled_input(x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +270,8 @@ class ClassifierGuidance:
     """
 
     def __init__(self, score_fn: ScoreFn, classifier: Callable[..., torch.Tensor], label: Any, weight: float = 1.0):
-        if not callable(score_fn) or not callable(classifier):
+        given: tuple[object, object] = (score_fn, classifier)  # callers may pass anything
+        if not all(callable(f) for f in given):
             raise TypeError("score_fn and classifier must be callable as f(x, t)")
         self.score_fn, self.classifier, self.label = score_fn, classifier, label
         self.weight = check_positive("weight", weight, allow_zero=True)
@@ -286,10 +294,11 @@ class ClassifierGuidance:
         r""":math:`\nabla_x \log p_t(c \mid x)` (closed form if the classifier has one, else autograd)."""
         grad_fn = getattr(self.classifier, "grad_log_prob", None)
         if grad_fn is not None:
-            return grad_fn(x, t, self.label)
+            closed: torch.Tensor = grad_fn(x, t, self.label)
+            return closed
         with torch.inference_mode(False), torch.enable_grad():
             xg = _grad_enabled_input(x)
-            logp = self.classifier(xg, t.clone() if isinstance(t, torch.Tensor) else t)
+            logp: object = self.classifier(xg, _time_tensor(t, xg))
             if not isinstance(logp, torch.Tensor) or logp.dim() != 2 or logp.shape[0] != x.shape[0]:
                 raise ValueError(
                     f"classifier(x, t) must return (batch, C) log-probabilities, got "
@@ -300,7 +309,7 @@ class ClassifierGuidance:
         return grad.detach()
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        s = self.score_fn(x, t)
+        s = self.score_fn(x, _time_tensor(t, x) if not isinstance(t, torch.Tensor) else t)
         if self.weight == 0:
             return s
         return s + self.weight * self.grad_log_prob(x, t).to(s.dtype)
@@ -440,7 +449,8 @@ def _twist_log_likelihood(obs: LinearObservation, residual: torch.Tensor, r2: to
     L = L.expand(residual.shape[0], m, m)
     white = torch.linalg.solve_triangular(L, residual[..., None], upper=False)[..., 0]
     logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * white.square().sum(-1) - logdet - 0.5 * m * math.log(2 * math.pi)
+    out: torch.Tensor = -0.5 * white.square().sum(-1) - logdet - 0.5 * m * math.log(2 * math.pi)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -828,7 +838,7 @@ class TwistedSMC(Sampler):
         guard = score_fn.guard
         traj = Trajectory()
         score, log_tw, grad = self._twist(sde, score_fn, x, float(grid[0]))
-        log_w = log_tw.clone()
+        log_w = log_tw.to(torch.float64)  # weights accumulate in float64 whatever x's dtype
         ess_trace: list[float] = []
         resampled = 0
 
@@ -858,7 +868,7 @@ class TwistedSMC(Sampler):
                 grad.reshape(n, -1).square().sum(-1)
             )
             score, log_tw_next, grad = self._twist(sde, score_fn, x, t_next)
-            log_w = log_w + log_ratio + log_tw_next - log_tw
+            log_w = log_w + (log_ratio + log_tw_next - log_tw).to(torch.float64)
             log_tw = log_tw_next
             e = ess(log_w)
             ess_trace.append(float(e.mean()))
@@ -896,15 +906,8 @@ METHODS: dict[str, str] = {
 }
 
 
-def _run(
-    sde: SDE, score_fn: ScoreFn, sampler: Sampler | None, n: int | None, attrs: dict[str, Any], **kwargs: Any
-) -> xr.Dataset:
-    shape = kwargs.pop("shape", None)
-    if shape is None and kwargs.get("x_T") is None:
-        if n is None:
-            raise ValueError("give n (the number of samples), shape=(n, *feature_shape) or x_T")
-        raise ValueError("give shape=(n, *feature_shape) or x_T")
-    ds = sample(sde, score_fn, sampler, shape=shape, **kwargs)
+def _run(sde: SDE, score_fn: ScoreFn, sampler: Sampler | None, attrs: dict[str, Any], **kwargs: Any) -> xr.Dataset:
+    ds = sample(sde, score_fn, sampler, **kwargs)
     stats_ess = ds.attrs.get("stat_ess")
     if stats_ess is not None:
         ess = np.asarray(json.loads(stats_ess), dtype=np.float64)
@@ -989,7 +992,7 @@ def sample_posterior(
         run = TwistedSMC(observation, **mkw)
         params = run.params()
     attrs = {"conditioning_method": method, "conditioning_params": _json(params), **observation.attrs()}
-    return _run(sde, fn, run, n, attrs, shape=shape, **kwargs)
+    return _run(sde, fn, run, attrs, shape=shape, **kwargs)
 
 
 def sample_class(
@@ -1026,4 +1029,4 @@ def sample_class(
         raise ValueError(f"unknown method {method!r}; choose 'classifier' or 'classifier_free'")
     lab = label.tolist() if isinstance(label, torch.Tensor) else label
     attrs = {"conditioning_method": method, "conditioning_params": _json(fn.params()), "conditioning_label": _json(lab)}
-    return _run(sde, fn, sampler, None, attrs, shape=shape, **kwargs)
+    return _run(sde, fn, sampler, attrs, shape=shape, **kwargs)

@@ -401,12 +401,13 @@ class GaussianMixture:
         return self.labels
 
     def select_class(self, c: int) -> GaussianMixture:
-        r"""The class-conditional mixture :math:`p_0(x \mid c)`: the components of class ``c``, reweighted."""
+        r"""The class-conditional mixture :math:`p_0(x \mid c)`: the components of class ``c``, reweighted.
+
+        The result carries no labels (all its components are of class ``c``).
+        """
         keep = self._labels() == _check_class(c, self.n_classes)
         w = self.weights[keep]
-        return GaussianMixture._from_eigh(
-            w / w.sum(), self.means[keep], self._evals[keep], self._evecs[keep], self._labels()[keep]
-        )
+        return GaussianMixture._from_eigh(w / w.sum(), self.means[keep], self._evals[keep], self._evecs[keep], None)
 
     def classifier(self, sde: SDE) -> MixtureClassifier:
         r"""The exact noisy classifier :math:`p_t(c \mid x_t)` of this labelled mixture under ``sde``."""

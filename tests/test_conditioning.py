@@ -234,6 +234,18 @@ def test_label_errors():
         labelled_mixture().select_class(2)
 
 
+def test_select_class_and_labels_survive_the_mixture_operations():
+    mix, sde = labelled_mixture(), sd.VESDE()
+    for c, idx in ((0, [0, 2]), (1, [1])):
+        sub = mix.select_class(c)
+        assert sub.labels is None and torch.equal(sub.means, mix.means[idx])
+        torch.testing.assert_close(sub.weights, mix.weights[idx] / mix.weights[idx].sum())
+        torch.testing.assert_close(sub.marginal(sde, 0.5).means, mix.marginal(sde, 0.5).means[idx])
+    assert mix.marginal(sde, 0.5).labels.tolist() == [0, 1, 0] and mix.n_classes == 2
+    assert mix.condition([[1.0, 0.0]], [0.3], 0.1).labels.tolist() == [0, 1, 0]
+    assert mix.condition([[1.0, 0.0]], [0.3], 0.0).marginal(sde, 0.5).labels.tolist() == [0, 1, 0]
+
+
 # ---------------------------------------------------------------------------------------------
 # guidance identities
 # ---------------------------------------------------------------------------------------------
