@@ -564,3 +564,16 @@ def test_slow_dps_bias_on_a_gaussian_is_reported(record_property):
     record_property("dps_bias", report)
     print("DPS on N(0, I), y = A x + 0.3 n, A = [1, 0.5], y = 1:", report)
     assert np.isfinite(list(report.values())).all()
+
+
+def test_one_observation_per_sample_equals_the_shared_one():
+    mix, sde = labelled_mixture(), sd.SubVPSDE()
+    shared = C.LinearObservation([[1.0, 0.5]], [0.3], 0.2)
+    per_sample = C.LinearObservation([[1.0, 0.5]], [[0.3]] * 5, 0.2)
+    kw = dict(n=5, seed=2, dtype=F64, progress=False)
+    for method in ("dps", "pigdm"):  # (DPS's guidance is stiff: 10 explicit steps need a small scale)
+        a = sd.sample_posterior(sde, mix.score(sde), shared, method, sd.EulerMaruyama(10), scale=0.1, **kw)
+        b = sd.sample_posterior(sde, mix.score(sde), per_sample, method, sd.EulerMaruyama(10), scale=0.1, **kw)
+        np.testing.assert_array_equal(a.x.values, b.x.values)
+    with pytest.raises(ValueError, match="one per sample"):
+        sd.sample_posterior(sde, mix.score(sde), per_sample, "pigdm", sd.EulerMaruyama(3), n=4, progress=False)
