@@ -519,10 +519,12 @@ def test_slow_guidance_samples_match_the_class_conditional(method, sde):
         if method == "classifier"
         else dict(score_fn=mix.conditional_score(sde), weight=0.0)
     )
-    ds = sd.sample_class(
-        sde, label=1, method=method, sampler=sd.ProbabilityFlowODE(), shape=(20_000, 2), seed=1, progress=False, **kw
-    )
-    assert_within_floor(ds.x.values[-1], mix.select_class(1).marginal(sde, 1e-3), f"slow/{method}/{sde!r}")
+    # start from the exact p_T(x | c): VE's prior N(0, sigma_max^2 I) misses the class mean (here (2, 1)) by
+    # 2/50 of its std, a bias that the flow carries to eps (about 1.4% of the mean, visible at this size)
+    cond = mix.select_class(1)
+    x_T = cond.marginal(sde, sde.T).sample(20_000, torch.Generator().manual_seed(11))
+    ds = sd.sample_class(sde, label=1, method=method, sampler=sd.ProbabilityFlowODE(), x_T=x_T, progress=False, **kw)
+    assert_within_floor(ds.x.values[-1], cond.marginal(sde, 1e-3), f"slow/{method}/{sde!r}")
 
 
 @pytest.mark.slow
