@@ -35,6 +35,8 @@ from .sde import SDE, LinearSDE
 __all__ = [
     "GaussianMixture",
     "MixtureScore",
+    "MixtureClassifier",
+    "ClassConditionalScore",
     "TARGETS",
     "get_target",
     "eight_gaussians",
@@ -71,12 +73,17 @@ class GaussianMixture:
         Full symmetric positive-definite covariance matrices, or diagonal variances per
         component, or one isotropic variance per component, or one isotropic variance shared
         by all components.
+    labels : array-like of int, shape (K,), optional
+        A class label per component, integers :math:`0, \dots, C-1` with every class used by at
+        least one component. Labels give the class-conditional mixtures :meth:`select_class`, the
+        exact noisy classifier :meth:`classifier` and the class-conditional score
+        :meth:`conditional_score`; :meth:`condition` keeps them.
 
     The parameters are stored in float64 on the CPU; every method follows the dtype and device
     of its input tensors (or of ``dtype``/``generator`` for sampling).
     """
 
-    def __init__(self, weights: Any, means: Any, covariances: Any) -> None:
+    def __init__(self, weights: Any, means: Any, covariances: Any, labels: Any = None) -> None:
         w = _as_float64("weights", weights)
         mu = _as_float64("means", means)
         cov = _as_float64("covariances", covariances)
@@ -105,13 +112,42 @@ class GaussianMixture:
                 "covariances must be positive definite; smallest eigenvalue "
                 f"{float(evals.min())!r}. Add a small multiple of the identity."
             )
-        self.weights = w / w.sum()
-        self.means = mu
-        self.covariances = cov
+        self._set(w / w.sum(), mu, cov, evals, evecs, _check_labels(labels, K))
+
+    def _set(
+        self,
+        weights: torch.Tensor,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        evals: torch.Tensor,
+        evecs: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> None:
+        self.weights = weights
+        self.means = means
+        self.covariances = covariances
         self._evals = evals  # (K, d)
         self._evecs = evecs  # (K, d, d), columns are eigenvectors
         self._log_w = torch.log(self.weights)
+        self.labels = labels
+        #: whether some component has a zero eigenvalue (an exact conditional with noise_std = 0)
+        self.singular = bool((evals == 0).any())
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    @classmethod
+    def _from_eigh(
+        cls,
+        weights: torch.Tensor,
+        means: torch.Tensor,
+        evals: torch.Tensor,
+        evecs: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> GaussianMixture:
+        """A mixture from its eigendecompositions (float64); zero eigenvalues are allowed (degenerate components)."""
+        self = cls.__new__(cls)
+        cov = torch.einsum("kij,kj,klj->kil", evecs, evals, evecs)
+        self._set(weights / weights.sum(), means, 0.5 * (cov + cov.transpose(-1, -2)), evals, evecs, labels)
+        return self
 
     # -- basic properties ---------------------------------------------------------------
     @property
@@ -133,12 +169,20 @@ class GaussianMixture:
         second = second + torch.einsum("k,ki,kj->ij", self.weights, self.means, self.means)
         return second - torch.outer(m, m)
 
+    @property
+    def n_classes(self) -> int:
+        """Number of classes :math:`C` (``ValueError`` if the mixture has no labels)."""
+        return int(self._labels().max()) + 1
+
     def params(self) -> dict[str, Any]:
-        return {
+        p: dict[str, Any] = {
             "weights": self.weights.tolist(),
             "means": self.means.tolist(),
             "covariances": self.covariances.tolist(),
         }
+        if self.labels is not None:
+            p["labels"] = self.labels.tolist()
+        return p
 
     def __repr__(self) -> str:
         return f"GaussianMixture(n_components={self.n_components}, dim={self.dim})"
@@ -200,11 +244,34 @@ class GaussianMixture:
         return y, v, log_joint
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Exact log-density :math:`\log p_0(x)`, shape ``(batch,)``."""
+        r"""Exact log-density :math:`\log p_0(x)`, shape ``(batch,)``.
+
+        For a :attr:`singular` mixture (the exact conditional of :meth:`condition` with ``noise_std=0``,
+        supported on the affine subspace :math:`\{x : A x = y\}`) this is the density with respect to the
+        Lebesgue measure of that subspace: each component's Gaussian density over its positive-variance
+        directions, and :math:`-\infty` at points off the support (a residual along a zero-variance
+        direction larger than :math:`\sqrt{\epsilon}\,(1 + \|x\|_\infty)`, :math:`\epsilon` the machine
+        epsilon of ``x``'s dtype).
+        """
         x = self._check_x(x)
+        if self.singular:
+            return self._log_prob_on_support(x)
         one = torch.ones((), dtype=x.dtype, device=x.device)
         _, _, log_joint = self._component_terms(x, one, 0 * one)
         return torch.logsumexp(log_joint, dim=-1)
+
+    def _log_prob_on_support(self, x: torch.Tensor) -> torch.Tensor:
+        log_w, mu, evals, evecs = self._tensors(x.dtype, x.device)
+        y = torch.einsum("kji,bkj->bki", evecs, x[:, None, :] - mu[None])  # (B, K, d) rotated residuals
+        pos = evals > 0
+        v = torch.where(pos, evals, torch.ones_like(evals))
+        quad = torch.where(pos, y.square() / v, 0.0).sum(-1)
+        logdet = torch.where(pos, torch.log(v), 0.0).sum(-1)
+        rank = pos.sum(-1).to(x.dtype)
+        tol = math.sqrt(torch.finfo(x.dtype).eps) * (1 + x.abs().amax(-1, keepdim=True))
+        off = torch.where(pos, 0.0, y.abs()).amax(-1) > tol
+        log_joint = log_w - 0.5 * (quad + logdet + rank * math.log(2 * math.pi))
+        return torch.logsumexp(log_joint.masked_fill(off, -math.inf), dim=-1)
 
     def marginal(self, sde: SDE, t: float) -> GaussianMixture:
         r"""The mixture :math:`p_t` at time ``t``: components :math:`\mathcal N(s\mu_k, s^2\Sigma_k + \sigma^2 I)`."""
@@ -212,12 +279,143 @@ class GaussianMixture:
         check_time(t, sde.T)
         _, _, s_t, sigma_t = sde.coefficients(float(t))
         s, sigma = float(s_t), float(sigma_t)
+        if self.singular:  # exact in the eigenbasis; stays singular only where sigma(t) = 0
+            evals = s**2 * self._evals + sigma**2
+            return GaussianMixture._from_eigh(self.weights, s * self.means, evals, self._evecs, self.labels)
         eye = torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(self.weights, s * self.means, s**2 * self.covariances + sigma**2 * eye)
+        return GaussianMixture(
+            self.weights, s * self.means, s**2 * self.covariances + sigma**2 * eye, labels=self.labels
+        )
 
     def score(self, sde: SDE) -> MixtureScore:
         """The exact score function ``score_fn(x, t)`` of the marginals of this mixture under ``sde``."""
         return MixtureScore(self, sde)
+
+    # -- conditioning ---------------------------------------------------------------------
+    def condition(self, A: Any, y: Any, noise_std: float = 0.0) -> GaussianMixture | list[GaussianMixture]:
+        r"""The exact posterior of :math:`x` given the linear observation :math:`y = A x + \sigma_y n`.
+
+        With :math:`n \sim \mathcal N(0, I_m)` independent of :math:`x \sim p_0` and
+        :math:`\sigma_y` = ``noise_std``, the posterior is again a Gaussian mixture: for each component,
+
+        .. math::
+            S_k = A \Sigma_k A^\top + \sigma_y^2 I, \qquad K_k = \Sigma_k A^\top S_k^{-1}, \qquad
+            \mu_k' = \mu_k + K_k (y - A\mu_k), \qquad
+            \Sigma_k' = (I - K_k A)\,\Sigma_k\,(I - K_k A)^\top + \sigma_y^2 K_k K_k^\top,
+
+        (the Joseph form of :math:`\Sigma_k - K_k A \Sigma_k`, positive semi-definite by construction), with
+        the weights updated by each component's evidence, in log space:
+
+        .. math::
+            w_k' \propto w_k\,\mathcal N(y;\ A\mu_k,\ S_k).
+
+        :math:`S_k` is factorised by Cholesky and every inverse is a triangular solve. With
+        ``noise_std=0`` the observation is exact, :math:`A x = y`: the rows of :math:`A` must be linearly
+        independent, and the posterior lives on the affine subspace :math:`\{x : A x = y\}`. It is then
+        computed in the orthonormal frame :math:`[Q_r, Q_n]` of the QR factorisation :math:`A^\top = Q_r R`:
+        :math:`Q_r^\top x = c = R^{-\top} y` is fixed and :math:`u = Q_n^\top x` given :math:`c` is the
+        Gaussian conditional (Schur complement) of each component, so the posterior covariances
+        :math:`Q_n \operatorname{Cov}(u \mid c)\,Q_n^\top` have exact zero eigenvalues along the row space
+        of :math:`A`. Such a mixture is :attr:`singular`: :meth:`sample` draws exactly on the subspace, its
+        :meth:`score` under a linear SDE is exact wherever :math:`\sigma(t) > 0`, and :meth:`log_prob` is
+        the density on the subspace.
+
+        Parameters
+        ----------
+        A : array-like, shape (m, d)
+            The observation matrix (masking, averaging, blurring, projection: any real matrix).
+        y : array-like, shape (m,) or (B, m)
+            One observation, or a batch of ``B`` observations.
+        noise_std : float
+            :math:`\sigma_y \ge 0`. Default 0 (exact observation).
+
+        Returns
+        -------
+        GaussianMixture or list of GaussianMixture
+            The posterior for ``y`` of shape ``(m,)``; a list of ``B`` posteriors, one per row, for ``y``
+            of shape ``(B, m)``. Labels are kept (component :math:`k` of the posterior is the posterior of
+            component :math:`k`).
+        """
+        A_t = _as_float64("A", A)
+        if A_t.dim() != 2 or A_t.shape[1] != self.dim or A_t.shape[0] == 0:
+            raise ValueError(f"A must have shape (m, d) with m >= 1 and d={self.dim}, got {tuple(A_t.shape)}")
+        y_t = _as_float64("y", y)
+        m = A_t.shape[0]
+        if y_t.dim() not in (1, 2) or y_t.shape[-1] != m:
+            raise ValueError(
+                f"y must have shape ({m},) or (B, {m}) to match A of shape {tuple(A_t.shape)}, got {tuple(y_t.shape)}"
+            )
+        noise_std = check_positive("noise_std", noise_std, allow_zero=True)
+        if y_t.dim() == 2:
+            return [self._condition(A_t, row, noise_std) for row in y_t]
+        return self._condition(A_t, y_t, noise_std)
+
+    def _condition(self, A: torch.Tensor, y: torch.Tensor, noise_std: float) -> GaussianMixture:
+        m, d = A.shape
+        mu, cov = self.means, self.covariances
+        S = A @ cov @ A.T + noise_std**2 * torch.eye(m, dtype=torch.float64)  # (K, m, m)
+        L, info = torch.linalg.cholesky_ex(0.5 * (S + S.transpose(-1, -2)))
+        if bool((info != 0).any()):
+            raise ValueError(
+                f"A Sigma_k A^T + noise_std^2 I is not positive definite for noise_std={noise_std!r}: with "
+                f"noise_std=0 the rows of A (shape {tuple(A.shape)}) must be linearly independent (m <= d and "
+                "full row rank); drop the redundant rows or give noise_std > 0"
+            )
+        r = y - mu @ A.T  # (K, m)
+        white = torch.linalg.solve_triangular(L, r[..., None], upper=False)[..., 0]
+        log_ev = -0.5 * (white.square().sum(-1) + m * math.log(2 * math.pi)) - torch.log(
+            torch.diagonal(L, dim1=-2, dim2=-1)
+        ).sum(-1)
+        log_w = self._log_w + log_ev
+        weights = torch.softmax(log_w, dim=0)
+        if noise_std > 0:
+            # K^T = S^{-1} A Sigma
+            gain = torch.cholesky_solve(A @ cov, L).transpose(-1, -2)  # (K, d, m)
+            means = mu + torch.einsum("kdm,km->kd", gain, r)
+            I_KA = torch.eye(d, dtype=torch.float64) - gain @ A
+            post = I_KA @ cov @ I_KA.transpose(-1, -2) + noise_std**2 * gain @ gain.transpose(-1, -2)
+            evals, evecs = torch.linalg.eigh(0.5 * (post + post.transpose(-1, -2)))
+            evals = evals.clamp_min(0.0)
+            return GaussianMixture._from_eigh(weights, means, evals, evecs, self.labels)
+        Q, R = torch.linalg.qr(A.T, mode="complete")  # A^T = Q[:, :m] R[:m]
+        Qr, Qn = Q[:, :m], Q[:, m:]
+        c = torch.linalg.solve_triangular(R[:m].T, y[:, None], upper=False)[:, 0]  # Qr^T x = c
+        Srr = Qr.T @ cov @ Qr  # (K, m, m)
+        Snr = Qn.T @ cov @ Qr  # (K, d-m, m)
+        Snn = Qn.T @ cov @ Qn
+        Lr = torch.linalg.cholesky(0.5 * (Srr + Srr.transpose(-1, -2)))
+        G = torch.cholesky_solve(Snr.transpose(-1, -2), Lr).transpose(-1, -2)  # Snr Srr^{-1}
+        u_mean = mu @ Qn + torch.einsum("knm,km->kn", G, c - mu @ Qr)
+        u_cov = Snn - G @ Snr.transpose(-1, -2)
+        lam, V = torch.linalg.eigh(0.5 * (u_cov + u_cov.transpose(-1, -2)))
+        K = self.n_components
+        means = c @ Qr.T + u_mean @ Qn.T
+        evals = torch.cat([lam.clamp_min(0.0), torch.zeros(K, m, dtype=torch.float64)], dim=-1)
+        evecs = torch.cat([Qn @ V, Qr.expand(K, d, m)], dim=-1)
+        return GaussianMixture._from_eigh(weights, means, evals, evecs, self.labels)
+
+    # -- labels ---------------------------------------------------------------------------
+    def _labels(self) -> torch.Tensor:
+        if self.labels is None:
+            raise ValueError("this mixture has no class labels; build it with GaussianMixture(..., labels=...)")
+        return self.labels
+
+    def select_class(self, c: int) -> GaussianMixture:
+        r"""The class-conditional mixture :math:`p_0(x \mid c)`: the components of class ``c``, reweighted.
+
+        The result carries no labels (all its components are of class ``c``).
+        """
+        keep = self._labels() == _check_class(c, self.n_classes)
+        w = self.weights[keep]
+        return GaussianMixture._from_eigh(w / w.sum(), self.means[keep], self._evals[keep], self._evecs[keep], None)
+
+    def classifier(self, sde: SDE) -> MixtureClassifier:
+        r"""The exact noisy classifier :math:`p_t(c \mid x_t)` of this labelled mixture under ``sde``."""
+        return MixtureClassifier(self, sde)
+
+    def conditional_score(self, sde: SDE) -> ClassConditionalScore:
+        r"""The exact class-conditional score ``score(x, t, c)`` :math:`= \nabla_x \log p_t(x \mid c)`."""
+        return ClassConditionalScore(self, sde)
 
     def flow_map(self, sde: SDE, x: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
         r"""Exact probability-flow ODE map of a single Gaussian :math:`\mathcal N(m, C)` from ``t_from`` to ``t_to``.
@@ -269,6 +467,11 @@ class MixtureScore:
 
     def _kernel(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, s, sigma = self.sde.coefficients(t, like=x)
+        if self.mixture.singular and bool((sigma == 0).any()):
+            raise ValueError(
+                "this mixture is singular (an exact conditional with noise_std=0, supported on {x: A x = y}), so "
+                "its score is defined only where sigma(t) > 0; evaluate it at t > 0 (samplers stop at eps > 0)"
+            )
         return s, sigma
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -286,6 +489,116 @@ class MixtureScore:
         s, sigma = self._kernel(x, t)
         _, _, log_joint = self.mixture._component_terms(x, s, sigma)
         return torch.logsumexp(log_joint, dim=-1)
+
+
+def _check_labels(labels: Any, K: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    arr = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if arr.shape != (K,) or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"labels must be K={K} integers, one class label per component, got {arr!r}")
+    present = set(arr.tolist())
+    if min(present) < 0 or present != set(range(max(present) + 1)):
+        raise ValueError(
+            f"labels must be the integers 0..C-1 with every class used by some component, got {sorted(present)}"
+        )
+    return torch.as_tensor(arr, dtype=torch.int64)
+
+
+def _check_class(c: Any, n_classes: int) -> int:
+    if isinstance(c, bool) or not isinstance(c, int | np.integer):
+        raise TypeError(f"the class label must be an int in [0, {n_classes}), got {type(c).__name__}")
+    if not 0 <= int(c) < n_classes:
+        raise ValueError(f"class label {int(c)} out of range: this mixture has classes 0..{n_classes - 1}")
+    return int(c)
+
+
+def _class_mask(mixture: GaussianMixture, c: Any, x: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, K) mask of the components of class ``c`` (an int, or a (B,) integer tensor) for each sample."""
+    labels = mixture._labels().to(x.device)
+    C = mixture.n_classes
+    if isinstance(c, torch.Tensor):
+        if c.dtype.is_floating_point or c.dtype == torch.bool or c.shape not in ((), (x.shape[0],)):
+            raise ValueError(
+                f"c must be an int or an integer tensor of shape ({x.shape[0]},), got {c.dtype} {tuple(c.shape)}"
+            )
+        if bool(((c < 0) | (c >= C)).any()):
+            raise ValueError(f"class labels in c must lie in 0..{C - 1}")
+        return labels[None, :] == c.to(x.device).reshape(-1, 1)
+    return (labels == _check_class(c, C))[None, :].expand(x.shape[0], -1)
+
+
+class _LabelledTerms:
+    """Shared by the classifier and the class-conditional score: component terms and per-component scores."""
+
+    def __init__(self, mixture: GaussianMixture, sde: SDE) -> None:
+        mixture._labels()
+        self.mixture = mixture
+        self.sde = _check_linear(sde)
+        self._score = MixtureScore(mixture, sde)
+
+    def _terms(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log joint (B, K) and the negative component scores U_k (y_k / v_k), (B, K, d)."""
+        x = self.mixture._check_x(x)
+        s, sigma = self._score._kernel(x, t)
+        y, v, log_joint = self.mixture._component_terms(x, s, sigma)
+        _, _, _, evecs = self.mixture._tensors(x.dtype, x.device)
+        return log_joint, torch.einsum("kij,bkj->bki", evecs, y / v)
+
+
+class MixtureClassifier(_LabelledTerms):
+    r"""The exact noisy classifier of a labelled :class:`GaussianMixture` diffused by a linear SDE.
+
+    With :math:`r_k(x, t)` the responsibilities of the components of :math:`p_t` (see the module docstring),
+
+    .. math::
+        p_t(c \mid x) = \sum_{k:\ \ell_k = c} r_k(x, t), \qquad
+        \nabla_x \log p_t(c \mid x) = \nabla_x \log p_t(x \mid c) - \nabla_x \log p_t(x)
+        = \sum_k \big(r_k - r^c_k\big)\, C_k(t)^{-1}\big(x - s(t)\mu_k\big),
+
+    with :math:`r^c_k = r_k\,[\ell_k = c] / \sum_{j:\ \ell_j = c} r_j` the responsibilities within class :math:`c`.
+    ``classifier(x, t)`` returns the log-probabilities :math:`\log p_t(c \mid x)` of every class, shape
+    ``(batch, C)``, as any time-dependent classifier does; :meth:`grad_log_prob` the closed-form gradient.
+    """
+
+    def __repr__(self) -> str:
+        return f"MixtureClassifier({self.mixture!r}, {self.sde!r})"
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        log_joint, _ = self._terms(x, t)
+        onehot = (
+            self.mixture._labels().to(x.device)[None, :]
+            == torch.arange(self.mixture.n_classes, device=x.device)[:, None]
+        )
+        masked = log_joint[:, None, :].masked_fill(~onehot[None], -math.inf)  # (B, C, K)
+        return torch.logsumexp(masked, dim=-1) - torch.logsumexp(log_joint, dim=-1, keepdim=True)
+
+    def grad_log_prob(self, x: torch.Tensor, t: float | torch.Tensor, c: int | torch.Tensor) -> torch.Tensor:
+        r""":math:`\nabla_x \log p_t(c \mid x)`, shape ``(batch, d)``; ``c`` an int or a ``(batch,)`` integer tensor."""
+        log_joint, comp = self._terms(x, t)
+        mask = _class_mask(self.mixture, c, x)
+        r = torch.softmax(log_joint, dim=-1)
+        rc = torch.softmax(log_joint.masked_fill(~mask, -math.inf), dim=-1)
+        return torch.einsum("bk,bki->bi", r - rc, comp)
+
+
+class ClassConditionalScore(_LabelledTerms):
+    r"""The exact class-conditional score :math:`\nabla_x \log p_t(x \mid c)` of a labelled mixture.
+
+    Callable as ``score(x, t, c)``: ``c`` an int, a ``(batch,)`` integer tensor, or ``None`` for the
+    unconditional score :math:`\nabla_x \log p_t(x)` (the "null" label of classifier-free guidance).
+    :math:`p_t(x \mid c)` is the diffused mixture of the components of class :math:`c`, reweighted
+    (:meth:`GaussianMixture.select_class`), so the score is :math:`-\sum_k r^c_k\,C_k(t)^{-1}(x - s\mu_k)`.
+    """
+
+    def __repr__(self) -> str:
+        return f"ClassConditionalScore({self.mixture!r}, {self.sde!r})"
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor, c: int | torch.Tensor | None = None) -> torch.Tensor:
+        log_joint, comp = self._terms(x, t)
+        if c is not None:
+            log_joint = log_joint.masked_fill(~_class_mask(self.mixture, c, x), -math.inf)
+        return -torch.einsum("bk,bki->bi", torch.softmax(log_joint, dim=-1), comp)
 
 
 # -- named 2-D targets ------------------------------------------------------------------
