@@ -38,7 +38,7 @@ import torch
 from .._kernels import check_linear, is_variance_exploding, kernel, time_vector, tweedie
 from ..schedules import TimeGrid, get_grid
 from ..sde import SDE, LinearSDE, ReverseSDE
-from .base import CountedScore, Trajectory
+from .base import CountedScore, LinearDrift, Trajectory
 from .ode import ProbabilityFlowODE
 
 __all__ = ["OnGrid", "Euler", "Heun", "FORMS"]
@@ -225,16 +225,16 @@ class Euler(OnGrid, ProbabilityFlowODE):
 
     def step(
         self,
-        state: ReverseSDE | CountedScore,
+        state: ReverseSDE | LinearDrift | CountedScore,
         sde: SDE,
         x: torch.Tensor,
         t: float,
         t_next: float,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        if isinstance(state, ReverseSDE):
-            return super().step(state, sde, x, t, t_next, generator)
-        return edm_step(state, sde, x, t, t_next, heun=self.method == "heun")
+        if isinstance(state, CountedScore):  # the EDM form
+            return edm_step(state, sde, x, t, t_next, heun=self.method == "heun")
+        return super().step(state, sde, x, t, t_next, generator)
 
 
 class Heun(Euler):
