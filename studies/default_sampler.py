@@ -12,12 +12,13 @@ the VP SDE (eps = 1e-3):
 Every problem has an exact sampler of its marginal p_eps at t = eps: ``x = s(eps) x_0 + sigma(eps) z`` with
 ``x_0`` a fresh draw of the data distribution (in model space) and ``z ~ N(0, I)``. For every sampler of
 ``samplers`` (names of :data:`SAMPLERS`: a factory from an NFE budget to a sampler that spends exactly that
-budget, or ``None`` where it cannot) x NFE budget x problem, ``n_samples`` samples (seed ``seed_sample``)
+budget, or ``None`` where it cannot) x NFE budget x problem, ``n_samples`` samples (``n_samples_exact`` on the exact problem; seed ``seed_sample``)
 are compared with a fixed exact reference set of p_eps by the sliced Wasserstein distance (SW2, 500
 projections), and SW is divided by its floor: the mean of ``floor_pairs`` SW2 values of fresh exact sets
 of p_eps against the same reference (``metrics.metric_floor(..., reference=ref)``). A ratio near 1 is as
 good as exact samples; the floor's relative standard deviation is reported with it. Adaptive RK45 runs
-at one tolerance per budget (:data:`RK45_TOLS`) and records the NFE it spent.
+at one tolerance per budget (:data:`RK45_TOLS`) and records the NFE it spent. Deterministic solvers run the
+budgets up to ``ode_max_nfe`` only (they have converged there).
 
 Usage::
 
@@ -69,8 +70,13 @@ PROBLEMS: dict[str, tuple[str, bool]] = {
 #: RK45 tolerance (rtol = atol) per NFE budget; the NFE it spends is recorded
 RK45_TOLS: dict[int, float] = {10: 3e-1, 20: 1e-1, 50: 1e-2, 100: 1e-3, 200: 1e-4, 500: 1e-5, 1000: 1e-6}
 
-OK, UNSUPPORTED, DIVERGED = 1, 0, -1
-FLAG = {"flag_values": np.array([DIVERGED, UNSUPPORTED, OK], np.int8), "flag_meanings": "diverged unsupported ok"}
+OK, UNSUPPORTED, DIVERGED, NOT_RUN = 1, 0, -1, -2
+FLAG = {
+    "flag_values": np.array([NOT_RUN, DIVERGED, UNSUPPORTED, OK], np.int8),
+    "flag_meanings": "not_run diverged unsupported ok",
+}
+#: deterministic samplers (probability-flow ODE solvers): run at budgets up to ``Config.ode_max_nfe`` only
+DETERMINISTIC = {"DDIM", "Heun", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3", "RK45"}
 
 
 def _per(nfe: int, per_step: int, build: Callable[[int], sd.Sampler]) -> sd.Sampler | None:
@@ -93,7 +99,9 @@ SAMPLERS: dict[str, Callable[[int], sd.Sampler | None]] = {
     "PC (snr 0.01)": lambda n: _per(n, 2, lambda k: sd.PredictorCorrector(steps=k, snr=0.01, eps=EPS)),
     "PC (ald)": lambda n: _per(n, 2, lambda k: sd.PredictorCorrector(steps=k, corrector="ald", eps=EPS)),
     "reverse diffusion": lambda n: sd.PredictorCorrector(steps=n, corrector="none", eps=EPS),
+    "ancestral": lambda n: sd.PredictorCorrector("ancestral", "none", steps=n, eps=EPS),
     "DDIM": lambda n: sd.DDIM(n, eps=EPS),
+    "DDIM (eta 1)": lambda n: sd.DDIM(n, eta=1.0, eps=EPS),
     "Heun": lambda n: _per(n, 2, lambda k: sd.Heun(k, eps=EPS)),
     "DPM-Solver++(2M)": lambda n: sd.DPMSolverPP(2, n, eps=EPS) if n >= 2 else None,
     "DPM-Solver++(3M)": lambda n: sd.DPMSolverPP(3, n, eps=EPS) if n >= 3 else None,
@@ -107,11 +115,25 @@ class Config:
     """Sizes, sweeps and seeds of one run."""
 
     problems: tuple[str, ...] = tuple(PROBLEMS)
-    samplers: tuple[str, ...] = tuple(SAMPLERS)
+    samplers: tuple[str, ...] = (
+        "EM",
+        "PC (snr 0.16)",
+        "PC (snr 0.05)",
+        "reverse diffusion",
+        "ancestral",
+        "DDIM (eta 1)",
+        "DDIM",
+        "Heun",
+        "DPM-Solver++(2M)",
+        "UniPC-3",
+        "RK45",
+    )
     budgets: tuple[int, ...] = (20, 50, 200, 1000)  # NFE budgets
     train_steps: int = 3000
     n_data: int = 20_000
-    n_samples: int = 10_000
+    n_samples: int = 10_000  # samples per run on the trained problems
+    n_samples_exact: int = 40_000  # on the exact problem (cheap score; the ring's floor varies with its mode weights)
+    ode_max_nfe: int = 200  # deterministic samplers converge well below this on these problems
     floor_pairs: int = 8
     seed_model: int = 0  # torch.manual_seed before building each network
     seed_data: int = 0  # load_dataset seed (as `scoresde train`)
@@ -128,7 +150,15 @@ class Config:
 
 
 DEFAULT = Config()
-FULL = replace(DEFAULT, budgets=(20, 50, 100, 200, 500, 1000), train_steps=5000, n_samples=20_000, floor_pairs=16)
+FULL = replace(
+    DEFAULT,
+    samplers=tuple(SAMPLERS),
+    budgets=(20, 50, 100, 200, 500, 1000),
+    train_steps=5000,
+    n_samples=20_000,
+    n_samples_exact=80_000,
+    floor_pairs=16,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,6 +172,7 @@ class Problem:
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     draw_x0: Callable[[int, torch.Generator], torch.Tensor]  # fresh points of the data distribution
     description: str
+    trained: bool = True
 
     def draw_eps(self, sde: sd.LinearSDE) -> Callable[[int, torch.Generator], torch.Tensor]:
         """``draw(m, generator)``: ``m`` exact samples of p_eps, ``s(eps) x_0 + sigma(eps) z`` (float64)."""
@@ -181,7 +212,11 @@ def exact_problem(name: str, sde: sd.LinearSDE) -> Problem:
     """The named mixture (unscaled) with its closed-form score."""
     mix = sd.get_target(name)
     return Problem(
-        f"{name} (exact)", mix.score(sde), lambda m, g: mix.sample(m, g, dtype=torch.float64), f"exact score of {name}"
+        f"{name} (exact)",
+        mix.score(sde),
+        lambda m, g: mix.sample(m, g, dtype=torch.float64),
+        f"exact score of {name}",
+        trained=False,
     )
 
 
@@ -190,7 +225,7 @@ def exact_problem(name: str, sde: sd.LinearSDE) -> Problem:
 # ---------------------------------------------------------------------------------------
 def run_problem(problem: Problem, sde: sd.LinearSDE, cfg: Config, bar: tqdm) -> dict[str, np.ndarray]:
     """SW to the reference, NFE, wall time and status of every sampler x budget; the floor values."""
-    n = cfg.n_samples
+    n = cfg.n_samples if problem.trained else cfg.n_samples_exact
     draw = problem.draw_eps(sde)
     ref = draw(n, torch.Generator().manual_seed(cfg.seed_reference))
     floor = metrics.metric_floor(
@@ -209,7 +244,9 @@ def run_problem(problem: Problem, sde: sd.LinearSDE, cfg: Config, bar: tqdm) -> 
         for j, budget in enumerate(cfg.budgets):
             bar.set_postfix_str(f"{problem.name}: {name} @ {budget}")
             sampler = SAMPLERS[name](budget)
-            if sampler is not None:
+            if name in DETERMINISTIC and budget > cfg.ode_max_nfe:
+                out["status"][i, j] = NOT_RUN
+            elif sampler is not None:
                 try:
                     ds = sd.sample(sde, problem.score_fn, sampler, shape=(n, 2), seed=cfg.seed_sample, progress=False)
                 except sd.DivergenceError:
@@ -347,11 +384,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         __doc__,
         "5,000 training steps, 20,000 samples, 16 floor pairs, six NFE budgets",
         DEFAULT_OUT,
-        threads_help="torch intra-op threads (default 1: small batches run fastest single-threaded on a shared machine)",
+        threads_help="torch intra-op threads (default 1: small batches run fastest single-threaded on a "
+        "shared machine)",
     )
     ap.add_argument("--samplers", nargs="+", default=None, help=f"a subset of {list(SAMPLERS)}")
     ap.add_argument("--budgets", nargs="+", type=int, default=None, help="NFE budgets")
-    ap.add_argument("--samples", type=int, default=None, help="number of samples")
+    ap.add_argument("--problems", nargs="+", default=None, help=f"a subset of {list(PROBLEMS)}")
+    ap.add_argument("--samples", type=int, default=None, help="number of samples on the trained problems")
+    ap.add_argument("--train-steps", type=int, default=None, help="training steps of each model")
     return ap.parse_args(argv)
 
 
@@ -377,8 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(cfg, samplers=tuple(args.samplers))
     if args.budgets is not None:
         cfg = replace(cfg, budgets=tuple(args.budgets))
+    if args.problems is not None:
+        cfg = replace(cfg, problems=tuple(args.problems))
     if args.samples is not None:
         cfg = replace(cfg, n_samples=args.samples)
+    if args.train_steps is not None:
+        cfg = replace(cfg, train_steps=args.train_steps)
     ds = run(cfg, out / "checkpoints", progress=not args.quiet, argv=argv, size="full" if args.full else "default")
     print(write_outputs(ds, out))
     return 0

@@ -20,11 +20,13 @@ from studies import default_sampler as dsm  # noqa: E402
 TINY = replace(
     dsm.DEFAULT,
     samplers=("EM", "PC (snr 0.16)", "Heun", "DPM-Solver++(2M)", "RK45"),
-    budgets=(3, 20),
+    budgets=(3, 20, 40),
     train_steps=30,
     n_data=2000,
     n_samples=400,
+    n_samples_exact=800,
     floor_pairs=4,
+    ode_max_nfe=20,
 )
 
 
@@ -85,6 +87,9 @@ def test_study_measures_and_writes(study, tmp_path):
     # PC and Heun cannot spend 3 NFE; the others run
     assert (status.sel(sampler=["PC (snr 0.16)", "Heun"]) == dsm.UNSUPPORTED).all()
     assert (ds.status.sel(budget=20) == dsm.OK).all()
+    # the deterministic solvers run the budgets up to ode_max_nfe only
+    assert (ds.status.sel(budget=40, sampler=["Heun", "DPM-Solver++(2M)", "RK45"]) == dsm.NOT_RUN).all()
+    assert (ds.status.sel(budget=40, sampler=["EM", "PC (snr 0.16)"]) == dsm.OK).all()
     fixed = ds.nfe.sel(budget=20).drop_sel(sampler="RK45")
     assert (fixed == 20).all()
     # exact score: a 20-NFE second-order solver is much closer than a 3-NFE Euler-Maruyama run
