@@ -117,3 +117,18 @@ def test_checkpoints_are_reused(study):
     np.testing.assert_array_equal(
         again.sw.values[0], ds.sw.sel(problem=["moons"], sampler=["EM"], budget=[3]).values[0]
     )
+
+
+def test_toy_draws_are_iid():
+    # make_moons spaces its points evenly along the arcs: two of its sets are closer to each other than two
+    # i.i.d. sets. The study's draws are i.i.d., so two fresh sets are as far apart as two halves of one set.
+    from scoresde import metrics
+
+    draw = dsm._toy_draw("moons", 0.0, 1.0)
+    fresh, halves = [], []
+    for k in range(12):
+        g = torch.Generator().manual_seed(k)
+        fresh.append(metrics.sliced_wasserstein(draw(1000, g), draw(1000, g)))
+        both = draw(2000, g)
+        halves.append(metrics.sliced_wasserstein(both[:1000], both[1000:]))
+    assert 0.6 < np.mean(fresh) / np.mean(halves) < 1.7, (fresh, halves)  # stratified draws: about 0.3
