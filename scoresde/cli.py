@@ -108,8 +108,10 @@ DTYPE_NAMES = ("float32", "float64")
 #: chunk size of a run written to a zarr store (--out *.zarr) when --chunk-size is not given
 DEFAULT_CHUNK_SIZE = 10_000
 
-#: the sampler used when --sampler is not given
+#: the sampler used when --sampler is not given: DEFAULT_SAMPLER[sde], else SAMPLER_FALLBACK (the default of
+#: scoresde.sample, Euler-Maruyama on the reverse SDE; see its docstring for why)
 DEFAULT_SAMPLER = {"ddpm": "ddpm", "rf": "flow"}
+SAMPLER_FALLBACK = "em"
 #: the training objective and parameterisation used when --objective / --parameterization are not given
 DEFAULT_OBJECTIVE = {"ddpm": "ddpm", "rf": "flow_matching"}
 
@@ -662,7 +664,7 @@ def _add_sample_parser(commands: Any) -> None:
         default=None,
         metavar="NAME",
         help=f"reverse-time integrator: {', '.join(SAMPLERS)} or module:Class, see below "
-        "(default: pc; ddpm for --sde ddpm, flow for --sde rf)",
+        f"(default: {SAMPLER_FALLBACK}, 1000 steps; ddpm for --sde ddpm, flow for --sde rf)",
     )
     g.add_argument(
         "--steps",
@@ -1207,7 +1209,7 @@ def _cmd_sample_target(args: argparse.Namespace, argv: Sequence[str], rank: int)
     sub: argparse.ArgumentParser = args.subparser
     args.sde = args.sde or "vp"
     if args.sampler is None:
-        args.sampler = DEFAULT_SAMPLER.get(args.sde, "pc")
+        args.sampler = DEFAULT_SAMPLER.get(args.sde, SAMPLER_FALLBACK)
     _check_sampler_options(args, sub)
     args.target = args.target or "eight_gaussians"
     args.n_samples = args.n_samples or 10_000
@@ -1330,7 +1332,7 @@ def _read_checkpoint_problem(args: argparse.Namespace, sub: argparse.ArgumentPar
     ckpt = read_checkpoint(args.checkpoint)  # CheckpointError (a ValueError): missing, truncated, corrupt -> exit 2
     sde_class = ckpt["config"]["sde"]["class"]
     if args.sampler is None:
-        args.sampler = DEFAULT_SAMPLER.get(_sde_key(sde_class), "pc")
+        args.sampler = DEFAULT_SAMPLER.get(_sde_key(sde_class), SAMPLER_FALLBACK)
     _check_sampler_options(args, sub)
     if args.target is not None:
         sub.error("argument --target: does not apply with --checkpoint (the model samples its training data)")

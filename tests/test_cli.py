@@ -68,9 +68,9 @@ def test_sample_writes_dataset_figure_and_report(tmp_path, capsys):
     assert np.all(np.diff(times) < 0)
     assert np.isfinite(ds["x"].values).all()
     a = ds.attrs
-    assert a["sde"] == "VPSDE" and a["sampler"] == "PredictorCorrector"
+    assert a["sde"] == "VPSDE" and a["sampler"] == "EulerMaruyama"  # the default sampler
     assert a["target"] == "eight_gaussians"
-    assert a["nfe"] == 100  # 50 steps x (predictor + 1 corrector step)
+    assert a["nfe"] == 50  # 50 steps, one score evaluation each
     assert a["command"].startswith("scoresde sample")
     assert a["metric_sw2"] > 0
     assert a["metric_sw2_floor_pairs"] == 8
@@ -87,10 +87,10 @@ def test_sample_writes_dataset_figure_and_report(tmp_path, capsys):
     assert_only_outputs(out)
 
     report = captured.out
-    for word in ("VPSDE", "PredictorCorrector", "NFE", "100", "wall time", "SW2", "floor", "mode"):
+    for word in ("VPSDE", "EulerMaruyama", "NFE", "50", "wall time", "SW2", "floor", "mode"):
         assert word in report
     assert ("within floor (mean + 3 sd" if within else "ABOVE floor (mean + 3 sd") in report
-    assert "PredictorCorrector:" not in captured.err  # --quiet: no progress bar
+    assert "EulerMaruyama:" not in captured.err  # --quiet: no progress bar
 
 
 def test_progress_bar_shown_without_quiet(tmp_path, capsys):

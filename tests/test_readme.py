@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 
 import scoresde as sd
+from scoresde.cli import DEFAULT_SAMPLER, SAMPLER_FALLBACK  # what `scoresde sample` uses without --sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -102,8 +103,8 @@ def test_fenced_blocks_parser(tmp_path):
 # ---------------------------------------------------------------------------------------
 def _small_sampler(sampler: Any) -> Any:
     """A copy of ``sampler`` with at most ``SMALL["sampler_steps"]`` steps (samplers without steps as they are)."""
-    if sampler is None:
-        sampler = sd.PredictorCorrector()
+    if sampler is None:  # the default of sd.sample
+        sampler = sd.EulerMaruyama()
     steps = getattr(sampler, "steps", None)
     if isinstance(steps, int) and steps > SMALL["sampler_steps"]:
         sampler = copy.copy(sampler)
@@ -210,8 +211,6 @@ def test_small_scoresde_is_undone():
 # ---------------------------------------------------------------------------------------
 # command lines
 # ---------------------------------------------------------------------------------------
-#: what ``scoresde sample`` uses when --sampler is not given (default pc)
-DEFAULT_SAMPLER = {"ddpm": "ddpm", "rf": "flow"}
 #: toy data sets generated with --n-data points (the others are fixed data sets)
 TOY_DATA = ("moons", "swiss_roll", "checkerboard", "eight_gaussians", "ring", "grid", "pinwheel")
 
@@ -238,7 +237,7 @@ def small_cli_args(argv: list[str]) -> list[str]:
     small: dict[str, str | None] = {"--quiet": None}
     if command == "sample":
         small["--n-samples"] = "200"
-        sampler = opts.get("--sampler") or DEFAULT_SAMPLER.get(str(opts.get("--sde")), "pc")
+        sampler = opts.get("--sampler") or DEFAULT_SAMPLER.get(str(opts.get("--sde")), SAMPLER_FALLBACK)
         if sampler == "ode":  # adaptive RK45: --steps is ignored (with a warning)
             small.update({"--rtol": "1e-3", "--atol": "1e-3"})
         elif sampler != "ddpm":  # the DDPM chain has its own N
