@@ -186,6 +186,20 @@ class DPMSolverPPSDE(_StochasticMultistep):
         return out
 
 
+def _log_quad(f: Callable[[float], float], lo: float, hi: float, scale: float) -> float:
+    r""":math:`\int_{lo}^{hi} f(u)\,du` by :func:`scipy.integrate.quad` in :math:`v = \log u` (smooth over the
+    decades a noise-level step can span); ``scale`` bounds the integral's magnitude (sets the absolute tolerance)."""
+    value: float = quad(
+        lambda v: f(math.exp(v)) * math.exp(v),
+        math.log(lo),
+        math.log(hi),
+        epsabs=1e-13 * scale,
+        epsrel=1e-11,
+        limit=200,
+    )[0]
+    return value
+
+
 def er_sde_noise_scale(sigma: float) -> float:
     r"""The noise scale function :math:`\varphi(\sigma) = \sigma\,(e^{\sigma^{0.3}} + 10)` recommended by Cui et
     al. (2023) ("ER SDE 5"): close to the probability-flow ODE at low noise, more stochastic at high noise."""
@@ -291,12 +305,8 @@ class ERSDE(_StochasticMultistep):
             def gap(u: float, p_lo: float = p_lo) -> float:
                 return 1.0 / self._phi(u) - 1.0 / p_lo
 
-            i1 = quad(gap, lo, hi, epsabs=0.0, epsrel=1e-12, limit=200)[0]
-
-            def moment(u: float, hi: float = hi, gap: Callable[[float], float] = gap) -> float:
-                return (u - hi) * gap(u)
-
-            i2 = quad(moment, lo, hi, epsabs=0.0, epsrel=1e-12, limit=200)[0]
+            i1 = _log_quad(gap, lo, hi, (hi - lo) / p_lo)
+            i2 = _log_quad(lambda u, hi=hi, gap=gap: (u - hi) * gap(u), lo, hi, (hi - lo) ** 2 / p_lo)
             w1 = p_lo * i1
             w2 = 2.0 * p_lo * i2 + ((hi - float(level[i - 1])) * w1 if i > 0 else 0.0)
             out.append((r, math.sqrt(max(var, 0.0)), w1, w2))
