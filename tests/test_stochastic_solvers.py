@@ -298,3 +298,24 @@ def test_cli_runs_the_new_samplers(tmp_path, capsys, name, extra, cls, params, n
     recorded = json.loads(ds.attrs["sampler_params"])
     assert all(recorded[k] == v for k, v in params.items()), recorded
     assert np.isfinite(ds["x"].values).all()
+
+
+# ---------------------------------------------------------------------------------------
+# the floor band at <= 20 NFE (20,000 samples), as tests/test_acceptance.py
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+def test_er_sde_within_the_floor_band_at_20_nfe(sde_name):
+    """ER-SDE-Solver-3 (20 steps, log-SNR grid, 20 NFE) is statistically indistinguishable from exact samples of
+    p_eps at 20,000 samples: SW and energy distance within the floor's mean + 3 sd and mode weights within 3
+    standard errors family-wise; two of three seeds, as the acceptance tests."""
+    from test_acceptance import check_against_truth, two_of_three
+
+    sampler = sd.ERSDE(3, 20)
+    assert sampler.expected_nfe(sd.VPSDE()) == 20
+
+    def run(seed):
+        report = check_against_truth(sde_name, sampler, n=20_000, key="er-sde-3", seed=seed)
+        assert report["nfe"] == 20
+
+    two_of_three(run)
