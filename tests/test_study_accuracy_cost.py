@@ -143,13 +143,22 @@ def test_band_mode_writes_its_table(tmp_path):
         TINY,
         sdes=("VE",),
         samplers=("EDM-SDE", "DPM++2M-SDE"),
-        levels=(20,),
-        adaptive_tols=(0.1,),
-        rk45_tols=(1e-2,),
+        levels=(2, 20, 40, 80),
+        adaptive_tols=(0.1,) * 4,
+        rk45_tols=(1e-2,) * 4,
         n_sto=500,
+        lazy=True,
     )
     ds = ac.run_band(cfg, progress=False, argv=["--band"])
-    assert ds.sto_nfe.sel(sde="VE").values.tolist() == [[20], [20]] and (ds.sto_status == ac.OK).all()
+    band = ds.in_band.sel(sde="VE").values
+    status = ds.sto_status.sel(sde="VE").values
+    assert (status[:, 0] == ac.OK).all() and not band[:, 0].any()  # 2 NFE: far outside
+    # outside the band by SW or modes: no energy distance; each row stops after its second level in the band
+    outside = (ds.sw > ds.sw_floor_mean + 3 * ds.sw_floor_sd) | (ds.mode_ok == 0)
+    assert bool((np.isnan(ds.energy) == (outside & (ds.sto_status == ac.OK) | (ds.sto_status != ac.OK))).all())
+    for row_band, row_status in zip(band, status, strict=True):
+        ran = row_status == ac.OK
+        assert row_band.sum() <= 2 and (ran.all() or row_band.sum() == 2)
     text = ac.write_band_outputs(ds, tmp_path)
     assert "NFE each sampler needs" in text and "EDM-SDE" in text and "DPM++2M-SDE" in text
     for name in ("band.nc", "distance_vs_nfe.png", "table.md", "table_needed.csv"):
