@@ -253,6 +253,8 @@ def test_argument_errors():
         sd.EDMStochastic(S_churn=-1.0)
     with pytest.raises(ValueError, match="S_tmax"):
         sd.EDMStochastic(S_tmin=2.0, S_tmax=1.0)
+    with pytest.raises(TypeError, match="S_tmax"):
+        sd.EDMStochastic(S_tmax=math.nan)
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         sd.DPMSolverPPSDE(order=3)
     with pytest.raises(ValueError, match="eta"):

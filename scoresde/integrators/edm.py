@@ -113,9 +113,10 @@ class EDMStochastic(OnGrid, FixedStepSampler):
         self.time_grid = get_grid(grid)
         self.S_churn = check_positive("S_churn", S_churn, allow_zero=True)
         self.S_tmin = check_positive("S_tmin", S_tmin, allow_zero=True)
-        if isinstance(S_tmax, bool) or not isinstance(S_tmax, (int, float)) or math.isnan(S_tmax):
+        given: object = S_tmax  # callers may pass anything
+        if isinstance(given, bool) or not isinstance(given, (int, float)) or math.isnan(given):
             raise TypeError(f"S_tmax must be a real number (math.inf for no upper bound), got {S_tmax!r}")
-        self.S_tmax = float(S_tmax)
+        self.S_tmax = float(given)
         if self.S_tmax < self.S_tmin:
             raise ValueError(f"S_tmax={S_tmax!r} must be >= S_tmin={S_tmin!r}")
         self.S_noise = check_positive("S_noise", S_noise, allow_zero=True)

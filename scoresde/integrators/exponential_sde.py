@@ -305,8 +305,11 @@ class ERSDE(_StochasticMultistep):
             def gap(u: float, p_lo: float = p_lo) -> float:
                 return 1.0 / self._phi(u) - 1.0 / p_lo
 
+            def moment(u: float, hi: float = hi, gap: Callable[[float], float] = gap) -> float:
+                return (u - hi) * gap(u)
+
             i1 = _log_quad(gap, lo, hi, (hi - lo) / p_lo)
-            i2 = _log_quad(lambda u, hi=hi, gap=gap: (u - hi) * gap(u), lo, hi, (hi - lo) ** 2 / p_lo)
+            i2 = _log_quad(moment, lo, hi, (hi - lo) ** 2 / p_lo)
             w1 = p_lo * i1
             w2 = 2.0 * p_lo * i2 + ((hi - float(level[i - 1])) * w1 if i > 0 else 0.0)
             out.append((r, math.sqrt(max(var, 0.0)), w1, w2))
