@@ -153,8 +153,6 @@ class DPMSolverPPSDE(_StochasticMultistep):
             return False
         if self.steps < 15:
             return True
-        if self.steps < 3:
-            return False
         lam = log_snr(sde, self.grid(sde))
         return bool(lam[-1] - lam[-2] > 2.0 * (lam[-2] - lam[-3]))
 
