@@ -426,6 +426,21 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "default 20 steps",
         ("order", "variant", "steps", "grid", "lower_order_final", "to_zero", *_END),
     ),
+    "edm-sde": SamplerSpec(
+        "samplers:EDMStochastic",
+        "EDM's stochastic sampler (churn S_churn=10, Heun in sigma/s; 2 NFE per step) on --grid; default 10 steps",
+        ("steps", "grid", *_END),
+    ),
+    "dpmsolver++-sde": SamplerSpec(
+        "samplers:DPMSolverPPSDE",
+        "SDE-DPM-Solver++, --order 2 (default, 2M) or 1, --eta noise scale (default 1), on --grid; default 20 steps",
+        ("order", "steps", "grid", "eta", "lower_order_final", *_END),
+    ),
+    "er-sde": SamplerSpec(
+        "samplers:ERSDE",
+        "ER-SDE-Solver, --order 1-3 (default 3), on --grid (default logsnr); default 20 steps",
+        ("order", "steps", "grid", *_END),
+    ),
     "ddpm": SamplerSpec(
         "ddpm:DDPMAncestral",
         "Ho et al.'s ancestral sampler on the DDPM chain (--sde ddpm only; NFE = the chain's 1000 steps)",

@@ -6,7 +6,9 @@
   predictors and correctors of :mod:`scoresde.integrators.predictors` and
   :mod:`scoresde.integrators.correctors` (``PREDICTORS``, ``CORRECTORS``: name -> class);
 * :class:`ProbabilityFlowODE`, ``SCIPY_METHODS``, ``TORCHDIFFEQ_METHODS`` — :mod:`scoresde.integrators.ode`;
-* :class:`TorchSDE`, ``TORCHSDE_METHODS`` — :mod:`scoresde.integrators.torchsde`.
+* :class:`TorchSDE`, ``TORCHSDE_METHODS`` — :mod:`scoresde.integrators.torchsde`;
+* :class:`EDMStochastic` — :mod:`scoresde.integrators.edm`;
+* :class:`DPMSolverPPSDE`, :class:`ERSDE` — :mod:`scoresde.integrators.exponential_sde`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from .integrators.correctors import (
     LangevinCorrector,
     NoneCorrector,
 )
+from .integrators.edm import EDMStochastic
+from .integrators.exponential_sde import ERSDE, DPMSolverPPSDE
 from .integrators.ode import SCIPY_METHODS, TORCHDIFFEQ_METHODS, ProbabilityFlowODE
 from .integrators.predictors import (
     PREDICTORS,
@@ -58,4 +62,7 @@ __all__ = [
     "AnnealedLangevinCorrector",
     "NoneCorrector",
     "CORRECTOR_ALIASES",
+    "EDMStochastic",
+    "DPMSolverPPSDE",
+    "ERSDE",
 ]

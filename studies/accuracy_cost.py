@@ -17,8 +17,9 @@ over the NFE targets in ``fit_range``.
 Part B, distance to the truth (float32, ``n_sto`` samples; 20,000 with ``--full``). Every stochastic
 sampler (``EulerMaruyama``; ``PredictorCorrector`` with reverse diffusion + Langevin; the ancestral
 predictor without corrector, i.e. DDPM for VP and SMLD for VE; ``TorchSDE`` euler and srk;
-``AdaptiveSDE`` at several tolerances, whose NFE is an output; ``DDPMAncestral`` where exported, which
-runs only a DDPM chain and is recorded as unsupported on these SDEs) and, on the same axes, a few
+``AdaptiveSDE`` at several tolerances, whose NFE is an output; ``EDMStochastic`` (Karras grid, S_churn = 10),
+``DPMSolverPPSDE`` (2M, eta = 1) and ``ERSDE`` (order 3), the last two on the log-SNR grid; ``DDPMAncestral``
+where exported, which runs only a DDPM chain and is recorded as unsupported on these SDEs) and, on the same axes, a few
 deterministic solvers (Euler and Heun on the uniform grid, DPM-Solver++(3M) on the log-SNR grid, RK45 at
 several tolerances), each x SDE x cost level. Measured: the sliced Wasserstein distance (SW, 500
 projections) and the energy distance (ED, U-statistic) from the samples at t = eps to a fixed exact
@@ -35,6 +36,7 @@ Usage::
 
     python -m studies.accuracy_cost                 # default size (n_sto = 5,000), a few minutes on 2 cores
     python -m studies.accuracy_cost --full          # n_sto = 20,000 (as the slow acceptance tests), finer NFE sweeps
+    python -m studies.accuracy_cost --band          # stochastic samplers only (part B), 20,000 samples, NFE 10-200
     python -m studies.accuracy_cost --out DIR --quiet --threads N
 
 Writes to ``--out`` (default ``studies/output/accuracy_cost/``): ``accuracy_cost.nc`` (one xarray
@@ -111,6 +113,9 @@ SAMPLER_KINDS = {
     "TorchSDE-euler": "sde",
     "TorchSDE-srk": "sde",
     "AdaptiveSDE": "sde",
+    "EDM-SDE": "sde",
+    "DPM++2M-SDE": "sde",
+    "ER-SDE-3": "sde",
     "DDPMAncestral": "sde",
     "ODE-Euler": "ode",
     "ODE-Heun": "ode",
@@ -144,6 +149,9 @@ class Config:
     seed_sto: int = 1  # every sampler of part B (prior and noise)
     seed_floor: int = 1  # metric_floor's base seed
     seed_reference: int = 12345  # the exact reference sample of p_eps (+ SDE index)
+    # part B: sweep each sampler x SDE only up to the second level within the band, and skip the energy
+    # distance of a run already outside the band by SW or mode weights (NaN); saves most of the cost of --band
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         if not (len(self.adaptive_tols) == len(self.rk45_tols) == len(self.levels)):
@@ -170,6 +178,18 @@ FULL = replace(
     rk45_tols=(1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
     ode_max_nfe=200,
     floor_pairs=16,
+)
+#: the NFE-to-band table of the stochastic samplers alone (part B only: ``run_distances(BAND)``), 20,000
+#: samples on a sweep fine at low NFE, each sampler up to its second level within the band (``lazy``);
+#: ``python -m studies.accuracy_cost --band``
+BAND = replace(
+    FULL,
+    levels=(10, 14, 20, 28, 35, 50, 70, 100, 140, 200),
+    adaptive_tols=(0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
+    rk45_tols=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6),
+    samplers=("EM", "PC", "PC-ancestral", "TorchSDE-srk", "AdaptiveSDE", "EDM-SDE", "DPM++2M-SDE", "ER-SDE-3"),
+    floor_pairs=8,
+    lazy=True,
 )
 
 
@@ -377,6 +397,13 @@ def part_b_sampler(name: str, level: int, cfg: Config) -> tuple[str, sd.Sampler]
     if name == "AdaptiveSDE":
         tol = cfg.adaptive_tols[level]
         return f"rtol=atol={tol:g}", sd.AdaptiveSDE(rtol=tol, atol=tol, eps=EPS)
+    if name == "EDM-SDE":
+        n = _steps_for(target, 2)
+        return f"steps={n}, karras, S_churn=10", sd.EDMStochastic(n, grid="karras", S_churn=10.0, eps=EPS)
+    if name == "DPM++2M-SDE":
+        return f"steps={target}, logsnr", sd.DPMSolverPPSDE(2, target, grid="logsnr", eps=EPS)
+    if name == "ER-SDE-3":
+        return f"steps={target}, logsnr", sd.ERSDE(3, target, grid="logsnr", eps=EPS)
     if name == "DDPMAncestral":
         cls = getattr(sd, "DDPMAncestral", None)
         return None if cls is None else ("default", cls())
@@ -430,9 +457,15 @@ def run_distances(cfg: Config, progress: bool) -> xr.Dataset:
                 )
                 floors[m][d] = fl.values
                 bar.update()
+            sw_edge = floors["sw"][d].mean() + K_SD * floors["sw"][d].std(ddof=1)
+            ed_edge = floors["energy"][d].mean() + K_SD * floors["energy"][d].std(ddof=1)
             for j, pname in enumerate(names):
+                passed = 0
                 for k, entry in enumerate(plan[j]):
                     if entry is None:
+                        continue
+                    if cfg.lazy and passed >= 2:
+                        bar.update()
                         continue
                     label, sampler = entry
                     setting[j, k] = label
@@ -453,11 +486,13 @@ def run_distances(cfg: Config, progress: bool) -> xr.Dataset:
                         bar.update()
                         continue
                     sw[j, d, k] = fns["sw"](x, ref)
-                    ed[j, d, k] = fns["energy"](x, ref)
                     mw = metrics.mode_weight_test(x, p_eps.means, p_eps.weights, k=K_MODES)
+                    if not cfg.lazy or (sw[j, d, k] <= sw_edge and mw.ok):
+                        ed[j, d, k] = fns["energy"](x, ref)
                     modez[j, d, k] = float(mw.z_scores.abs().max())
                     mode_ok[j, d, k] = mw.ok
                     status[j, d, k] = OK
+                    passed += int(sw[j, d, k] <= sw_edge and ed[j, d, k] <= ed_edge and mw.ok)
                     bar.update()
 
     fmean = {m: floors[m].mean(1) for m in floors}
@@ -624,6 +659,32 @@ def headline_thresholds(ds: xr.Dataset, sde: str = "VP") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def needed_table(ds: xr.Dataset) -> tuple[str, pd.DataFrame, str]:
+    """The NFE-to-band table of part B: ``(title, raw DataFrame, markdown)``."""
+    need = needed_nfe(ds)
+    n_sto = ds.attrs.get("n_sto", "")
+    disp = need.copy()
+    for c, f in (("SW/floor", ".2f"), ("ED z", "+.1f"), ("modes |z|", ".2f")):
+        if c in disp:
+            disp[c] = [format(v, f) if isinstance(v, float) and np.isfinite(v) else "—" for v in disp[c]]
+    if "NFE needed" in disp:
+        disp["NFE needed"] = [
+            str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "—" for v in disp["NFE needed"]
+        ]
+    floors = ", ".join(
+        f"{s}: SW {float(ds.sw_floor_mean.sel(sde=s)):.4f} ± {float(ds.sw_floor_sd.sel(sde=s)):.4f}, "
+        f"ED {float(ds.energy_floor_mean.sel(sde=s)):.1e} ± {float(ds.energy_floor_sd.sel(sde=s)):.1e}"
+        for s in _str_list(ds, "sde")
+    )
+    return (
+        f"NFE each sampler needs to lie within the band (n = {n_sto} samples, seed {ds.attrs.get('seed_sto', '')}; "
+        f"SW and ED ≤ floor mean + {K_SD:g} sd with {ds.sizes['pair']} reference-conditional floor pairs, modes "
+        f"|z| ≤ {K_MODES:.2f}). SW/floor = SW / floor mean; ED z = (ED − floor mean) / floor sd. Floors: {floors}",
+        need,
+        _io.markdown_table(disp.fillna("—")),
+    )
+
+
 def make_tables(
     ds: xr.Dataset, show: Sequence[int] = (10, 20, 35, 50, 100)
 ) -> dict[str, tuple[str, pd.DataFrame, str]]:
@@ -715,28 +776,7 @@ def make_tables(
         _io.markdown_table(odf, {"rtol=atol": ".0e", "RMSE": ".2e"}),
     )
 
-    need = needed_nfe(ds)
-    n_sto = ds.attrs.get("n_sto", "")
-    disp = need.copy()
-    for c, f in (("SW/floor", ".2f"), ("ED z", "+.1f"), ("modes |z|", ".2f")):
-        if c in disp:
-            disp[c] = [format(v, f) if isinstance(v, float) and np.isfinite(v) else "—" for v in disp[c]]
-    if "NFE needed" in disp:
-        disp["NFE needed"] = [
-            str(int(v)) if isinstance(v, (int, float)) and np.isfinite(v) else "—" for v in disp["NFE needed"]
-        ]
-    floors = ", ".join(
-        f"{s}: SW {float(ds.sw_floor_mean.sel(sde=s)):.4f} ± {float(ds.sw_floor_sd.sel(sde=s)):.4f}, "
-        f"ED {float(ds.energy_floor_mean.sel(sde=s)):.1e} ± {float(ds.energy_floor_sd.sel(sde=s)):.1e}"
-        for s in _str_list(ds, "sde")
-    )
-    tables["needed"] = (
-        f"NFE each sampler needs to lie within the band (n = {n_sto} samples, seed {ds.attrs.get('seed_sto', '')}; "
-        f"SW and ED ≤ floor mean + {K_SD:g} sd with {ds.sizes['pair']} reference-conditional floor pairs, modes "
-        f"|z| ≤ {K_MODES:.2f}). SW/floor = SW / floor mean; ED z = (ED − floor mean) / floor sd. Floors: {floors}",
-        need,
-        _io.markdown_table(disp.fillna("—")),
-    )
+    tables["needed"] = needed_table(ds)
 
     rows = []
     for p in _str_list(ds, "sampler"):
@@ -856,6 +896,9 @@ SAMPLER_STYLE = {
     "TorchSDE-euler": "C3",
     "TorchSDE-srk": "C4",
     "AdaptiveSDE": "C5",
+    "EDM-SDE": "olive",
+    "DPM++2M-SDE": "teal",
+    "ER-SDE-3": "crimson",
     "DDPMAncestral": "C6",
     "ODE-Euler": "C7",
     "ODE-Heun": "C8",
@@ -943,7 +986,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         threads_help="torch intra-op threads (default 1: small batches run fastest "
         "single-threaded on a shared machine)",
     )
+    ap.add_argument(
+        "--band",
+        action="store_true",
+        help="part B only, stochastic samplers, 20,000 samples, NFE 10-200: the NFE each needs to reach the band",
+    )
     return ap.parse_args(argv)
+
+
+def run_band(cfg: Config = BAND, progress: bool = True, argv: Sequence[str] = ()) -> xr.Dataset:
+    """Part B alone (the stochastic samplers' NFE-to-band table), with provenance attributes."""
+    start = time.perf_counter()
+    ds = run_distances(cfg, progress)
+    ds.attrs = {
+        **_io.provenance(STUDY, list(argv), size="band", **asdict(cfg)),
+        **ds.attrs,
+        "target": "eight_gaussians (radius 4/sqrt(2), std 0.5/sqrt(2))",
+        "eps": EPS,
+        "k_sd": K_SD,
+        "k_modes": K_MODES,
+        "study_wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    return ds
+
+
+def write_band_outputs(ds: xr.Dataset, out: Path) -> str:
+    """Write ``band.nc``, ``distance_vs_nfe.png/.svg`` and the NFE-to-band table of :func:`run_band`; return the
+    markdown text."""
+    _io.write_netcdf(ds, out / "band.nc")
+    _io.save_figures(out, {"distance_vs_nfe": plot_distance(ds)})
+    timing = f"{ds.attrs['study_wall_time_s']:.0f} s, {ds.attrs['torch_threads']} torch thread(s)"
+    return _io.write_tables(
+        out, "Stochastic samplers: NFE to the floor band", ds.attrs, timing, {"needed": needed_table(ds)}
+    )
 
 
 def write_outputs(ds: xr.Dataset, out: Path) -> str:
@@ -965,6 +1040,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
+    if args.band:
+        print(write_band_outputs(run_band(BAND, progress=not args.quiet, argv=argv), out))
+        return 0
     ds = run(cfg, progress=not args.quiet, argv=argv, size="full" if args.full else "default")
     print(write_outputs(ds, out))
     return 0

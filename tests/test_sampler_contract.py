@@ -72,6 +72,12 @@ SAMPLERS = {
     "flow_euler": lambda n: sd.FlowODE(n),
     "flow_heun": lambda n: sd.FlowODE(n, method="heun", grid="quadratic"),
     "ddpm_ancestral": lambda n: sd.DDPMAncestral(),
+    "edm_sde": lambda n: sd.EDMStochastic(n, S_churn=40.0),
+    "edm_sde_uniform_denoise": lambda n: sd.EDMStochastic(n, grid="uniform", S_noise=1.003, denoise=True),
+    "dpm2m_sde": lambda n: sd.DPMSolverPPSDE(2, n),
+    "dpm1_sde_karras": lambda n: sd.DPMSolverPPSDE(1, n, grid="karras", eta=0.5),
+    "er_sde3": lambda n: sd.ERSDE(3, n),
+    "er_sde2_quadratic": lambda n: sd.ERSDE(2, n, grid="quadratic", noise_scale=lambda s: s**2),
 }
 
 
@@ -119,6 +125,12 @@ DECLARED = {
     "flow_euler": lambda n: n,
     "flow_heun": lambda n: 2 * n,
     "ddpm_ancestral": DDPM_N,
+    "edm_sde": lambda n: 2 * n,
+    "edm_sde_uniform_denoise": lambda n: 2 * n + 1,
+    "dpm2m_sde": lambda n: n,
+    "dpm1_sde_karras": lambda n: n,
+    "er_sde3": lambda n: n,
+    "er_sde2_quadratic": lambda n: n,
 }
 
 

@@ -31,7 +31,7 @@ TINY = replace(
     levels=(3, 300),
     adaptive_tols=(0.1, 0.02),
     rk45_tols=(1e-2, 1e-4),
-    samplers=("EM", "PC-ancestral", "AdaptiveSDE", "ODE-DPM++3M", "ODE-RK45"),
+    samplers=("EM", "PC-ancestral", "AdaptiveSDE", "ER-SDE-3", "ODE-DPM++3M", "ODE-RK45"),
     floor_pairs=8,
 )
 
@@ -95,6 +95,8 @@ def test_part_b_band_unsupported_and_needed_nfe(study):
     assert ds.sto_status.sel(sampler="ODE-DPM++3M").values[:, 1].tolist() == [ac.NOT_RUN] * 3
     ad = ds.sto_nfe.sel(sampler="AdaptiveSDE")
     assert (ad > 0).all() and (ad.isel(level=1) > ad.isel(level=0)).all()  # tighter tolerance, more NFE
+    er = ds.sel(sampler="ER-SDE-3", sde="VP")
+    assert er.sto_nfe.values.tolist() == [3, 300] and er.in_band.values.tolist() == [0, 1]
     need = ac.needed_nfe(ds).set_index(["sampler", "SDE"])
     assert need.loc[("EM", "VP"), "NFE needed"] == 300
     assert need.loc[("PC-ancestral", "subVP"), "status"] == "unsupported"
@@ -134,6 +136,34 @@ def test_outputs_and_plot_from_the_reopened_file(study, tmp_path):
     finally:
         for f in figs.values():
             plt.close(f)
+
+
+def test_band_mode_writes_its_table(tmp_path):
+    cfg = replace(
+        TINY,
+        sdes=("VE",),
+        samplers=("EDM-SDE", "DPM++2M-SDE"),
+        levels=(2, 20, 40, 80),
+        adaptive_tols=(0.1,) * 4,
+        rk45_tols=(1e-2,) * 4,
+        n_sto=500,
+        lazy=True,
+    )
+    ds = ac.run_band(cfg, progress=False, argv=["--band"])
+    band = ds.in_band.sel(sde="VE").values
+    status = ds.sto_status.sel(sde="VE").values
+    assert (status[:, 0] == ac.OK).all() and not band[:, 0].any()  # 2 NFE: far outside
+    # outside the band by SW or modes: no energy distance; each row stops after its second level in the band
+    outside = (ds.sw > ds.sw_floor_mean + 3 * ds.sw_floor_sd) | (ds.mode_ok == 0)
+    assert bool((np.isnan(ds.energy) == (outside & (ds.sto_status == ac.OK) | (ds.sto_status != ac.OK))).all())
+    for row_band, row_status in zip(band, status, strict=True):
+        ran = row_status == ac.OK
+        assert row_band.sum() <= 2 and (ran.all() or row_band.sum() == 2)
+    text = ac.write_band_outputs(ds, tmp_path)
+    assert "NFE each sampler needs" in text and "EDM-SDE" in text and "DPM++2M-SDE" in text
+    for name in ("band.nc", "distance_vs_nfe.png", "table.md", "table_needed.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert ac.BAND.n_sto == 20_000 and {"ER-SDE-3", "EM", "PC", "TorchSDE-srk", "AdaptiveSDE"} <= set(ac.BAND.samplers)
 
 
 def test_noxfile_runs_the_study():
