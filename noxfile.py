@@ -2,7 +2,7 @@
 # /// script
 # dependencies = ["nox>=2025.10.14"]
 # ///
-"""nox sessions: tests (fast suite), tests_slow (statistical acceptance), lint (ruff), studies, docs.
+"""nox sessions: tests (fast suite), tests_slow (statistical acceptance), lint (ruff), studies, docs, gallery.
 
 Every session installs torch==2.13.0 first (the CPU build on the project's machines), so that
 the plain ``torch`` requirement does not pull a multi-GB CUDA build.
@@ -50,7 +50,17 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
-STUDIES = ("core_accuracy", "train_toy", "digits", "accuracy_cost", "convergence", "likelihood")
+STUDIES = (
+    "core_accuracy",
+    "train_toy",
+    "digits",
+    "accuracy_cost",
+    "default_sampler",
+    "convergence",
+    "likelihood",
+)
+#: one torch / BLAS thread per study process: small batches run fastest single-threaded on a shared machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @nox.session
@@ -66,38 +76,46 @@ def _study_has_output(name: str) -> bool:
     return (out / "table.md").is_file() and any(out.glob("*.png"))
 
 
+def _build_docs(session: nox.Session, sphinx_args: list[str]) -> None:
+    """The checker's own tests, ``sphinx -W --keep-going -E`` into docs/_build/html, then ``docs/check_site.py``."""
+    session.run("python", "-m", "pytest", "-q", "-m", "docs", "tests/test_docs_checker.py")
+    shutil.rmtree("docs/_build/html", ignore_errors=True)  # viewcode keeps stale pages in incremental builds
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html", "docs", "docs/_build/html",
+        *sphinx_args, env=ONE_THREAD,
+    )  # fmt: skip
+    session.run("python", "docs/check_site.py", "docs/_build/html")
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation offline (warnings are errors, tutorials executed) and check it in Chromium.
 
-    Runs first, at default size, every study in STUDIES whose outputs are missing (the gallery shows
-    them), then the checker's own tests, ``sphinx -W --keep-going`` into docs/_build/html, and
+    Runs first, at the small documentation size (``--docs``: a few minutes for all of them on 2 cores), every
+    study in STUDIES whose outputs are missing (the gallery shows them; outputs already present, of any size,
+    are reused), then the checker's own tests, ``sphinx -W --keep-going`` into docs/_build/html, and
     ``docs/check_site.py`` (headless Chromium: links, images, math, console errors). Needs Debian's
-    ``chromium`` and ``chromium-driver``.
+    ``chromium`` and ``chromium-driver``. ``nox -s gallery`` builds the same site from default-size studies.
     """
     session.install(TORCH)
     session.install("-e", ".[docs]")
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     for name in STUDIES:
         if not _study_has_output(name):
-            session.run("python", "-m", f"studies.{name}", "--quiet", "--threads", "1", env=env)
-    session.run("python", "-m", "pytest", "-q", "-m", "docs", "tests/test_docs_checker.py")
-    shutil.rmtree("docs/_build/html", ignore_errors=True)  # viewcode keeps stale pages in incremental builds
-    session.run(
-        "python",
-        "-m",
-        "sphinx",
-        "-W",
-        "--keep-going",
-        "-E",
-        "-b",
-        "html",
-        "docs",
-        "docs/_build/html",
-        *session.posargs,
-        env=env,
-    )
-    session.run("python", "docs/check_site.py", "docs/_build/html")
+            session.run("python", "-m", f"studies.{name}", "--docs", "--quiet", "--threads", "1", env=ONE_THREAD)
+    _build_docs(session, session.posargs)
+
+
+@nox.session
+def gallery(session: nox.Session) -> None:
+    """The full-size gallery: rerun every study in STUDIES at its default size (``nox -s gallery -- --full``:
+    at full size; about an hour on 2 cores), replacing their outputs, then build and check the site as
+    ``nox -s docs`` does."""
+    session.install(TORCH)
+    session.install("-e", ".[docs]")
+    size = [a for a in session.posargs if a == "--full"]
+    for name in STUDIES:
+        session.run("python", "-m", f"studies.{name}", *size, "--quiet", "--threads", "1", env=ONE_THREAD)
+    _build_docs(session, [a for a in session.posargs if a != "--full"])
 
 
 if __name__ == "__main__":

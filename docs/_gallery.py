@@ -61,6 +61,50 @@ def study_summary(root: Path, name: str) -> str:
     return " ".join(doc.strip().split("\n\n")[0].split())
 
 
+#: what each size of a study means, for the note on its page
+SIZE_NOTES = {
+    "docs": "the documentation build's small size (`--docs`: fewer samples, seeds and NFE levels, short training "
+    "runs), so the numbers are noisier and the trained models weaker than at the default size; "
+    "`nox -s gallery` rebuilds these pages from default-size runs",
+    "default": "the study's default size",
+    "full": "the study's full size (`--full`)",
+}
+
+
+def run_provenance(folder: Path, module: str | None) -> dict[str, str]:
+    """The provenance attributes (``size``, ``command``, ``created``, ...) of the study's Dataset in ``folder``:
+    ``<module>.nc`` if present, else the first ``*.nc`` alphabetically; empty when there is none or it cannot
+    be read."""
+    files = sorted(folder.glob("*.nc"))
+    preferred = [f for f in files if module is not None and f.stem == module]
+    for path in preferred + [f for f in files if f not in preferred]:
+        try:
+            import xarray as xr
+
+            with xr.open_dataset(path) as ds:
+                return {k: str(v) for k, v in ds.attrs.items()}
+        except (OSError, ValueError, ImportError):  # no netCDF backend, or a corrupt file: no size note
+            continue
+    return {}
+
+
+def size_note(attrs: dict[str, str]) -> str:
+    """One sentence naming the size and the command that produced a study's outputs (empty if unknown)."""
+    size = attrs.get("size")
+    if not size:
+        return ""
+    what = SIZE_NOTES.get(size, f"size `{size}`")
+    when = attrs.get("created", "")
+    took = attrs.get("study_wall_time_s")
+    parts = [f"Produced at **{size}** size, {what}"]
+    if "command" in attrs:
+        parts.append(f" — `{attrs['command']}`")
+    if when or took:
+        detail = ", ".join(x for x in (when, f"{float(took):.0f} s" if took else "") if x)
+        parts.append(f" ({detail})")
+    return "".join(parts) + "."
+
+
 def _images(folder: Path) -> list[Path]:
     pngs = {p.name: p for p in folder.glob("*.png")}
     ordered = [pngs.pop(n) for n in PREFERRED_IMAGES if n in pngs]
@@ -107,6 +151,11 @@ def study_page(root: Path, name: str, folder: Path, out: Path) -> str:
     if summary:
         lines += [summary, ""]
     mod = study_module(root, name)
+    attrs = run_provenance(folder, mod)
+    note = size_note(attrs)
+    if note:
+        opening = "```{note}" if attrs.get("size") == "docs" else "```{admonition} Run size"
+        lines += [opening, note, "```", ""]
     if mod == name:
         lines += [f"Reproduce with `python -m studies.{name}` (outputs in `studies/output/{name}/`).", ""]
     elif mod is not None:
@@ -157,8 +206,9 @@ def write_gallery(root: Path, out: Path) -> list[str]:
         "# Gallery of studies",
         "",
         "Figures and tables written by the numerical studies in `studies/`, collected at build time from",
-        "`studies/output/<study>/`. `nox -s docs` first runs every study whose output is missing (default",
-        "size); `nox -s studies` reruns them all. Each page names the command that reproduces it.",
+        "`studies/output/<study>/`. `nox -s docs` first runs every study whose output is missing, at the",
+        "small documentation size (`--docs`); `nox -s gallery` reruns them all at their default size. Each",
+        "page names the size and the command that produced it.",
         "",
     ]
     if shown:
@@ -168,6 +218,9 @@ def write_gallery(root: Path, out: Path) -> list[str]:
             summary = study_summary(root, name)
             if summary:
                 index += [summary, ""]
+            size = run_provenance(output / name, study_module(root, name)).get("size")
+            if size:
+                index += [f"Run size: {size}.", ""]
             imgs = _images(output / name)
             if imgs:
                 index += [

@@ -25,6 +25,8 @@ from scoresde._io import atomic_path
 
 __all__ = [
     "study_parser",
+    "size",
+    "report",
     "prepare",
     "output_dir",
     "provenance",
@@ -45,17 +47,33 @@ def study_parser(
     full_help: str,
     default_out: Path,
     threads_help: str = "torch intra-op threads (default 1)",
+    docs_help: str = "the documentation build's small size (every figure and table, smaller sweeps)",
 ) -> argparse.ArgumentParser:
-    """The options every study has (``--full``, ``--out``, ``--quiet``, ``--threads``); add a study's own to it.
+    """The options every study has (``--full``, ``--docs``, ``--out``, ``--quiet``, ``--threads``); add a study's
+    own to it.
 
     ``study`` is the module (``"studies.<name>"``), ``doc`` its docstring (the first paragraph describes it).
+    ``--full`` and ``--docs`` exclude each other; :func:`size` names the size they select.
     """
     ap = argparse.ArgumentParser(prog=f"python -m {study}", description=(doc or "").split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help=full_help)
+    sizes = ap.add_mutually_exclusive_group()
+    sizes.add_argument("--full", action="store_true", help=full_help)
+    sizes.add_argument("--docs", action="store_true", help=docs_help)
     ap.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars and no printed tables (errors only)")
     ap.add_argument("--threads", type=int, default=1, help=threads_help)
     return ap
+
+
+def size(args: argparse.Namespace) -> str:
+    """The size the options of :func:`study_parser` select: ``"full"``, ``"docs"`` or ``"default"``."""
+    return "full" if args.full else "docs" if args.docs else "default"
+
+
+def report(args: argparse.Namespace, text: str) -> None:
+    """Print ``text`` (a study's markdown tables) unless ``--quiet``."""
+    if not args.quiet:
+        print(text)
 
 
 def prepare(args: argparse.Namespace) -> Path:

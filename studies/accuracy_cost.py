@@ -36,13 +36,14 @@ Usage::
 
     python -m studies.accuracy_cost                 # default size (n_sto = 5,000), a few minutes on 2 cores
     python -m studies.accuracy_cost --full          # n_sto = 20,000 (as the slow acceptance tests), finer NFE sweeps
+    python -m studies.accuracy_cost --docs          # the documentation build's size (n_sto = 1,000, NFE 20-200)
     python -m studies.accuracy_cost --band          # stochastic samplers only (part B), 20,000 samples, NFE 10-200
     python -m studies.accuracy_cost --out DIR --quiet --threads N
 
 Writes to ``--out`` (default ``studies/output/accuracy_cost/``): ``accuracy_cost.nc`` (one xarray
 Dataset, provenance attributes), ``error_vs_nfe.png/.svg`` and ``distance_vs_nfe.png/.svg`` (drawn by
 :func:`plot` from the Dataset alone, so they can be redrawn from the re-opened file), ``table.md``
-(printed) and one CSV per table.
+(printed unless ``--quiet``) and one CSV per table.
 """
 
 from __future__ import annotations
@@ -178,6 +179,20 @@ FULL = replace(
     rk45_tols=(1e-1, 3e-2, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
     ode_max_nfe=200,
     floor_pairs=16,
+)
+#: the documentation build's size (``--docs``): every figure and table of the default size, from fewer starting
+#: points and samples, four NFE targets (including the headline's 20, 35 and 50) and three cost levels
+DOCS = replace(
+    DEFAULT,
+    n_det=200,
+    nfe_targets=(10, 20, 35, 50),
+    fit_range=(20, 50),
+    ode_tols=(1e-3, 1e-5),
+    n_sto=1000,
+    levels=(20, 50, 200),
+    adaptive_tols=(0.2, 0.1, 0.02),
+    rk45_tols=(1e-1, 1e-2, 1e-4),
+    floor_pairs=4,
 )
 #: the NFE-to-band table of the stochastic samplers alone (part B only: ``run_distances(BAND)``), 20,000
 #: samples on a sweep fine at low NFE, each sampler up to its second level within the band (``lazy``);
@@ -1035,16 +1050,17 @@ def write_outputs(ds: xr.Dataset, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     if args.band:
-        print(write_band_outputs(run_band(BAND, progress=not args.quiet, argv=argv), out))
+        _io.report(args, write_band_outputs(run_band(BAND, progress=not args.quiet, argv=argv), out))
         return 0
-    ds = run(cfg, progress=not args.quiet, argv=argv, size="full" if args.full else "default")
-    print(write_outputs(ds, out))
+    ds = run(cfg, progress=not args.quiet, argv=argv, size=size)
+    _io.report(args, write_outputs(ds, out))
     return 0
 
 

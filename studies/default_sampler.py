@@ -25,12 +25,14 @@ Usage::
 
     python -m studies.default_sampler                 # default size (trains 2 models of 3,000 steps)
     python -m studies.default_sampler --full          # 5,000 training steps, 20,000 samples, 16 floor pairs
+    python -m studies.default_sampler --docs          # the documentation build's size: 500 steps, 2,000 samples
     python -m studies.default_sampler --out DIR --quiet --threads N
 
 Checkpoints go to ``<out>/checkpoints/<problem>/`` and are reused by later runs (a checkpoint of at least
 ``train_steps`` steps is used as it is, a shorter one is trained on up to ``train_steps``). Writes
-``default_sampler.nc`` (one xarray Dataset with provenance attributes), ``table.md`` (printed: SW / floor
-per sampler and NFE budget, one table per problem, and the best sampler per budget) and one CSV per table.
+``default_sampler.nc`` (one xarray Dataset with provenance attributes), ``figure.png/.svg`` (SW / floor
+against NFE per problem, :func:`plot`), ``table.md`` (printed unless ``--quiet``: SW / floor per sampler and NFE
+budget, one table per problem, and the best sampler per budget) and one CSV per table.
 """
 
 from __future__ import annotations
@@ -43,19 +45,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-import xarray as xr
-from tqdm.auto import tqdm
+import matplotlib
 
-import scoresde as sd
-from scoresde import metrics
-from scoresde.datasets import load_dataset, toy_sample
-from scoresde.nets import ScoreModel, build_network
-from scoresde.training import TrainConfig, load_checkpoint, read_checkpoint, train
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import xarray as xr  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
-from . import _io
+import scoresde as sd  # noqa: E402
+from scoresde import metrics  # noqa: E402
+from scoresde.datasets import load_dataset, toy_sample  # noqa: E402
+from scoresde.nets import ScoreModel, build_network  # noqa: E402
+from scoresde.training import TrainConfig, load_checkpoint, read_checkpoint, train  # noqa: E402
+
+from . import _io  # noqa: E402
 
 STUDY = "studies.default_sampler"
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "default_sampler"
@@ -159,6 +165,11 @@ FULL = replace(
     n_samples=20_000,
     n_samples_exact=40_000,
     floor_pairs=16,
+)
+#: the documentation build's size (``--docs``): the default samplers, three budgets, short training runs and
+#: fewer samples (the floor is correspondingly higher)
+DOCS = replace(
+    DEFAULT, budgets=(20, 50, 200), train_steps=500, n_data=5_000, n_samples=2_000, n_samples_exact=4_000, floor_pairs=4
 )
 
 
@@ -388,6 +399,46 @@ def make_tables(ds: xr.Dataset) -> dict[str, tuple[str, pd.DataFrame, str]]:
 
 
 # ---------------------------------------------------------------------------------------
+# figure
+# ---------------------------------------------------------------------------------------
+def plot(ds: xr.Dataset) -> plt.Figure:
+    """SW / floor mean against the NFE each run spent, one panel per problem and one line per sampler
+    (deterministic solvers dashed); the floor (1) and its mean + 3 sd dotted. Drawn from the Dataset alone."""
+    problems = _names(ds, "problem")
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.0 * len(problems), 4.6), squeeze=False, sharey=True)
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(ds.sizes["sampler"], 2)))
+    for ax, p in zip(axes[0], problems, strict=True):
+        sub = ds.sel(problem=p)
+        for k, s in enumerate(_names(ds, "sampler")):
+            r = sub.sel(sampler=s)
+            ok = r.status.values == OK
+            if not ok.any():
+                continue
+            x, y = r.nfe.values[ok], r.sw_ratio.values[ok]
+            order = np.argsort(x, kind="stable")
+            ls = "--" if s in DETERMINISTIC else "-"
+            ax.plot(x[order], y[order], ls=ls, marker="o", ms=3, lw=1.2, color=colors[k], label=s)
+        ax.axhline(1.0, color="0.4", lw=0.8)
+        ax.axhline(1.0 + 3.0 * float(sub.sw_floor_rel_sd), color="0.4", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+        ax.set_title(p, fontsize=10)
+        ax.set_xlabel("NFE (score evaluations)")
+    axes[0, 0].set_ylabel("sliced Wasserstein / floor mean")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.suptitle(
+        f"SW to exact p_eps over its floor vs NFE ({ds.attrs.get('size', '')} size, n = {ds.attrs.get('n_samples', '')}"
+        f" trained / {ds.attrs.get('n_samples_exact', '')} exact; solid: stochastic, dashed: deterministic; "
+        "dotted: floor mean + 3 sd)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -408,8 +459,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def write_outputs(ds: xr.Dataset, out: Path) -> str:
-    """Write the netCDF and the tables; return the markdown."""
+    """Write the netCDF, the figure (``figure.png/.svg``, :func:`plot`) and the tables; return the markdown."""
     _io.write_netcdf(ds, out / "default_sampler.nc")
+    _io.save_figures(out, {"figure": plot(ds)})
     return _io.write_tables(
         out,
         f"Accuracy per NFE of every sampler on trained and exact scores ({ds.attrs['size']} size)",
@@ -420,11 +472,12 @@ def write_outputs(ds: xr.Dataset, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     if args.samplers is not None:
         cfg = replace(cfg, samplers=tuple(args.samplers))
     if args.budgets is not None:
@@ -435,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(cfg, n_samples=args.samples)
     if args.train_steps is not None:
         cfg = replace(cfg, train_steps=args.train_steps)
-    ds = run(cfg, out / "checkpoints", progress=not args.quiet, argv=argv, size="full" if args.full else "default")
-    print(write_outputs(ds, out))
+    ds = run(cfg, out / "checkpoints", progress=not args.quiet, argv=argv, size=size)
+    _io.report(args, write_outputs(ds, out))
     return 0
 
 

@@ -27,6 +27,7 @@ Usage::
 
     python -m studies.digits                 # default size, about 5 minutes on 2 cores
     python -m studies.digits --full          # 4x the training steps
+    python -m studies.digits --docs          # the documentation build's size: 200 training steps
     python -m studies.digits --out DIR --quiet --threads N
 
 Writes to ``--out`` (default ``studies/output/digits/``): ``digits.nc`` (samples in data space,
@@ -91,6 +92,9 @@ class Config:
 
 DEFAULT = Config()
 FULL = replace(DEFAULT, steps=4 * DEFAULT.steps)
+#: the documentation build's size (``--docs``): every figure and table from a short training run (the samples
+#: look like blurred digits at best)
+DOCS = replace(DEFAULT, steps=200)
 
 
 def make_sampler(name: str) -> sd.Sampler:
@@ -416,11 +420,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.sampler is not None:
@@ -499,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **img,
         },
     )
-    attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
+    attrs = _io.provenance(STUDY, argv, size=size, **asdict(cfg))
     res.attrs = {
         **attrs,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in timing.items()},
@@ -525,15 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "figure": proxy_figure(res),
         },
     )
-    size = "full" if args.full else "default"
-    print(
+    _io.report(
+        args,
         _io.write_tables(
             out,
             f"Digits: U-Net on scikit-learn's 8x8 digits ({size} size)",
             attrs,
             f"{elapsed:.0f} s in all",
             make_tables(res),
-        )
+        ),
     )
     return 0
 

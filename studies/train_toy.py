@@ -30,6 +30,7 @@ Usage::
     python -m studies.train_toy                 # default size: about 3 min on a loaded 2-core machine
                                                 # (training about 40 s of it, 1 thread)
     python -m studies.train_toy --full          # 20,000 training steps
+    python -m studies.train_toy --docs          # the documentation build's size: 500 steps, 2,000 samples
     python -m studies.train_toy --out DIR --quiet --threads N
     python -m studies.train_toy --resume        # continue from <out>/checkpoints/last.pt
 
@@ -97,6 +98,8 @@ class Config:
 
 DEFAULT = Config()
 FULL = replace(DEFAULT, steps=20_000)
+#: the documentation build's size (``--docs``): every figure and table from a short training run and fewer points
+DOCS = replace(DEFAULT, steps=500, n_data=5_000, n_err=5_000, n_bin=500, n_samples=2_000, floor_pairs=4)
 
 
 def samplers() -> dict[str, sd.Sampler]:
@@ -518,11 +521,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
     if args.samples is not None:
@@ -542,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     res = xr.merge([hist.drop_attrs(), errors.drop_attrs(), sampling.drop_attrs()])
     res["loss"].attrs = {"long_name": "DSM loss of the logged step (batch estimate)"}
-    attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
+    attrs = _io.provenance(STUDY, argv, size=size, **asdict(cfg))
     res.attrs = {
         **attrs,
         **errors.attrs,
@@ -563,8 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "\n".join(verdict_lines(res))
         + "\n"
     )
-    size = "full" if args.full else "default"
-    print(
+    _io.report(
+        args,
         _io.write_tables(
             out,
             f"Training acceptance: MLP on the 8-Gaussian ring ({size} size)",
@@ -572,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{elapsed:.0f} s in all",
             make_tables(res),
             [acceptance],
-        )
+        ),
     )
     return 0
 
