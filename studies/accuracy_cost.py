@@ -190,7 +190,7 @@ DOCS = replace(
     ode_tols=(1e-3, 1e-5),
     n_sto=1000,
     levels=(20, 50, 200),
-    adaptive_tols=(0.2, 0.1, 0.02),
+    adaptive_tols=(0.2, 0.1, 0.05),
     rk45_tols=(1e-1, 1e-2, 1e-4),
     floor_pairs=4,
 )

@@ -25,7 +25,7 @@ Usage::
 
     python -m studies.default_sampler                 # default size (trains 2 models of 3,000 steps)
     python -m studies.default_sampler --full          # 5,000 training steps, 20,000 samples, 16 floor pairs
-    python -m studies.default_sampler --docs          # the documentation build's size: 500 steps, 2,000 samples
+    python -m studies.default_sampler --docs          # the documentation build's size: 300 steps, 1,000 samples
     python -m studies.default_sampler --out DIR --quiet --threads N
 
 Checkpoints go to ``<out>/checkpoints/<problem>/`` and are reused by later runs (a checkpoint of at least
@@ -169,7 +169,7 @@ FULL = replace(
 #: the documentation build's size (``--docs``): the default samplers, three budgets, short training runs and
 #: fewer samples (the floor is correspondingly higher)
 DOCS = replace(
-    DEFAULT, budgets=(20, 50, 200), train_steps=500, n_data=5_000, n_samples=2_000, n_samples_exact=4_000, floor_pairs=4
+    DEFAULT, budgets=(20, 50, 100), train_steps=300, n_data=5_000, n_samples=1_000, n_samples_exact=2_000, floor_pairs=4
 )
 
 

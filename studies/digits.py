@@ -27,7 +27,7 @@ Usage::
 
     python -m studies.digits                 # default size, about 5 minutes on 2 cores
     python -m studies.digits --full          # 4x the training steps
-    python -m studies.digits --docs          # the documentation build's size: 200 training steps
+    python -m studies.digits --docs          # the documentation build's size: 150 training steps, 64 samples
     python -m studies.digits --out DIR --quiet --threads N
 
 Writes to ``--out`` (default ``studies/output/digits/``): ``digits.nc`` (samples in data space,
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -93,8 +94,8 @@ class Config:
 DEFAULT = Config()
 FULL = replace(DEFAULT, steps=4 * DEFAULT.steps)
 #: the documentation build's size (``--docs``): every figure and table from a short training run (the samples
-#: look like blurred digits at best)
-DOCS = replace(DEFAULT, steps=200)
+#: look like blurred digits at best) and 64 samples
+DOCS = replace(DEFAULT, steps=150, n_samples=64)
 
 
 def make_sampler(name: str) -> sd.Sampler:
@@ -525,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _io.save_figures(
         out,
         {
-            "samples": samples_figure(generated, real[pick]),
+            "samples": samples_figure(generated, real[pick], side=math.isqrt(cfg.n_samples)),
             "trajectory": trajectory_figure(x_data[:, : cfg.n_strip], ds["time"].values),
             "figure": proxy_figure(res),
         },

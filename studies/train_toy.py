@@ -30,7 +30,7 @@ Usage::
     python -m studies.train_toy                 # default size: about 3 min on a loaded 2-core machine
                                                 # (training about 40 s of it, 1 thread)
     python -m studies.train_toy --full          # 20,000 training steps
-    python -m studies.train_toy --docs          # the documentation build's size: 500 steps, 2,000 samples
+    python -m studies.train_toy --docs          # the documentation build's size: 500 steps, 1,000 samples
     python -m studies.train_toy --out DIR --quiet --threads N
     python -m studies.train_toy --resume        # continue from <out>/checkpoints/last.pt
 
@@ -99,7 +99,7 @@ class Config:
 DEFAULT = Config()
 FULL = replace(DEFAULT, steps=20_000)
 #: the documentation build's size (``--docs``): every figure and table from a short training run and fewer points
-DOCS = replace(DEFAULT, steps=500, n_data=5_000, n_err=5_000, n_bin=500, n_samples=2_000, floor_pairs=4)
+DOCS = replace(DEFAULT, steps=500, n_data=5_000, n_err=5_000, n_bin=500, n_samples=1_000, floor_pairs=4)
 
 
 def samplers() -> dict[str, sd.Sampler]:

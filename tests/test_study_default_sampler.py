@@ -102,6 +102,17 @@ def test_study_measures_and_writes(study, tmp_path):
         assert f"## {p}: SW / floor" in text
         assert (tmp_path / f"table_ratio_{p}.csv").stat().st_size > 0
     assert "Best fixed-NFE sampler per budget" in text
+    assert (tmp_path / "figure.png").stat().st_size > 0 and (tmp_path / "figure.svg").stat().st_size > 0
+    fig = dsm.plot(ds)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == list(dsm.PROBLEMS)
+    assert all(ax.get_xlabel() == "NFE (score evaluations)" and ax.get_xscale() == "log" for ax in axes)
+    assert axes[0].get_ylabel() == "sliced Wasserstein / floor mean"
+    # one line per sampler that ran on the problem, at the NFE it spent
+    em = next(line for line in axes[2].get_lines() if line.get_label() == "EM")
+    np.testing.assert_array_equal(em.get_xdata(), ds.nfe.sel(problem="ring_exact", sampler="EM").values)
+    np.testing.assert_allclose(em.get_ydata(), ds.sw_ratio.sel(problem="ring_exact", sampler="EM").values)
+    dsm.plt.close(fig)
     with xr.open_dataset(tmp_path / "default_sampler.nc") as back:
         back.load()
     xr.testing.assert_allclose(back.sw_ratio, ds.sw_ratio)
