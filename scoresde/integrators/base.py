@@ -120,7 +120,7 @@ class Sampler(abc.ABC):
     eps_may_be_zero: bool = False
 
     def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
-        if self.eps_may_be_zero and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps == 0:
+        if self.eps_may_be_zero and type(eps) in (int, float) and eps == 0:
             self.eps = 0.0
         else:
             self.eps = check_positive("eps", eps)
