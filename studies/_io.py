@@ -23,6 +23,8 @@ import xarray as xr
 
 from scoresde._io import atomic_path
 
+from ._sweep import EXTRA, workers_type
+
 __all__ = [
     "study_parser",
     "prepare",
@@ -54,8 +56,6 @@ def study_parser(
     (a local dask cluster of ``N`` processes; default 1, in-process) and ``--scheduler ADDRESS`` (a running
     cluster), which exclude each other.
     """
-    from ._sweep import EXTRA, workers_type
-
     ap = argparse.ArgumentParser(prog=f"python -m {study}", description=(doc or "").split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help=full_help)
     ap.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")

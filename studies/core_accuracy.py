@@ -405,6 +405,11 @@ def sampler_cell(cfg: Config, sde: str, sampler: str) -> dict[str, Any]:
     }
 
 
+def mixture_cell(cfg: Config, sde: str, sampler: str | None = None) -> dict[str, Any]:
+    """:func:`floors_cell` (no ``sampler``) or :func:`sampler_cell`."""
+    return floors_cell(cfg, sde) if sampler is None else sampler_cell(cfg, sde, sampler)
+
+
 def run_mixture(cfg: Config, progress: bool, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
     """Part 2: every sampler at its defaults on the ring, against an exact sample of p_eps and two floors.
 
@@ -426,10 +431,11 @@ def run_mixture(cfg: Config, progress: bool, sweep: _sweep.Sweep | None = None) 
     mode_frac = np.full((S, P, RING.n_components), np.nan)
 
     sweep = sweep or _sweep.Sweep()
-    floor_res = sweep.map(floors_cell, [{"cfg": cfg, "sde": s} for s in names], progress=progress, desc="floors")
     pairs = [(i, j) for i, s in enumerate(names) for j, p in enumerate(snames) if supported(s, p)]
-    cells = [{"cfg": cfg, "sde": names[i], "sampler": snames[j]} for i, j in pairs]
-    sampler_res = sweep.map(sampler_cell, cells, progress=progress, desc="mixture")
+    cells = [{"cfg": cfg, "sde": s} for s in names]
+    cells += [{"cfg": cfg, "sde": names[i], "sampler": snames[j]} for i, j in pairs]
+    results = sweep.map(mixture_cell, cells, progress=progress, desc="mixture")  # one queue: no idle workers
+    floor_res, sampler_res = results[:S], results[S:]
     for i, r in enumerate(floor_res):
         reference[i], ref_z[i] = r["reference"], r["ref_z"]
         for m in METRIC_FNS:

@@ -170,10 +170,15 @@ def hutchinson_cell(cfg: Config, target: str, sde: str, noise: str, probes: int,
     }
 
 
+def likelihood_cell(kind: str, **params: Any) -> dict[str, Any]:
+    """:func:`exact_trace_cell` (``kind="exact"``) or :func:`hutchinson_cell` (``kind="hutchinson"``) of ``params``."""
+    return {"exact": exact_trace_cell, "hutchinson": hutchinson_cell}[kind](**params)
+
+
 def run_likelihood(cfg: Config = DEFAULT, progress: bool = True, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
     """Every target x SDE x tolerance (exact trace) and target x SDE x noise x probes (Hutchinson).
 
-    The cells (:func:`exact_trace_cell`, :func:`hutchinson_cell`) run where ``sweep`` runs them
+    The cells (:func:`exact_trace_cell`, :func:`hutchinson_cell`, all in one queue) run where ``sweep`` runs them
     (default: in-process); the result does not depend on it.
     """
     tnames, snames, tols, probes = list(cfg.targets), list(cfg.sdes), list(cfg.tols), list(cfg.probes)
@@ -207,8 +212,9 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True, sweep: _sweep.S
         for noise in NOISES
         for d, K in enumerate(probes)
     ]
-    exact_res = iter(sweep.map(exact_trace_cell, exact_cells, progress=progress, desc="likelihood exact trace"))
-    hutch_res = iter(sweep.map(hutchinson_cell, hutch_cells, progress=progress, desc="likelihood hutchinson"))
+    cells = [{"kind": "exact", **c} for c in exact_cells] + [{"kind": "hutchinson", **c} for c in hutch_cells]
+    results = sweep.map(likelihood_cell, cells, progress=progress, desc="likelihood")  # one queue: no idle workers
+    exact_res, hutch_res = iter(results[: len(exact_cells)]), iter(results[len(exact_cells) :])
     for a in range(T_):
         for b in range(S):
             ref = None

@@ -15,12 +15,15 @@ pytest.importorskip("distributed")
 
 from studies import _sweep  # noqa: E402
 from studies import convergence as cv  # noqa: E402
+from studies import core_accuracy as ca  # noqa: E402
 from studies import likelihood as lk  # noqa: E402
 
 # 2 SDEs x 3 chunks (the last one short) = 6 cells
 CONV = replace(cv.DEFAULT, sdes=("VP", "VE"), steps=(8, 16), ref_steps=32, n_paths=25, chunk=10, ode_ref_tol=1e-6)
 # 2 SDEs x (1 exact-trace + 2 Hutchinson cells)
 LIK = replace(lk.DEFAULT, n=4, sdes=("VP", "VE"), tols=(1e-6,), probes=(1, 2), targets=("2-D",))
+# part 1 of the core-accuracy study: 3 SDEs x 8 cells
+GAUSS = replace(ca.DEFAULT, steps=(10, 20), tols=(1e-3, 1e-5), n_ode=20, n_em=200, em_check_steps=(5, 10))
 WALL = ["wall_time", "hutch_wall_time"]
 
 
@@ -40,6 +43,13 @@ def test_convergence_on_two_workers_is_the_in_process_run(cluster):
         title2, df2, md2 = cv.make_tables(dist, checks)[key]
         assert (title2, md2) == (title, md)
         pd.testing.assert_frame_equal(df2, df)
+
+
+def test_core_accuracy_gaussian_part_on_two_workers_is_the_in_process_run(cluster):
+    local = ca.run_gaussian(GAUSS, progress=False)
+    dist = ca.run_gaussian(GAUSS, progress=False, sweep=cluster)
+    xr.testing.assert_identical(dist, local)
+    assert int(local.rk45_nfe.min()) > 0 and bool(local.mc_mean.notnull().all())
 
 
 def _outputs(out: Path) -> tuple[str, dict[str, pd.DataFrame], xr.Dataset]:
