@@ -65,7 +65,7 @@ class Size:
 
 
 FULL = Size(
-    n=4000,
+    n=3000,
     steps=50,
     floor_pairs=8,
     image=32,

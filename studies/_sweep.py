@@ -108,7 +108,8 @@ class Sweep:
     threads : int, optional
         ``torch.set_num_threads`` for every cell (``None``: leave the thread count as it is).
     processes : bool
-        Local cluster with worker processes (default) or threads in this process.
+        Local cluster with worker processes (default) or threads in this process; torch's thread
+        count is per process, so with threads the ``threads`` setting is shared by all workers.
 
     Use it as a context manager: the cluster (if any) starts on entry and stops on exit.
     """
