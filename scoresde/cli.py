@@ -177,10 +177,9 @@ def _lib(name: str) -> Any:
 
 
 def _sde_class(key: str) -> Callable[[], LinearSDE]:
-    import scoresde
+    from .sde import SDE_REGISTRY
 
-    cls: Callable[[], LinearSDE] = getattr(scoresde, SDE_CHOICES[key][0])
-    return cls
+    return SDE_REGISTRY.lookup(SDE_CHOICES[key][0])
 
 
 def _sde_key(class_name: str) -> str:
