@@ -7,7 +7,9 @@ import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Real
+from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -165,3 +167,18 @@ def check_tolerances(rtol: float, atol: float, dtype: torch.dtype) -> tuple[floa
                 "use a larger tolerance, or float64 data for tolerances below float32's eps"
             )
     return rtol, atol
+
+
+def as_float64(name: str, value: Any) -> torch.Tensor:
+    """``value`` (a tensor or array-like of numbers) as a float64 CPU tensor; ``TypeError`` / ``ValueError``
+    naming ``name`` if it is not numeric or holds NaN or inf."""
+    try:
+        t = torch.as_tensor(
+            value.detach().cpu() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64),
+            dtype=torch.float64,
+        )
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be array-like of numbers: {err}") from None
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return t

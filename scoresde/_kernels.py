@@ -57,13 +57,19 @@ def tweedie(x: torch.Tensor, score: torch.Tensor, s: float | torch.Tensor, sigma
     return (x + sigma**2 * score) / s
 
 
-def check_linear(sampler: object, sde: SDE) -> None:
-    """Raise ``ValueError`` naming ``sampler`` unless ``sde`` is a :class:`~scoresde.LinearSDE`."""
+def require_linear(sde: SDE, who: str) -> LinearSDE:
+    """``sde`` if it is a :class:`~scoresde.LinearSDE`; else ``ValueError`` naming ``who``."""
     if not isinstance(sde, LinearSDE):
         raise ValueError(
-            f"{type(sampler).__name__} needs a linear SDE (kernel N(s(t) x0, sigma(t)^2 I)): VPSDE, SubVPSDE, "
+            f"{who} needs a linear SDE (kernel N(s(t) x0, sigma(t)^2 I)): VPSDE, SubVPSDE, "
             f"VESDE or a LinearSDE subclass, got {type(sde).__name__}"
         )
+    return sde
+
+
+def check_linear(sampler: object, sde: SDE) -> None:
+    """Raise ``ValueError`` naming ``sampler`` unless ``sde`` is a :class:`~scoresde.LinearSDE`."""
+    require_linear(sde, type(sampler).__name__)
 
 
 def _probe_times(sde: SDE) -> torch.Tensor:

@@ -75,7 +75,7 @@ TARGET_NAMES = ("eight_gaussians", "grid", "pinwheel", "gaussian")
 TOY_DATASETS = ("moons", "swiss_roll", "checkerboard", *TARGET_NAMES)
 DATASETS = (*TOY_DATASETS, "digits")
 PREDICTOR_NAMES = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
-CORRECTOR_NAMES = ("langevin", "ald", "none")
+CORRECTOR_NAMES = ("langevin", "annealed_langevin", "ald", "none")
 WEIGHTING_NAMES = ("sigma2", "likelihood")
 OBJECTIVE_NAMES = ("dsm", "ddpm", "flow_matching")
 GRID_NAMES = ("uniform", "logsnr", "quadratic", "karras")
@@ -177,10 +177,9 @@ def _lib(name: str) -> Any:
 
 
 def _sde_class(key: str) -> Callable[[], LinearSDE]:
-    import scoresde
+    from .sde import SDE_REGISTRY
 
-    cls: Callable[[], LinearSDE] = getattr(scoresde, SDE_CHOICES[key][0])
-    return cls
+    return SDE_REGISTRY.lookup(SDE_CHOICES[key][0])
 
 
 def _sde_key(class_name: str) -> str:

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._checks import as_float64, broadcast_coef, check_positive, check_positive_int
+from ._kernels import require_linear
 from .integrators.base import CountedScore, FixedStepSampler, Sampler, Trajectory, nearest_indices
 from .samplers import SCIPY_METHODS, PredictorCorrector, ProbabilityFlowODE
 from .sampling import sample
@@ -69,15 +70,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def _linear(sde: SDE, who: str) -> LinearSDE:
-    if not isinstance(sde, LinearSDE):
-        raise ValueError(
-            f"{who} needs a linear SDE (kernel N(s(t) x0, sigma(t)^2 I), for Tweedie's denoiser): VPSDE, SubVPSDE, "
-            f"VESDE or a LinearSDE subclass, got {type(sde).__name__}"
-        )
-    return sde
-
-
 def _kernel(sde: SDE, t: float) -> tuple[float, float]:
     r""":math:`(s(t), \sigma(t))` as floats computed in float64."""
     log_s, log_sigma = log_coefs(sde, t)
@@ -139,10 +131,10 @@ class LinearObservation:
     """
 
     def __init__(self, A: Any, y: Any, noise_std: float = 0.0) -> None:
-        self.A = _as_float64("A", A)
+        self.A = as_float64("A", A)
         if self.A.dim() != 2 or min(self.A.shape) == 0:
             raise ValueError(f"A must be a non-empty matrix of shape (m, D), got {tuple(self.A.shape)}")
-        self.y = _as_float64("y", y)
+        self.y = as_float64("y", y)
         m = self.A.shape[0]
         if self.y.dim() not in (1, 2) or self.y.shape[-1] != m:
             raise ValueError(
@@ -168,7 +160,7 @@ class LinearObservation:
                 "mask observes nothing (every entry is False); use scoresde.sample for unconditional samples"
             )
         flat = m.reshape(-1)
-        v = _as_float64("values", values)
+        v = as_float64("values", values)
         if v.shape == m.shape:
             y = v.reshape(-1)[flat]
         elif v.shape == (int(flat.sum()),):
@@ -222,19 +214,6 @@ class LinearObservation:
     def __repr__(self) -> str:
         kind = f"mask of {int(self.mask.sum())} entries" if self.mask is not None else f"A {tuple(self.A.shape)}"
         return f"LinearObservation({kind}, y {tuple(self.y.shape)}, noise_std={self.noise_std!r})"
-
-
-def _as_float64(name: str, value: Any) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(
-            value.detach().cpu() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64),
-            dtype=torch.float64,
-        )
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be array-like of numbers: {err}") from None
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    return t
 
 
 def _check_observation(observation: Any) -> LinearObservation:
@@ -364,7 +343,7 @@ class _TweedieGuidance:
         if not callable(score_fn):
             raise TypeError("score_fn must be callable as score_fn(x, t)")
         self.score_fn = score_fn
-        self.sde = _linear(sde, type(self).__name__)
+        self.sde = require_linear(sde, type(self).__name__)
         self.observation = _check_observation(observation)
         self.scale = check_positive("scale", scale, allow_zero=True)
 
@@ -553,7 +532,7 @@ class Replacement(_Replacing, FixedStepSampler):
         return {"method": "replacement", "inner": repr(self.inner), **self.inner.params()}
 
     def check(self, sde: SDE) -> None:
-        _linear(sde, "Replacement")
+        require_linear(sde, "Replacement")
         self.inner.check(sde)
 
     def grid(self, sde: SDE) -> np.ndarray:
@@ -662,7 +641,7 @@ class RePaint(_Replacing, Sampler):
         }
 
     def check(self, sde: SDE) -> None:
-        _linear(sde, "RePaint")
+        require_linear(sde, "RePaint")
         self.inner.check(sde)
 
     def _schedule(self, sde: SDE) -> tuple[np.ndarray, list[int]]:
@@ -792,7 +771,7 @@ class TwistedSMC(Sampler):
 
     def check(self, sde: SDE) -> None:
         super().check(sde)
-        _linear(sde, "TwistedSMC")
+        require_linear(sde, "TwistedSMC")
 
     def expected_nfe(self, sde: SDE) -> int | None:
         return self.steps + 1
@@ -804,7 +783,7 @@ class TwistedSMC(Sampler):
         self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, t: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r"""Score, :math:`\log \tilde p_t(y \mid x)` (batch,) and its gradient at ``x``."""
-        lin = _linear(sde, "TwistedSMC")
+        lin = require_linear(sde, "TwistedSMC")
         with torch.inference_mode(False), torch.enable_grad():
             xg = _grad_enabled_input(x)
             tv = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_finite_tensor, check_positive, check_positive_int, check_time
+from ._checks import as_float64, check_finite_tensor, check_positive, check_positive_int, check_time
 from .sde import SDE, LinearSDE
 
 __all__ = [
@@ -45,19 +45,6 @@ __all__ = [
     "pinwheel",
     "random_mixture",
 ]
-
-
-def _as_float64(name: str, value: Any) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(
-            np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor) else value.detach().cpu(),
-            dtype=torch.float64,
-        )
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be array-like of numbers: {err}") from None
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    return t
 
 
 class GaussianMixture:
@@ -84,9 +71,9 @@ class GaussianMixture:
     """
 
     def __init__(self, weights: Any, means: Any, covariances: Any, labels: Any = None) -> None:
-        w = _as_float64("weights", weights)
-        mu = _as_float64("means", means)
-        cov = _as_float64("covariances", covariances)
+        w = as_float64("weights", weights)
+        mu = as_float64("means", means)
+        cov = as_float64("covariances", covariances)
         if mu.dim() != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(mu.shape)}")
         K, d = mu.shape
@@ -336,10 +323,10 @@ class GaussianMixture:
             of shape ``(B, m)``. Labels are kept (component :math:`k` of the posterior is the posterior of
             component :math:`k`).
         """
-        A_t = _as_float64("A", A)
+        A_t = as_float64("A", A)
         if A_t.dim() != 2 or A_t.shape[1] != self.dim or A_t.shape[0] == 0:
             raise ValueError(f"A must have shape (m, d) with m >= 1 and d={self.dim}, got {tuple(A_t.shape)}")
-        y_t = _as_float64("y", y)
+        y_t = as_float64("y", y)
         m = A_t.shape[0]
         if y_t.dim() not in (1, 2) or y_t.shape[-1] != m:
             raise ValueError(

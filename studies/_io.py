@@ -23,6 +23,8 @@ import xarray as xr
 
 from scoresde._io import atomic_path
 
+from ._sweep import EXTRA, workers_type
+
 __all__ = [
     "study_parser",
     "size",
@@ -47,6 +49,7 @@ def study_parser(
     full_help: str,
     default_out: Path,
     threads_help: str = "torch intra-op threads (default 1)",
+    sweep: bool = False,
     docs_help: str = "the documentation build's small size (every figure and table, smaller sweeps)",
 ) -> argparse.ArgumentParser:
     """The options every study has (``--full``, ``--docs``, ``--out``, ``--quiet``, ``--threads``); add a study's
@@ -54,6 +57,9 @@ def study_parser(
 
     ``study`` is the module (``"studies.<name>"``), ``doc`` its docstring (the first paragraph describes it).
     ``--full`` and ``--docs`` exclude each other; :func:`size` names the size they select.
+    With ``sweep=True`` (a study whose cells run through :class:`studies._sweep.Sweep`) also ``--workers N``
+    (a local dask cluster of ``N`` processes; default 1, in-process) and ``--scheduler ADDRESS`` (a running
+    cluster), which exclude each other.
     """
     ap = argparse.ArgumentParser(prog=f"python -m {study}", description=(doc or "").split("\n\n")[0])
     sizes = ap.add_mutually_exclusive_group()
@@ -62,6 +68,22 @@ def study_parser(
     ap.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
     ap.add_argument("--quiet", action="store_true", help="no progress bars and no printed tables (errors only)")
     ap.add_argument("--threads", type=int, default=1, help=threads_help)
+    if not sweep:
+        return ap
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=workers_type,
+        default=1,
+        help=f"run the independent cells on a local dask cluster of this many processes, one thread each "
+        f"(default 1: in-process, without dask; needs {EXTRA} otherwise); the results do not depend on it",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the cells on the dask cluster behind this scheduler (tcp://host:port) instead",
+    )
     return ap
 
 

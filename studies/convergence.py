@@ -49,6 +49,12 @@ Usage::
     python -m studies.convergence                 # default size, ~1.5 minutes on 2 cores
     python -m studies.convergence --full          # publication size
     python -m studies.convergence --out DIR --quiet --threads 1
+    python -m studies.convergence --workers 3     # cells on a local dask cluster (scoresde[studies])
+    python -m studies.convergence --scheduler tcp://host:8786
+
+The cells (SDE x chunk of ``chunk`` samples) are independent and seeded by their parameters, so the
+results are the same, bit for bit, in-process and on any number of workers (each worker holds one
+chunk's Brownian path, ~4 x ref_steps x chunk x 2 x 8 bytes).
 
 Writes to ``--out`` (default ``studies/output/convergence/``): ``convergence.nc`` (xarray Dataset
 with provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` (printed) and one CSV per
@@ -75,11 +81,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torchsde  # noqa: E402
 import xarray as xr  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 
-from . import _io  # noqa: E402
+from . import _io, _sweep  # noqa: E402
 
 STUDY = "studies.convergence"
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "convergence"
@@ -299,6 +304,20 @@ class _Acc:
         self.d += d.sum(0)
         self.dd += d.T @ d
 
+    def state(self) -> tuple[int, float, float, np.ndarray, np.ndarray]:
+        """The running sums ``(n, sq, sq2, d, dd)``."""
+        return self.n, self.sq, self.sq2, self.d, self.dd
+
+    def merge(self, state: tuple[int, float, float, np.ndarray, np.ndarray]) -> None:
+        """Add the sums of another chunk (:meth:`state`); merging chunks in order is what :meth:`add`
+        over the chunks in order gives, to the last bit."""
+        n, sq, sq2, d, dd = state
+        self.n += n
+        self.sq += sq
+        self.sq2 += sq2
+        self.d += d
+        self.dd += dd
+
     def strong(self) -> tuple[float, float]:
         """RMS error and its delta-method standard error."""
         m = self.sq / self.n
@@ -319,37 +338,36 @@ class _Acc:
 # ---------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------
-def _run_chunk(
-    sde: sd.LinearSDE,
-    target: sd.GaussianMixture,
-    cfg: Config,
-    x_T: torch.Tensor,
-    bm: GridBrownian,
-    acc: dict[tuple[str, int], _Acc],
-    ref_acc: dict[str, list[torch.Tensor]],
-    bar: Any,
-) -> None:
-    score = target.score(sde)
+def convergence_cell(cfg: Config, sde: str, chunk: int) -> dict[str, Any]:
+    """One cell of the sweep: SDE ``sde``, samples ``chunk * cfg.chunk ...`` (seeded by ``cfg.seed`` and
+    ``chunk``), every integrator and step count against the two references.
+
+    Returns plain data: ``"acc"`` maps ``(integrator, steps)`` to the running sums of :class:`_Acc`
+    (``n, sq, sq2, d, dd``) over this chunk, ``"ref"`` the references' end points.
+    """
+    target = get_target(cfg.target)
+    lsde = SDES[sde]
+    size = min(cfg.chunk, cfg.n_paths - chunk * cfg.chunk)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + chunk)
+    x_T = target.marginal(lsde, lsde.T).sample(size, gen, dtype=torch.float64)
+    bm = draw_path(cfg.ref_steps, size, target.dim, lsde.T - EPS, gen)
+    score = target.score(lsde)
 
     def run(sampler: sd.Sampler) -> torch.Tensor:
-        ds = sd.sample(sde, score, sampler, x_T=x_T, progress=False)
+        ds = sd.sample(lsde, score, sampler, x_T=x_T, progress=False)
         return torch.from_numpy(ds["x"].values[-1])
 
-    bar.set_postfix_str(f"{type(sde).__name__} references")
     ref = {
         "SDE": run(sd.TorchSDE("srk", steps=cfg.ref_steps, eps=EPS, brownian=bm.factory())),
         "ODE": run(sd.ProbabilityFlowODE("DOP853", rtol=cfg.ode_ref_tol, atol=cfg.ode_ref_tol, eps=EPS)),
     }
-    for k, v in ref.items():
-        ref_acc[k].append(v)
-    bar.update()
+    acc = {(m, n): _Acc() for m in INTEGRATORS for n in cfg.steps}
     for n in cfg.steps:
-        bar.set_postfix_str(f"{type(sde).__name__} N={n}")
-        acc["EM", n].add(euler_maruyama(sde, score, x_T, coarse_values(bm, n), EPS), ref["SDE"])
+        acc["EM", n].add(euler_maruyama(lsde, score, x_T, coarse_values(bm, n), EPS), ref["SDE"])
         acc["SRK", n].add(run(sd.TorchSDE("srk", steps=n, eps=EPS, brownian=bm.factory())), ref["SDE"])
         acc["ODE-Euler", n].add(run(sd.ProbabilityFlowODE("euler", steps=n, eps=EPS)), ref["ODE"])
         acc["ODE-Heun", n].add(run(sd.ProbabilityFlowODE("heun", steps=n, eps=EPS)), ref["ODE"])
-        bar.update()
+    return {"acc": {k: a.state() for k, a in acc.items()}, "ref": {k: v.numpy() for k, v in ref.items()}}
 
 
 def nfe_of(integrator: str, steps: int) -> int:
@@ -357,8 +375,12 @@ def nfe_of(integrator: str, steps: int) -> int:
     return {"EM": steps, "SRK": 2 * steps, "ODE-Euler": steps, "ODE-Heun": 2 * steps}[integrator]
 
 
-def run_convergence(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
-    """Strong and weak errors of every integrator x SDE x step count, fitted orders, reference checks."""
+def run_convergence(cfg: Config = DEFAULT, progress: bool = True, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
+    """Strong and weak errors of every integrator x SDE x step count, fitted orders, reference checks.
+
+    The cells (SDE x chunk of samples, :func:`convergence_cell`) run where ``sweep`` runs them
+    (default: in-process); the result does not depend on it.
+    """
     target = get_target(cfg.target)
     names, steps = list(cfg.sdes), list(cfg.steps)
     if any(cfg.ref_steps % n for n in steps):
@@ -368,29 +390,28 @@ def run_convergence(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
     weak, weak_se = np.full((S, I_, N), np.nan), np.full((S, I_, N), np.nan)
     bias, bias_se = np.full((S, I_, N, F), np.nan), np.full((S, I_, N, F), np.nan)
     ref_bias, ref_se, exact = np.full((S, 2, F), np.nan), np.full((S, 2, F), np.nan), np.full((S, F), np.nan)
-    chunks = [min(cfg.chunk, cfg.n_paths - i) for i in range(0, cfg.n_paths, cfg.chunk)]
-
-    with tqdm(total=S * len(chunks) * (N + 1), desc="convergence", disable=not progress, leave=False) as bar:
-        for i, name in enumerate(names):
-            sde = SDES[name]
-            p_T = target.marginal(sde, sde.T)
-            acc = {(m, n): _Acc() for m in INTEGRATORS for n in steps}
-            ref_acc: dict[str, list[torch.Tensor]] = {k: [] for k in REFERENCES}
-            for c, size in enumerate(chunks):
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c)
-                x_T = p_T.sample(size, gen, dtype=torch.float64)
-                bm = draw_path(cfg.ref_steps, size, target.dim, sde.T - EPS, gen)
-                _run_chunk(sde, target, cfg, x_T, bm, acc, ref_acc, bar)
-                del bm
-            for j, m in enumerate(INTEGRATORS):
-                for k, n in enumerate(steps):
-                    strong[i, j, k], strong_se[i, j, k] = acc[m, n].strong()
-                    bias[i, j, k], bias_se[i, j, k], weak[i, j, k], weak_se[i, j, k] = acc[m, n].weak()
-            exact[i] = exact_moments(target.marginal(sde, EPS))
-            for r, key in enumerate(REFERENCES):
-                phi = moments(torch.cat(ref_acc[key])).numpy()
-                ref_bias[i, r] = phi.mean(0) - exact[i]
-                ref_se[i, r] = phi.std(0, ddof=1) / math.sqrt(phi.shape[0])
+    n_chunks = -(-cfg.n_paths // cfg.chunk)
+    cells = [{"cfg": cfg, "sde": name, "chunk": c} for name in names for c in range(n_chunks)]
+    results = iter((sweep or _sweep.Sweep()).map(convergence_cell, cells, progress=progress, desc="convergence"))
+    for i, name in enumerate(names):
+        sde = SDES[name]
+        acc = {(m, n): _Acc() for m in INTEGRATORS for n in steps}
+        ref_acc: dict[str, list[torch.Tensor]] = {k: [] for k in REFERENCES}
+        for _ in range(n_chunks):  # the cells of this SDE, in chunk order
+            res = next(results)
+            for key, state in res["acc"].items():
+                acc[key].merge(state)
+            for k in REFERENCES:
+                ref_acc[k].append(torch.from_numpy(res["ref"][k]))
+        for j, m in enumerate(INTEGRATORS):
+            for k, n in enumerate(steps):
+                strong[i, j, k], strong_se[i, j, k] = acc[m, n].strong()
+                bias[i, j, k], bias_se[i, j, k], weak[i, j, k], weak_se[i, j, k] = acc[m, n].weak()
+        exact[i] = exact_moments(target.marginal(sde, EPS))
+        for r, key in enumerate(REFERENCES):
+            phi = moments(torch.cat(ref_acc[key])).numpy()
+            ref_bias[i, r] = phi.mean(0) - exact[i]
+            ref_se[i, r] = phi.std(0, ddof=1) / math.sqrt(phi.shape[0])
 
     orders = np.full((S, I_, 2), np.nan)
     used = np.zeros((S, I_, 2), np.int64)
@@ -688,7 +709,7 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "publication size (more paths, finer steps)", DEFAULT_OUT)
+    ap = _io.study_parser(STUDY, __doc__, "publication size (more paths, finer steps)", DEFAULT_OUT, sweep=True)
     ap.add_argument(
         "--target", default=None, choices=sorted(TARGETS), help=f"Gaussian-mixture target (default {DEFAULT.target})"
     )
@@ -705,7 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = replace(cfg, target=args.target)
     start = time.perf_counter()
 
-    ds = run_convergence(cfg, progress=not args.quiet)
+    with _sweep.Sweep.from_args(args) as sweep:
+        ds = run_convergence(cfg, progress=not args.quiet, sweep=sweep)
     checks = run_checks(cfg)
     elapsed = time.perf_counter() - start
     ds.attrs = {

@@ -25,6 +25,12 @@ Usage::
     python -m studies.core_accuracy                 # default size, a few minutes on 2 cores
     python -m studies.core_accuracy --full          # publication size
     python -m studies.core_accuracy --out DIR --quiet
+    python -m studies.core_accuracy --workers 4      # cells on a local dask cluster (scoresde[studies])
+    python -m studies.core_accuracy --scheduler tcp://host:8786
+
+The cells (SDE x solver x steps or tolerance; SDE x sampler) are independent and seeded by their
+parameters: the numbers are the same, bit for bit, in-process and on any number of workers (the
+wall times are measured where each cell runs).
 
 Writes to ``--out`` (default ``studies/output/core_accuracy/``): ``gaussian.nc`` and ``mixture.nc``
 (xarray Datasets with provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` and one
@@ -39,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -50,12 +57,11 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 from scoresde import metrics  # noqa: E402
 
-from . import _io  # noqa: E402
+from . import _io, _sweep  # noqa: E402
 
 STUDY = "studies.core_accuracy"
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "core_accuracy"
@@ -159,8 +165,62 @@ def _ode_end_error(sde: sd.LinearSDE, sampler: sd.ProbabilityFlowODE, x_T: torch
     return float((end - GAUSS.flow_map(sde, x_T, sde.T, sampler.eps)).norm(dim=1).max()), int(ds.attrs["nfe"])
 
 
-def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
-    """Part 1: ODE end-point errors, EM weak errors (exact recursion) and the EM sample-moment check."""
+def _ode_x_T(cfg: Config, sde: sd.LinearSDE) -> torch.Tensor:
+    return sde.prior_sampling(
+        (cfg.n_ode, 2), generator=torch.Generator().manual_seed(cfg.seed_ode), dtype=torch.float64
+    )
+
+
+def gaussian_cell(cfg: Config, sde: str, job: str, value: float) -> dict[str, Any]:
+    """One cell of part 1 for SDE ``sde``: ``job`` is ``"euler"`` or ``"heun"`` (``value`` steps),
+    ``"RK45"`` (``value`` = rtol = atol), ``"em_recursion"`` or ``"em_sampler"`` (``value`` steps)."""
+    lsde = SDES[sde]
+    if job in ("euler", "heun"):
+        return {"error": _ode_end_error(lsde, sd.ProbabilityFlowODE(job, steps=int(value)), _ode_x_T(cfg, lsde))[0]}
+    if job == "RK45":
+        sampler = sd.ProbabilityFlowODE("RK45", rtol=value, atol=value)
+        error, nfe = _ode_end_error(lsde, sampler, _ode_x_T(cfg, lsde))
+        return {"error": error, "nfe": nfe}
+    n = int(value)
+    p_T, p_eps = GAUSS.marginal(lsde, lsde.T), GAUSS.marginal(lsde, EPS)
+    true_mean, true_cov = p_eps.mean(), p_eps.covariance()
+    mean, cov = em_moments(lsde, n, EPS, p_T.mean(), p_T.covariance())
+    if job == "em_recursion":
+        return {"mean_error": float((mean - true_mean).norm()), "cov_error": float((cov - true_cov).norm())}
+    if job != "em_sampler":
+        raise ValueError(f"unknown job {job!r}")
+    gen = torch.Generator().manual_seed(cfg.seed_em)
+    x_T = p_T.sample(cfg.n_em, gen, dtype=torch.float64)
+    ds = sd.sample(
+        lsde, GAUSS.score(lsde), sd.EulerMaruyama(steps=n, eps=EPS), x_T=x_T, seed=cfg.seed_em + n, progress=False
+    )
+    x = torch.from_numpy(ds["x"].values[-1])
+    smean, scov = x.mean(0), torch.cov(x.T)
+    mean_se = torch.sqrt(torch.diag(cov) / cfg.n_em)
+    cov_se = torch.sqrt((torch.outer(torch.diag(cov), torch.diag(cov)) + cov**2) / cfg.n_em)
+    z = torch.cat([((smean - mean) / mean_se), ((scov - cov) / cov_se)[[0, 0, 1], [0, 1, 1]]])
+    out = {
+        key: val.numpy()
+        for key, val in (
+            ("mc_mean", smean),
+            ("rec_mean", mean),
+            ("mc_mean_se", mean_se),
+            ("mc_cov", scov),
+            ("rec_cov", cov),
+            ("mc_cov_se", cov_se),
+        )
+    }
+    out["mc_weak"] = weak_error(smean, scov, true_mean, true_cov)
+    out["rec_weak"] = weak_error(mean, cov, true_mean, true_cov)
+    out["mc_z"] = float(z.abs().max())
+    return out
+
+
+def run_gaussian(cfg: Config, progress: bool, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
+    """Part 1: ODE end-point errors, EM weak errors (exact recursion) and the EM sample-moment check.
+
+    The cells (:func:`gaussian_cell`) run where ``sweep`` runs them (default: in-process).
+    """
     names, steps, tols, checks = list(SDES), list(cfg.steps), list(cfg.tols), list(cfg.em_check_steps)
     S, N, R, M = len(names), len(steps), len(tols), len(checks)
     ode_err = np.full((S, 2, N), np.nan)
@@ -170,63 +230,26 @@ def run_gaussian(cfg: Config, progress: bool) -> xr.Dataset:
     mc |= {k: np.full((S, M, 2, 2), np.nan) for k in ("mc_cov", "rec_cov", "mc_cov_se")}
     mc_weak, rec_weak, mc_z = (np.full((S, M), np.nan) for _ in range(3))
 
-    total = S * (2 * N + R + N + M)
-    with tqdm(total=total, desc="gaussian", disable=not progress, leave=False) as bar:
-        for i, name in enumerate(names):
-            sde = SDES[name]
-            x_T = sde.prior_sampling(
-                (cfg.n_ode, 2), generator=torch.Generator().manual_seed(cfg.seed_ode), dtype=torch.float64
-            )
-            for j, method in enumerate(("euler", "heun")):
-                for k, n in enumerate(steps):
-                    bar.set_postfix_str(f"{name} {method} N={n}")
-                    ode_err[i, j, k] = _ode_end_error(sde, sd.ProbabilityFlowODE(method, steps=n), x_T)[0]
-                    bar.update()
-            for k, tol in enumerate(tols):
-                bar.set_postfix_str(f"{name} RK45 tol={tol:g}")
-                rk_err[i, k], rk_nfe[i, k] = _ode_end_error(sde, sd.ProbabilityFlowODE("RK45", rtol=tol, atol=tol), x_T)
-                bar.update()
-
-            p_T, p_eps = GAUSS.marginal(sde, sde.T), GAUSS.marginal(sde, EPS)
-            true_mean, true_cov = p_eps.mean(), p_eps.covariance()
-            for k, n in enumerate(steps):
-                bar.set_postfix_str(f"{name} EM recursion N={n}")
-                mean, cov = em_moments(sde, n, EPS, p_T.mean(), p_T.covariance())
-                em_merr[i, k] = float((mean - true_mean).norm())
-                em_cerr[i, k] = float((cov - true_cov).norm())
-                em_err[i, k] = em_merr[i, k] + em_cerr[i, k]
-                bar.update()
-            for k, n in enumerate(checks):
-                bar.set_postfix_str(f"{name} EM sampler N={n}")
-                gen = torch.Generator().manual_seed(cfg.seed_em)
-                x_T = p_T.sample(cfg.n_em, gen, dtype=torch.float64)
-                ds = sd.sample(
-                    sde,
-                    GAUSS.score(sde),
-                    sd.EulerMaruyama(steps=n, eps=EPS),
-                    x_T=x_T,
-                    seed=cfg.seed_em + n,
-                    progress=False,
-                )
-                x = torch.from_numpy(ds["x"].values[-1])
-                mean, cov = em_moments(sde, n, EPS, p_T.mean(), p_T.covariance())
-                smean, scov = x.mean(0), torch.cov(x.T)
-                mean_se = torch.sqrt(torch.diag(cov) / cfg.n_em)
-                cov_se = torch.sqrt((torch.outer(torch.diag(cov), torch.diag(cov)) + cov**2) / cfg.n_em)
-                z = torch.cat([((smean - mean) / mean_se), ((scov - cov) / cov_se)[[0, 0, 1], [0, 1, 1]]])
-                for key, val in (
-                    ("mc_mean", smean),
-                    ("rec_mean", mean),
-                    ("mc_mean_se", mean_se),
-                    ("mc_cov", scov),
-                    ("rec_cov", cov),
-                    ("mc_cov_se", cov_se),
-                ):
-                    mc[key][i, k] = val.numpy()
-                mc_weak[i, k] = weak_error(smean, scov, true_mean, true_cov)
-                rec_weak[i, k] = weak_error(mean, cov, true_mean, true_cov)
-                mc_z[i, k] = float(z.abs().max())
-                bar.update()
+    jobs = [("euler", n) for n in steps] + [("heun", n) for n in steps] + [("RK45", tol) for tol in tols]
+    jobs += [("em_recursion", n) for n in steps] + [("em_sampler", n) for n in checks]
+    cells = [{"cfg": cfg, "sde": name, "job": job, "value": value} for name in names for job, value in jobs]
+    results = iter((sweep or _sweep.Sweep()).map(gaussian_cell, cells, progress=progress, desc="gaussian"))
+    for i in range(S):
+        for j in range(2):
+            for k in range(N):
+                ode_err[i, j, k] = next(results)["error"]
+        for k in range(R):
+            r = next(results)
+            rk_err[i, k], rk_nfe[i, k] = r["error"], r["nfe"]
+        for k in range(N):
+            r = next(results)
+            em_merr[i, k], em_cerr[i, k] = r["mean_error"], r["cov_error"]
+            em_err[i, k] = em_merr[i, k] + em_cerr[i, k]
+        for k in range(M):
+            r = next(results)
+            for key in mc:
+                mc[key][i, k] = r[key]
+            mc_weak[i, k], rec_weak[i, k], mc_z[i, k] = r["mc_weak"], r["rec_weak"], r["mc_z"]
 
     solvers = ["euler", "heun", "RK45"]
     order = np.array(
@@ -339,11 +362,61 @@ def reference_floor(metric: str, p_eps: sd.GaussianMixture, ref: torch.Tensor, d
     )
 
 
-def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
+def _reference(cfg: Config, sde: sd.LinearSDE) -> tuple[sd.GaussianMixture, torch.Tensor]:
+    p_eps = RING.marginal(sde, EPS)
+    return p_eps, p_eps.sample(cfg.n_mix, torch.Generator().manual_seed(cfg.seed_reference))
+
+
+def floors_cell(cfg: Config, sde: str) -> dict[str, Any]:
+    """One cell of part 2: the exact reference sample of p_eps under ``sde``, its mode-weight z-scores,
+    and both floors of both metrics."""
+    p_eps, ref = _reference(cfg, SDES[sde])
+    floors = {
+        m: np.stack(
+            [
+                metrics.metric_floor(fn, p_eps.sample, cfg.n_mix, pairs=cfg.floor_pairs, seed=cfg.seed_floor).values,
+                reference_floor(m, p_eps, ref, cfg.floor_pairs, cfg.seed_ref_floor),
+            ]
+        )
+        for m, fn in METRIC_FNS.items()
+    }
+    z = metrics.mode_weight_test(ref, p_eps.means, p_eps.weights).z_scores.numpy()
+    return {"reference": ref.numpy(), "ref_z": z, "floors": floors}
+
+
+def sampler_cell(cfg: Config, sde: str, sampler: str) -> dict[str, Any]:
+    """One cell of part 2: ``sampler`` (of :func:`mixture_samplers`) under ``sde`` on the ring, seed
+    ``cfg.seed_mix``: its samples, NFE, wall time, both distances to the reference, the mode-weight test."""
+    lsde = SDES[sde]
+    p_eps, ref = _reference(cfg, lsde)
+    ds = sd.sample(
+        lsde, RING.score(lsde), mixture_samplers()[sampler], shape=(cfg.n_mix, 2), seed=cfg.seed_mix, progress=False
+    )
+    x = torch.from_numpy(ds["x"].values[-1])
+    mw = metrics.mode_weight_test(x, p_eps.means, p_eps.weights, k=K_SD)
+    return {
+        "samples": x.numpy(),
+        "nfe": ds.attrs["nfe"],
+        "wall_time": ds.attrs["wall_time_s"],
+        **{m: fn(x, ref) for m, fn in METRIC_FNS.items()},
+        "mode_max_abs_z": float(mw.z_scores.abs().max()),
+        "mode_ok": mw.ok,
+        "mode_frac": mw.fractions.numpy(),
+    }
+
+
+def mixture_cell(cfg: Config, sde: str, sampler: str | None = None) -> dict[str, Any]:
+    """:func:`floors_cell` (no ``sampler``) or :func:`sampler_cell`."""
+    return floors_cell(cfg, sde) if sampler is None else sampler_cell(cfg, sde, sampler)
+
+
+def run_mixture(cfg: Config, progress: bool, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
     """Part 2: every sampler at its defaults on the ring, against an exact sample of p_eps and two floors.
 
     Floor ``pairs`` is :func:`scoresde.metrics.metric_floor` (distance between independent exact pairs);
-    floor ``ref`` is :func:`reference_floor` (fresh exact sets against the same fixed reference).
+    floor ``ref`` is :func:`reference_floor` (fresh exact sets against the same fixed reference). The
+    cells (:func:`floors_cell` per SDE, :func:`sampler_cell` per SDE x sampler) run where ``sweep`` runs
+    them (default: in-process).
     """
     names, samplers = list(SDES), mixture_samplers()
     snames = list(samplers)
@@ -357,39 +430,25 @@ def run_mixture(cfg: Config, progress: bool) -> xr.Dataset:
     ref_z = np.full((S, RING.n_components), np.nan)
     mode_frac = np.full((S, P, RING.n_components), np.nan)
 
-    total = S + sum(supported(s, p) for s in names for p in snames)
-    with tqdm(total=total, desc="mixture", disable=not progress, leave=False) as bar:
-        for i, name in enumerate(names):
-            sde = SDES[name]
-            p_eps = RING.marginal(sde, EPS)
-            ref = p_eps.sample(n, torch.Generator().manual_seed(cfg.seed_reference))
-            reference[i] = ref.numpy()
-            ref_z[i] = metrics.mode_weight_test(ref, p_eps.means, p_eps.weights).z_scores.numpy()
-            bar.set_postfix_str(f"{name} floors")
-            for m, fn in METRIC_FNS.items():
-                floors[m][i, 0] = metrics.metric_floor(
-                    fn, p_eps.sample, n, pairs=cfg.floor_pairs, seed=cfg.seed_floor
-                ).values
-                floors[m][i, 1] = reference_floor(m, p_eps, ref, cfg.floor_pairs, cfg.seed_ref_floor)
-            threshold = {m: floors[m][i].mean(-1) + K_SD * floors[m][i].std(-1, ddof=1) for m in METRIC_FNS}
-            bar.update()
-            for j, sname in enumerate(snames):
-                if not supported(name, sname):
-                    continue
-                bar.set_postfix_str(f"{name} {sname}")
-                ds = sd.sample(sde, RING.score(sde), samplers[sname], shape=(n, 2), seed=cfg.seed_mix, progress=False)
-                x = torch.from_numpy(ds["x"].values[-1])
-                samples[i, j] = x.numpy()
-                out["nfe"][i, j] = ds.attrs["nfe"]
-                out["wall_time"][i, j] = ds.attrs["wall_time_s"]
-                for m, fn in METRIC_FNS.items():
-                    out[m][i, j] = fn(x, ref)
-                    flags[f"{m}_ok"][i, j] = out[m][i, j] <= threshold[m]
-                mw = metrics.mode_weight_test(x, p_eps.means, p_eps.weights, k=K_SD)
-                out["mode_max_abs_z"][i, j] = float(mw.z_scores.abs().max())
-                mode_ok[i, j] = mw.ok
-                mode_frac[i, j] = mw.fractions.numpy()
-                bar.update()
+    sweep = sweep or _sweep.Sweep()
+    pairs = [(i, j) for i, s in enumerate(names) for j, p in enumerate(snames) if supported(s, p)]
+    cells = [{"cfg": cfg, "sde": s} for s in names]
+    cells += [{"cfg": cfg, "sde": names[i], "sampler": snames[j]} for i, j in pairs]
+    results = sweep.map(mixture_cell, cells, progress=progress, desc="mixture")  # one queue: no idle workers
+    floor_res, sampler_res = results[:S], results[S:]
+    for i, r in enumerate(floor_res):
+        reference[i], ref_z[i] = r["reference"], r["ref_z"]
+        for m in METRIC_FNS:
+            floors[m][i] = r["floors"][m]
+    threshold = {m: floors[m].mean(-1) + K_SD * floors[m].std(-1, ddof=1) for m in METRIC_FNS}  # (S, F)
+    for (i, j), r in zip(pairs, sampler_res, strict=True):
+        samples[i, j] = r["samples"]
+        for key in ("nfe", "wall_time", "mode_max_abs_z", *METRIC_FNS):
+            out[key][i, j] = r[key]
+        for m in METRIC_FNS:
+            flags[f"{m}_ok"][i, j] = out[m][i, j] <= threshold[m][i]
+        mode_ok[i, j] = r["mode_ok"]
+        mode_frac[i, j] = r["mode_frac"]
 
     flag = {"flag_values": np.array([-1, 0, 1], np.int8), "flag_meanings": "not_run above_threshold ok"}
     long = {"sw": "sliced Wasserstein-2 (500 projections)", "energy": "energy distance (U-statistic)"}
@@ -762,6 +821,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         DEFAULT_OUT,
         threads_help="torch intra-op threads (default 1: small batches run fastest and most "
         "reproducibly single-threaded on a shared machine)",
+        sweep=True,
     )
     return ap.parse_args(argv)
 
@@ -774,8 +834,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FULL if args.full else DEFAULT
     start = time.perf_counter()
 
-    g = run_gaussian(cfg, progress=not args.quiet)
-    m = run_mixture(cfg, progress=not args.quiet)
+    with _sweep.Sweep.from_args(args) as sweep:
+        g = run_gaussian(cfg, progress=not args.quiet, sweep=sweep)
+        m = run_mixture(cfg, progress=not args.quiet, sweep=sweep)
     attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
     g.attrs = {
         **attrs,

@@ -35,6 +35,12 @@ Usage::
     python -m studies.likelihood                 # default size, ~1.5 minutes on 2 cores
     python -m studies.likelihood --full          # publication size
     python -m studies.likelihood --out DIR --quiet --threads 1
+    python -m studies.likelihood --workers 4      # cells on a local dask cluster (scoresde[studies])
+    python -m studies.likelihood --scheduler tcp://host:8786
+
+The cells (target x SDE x tolerance, target x SDE x noise x probes) are independent and seeded by
+their parameters: the numbers are the same, bit for bit, in-process and on any number of workers
+(the wall times are measured where each cell runs).
 
 Writes to ``--out`` (default ``studies/output/likelihood/``): ``likelihood.nc`` (xarray Dataset with
 provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` (printed) and one CSV per table.
@@ -61,11 +67,10 @@ import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 import scoresde as sd  # noqa: E402
 
-from . import _io  # noqa: E402
+from . import _io, _sweep  # noqa: E402
 
 STUDY = "studies.likelihood"
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "likelihood"
@@ -100,8 +105,82 @@ DEFAULT = Config()
 FULL = replace(DEFAULT, n=1000, tols=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9), probes=(1, 4, 16, 64))
 
 
-def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
-    """Every target x SDE x tolerance (exact trace) and target x SDE x noise x probes (Hutchinson)."""
+def _data(cfg: Config, target: str, sde: str) -> tuple[sd.GaussianMixture, torch.Tensor, Any]:
+    """The mixture, its exact samples (seed ``cfg.seed_data``) and the SDE's score."""
+    mix = TARGETS[target]()
+    x = mix.sample(cfg.n, torch.Generator().manual_seed(cfg.seed_data), dtype=torch.float64)
+    return mix, x, mix.score(SDES[sde])
+
+
+def exact_trace_cell(cfg: Config, target: str, sde: str, tol: float, check: bool = False) -> dict[str, Any]:
+    """One cell: the exact-trace likelihood of ``target`` under ``sde`` at rtol = atol = ``tol``.
+
+    Returns the errors against the exact log p_eps (exact and SDE prior) and log p_0, the log-likelihood
+    itself (the Hutchinson cells' reference), NFE and wall time; with ``check``, also the gap between a
+    call without ``prior_logp`` and ``sde.prior_logp(latent) + delta_logp``.
+    """
+    mix, x, score = _data(cfg, target, sde)
+    lsde = SDES[sde]
+    exact_eps = mix.marginal(lsde, EPS).log_prob(x)
+    prior_T = mix.marginal(lsde, lsde.T).log_prob
+    start = time.perf_counter()
+    res = sd.log_likelihood(lsde, score, x, eps=EPS, rtol=tol, atol=tol, prior_logp=prior_T)
+    wall = time.perf_counter() - start
+    with_sde_prior = lsde.prior_logp(res.latent) + res.delta_logp
+    out = {
+        "err": np.stack([(res.log_prob - exact_eps).numpy(), (with_sde_prior - exact_eps).numpy()]),
+        "err0": (res.log_prob - mix.log_prob(x)).numpy(),
+        "log_prob": res.log_prob.numpy(),
+        "nfe": res.nfe,
+        "wall": wall,
+    }
+    if check:
+        plain = sd.log_likelihood(lsde, score, x, eps=EPS, rtol=tol, atol=tol)
+        out["check"] = float((plain.log_prob - with_sde_prior).abs().max())
+    return out
+
+
+def hutchinson_cell(cfg: Config, target: str, sde: str, noise: str, probes: int, seed: int) -> dict[str, Any]:
+    """One cell: the Hutchinson likelihood at rtol = atol = ``cfg.hutch_tol`` with ``probes`` probes of
+    ``noise`` drawn from ``seed``: the error against the exact log p_eps, the log-likelihood, its
+    reported standard error (``None`` for one probe), NFE and wall time."""
+    mix, x, score = _data(cfg, target, sde)
+    lsde = SDES[sde]
+    start = time.perf_counter()
+    res = sd.log_likelihood(
+        lsde,
+        score,
+        x,
+        eps=EPS,
+        rtol=cfg.hutch_tol,
+        atol=cfg.hutch_tol,
+        divergence="hutchinson",
+        probes=probes,
+        noise=noise,
+        seed=seed,
+        prior_logp=mix.marginal(lsde, lsde.T).log_prob,
+    )
+    wall = time.perf_counter() - start
+    return {
+        "err": (res.log_prob - mix.marginal(lsde, EPS).log_prob(x)).numpy(),
+        "log_prob": res.log_prob.numpy(),
+        "se": None if res.std_error is None else res.std_error.numpy(),
+        "nfe": res.nfe,
+        "wall": wall,
+    }
+
+
+def likelihood_cell(kind: str, **params: Any) -> dict[str, Any]:
+    """:func:`exact_trace_cell` (``kind="exact"``) or :func:`hutchinson_cell` (``kind="hutchinson"``) of ``params``."""
+    return {"exact": exact_trace_cell, "hutchinson": hutchinson_cell}[kind](**params)
+
+
+def run_likelihood(cfg: Config = DEFAULT, progress: bool = True, sweep: _sweep.Sweep | None = None) -> xr.Dataset:
+    """Every target x SDE x tolerance (exact trace) and target x SDE x noise x probes (Hutchinson).
+
+    The cells (:func:`exact_trace_cell`, :func:`hutchinson_cell`, all in one queue) run where ``sweep`` runs them
+    (default: in-process); the result does not depend on it.
+    """
     tnames, snames, tols, probes = list(cfg.targets), list(cfg.sdes), list(cfg.tols), list(cfg.probes)
     T_, S, R, P = len(tnames), len(snames), len(tols), len(probes)
     if ACCEPT_TOL not in tols:
@@ -117,63 +196,45 @@ def run_likelihood(cfg: Config = DEFAULT, progress: bool = True) -> xr.Dataset:
     h_nfe, h_wall = np.zeros(hshape, np.int64), np.zeros(hshape)
     checks: dict[str, float] = {}
 
-    total = T_ * S * (R + 2 * P)
-    with tqdm(total=total, desc="likelihood", disable=not progress, leave=False) as bar:
-        for a, tname in enumerate(tnames):
-            mix = TARGETS[tname]()
-            x = mix.sample(cfg.n, torch.Generator().manual_seed(cfg.seed_data), dtype=torch.float64)
-            log_p0 = mix.log_prob(x)
-            for b, sname in enumerate(snames):
-                sde = SDES[sname]
-                score = mix.score(sde)
-                exact_eps = mix.marginal(sde, EPS).log_prob(x)
-                prior_T = mix.marginal(sde, sde.T).log_prob
-                ref = None
-                for c, tol in enumerate(tols):
-                    bar.set_postfix_str(f"{tname} {sname} exact tol={tol:g}")
-                    start = time.perf_counter()
-                    res = sd.log_likelihood(sde, score, x, eps=EPS, rtol=tol, atol=tol, prior_logp=prior_T)
-                    wall[a, b, c] = time.perf_counter() - start
-                    nfe[a, b, c] = res.nfe
-                    with_sde_prior = sde.prior_logp(res.latent) + res.delta_logp
-                    err[a, b, c, 0] = (res.log_prob - exact_eps).numpy()
-                    err[a, b, c, 1] = (with_sde_prior - exact_eps).numpy()
-                    err0[a, b, c] = (res.log_prob - log_p0).numpy()
-                    if tol == cfg.hutch_tol:
-                        ref = res.log_prob
-                    if tol == ACCEPT_TOL and a == 0 and b == 0:
-                        plain = sd.log_likelihood(sde, score, x, eps=EPS, rtol=tol, atol=tol)
-                        gap = (plain.log_prob - with_sde_prior).abs().max()
-                        checks["sde_prior_call_vs_latent_max_abs"] = float(gap)
-                    bar.update()
-                if ref is None:
-                    ref = sd.log_likelihood(
-                        sde, score, x, eps=EPS, rtol=cfg.hutch_tol, atol=cfg.hutch_tol, prior_logp=prior_T
-                    ).log_prob
-                for c, noise in enumerate(NOISES):
-                    for d, K in enumerate(probes):
-                        bar.set_postfix_str(f"{tname} {sname} hutchinson {noise} K={K}")
-                        start = time.perf_counter()
-                        res = sd.log_likelihood(
-                            sde,
-                            score,
-                            x,
-                            eps=EPS,
-                            rtol=cfg.hutch_tol,
-                            atol=cfg.hutch_tol,
-                            divergence="hutchinson",
-                            probes=K,
-                            noise=noise,
-                            seed=cfg.seed_probes + d,
-                            prior_logp=prior_T,
-                        )
-                        h_wall[a, b, c, d] = time.perf_counter() - start
-                        h_nfe[a, b, c, d] = res.nfe
-                        h_err[a, b, c, d] = (res.log_prob - exact_eps).numpy()
-                        h_diff[a, b, c, d] = (res.log_prob - ref).numpy()
-                        if res.std_error is not None:
-                            h_se[a, b, c, d] = res.std_error.numpy()
-                        bar.update()
+    sweep = sweep or _sweep.Sweep()
+    # the exact-trace cells, plus one at hutch_tol for the Hutchinson reference if tols lacks it
+    ref_tols = tols if cfg.hutch_tol in tols else [*tols, cfg.hutch_tol]
+    exact_cells = [
+        {"cfg": cfg, "target": t, "sde": s, "tol": tol, "check": tol == ACCEPT_TOL and a == 0 and b == 0}
+        for a, t in enumerate(tnames)
+        for b, s in enumerate(snames)
+        for tol in ref_tols
+    ]
+    hutch_cells = [
+        {"cfg": cfg, "target": t, "sde": s, "noise": noise, "probes": K, "seed": cfg.seed_probes + d}
+        for t in tnames
+        for s in snames
+        for noise in NOISES
+        for d, K in enumerate(probes)
+    ]
+    cells = [{"kind": "exact", **c} for c in exact_cells] + [{"kind": "hutchinson", **c} for c in hutch_cells]
+    results = sweep.map(likelihood_cell, cells, progress=progress, desc="likelihood")  # one queue: no idle workers
+    exact_res, hutch_res = iter(results[: len(exact_cells)]), iter(results[len(exact_cells) :])
+    for a in range(T_):
+        for b in range(S):
+            ref = None
+            for c, tol in enumerate(ref_tols):
+                r = next(exact_res)
+                if tol == cfg.hutch_tol:
+                    ref = r["log_prob"]
+                if c >= R:
+                    continue
+                err[a, b, c], err0[a, b, c] = r["err"], r["err0"]
+                nfe[a, b, c], wall[a, b, c] = r["nfe"], r["wall"]
+                if "check" in r:
+                    checks["sde_prior_call_vs_latent_max_abs"] = r["check"]
+            for c in range(len(NOISES)):
+                for d in range(P):
+                    r = next(hutch_res)
+                    h_err[a, b, c, d], h_diff[a, b, c, d] = r["err"], r["log_prob"] - ref
+                    h_nfe[a, b, c, d], h_wall[a, b, c, d] = r["nfe"], r["wall"]
+                    if r["se"] is not None:
+                        h_se[a, b, c, d] = r["se"]
 
     mae = np.abs(err).mean(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -430,7 +491,9 @@ def make_figure(ds: xr.Dataset) -> plt.Figure:
 # entry point
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "publication size (more samples, tolerances, probes)", DEFAULT_OUT)
+    ap = _io.study_parser(
+        STUDY, __doc__, "publication size (more samples, tolerances, probes)", DEFAULT_OUT, sweep=True
+    )
     return ap.parse_args(argv)
 
 
@@ -442,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = FULL if args.full else DEFAULT
     start = time.perf_counter()
 
-    ds = run_likelihood(cfg, progress=not args.quiet)
+    with _sweep.Sweep.from_args(args) as sweep:
+        ds = run_likelihood(cfg, progress=not args.quiet, sweep=sweep)
     elapsed = time.perf_counter() - start
     attrs: dict[str, Any] = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
     ds.attrs = {**attrs, **ds.attrs, "study_wall_time_s": round(elapsed, 1)}

@@ -425,7 +425,7 @@ def test_predictor_names_and_instances_give_the_same_run(name):
 def test_annealed_langevin_alias_is_ald():
     pc = sd.PredictorCorrector(corrector="annealed_langevin", corrector_steps=2, snr=0.1)
     assert isinstance(pc.corrector, AnnealedLangevinCorrector)
-    assert pc.params()["corrector"] == "ald" and pc.corrector_steps == 2 and pc.snr == 0.1
+    assert pc.params()["corrector"] == "annealed_langevin" and pc.corrector_steps == 2 and pc.snr == 0.1
     with pytest.raises(TypeError, match="Predictor"):
         sd.PredictorCorrector(predictor=3)
 

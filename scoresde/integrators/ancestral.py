@@ -46,13 +46,17 @@ class DDPMAncestral(FixedStepSampler):
         The reverse variance :math:`\sigma_i^2`.
     """
 
+    #: the chain ends at t = 0 (the data) itself
+    eps_may_be_zero = True
+
     def __init__(self, variance: str = "beta") -> None:
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        # the number of steps is the chain's N (a property of the SDE): ``steps`` is a placeholder that
+        # :meth:`grid`, :meth:`max_saved_states` and :meth:`expected_nfe` do not use
+        super().__init__(steps=1, eps=0.0, denoise=False)
+        del self.steps
         self.variance = variance
-        self.eps = 0.0
-        self.denoise = False
-        # FixedStepSampler.__init__ is not called: eps = 0 and the number of steps is the chain's
 
     @property
     def nfe_per_step(self) -> int | None:

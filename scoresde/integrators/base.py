@@ -40,8 +40,9 @@ subclasses one of the two base classes:
   cumulative NFE, and check each new state with ``score_fn.guard.check(x, step, t, t_next)``; declare
   :meth:`Sampler.expected_nfe` where the NFE is known in advance.
 
-Attributes every sampler declares: ``stochastic`` (whether it draws random numbers), ``singular_T_ok``
-(whether it can start at a :math:`T` with :math:`s(T) = 0`).
+Attributes every sampler declares: ``stochastic`` (whether it draws random numbers) and
+``handles_zero_signal_at_T`` (whether it can start at a :math:`T` where the signal scale :math:`s(T) = 0`,
+as for rectified flow; only velocity integrators can).
 """
 
 from __future__ import annotations
@@ -113,10 +114,16 @@ class Sampler(abc.ABC):
     #: whether the sampler draws random numbers (the SDE samplers) or is deterministic (ODEs)
     stochastic: bool = True
     #: whether the sampler can start at a T where s(T) = 0 (rectified flow): only velocity integrators
-    singular_T_ok: bool = False
+    handles_zero_signal_at_T: bool = False
+
+    #: whether ``eps = 0`` is legal: the sampler's last step lands on the data itself (a discrete chain)
+    eps_may_be_zero: bool = False
 
     def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
-        self.eps = check_positive("eps", eps)
+        if self.eps_may_be_zero and type(eps) in (int, float) and eps == 0:
+            self.eps = 0.0
+        else:
+            self.eps = check_positive("eps", eps)
         self.denoise = bool(denoise)
 
     def params(self) -> dict[str, Any]:
@@ -134,7 +141,9 @@ class Sampler(abc.ABC):
             raise ValueError(f"eps={self.eps!r} must be smaller than the SDE's T={sde.T!r}")
         if self.denoise and not isinstance(sde, LinearSDE):
             raise ValueError("denoise=True needs a linear SDE (Tweedie's formula uses s(t), sigma(t))")
-        if not self.singular_T_ok and singular_at_T(sde):
+        # ``singular_T_ok`` is the attribute's former name, still honoured on user subclasses
+        handles = self.handles_zero_signal_at_T or bool(getattr(self, "singular_T_ok", False))
+        if not handles and singular_at_T(sde):
             raise ValueError(
                 f"{type(sde).__name__} has s(T) = 0, so its drift f = s'/s is infinite at t = T and "
                 f"{type(self).__name__} cannot start there; sample it with scoresde.FlowODE"

@@ -165,7 +165,7 @@ class AnnealedLangevinCorrector(Corrector):
     r"""Annealed Langevin dynamics (Song & Ermon 2019): :math:`\epsilon = 2\alpha (r\,\sigma(t))^2`,
     :math:`x \leftarrow x + \epsilon\,s_\theta(x, t) + \sqrt{2\epsilon}\,z`, ``steps`` times (one NFE each)."""
 
-    name = "ald"
+    name = "annealed_langevin"
 
     def update(
         self, rsde: ReverseSDE, x: torch.Tensor, t: float, t_next: float, generator: torch.Generator
@@ -194,8 +194,9 @@ class NoneCorrector(Corrector):
 #: corrector name -> class (the shorthands accepted by ``PredictorCorrector(corrector=...)``)
 CORRECTORS: dict[str, type[Corrector]] = {
     "langevin": LangevinCorrector,
-    "ald": AnnealedLangevinCorrector,
+    "annealed_langevin": AnnealedLangevinCorrector,
     "none": NoneCorrector,
 }
 #: further names accepted by ``PredictorCorrector(corrector=...)`` -> their ``CORRECTORS`` key
-CORRECTOR_ALIASES: dict[str, str] = {"annealed_langevin": "ald"}
+#: (``"ald"``, score_sde's name for annealed Langevin dynamics)
+CORRECTOR_ALIASES: dict[str, str] = {"ald": "annealed_langevin"}

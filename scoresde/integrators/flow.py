@@ -52,7 +52,7 @@ class FlowODE(OnGrid, FixedStepSampler):
     """
 
     stochastic = False
-    singular_T_ok = True
+    handles_zero_signal_at_T = True
 
     def __init__(
         self,

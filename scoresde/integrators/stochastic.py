@@ -96,8 +96,8 @@ class PredictorCorrector(FixedStepSampler):
         ``DDPMSDE``, SMLD sampling for ``VESDE``; not defined for ``SubVPSDE``) or ``"none"``.
     corrector : Corrector or str
         A :class:`~scoresde.integrators.correctors.Corrector`, or the name of a built-in one in
-        ``CORRECTORS``: ``"langevin"`` (Langevin MCMC with signal-to-noise step size), ``"ald"``
-        (also ``"annealed_langevin"``: annealed Langevin dynamics) or ``"none"``.
+        ``CORRECTORS``: ``"langevin"`` (Langevin MCMC with signal-to-noise step size), ``"annealed_langevin"``
+        (annealed Langevin dynamics; also ``"ald"``) or ``"none"``.
     steps : int
         Number of predictor steps :math:`N`. NFE is :math:`N` times ``nfe_per_step``, the predictor's
         plus the corrector's NFE (:math:`1 + M` for the built-ins with :math:`M` corrector steps;
