@@ -24,6 +24,7 @@ Usage::
 
     python -m studies.core_accuracy                 # default size, a few minutes on 2 cores
     python -m studies.core_accuracy --full          # publication size
+    python -m studies.core_accuracy --docs          # the documentation build's size (2,000 samples, N <= 200)
     python -m studies.core_accuracy --out DIR --quiet
     python -m studies.core_accuracy --workers 4      # cells on a local dask cluster (scoresde[studies])
     python -m studies.core_accuracy --scheduler tcp://host:8786
@@ -97,6 +98,11 @@ class Config:
 
 DEFAULT = Config()
 FULL = replace(DEFAULT, steps=(*DEFAULT.steps, 1600, 3200), n_em=100_000, n_mix=20_000)
+#: the documentation build's size (``--docs``): every figure and table from fewer points and samples, step counts
+#: up to 200 and four tolerances
+DOCS = replace(
+    DEFAULT, steps=(25, 50, 100, 200), tols=(1e-3, 1e-5, 1e-6, 1e-8), n_ode=200, n_em=5_000, n_mix=2_000, floor_pairs=4
+)
 
 
 def mixture_samplers() -> dict[str, sd.Sampler]:
@@ -827,17 +833,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     start = time.perf_counter()
 
     with _sweep.Sweep.from_args(args) as sweep:
         g = run_gaussian(cfg, progress=not args.quiet, sweep=sweep)
         m = run_mixture(cfg, progress=not args.quiet, sweep=sweep)
-    attrs = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
+    attrs = _io.provenance(STUDY, argv, size=size, **asdict(cfg))
     g.attrs = {
         **attrs,
         "part": "1: single Gaussian N(m, C)",
@@ -853,14 +860,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _io.write_netcdf(g, out / "gaussian.nc")
     _io.write_netcdf(m, out / "mixture.nc")
     _io.save_figures(out, {"figure": make_figure(g, m)})
-    print(
+    _io.report(
+        args,
         _io.write_tables(
             out,
-            f"Core accuracy ({'full' if args.full else 'default'} size)",
+            f"Core accuracy ({size} size)",
             attrs,
             f"{elapsed:.0f} s",
             make_tables(g, m),
-        )
+        ),
     )
     return 0
 

@@ -34,6 +34,7 @@ Usage::
 
     python -m studies.likelihood                 # default size, ~1.5 minutes on 2 cores
     python -m studies.likelihood --full          # publication size
+    python -m studies.likelihood --docs          # the documentation build's size (50 points, 4 tolerances)
     python -m studies.likelihood --out DIR --quiet --threads 1
     python -m studies.likelihood --workers 4      # cells on a local dask cluster (scoresde[studies])
     python -m studies.likelihood --scheduler tcp://host:8786
@@ -43,7 +44,7 @@ their parameters: the numbers are the same, bit for bit, in-process and on any n
 (the wall times are measured where each cell runs).
 
 Writes to ``--out`` (default ``studies/output/likelihood/``): ``likelihood.nc`` (xarray Dataset with
-provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` (printed) and one CSV per table.
+provenance attributes), ``figure.png``/``figure.svg``, ``table.md`` (printed unless ``--quiet``) and one CSV per table.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class Config:
 
 DEFAULT = Config()
 FULL = replace(DEFAULT, n=1000, tols=(1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9), probes=(1, 4, 16, 64))
+#: the documentation build's size (``--docs``): every figure and table from 50 points per target, four
+#: tolerances (including the acceptance one) and 1 or 4 probes
+DOCS = replace(DEFAULT, n=50, tols=(1e-3, 1e-5, 1e-6, 1e-8), probes=(1, 4))
 
 
 def _data(cfg: Config, target: str, sde: str) -> tuple[sd.GaussianMixture, torch.Tensor, Any]:
@@ -498,17 +502,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the tables; returns 0."""
+    """Run the study, write the outputs, print the tables (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = _io.prepare(args)
-    cfg = FULL if args.full else DEFAULT
+    size = _io.size(args)
+    cfg = {"full": FULL, "docs": DOCS}.get(size, DEFAULT)
     start = time.perf_counter()
 
     with _sweep.Sweep.from_args(args) as sweep:
         ds = run_likelihood(cfg, progress=not args.quiet, sweep=sweep)
     elapsed = time.perf_counter() - start
-    attrs: dict[str, Any] = _io.provenance(STUDY, argv, size="full" if args.full else "default", **asdict(cfg))
+    attrs: dict[str, Any] = _io.provenance(STUDY, argv, size=size, **asdict(cfg))
     ds.attrs = {**attrs, **ds.attrs, "study_wall_time_s": round(elapsed, 1)}
     _io.write_netcdf(ds, out / "likelihood.nc")
     _io.save_figures(out, {"figure": make_figure(ds)})
@@ -518,15 +523,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Check: a call without `prior_logp` equals `sde.prior_logp(latent) + delta_logp` to "
             f"{ds.attrs['check_sde_prior_call_vs_latent_max_abs']:.1e} nats (2-D, VP, {ACCEPT_TOL:g}).\n"
         )
-    print(
+    _io.report(
+        args,
         _io.write_tables(
             out,
-            f"Likelihood accuracy ({'full' if args.full else 'default'} size)",
+            f"Likelihood accuracy ({size} size)",
             attrs,
             f"{elapsed:.0f} s",
             make_tables(ds),
             extra,
-        )
+        ),
     )
     return 0
 
