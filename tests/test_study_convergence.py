@@ -130,5 +130,6 @@ def test_main_writes_every_output(tmp_path, monkeypatch, capsys):
         # the library's BrownianInterval with one entropy shares W(T - eps), not the path
         assert ds.attrs["check_brownian_interval_end_max_abs_diff"] < 1e-10
         assert ds.attrs["check_brownian_interval_path_max_abs_diff"] > 0.1
-    assert "Observed orders" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""  # --quiet: the tables go to table.md only
+    assert "Observed orders" in (tmp_path / "table.md").read_text(encoding="utf-8")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -62,7 +62,8 @@ def test_main_writes_every_output(tmp_path, monkeypatch, capsys):
     with xr.open_dataset(tmp_path / "likelihood.nc") as ds:
         assert ds.attrs["study"] == "studies.likelihood" and "torch_version" in ds.attrs
         assert ds.mae.dims == ("target", "sde", "tol", "prior")
-    assert "Acceptance: mean |log p_ODE" in capsys.readouterr().out
+    assert capsys.readouterr().out == ""  # --quiet: the tables go to table.md only
+    assert "Acceptance: mean |log p_ODE" in (tmp_path / "table.md").read_text(encoding="utf-8")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
