@@ -34,8 +34,8 @@ and the exact answer is the posterior diffused to ``eps``, :meth:`~scoresde.Gaus
   (self-normalised importance weights on ``mode_draws`` exact draws of :math:`p_\varepsilon`), which the
   noisy-time guidance does not sample either except at :math:`\gamma = 1`.
 
-A 2-D picture grid (the 8-Gaussian ring observed through its first coordinate, :math:`y = 0`, VP, largest
-budget) shows the prior, the observation, the exact posterior and each method's samples.
+A 2-D picture grid (the 8-Gaussian ring with unequal weights observed through its first coordinate,
+:math:`y = 2`, VP, largest budget) shows the prior, the observation, the exact posterior and each method's samples.
 
 Usage::
 
@@ -438,12 +438,19 @@ def _fractions(x: np.ndarray, centres: torch.Tensor) -> np.ndarray:
     return metrics.mode_fractions(torch.as_tensor(x, dtype=F64), centres).numpy()
 
 
+#: the pictures' prior: the 8-Gaussian ring with unequal weights (the mode at 0 degrees the heaviest), observed
+#: at x1 = PICTURE_Y, a line that passes through the modes at +-45 degrees and grazes the one at 0 degrees
+PICTURE_WEIGHTS = (0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05)
+PICTURE_Y = 2.0
+
+
 def run_pictures(cfg: Config, bar: tqdm) -> dict[str, Any]:
-    """2-D ring observed through its first coordinate (y = 0), VP, largest budget: (panel, sample, 2) samples."""
-    ring = sd.eight_gaussians()
+    """2-D ring observed through its first coordinate, VP, largest budget: (panel, sample, 2) samples."""
+    w = np.asarray(PICTURE_WEIGHTS)
+    ring = sd.ring(8, weights=w / w.sum())
     sde = sd.VPSDE()
     A = np.array([[1.0, 0.0]])
-    y = np.array([0.0])
+    y = np.array([PICTURE_Y])
     noisy = next((s for s in cfg.noise_levels if s > 0), 0.1)
     n = cfg.n_picture
     budget = max(cfg.budgets)
@@ -779,7 +786,7 @@ def figures(ds: xr.Dataset) -> dict[str, Any]:
         x = ds.picture.sel(panel=name).values
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="C0" if name == "prior" else "C1")
         if name != "prior":
-            ax.axvline(0.0, color="k", lw=0.8, ls="--", label="observation x1 = 0")
+            ax.axvline(PICTURE_Y, color="k", lw=0.8, ls="--", label=f"observation x1 = {PICTURE_Y:g}")
         ax.set_title(name, fontsize=9)
         ax.set_xlim(-4.5, 4.5)
         ax.set_ylim(-4.5, 4.5)
@@ -791,7 +798,7 @@ def figures(ds: xr.Dataset) -> dict[str, Any]:
     for ax in axes[:, 0]:
         ax.set_ylabel("x2")
     axes[0, 1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"8-Gaussian ring observed through x1 (VP, {int(ds.budget.max())} NFE)")
+    fig.suptitle(f"8-Gaussian ring, unequal weights, observed through x1 (VP, {int(ds.budget.max())} NFE)")
     fig.tight_layout()
     out["pictures"] = fig
     return out

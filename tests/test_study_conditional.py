@@ -106,7 +106,7 @@ def test_study_measures_what_it_should(tiny):
     np.testing.assert_allclose(ds.posterior_weights.sum("component"), 1.0)
     # replacement keeps the observed coordinates exactly: the picture's observed coordinate is 0
     pic = ds.picture.sel(panel="replacement (σ_y=0)").values
-    np.testing.assert_array_equal(pic[:, 0], 0.0)
+    np.testing.assert_array_equal(pic[:, 0], np.float32(cs.PICTURE_Y))
     assert list(ds.panel.values)[:2] == ["prior", "exact posterior (σ_y=0)"]
 
 
