@@ -56,14 +56,17 @@ def _kind(obj: object) -> str:
     return "data"
 
 
-def summary_rows() -> list[tuple[str, str, str, str]]:
-    """``(module, name, kind, first docstring line)`` for every public name, each listed once."""
+def summary_rows() -> list[tuple[str, str, str, str, bool]]:
+    """``(module, name, kind, first docstring line, documented)`` for every public name, each listed once.
+
+    ``documented`` is whether the page of ``module`` has an entry for the name (autodoc documents a
+    class or function on the page of the module that defines it)."""
     modules = public_modules()
     exported: dict[str, list[str]] = {}
     loaded = {name: importlib.import_module(name) for name in modules}
     for name, mod in loaded.items():
         exported[name] = list(getattr(mod, "__all__", ()))
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, bool]] = []
     seen: set[tuple[str, str]] = set()
     for modname in modules:
         mod = loaded[modname]
@@ -72,27 +75,36 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             home = getattr(obj, "__module__", None) if (inspect.isclass(obj) or inspect.isfunction(obj)) else None
             if home in loaded and home != modname and name in exported[home]:
                 continue  # listed on the page of the module that defines it
-            if (modname, name) in seen:
+            key = (modname, name) if home == modname else ("", str(id(obj)))  # re-exports: listed once
+            if key in seen:
                 continue
-            seen.add((modname, name))
-            rows.append((modname, name, _kind(obj), _first_line(obj)))
+            seen.add(key)
+            rows.append((modname, name, _kind(obj), _first_line(obj), home == modname))
     return rows
 
 
-def render(rows: list[tuple[str, str, str, str]]) -> str:
-    """The MyST table: name (a cross-reference), what it is, and the page it is documented on."""
+def render(rows: list[tuple[str, str, str, str, bool]]) -> str:
+    """A MyST list-table: name (a cross-reference), the page it is documented on, what it is."""
     lines = [
-        "| name | what it is | page |",
-        "|---|---|---|",
+        "```{list-table}",
+        ":header-rows: 1",
+        ":widths: 30 22 48",
+        ":class: api-summary",
+        "",
+        "* - name",
+        "  - page",
+        "  - what it is",
     ]
-    for modname, name, kind, line in rows:
+    for modname, name, kind, line, documented in rows:
         page = modname.removeprefix("scoresde.")
-        target = f"{modname}.{name}"
-        ref = f"{{py:{'class' if kind == 'class' else 'func' if kind == 'function' else 'data'}}}`~{target}`"
-        if kind == "data":
-            ref = f"`{name}`"  # module data has no object entry unless it has a doc comment
-        lines.append(f"| {ref} | {line} | [{page}]({page}.md) |")
-    return "\n".join(lines) + "\n"
+        if kind == "data" or not documented:
+            # module data has no object entry unless it has a doc comment; a class or function defined
+            # in a private module and re-exported is listed by its module's __all__ but not documented
+            ref = f"`{name}`"
+        else:
+            ref = f"{{py:{'class' if kind == 'class' else 'func'}}}`~{modname}.{name}`"
+        lines += [f"* - {ref}", f"  - [{page}]({page}.md)", f"  - {line or '(no docstring)'}"]
+    return "\n".join([*lines, "```"]) + "\n"
 
 
 def write_api_summary(path: Path) -> bool:
