@@ -112,7 +112,8 @@ class Sampler(abc.ABC):
 
     #: whether the sampler draws random numbers (the SDE samplers) or is deterministic (ODEs)
     stochastic: bool = True
-    #: whether the sampler can start at a T where s(T) = 0 (rectified flow): only velocity integrators
+    #: whether the sampler can start at a final time ``T`` with ``s(T) = 0`` (rectified flow); only the
+    #: velocity integrators can
     singular_T_ok: bool = False
 
     def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
@@ -231,7 +232,7 @@ class FixedStepSampler(Sampler):
 
     @property
     def nfe_per_step(self) -> int | None:
-        """Score evaluations per step (``None``: not a fixed number)."""
+        """Score evaluations per step, or ``None`` where it is not a fixed number."""
         return None
 
     def expected_nfe(self, sde: SDE) -> int | None:
