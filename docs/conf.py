@@ -70,7 +70,8 @@ napoleon_use_ivar = True
 # -- HTML -----------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"scoresde {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # scrollable wide tables and outputs
 html_show_sourcelink = False
 html_last_updated_fmt = None
 
@@ -185,6 +186,7 @@ def _check_api_pages(app):
 
 def setup(app):
     write_gallery(ROOT, DOCS / "gallery")
+    __import__("_api_summary").write_api_summary(DOCS / "api" / "summary.inc")  # table atop api/index.md
     app.add_transform(_ImplicitDocstringSections)
     app.connect("builder-inited", _check_api_pages)
     app.connect("missing-reference", _resolve_reexports)

@@ -125,6 +125,8 @@ class LinearObservation:
     noise_std : float
         :math:`\sigma_y \ge 0`; 0 is an exact observation :math:`A x_0 = y`. Default 0.
 
+    Notes
+    -----
     :meth:`inpainting` builds the observation of a set of coordinates (a mask), which :class:`Replacement`
     and :class:`RePaint` need. ``A`` and ``y`` are stored in float64 and used in the dtype and on the device
     of the samples.

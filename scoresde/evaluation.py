@@ -74,7 +74,7 @@ __all__ = [
 SW_PROJECTIONS = 500
 FLOOR_PAIRS = 8
 FLOOR_K = 3.0
-#: family-wise false-alarm rate of the mode-weight check: that of one two-sided 3-sigma test
+#: family-wise false-alarm rate of the mode-weight check, that of one two-sided 3-sigma test
 MODE_FWER = 2 * NormalDist().cdf(-3.0)
 #: Monte Carlo of the expected mode fractions: draws per component and batch, and the most in all
 MODE_BATCH = 4096

@@ -261,7 +261,7 @@ class Objective(abc.ABC):
         return hash((type(self), repr(self)))
 
 
-#: every registered :class:`Objective` class by name: a read-only mapping with ``register(cls, name=None)``
+#: every registered :class:`Objective` class by name, a read-only mapping with ``register(cls, name=None)``
 #: and ``unregister(cls_or_name)``
 OBJECTIVE_REGISTRY: Registry[Objective] = Registry(
     "objective",

@@ -264,7 +264,7 @@ class ScoreNetwork(nn.Module):
         self.__dict__["_explicit_config"] = dict(value)
 
 
-#: every registered :class:`ScoreNetwork` class by name (see :class:`ScoreNetwork`): a read-only mapping with
+#: every registered :class:`ScoreNetwork` class by name (see :class:`ScoreNetwork`), a read-only mapping with
 #: ``register(cls, name=None)`` and ``unregister(cls_or_name)``
 NETWORK_REGISTRY: Registry[ScoreNetwork] = Registry("network", ScoreNetwork, "scoresde.NETWORK_REGISTRY")
 

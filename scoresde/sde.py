@@ -267,7 +267,7 @@ def _load_library_sdes() -> None:
     from . import ddpm, flow  # noqa: F401
 
 
-#: every registered :class:`LinearSDE` class by name (see :class:`LinearSDE`): a read-only mapping with
+#: every registered :class:`LinearSDE` class by name (see :class:`LinearSDE`), a read-only mapping with
 #: ``register(cls, name=None)`` and ``unregister(cls_or_name)``
 SDE_REGISTRY: Registry[LinearSDE] = Registry(
     "SDE",

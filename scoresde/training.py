@@ -537,6 +537,8 @@ class Trainer:
         removes the temporary files that a killed run left behind.
     device : str or torch.device
 
+    Notes
+    -----
     Under an initialised ``torch.distributed`` process group with more than one rank, every rank
     constructs its trainer with the same arguments and trains with ``DistributedDataParallel`` (see
     the module's documentation): ``batch_size`` is the global batch, split over the ranks; only rank

@@ -276,7 +276,7 @@ def test_cuda_without_cuda(tmp_path, capsys):
 
 def test_library_errors_are_reported_without_traceback(tmp_path, capsys):
     # the library rejects the ancestral predictor for sub-VP: ValueError -> "scoresde: error: ..."
-    assert run(tmp_path / "o", "--sde", "subvp", "--predictor", "ancestral", "--n-samples", "50") == 2
+    assert run(tmp_path / "o", "--sde", "subvp", "--sampler", "pc", "--predictor", "ancestral", "--n-samples", "50") == 2
     err = capsys.readouterr().err
     assert err.startswith("scoresde: error: ") and "ancestral" in err and "Traceback" not in err
 

@@ -113,10 +113,10 @@ class Sampler(abc.ABC):
 
     #: whether the sampler draws random numbers (the SDE samplers) or is deterministic (ODEs)
     stochastic: bool = True
-    #: whether the sampler can start at a T where s(T) = 0 (rectified flow): only velocity integrators
+    #: whether the sampler can start at a final time ``T`` with ``s(T) = 0`` (rectified flow); only the
+    #: velocity integrators can
     handles_zero_signal_at_T: bool = False
-
-    #: whether ``eps = 0`` is legal: the sampler's last step lands on the data itself (a discrete chain)
+    #: whether ``eps = 0`` is legal; true where the last step lands on the data itself (a discrete chain)
     eps_may_be_zero: bool = False
 
     def __init__(self, eps: float = 1e-3, denoise: bool = False) -> None:
@@ -240,7 +240,7 @@ class FixedStepSampler(Sampler):
 
     @property
     def nfe_per_step(self) -> int | None:
-        """Score evaluations per step (``None``: not a fixed number)."""
+        """Score evaluations per step, or ``None`` where it is not a fixed number."""
         return None
 
     def expected_nfe(self, sde: SDE) -> int | None:

@@ -67,7 +67,7 @@ class Corrector(abc.ABC):
 
     @property
     def nfe(self) -> int:
-        """Score evaluations per grid step: ``steps * nfe_per_move``."""
+        """Score evaluations per grid step, ``steps * nfe_per_move``."""
         return self.steps * self.nfe_per_move
 
     def check(self, sde: SDE) -> None:

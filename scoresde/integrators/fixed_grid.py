@@ -69,7 +69,7 @@ class OnGrid:
 
     @property
     def grid_steps(self) -> int:
-        """The steps made on the time grid: ``steps``, or ``steps - 1`` with ``to_zero`` (the last step goes
+        """The steps made on the time grid, ``steps`` or ``steps - 1`` with ``to_zero`` (the last step goes
         from the grid's end to sigma = 0)."""
         return self.steps - 1 if self.to_zero else self.steps
 
@@ -211,7 +211,7 @@ class Euler(OnGrid, ProbabilityFlowODE):
 
     @property
     def nfe_per_step(self) -> int | None:
-        """Score evaluations per grid step: 1 (Euler), 2 (Heun)."""
+        """Score evaluations per grid step, 1 (Euler) or 2 (Heun)."""
         return 2 if self.method == "heun" else 1
 
     def expected_nfe(self, sde: SDE) -> int | None:

@@ -90,7 +90,7 @@ class TorchODESolution:
 
     @property
     def y(self) -> torch.Tensor:
-        """The states as scipy lays them out: shape ``(y0.numel(), len(t))``."""
+        """The states as scipy lays them out, of shape ``(y0.numel(), len(t))``."""
         return self.ys.reshape(len(self.t), -1).T
 
 
