@@ -184,7 +184,14 @@ def _check_api_pages(app):
         logging.getLogger(__name__).warning(f"public module scoresde.{m} has no page docs/api/{m}.md")
 
 
+def _mpltype_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    """``:mpltype:`color``` in the docstrings matplotlib generates for ``Artist.set`` of a subclass (the
+    figure classes of scoresde.plotting): shown as literal text (matplotlib's own role links into its docs)."""
+    return [nodes.literal(rawtext, text)], []
+
+
 def setup(app):
+    app.add_role("mpltype", _mpltype_role)
     write_gallery(ROOT, DOCS / "gallery")
     __import__("_api_summary").write_api_summary(DOCS / "api" / "summary.inc")  # table atop api/index.md
     app.add_transform(_ImplicitDocstringSections)

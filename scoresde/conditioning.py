@@ -120,7 +120,7 @@ class LinearObservation:
     ----------
     A : array-like, shape (m, D)
         The observation matrix; it acts on the flattened features (:math:`D` = product of the feature shape).
-    y : array-like, shape (m,) or (n, m)
+    y : array-like, shape ``(m,)`` or ``(n, m)``
         The observation, shared by every sample, or one per sample of the batch.
     noise_std : float
         :math:`\sigma_y \ge 0`; 0 is an exact observation :math:`A x_0 = y`. Default 0.
