@@ -67,6 +67,12 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_use_ivar = True
 
+# -- viewcode -------------------------------------------------------------------------------
+# Names defined in a private module and documented where a public module re-exports them (OutputDirError,
+# DivergenceError) get no [source] link: viewcode keys a source page's back-links by the first public module
+# that documented any of its objects, so it would point at anchors that do not exist.
+viewcode_follow_imported_members = False
+
 # -- HTML -----------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"scoresde {release}"
