@@ -843,6 +843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the tables unless ``--quiet``; returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.docs:  # the option comes with every study's parser; this study has no documentation size yet
+        raise SystemExit(f"{STUDY}: there is no --docs size; run it at its default size or with --full")
     out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     if args.budgets is not None:

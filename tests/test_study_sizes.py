@@ -60,3 +60,11 @@ def test_quiet_prints_nothing(tmp_path, capsys, one_thread):
     assert dsm.main([*TINY_ARGS, "--out", str(tmp_path / "loud")]) == 0
     out = capsys.readouterr().out
     assert out.strip() == (tmp_path / "loud" / "table.md").read_text(encoding="utf-8").strip()
+
+
+def test_a_study_without_a_docs_size_refuses_the_option(tmp_path):
+    from studies import conditional
+
+    with pytest.raises(SystemExit, match="there is no --docs size"):
+        conditional.main(["--docs", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
