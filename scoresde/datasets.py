@@ -102,7 +102,12 @@ def _sklearn_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**32 - 1))
 
 
-def _moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def _moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
+    """The points of :func:`_labelled_moons`."""
+    return _labelled_moons(n, rng, noise)[0]
+
+
+def _labelled_moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     r"""Two interleaved half circles, as :func:`sklearn.datasets.make_moons` draws them, but i.i.d.
 
     Each point is on the upper moon :math:`(\cos\theta, \sin\theta)` or the lower one
@@ -139,11 +144,11 @@ def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([x1, x2], 1) * 2
 
 
-def _mixture(name: str) -> Any:
-    def gen(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _mixture(name: str, labelled: bool = False) -> Any:
+    def gen(n: int, rng: np.random.Generator) -> Any:
         g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         x, k = TARGETS[name]().sample(n, g, dtype=torch.float64, return_components=True)
-        return x.numpy(), k.numpy()
+        return (x.numpy(), k.numpy()) if labelled else x.numpy()
 
     return gen
 
@@ -155,6 +160,8 @@ TOY_DATASETS = {
     **{name: _mixture(name) for name in TARGETS},
 }
 DATASETS = (*TOY_DATASETS, "digits")
+#: the toy sets with labels: generators of the same points (the same draws) and their labels
+_LABELLED_TOYS = {"moons": _labelled_moons, **{name: _mixture(name, labelled=True) for name in TARGETS}}
 
 
 def toy_sample(name: str, n: int, seed: int = 0) -> np.ndarray:
@@ -172,8 +179,11 @@ def _toy(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}")
     rng = np.random.default_rng(seed)
-    out = TOY_DATASETS[name](check_positive_int("n", n), rng)
-    x, labels = out if isinstance(out, tuple) else (out, None)
+    n = check_positive_int("n", n)
+    if name in _LABELLED_TOYS:
+        x, labels = _LABELLED_TOYS[name](n, rng)
+    else:
+        x, labels = TOY_DATASETS[name](n, rng), None
     x = np.asarray(x, dtype=np.float64)
     order = rng.permutation(x.shape[0])
     return x[order], None if labels is None else np.asarray(labels, dtype=np.int64)[order]

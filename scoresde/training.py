@@ -873,10 +873,11 @@ class Trainer:
             "history": {k: list(v) for k, v in self.history.items()},
             "data": data,
             "noise": self.data.noise,
-            "labels": self.data.labels if stored else None,
             "world_size": self.world_size,
             "global_batch_size": self.config.batch_size,
         }
+        if stored and self.data.labels is not None:  # the labels of stored data (named sets regenerate theirs)
+            payload["labels"] = self.data.labels
         payload["sha256"] = checksum(payload)
         return payload
 
