@@ -69,4 +69,5 @@ def check_class_labels(
     if labels.numel() and bool(((labels < 0) | (labels > top)).any()):
         bad = labels[(labels < 0) | (labels > top)]
         raise ValueError(f"{name} holds class {int(bad[0])}, out of range: expected classes in {valid}")
-    return labels.to(device=device, dtype=torch.int64)
+    out: torch.Tensor = labels.to(device=device, dtype=torch.int64)
+    return out

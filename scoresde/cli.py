@@ -640,6 +640,9 @@ def _add_sample_parser(commands: Any) -> None:
         + "\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
         + "\n  scoresde sample --sampler dpmsolver++ --order 3 --steps 15 --grid logsnr --out out/dpm"
         + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons"
+        + "\n  scoresde sample --checkpoint runs/digits-cond/last.pt --class 3 --guidance 2.0 --out out/three"
+        + "\n  scoresde sample --checkpoint runs/digits/last.pt --inpaint half --out out/inpaint"
+        + "\n  scoresde sample --checkpoint runs/digits/last.pt --super-resolution 4 --out out/sr"
         + "\n  torchrun --nproc-per-node 2 -m scoresde sample --sampler ddim --steps 10 --n-samples 1000000 "
         + "--chunk-size 10000 --out out/big.zarr",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -930,6 +933,7 @@ def _add_train_parser(commands: Any) -> None:
         "file (--var NAME; first dimension: samples);\n  vectors are standardised, images (n, C, H, W) "
         "mapped to [-1, 1]\n\nexamples:\n  scoresde train --data moons --sde vp --steps 5000 --out "
         "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits\n"
+        "  scoresde train --data digits --conditional --label-dropout 0.1 --out runs/digits-cond\n"
         "  torchrun --standalone --nproc-per-node 2 -m scoresde train --data moons --out runs/moons-ddp\n\n"
         "under torchrun every rank takes its slice of each global batch (--batch-size) and the gradients\n"
         "are averaged (DistributedDataParallel: gloo on CPU, nccl on CUDA, each rank on its LOCAL_RANK GPU);\n"

@@ -680,7 +680,8 @@ def plot_inverse_problem(
     cols = min(8, max(1, math.ceil(math.sqrt(k * 2))))
     rows = math.ceil(k / cols)
     fig = DisplayFigure(figsize=(1.6 + 1.05 * cols + 0.6, max(3.4, 1.05 * rows + 0.9)), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[1.6, 1.05 * cols + 0.6])
+    subfigures: Any = fig.subfigures(1, 2, width_ratios=[1.6, 1.05 * cols + 0.6])  # an array of two
+    left, right = subfigures[0], subfigures[1]
 
     def show(ax: Axes, img: np.ndarray) -> None:
         ax.imshow(img[0], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
