@@ -1582,7 +1582,8 @@ def _truth_image(ckpt: dict[str, Any], index: int) -> torch.Tensor:
         raise CLIError(f"the checkpoint's training data ({d['name']!r}) cannot be had to observe one of its images")
     if index >= images.shape[0]:
         raise CLIError(f"--truth {index} is out of range: the training data has {images.shape[0]} images")
-    return images[index]
+    image: torch.Tensor = images[index]
+    return image
 
 
 def _inverse_problem(
@@ -1741,7 +1742,7 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
             ds["truth"].values,
             lo,
             hi,
-            f"{label} model (step {step}): {mode.replace('_', '-')} by {method}, observed {described}",
+            f"{label} model (step {step}): {str(mode).replace('_', '-')} by {method}, observed {described}",
         )
     else:
         title = f"{label} model (step {step})"

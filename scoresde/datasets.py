@@ -62,8 +62,9 @@ class Dataset:
             if self.num_classes is not None:
                 raise ValueError("num_classes was given without labels; pass labels= (one class per sample)")
             return
-        if isinstance(self.labels, torch.Tensor) and not self.labels.dtype.is_floating_point and self.labels.numel():
-            top = int(self.labels.max()) + 1 if self.num_classes is None else self.num_classes
+        given: object = self.labels  # callers may pass anything; check_class_labels refuses what is not labels
+        if isinstance(given, torch.Tensor) and not given.dtype.is_floating_point and given.numel():
+            top = int(given.max()) + 1 if self.num_classes is None else self.num_classes
         else:
             top = self.num_classes or 1
         self.labels = check_class_labels(
@@ -186,7 +187,8 @@ def _toy(name: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         x, labels = TOY_DATASETS[name](n, rng), None
     x = np.asarray(x, dtype=np.float64)
     order = rng.permutation(x.shape[0])
-    return x[order], None if labels is None else np.asarray(labels, dtype=np.int64)[order]
+    points: np.ndarray = x[order]
+    return points, None if labels is None else np.asarray(labels, dtype=np.int64)[order]
 
 
 def _from_array(name: str, x: Any) -> torch.Tensor:
@@ -317,4 +319,5 @@ def _user_labels(labels: Any, n: int) -> torch.Tensor:
         labels = torch.as_tensor(arr)
     if labels.dim() != 1 or labels.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (one class per sample of data), got {tuple(labels.shape)}")
-    return labels
+    out: torch.Tensor = labels
+    return out

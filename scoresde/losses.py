@@ -58,7 +58,7 @@ WEIGHTINGS = ("sigma2", "likelihood")
 
 def dsm_loss(
     sde: SDE,
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     *,
     weighting: str = "sigma2",
@@ -154,7 +154,7 @@ def _reduce(err: torch.Tensor, reduce: str) -> torch.Tensor:
 
 def velocity_loss(
     sde: LinearSDE,
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     *,
     eps: float = 1e-5,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -210,6 +210,27 @@ class GaussianMixture:
         return x
 
     # -- sampling and density -----------------------------------------------------------
+    @overload
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        return_components: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        *,
+        return_components: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def sample(
         self,
         n: int,
@@ -217,7 +238,7 @@ class GaussianMixture:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         return_components: bool = False,
-    ) -> Any:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` exact samples, shape ``(n, d)``; the device defaults to the generator's.
 
         With ``return_components=True``, returns ``(x, k)``: also the component index (int64, shape ``(n,)``)

@@ -865,6 +865,8 @@ class NoisyClassifier(nn.Module):
             raise TypeError(f"sde must be a scoresde SDE with marginal_prob, got {type(sde).__name__}")
         self.net, self.sde = net, sde
         self.num_classes = check_positive_int("net.num_classes", num_classes, minimum=2)
+        #: the loss history of its training (:func:`scoresde.training.train_classifier`), empty lists if untrained
+        self.history: dict[str, list[float]] = {"step": [], "loss": []}
 
     def extra_repr(self) -> str:
         return f"sde={self.sde!r}, num_classes={self.num_classes}"
