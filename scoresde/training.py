@@ -225,8 +225,12 @@ class TrainConfig:
 
     def record(self) -> dict[str, Any]:
         """The settings as checkpoints record them: every field, an :class:`~scoresde.Objective` as its
-        :func:`~scoresde.losses.objective_config` (``TrainConfig(**config.record())`` rebuilds the config)."""
+        :func:`~scoresde.losses.objective_config` (``TrainConfig(**config.record())`` rebuilds the config).
+        ``label_dropout`` is recorded only when it is not 0, so that the records of unconditional runs are those
+        written before it existed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.label_dropout:
+            del out["label_dropout"]
         if isinstance(self.objective, Objective):
             out["objective"] = objective_config(self.objective)
         return out
