@@ -548,7 +548,10 @@ class _RowSlicedNet(torch.nn.Module):
 class Trainer:
     """Trainer for score, DDPM and flow-matching models: AdamW, warm-up, gradient clipping, EMA, atomic checkpoints.
 
-    The loss is chosen by ``config.objective`` (see :class:`TrainConfig`).
+    The loss is chosen by ``config.objective`` (see :class:`TrainConfig`). A class-conditional model (its
+    network has ``num_classes``) trains on the data's labels (``data.labels``; the objective's loss gets
+    ``labels=``), each replaced by the null class with probability ``config.label_dropout``; an unconditional
+    model ignores labels.
 
     Parameters
     ----------
