@@ -239,6 +239,11 @@ _NAMES: dict[str, str] = {
     "load_checkpoint": "training",
     "read_checkpoint": "training",
     "train": "training",
+    "train_classifier": "training",
+    "save_classifier": "training",
+    "load_classifier": "training",
+    "MLPClassifier": "nets",
+    "NoisyClassifier": "nets",
 }
 
 
@@ -324,6 +329,11 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "train",
+    "train_classifier",
+    "save_classifier",
+    "load_classifier",
+    "MLPClassifier",
+    "NoisyClassifier",
     "load_checkpoint",
     "read_checkpoint",
     "CheckpointError",

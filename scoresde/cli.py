@@ -102,7 +102,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "checkpoint_every": 1000,
     "log_every": 10,
+    "label_dropout": 0.0,
 }
+#: the label dropout of `train --conditional` when --label-dropout is not given
+DEFAULT_LABEL_DROPOUT = 0.1
+#: the observations of `sample --checkpoint <images> --inpaint`
+INPAINT_MASKS = ("half",)
+#: the methods of the image inverse problems, and the default of each problem
+INVERSE_METHODS = {"inpaint": ("replacement", "pigdm", "dps"), "super_resolution": ("pigdm", "dps")}
 DTYPE_NAMES = ("float32", "float64")
 
 #: chunk size of a run written to a zarr store (--out *.zarr) when --chunk-size is not given
@@ -632,6 +639,9 @@ def _add_sample_parser(commands: Any) -> None:
         + "\nexamples:\n  scoresde sample --sde ve --sampler ode --n-samples 2000 --out out/ve_ode"
         + "\n  scoresde sample --sampler dpmsolver++ --order 3 --steps 15 --grid logsnr --out out/dpm"
         + "\n  scoresde sample --checkpoint runs/moons/last.pt --sampler em --out out/moons"
+        + "\n  scoresde sample --checkpoint runs/digits-cond/last.pt --class 3 --guidance 2.0 --out out/three"
+        + "\n  scoresde sample --checkpoint runs/digits/last.pt --inpaint half --out out/inpaint"
+        + "\n  scoresde sample --checkpoint runs/digits/last.pt --super-resolution 4 --out out/sr"
         + "\n  torchrun --nproc-per-node 2 -m scoresde sample --sampler ddim --steps 10 --n-samples 1000000 "
         + "--chunk-size 10000 --out out/big.zarr",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -656,6 +666,67 @@ def _add_sample_parser(commands: Any) -> None:
         default=None,
         help="forward SDE with its default parameters: VP, sub-VP, VE, the DDPM chain or rectified flow, "
         "see below (default: vp; with --checkpoint the checkpoint's, and a different --sde is an error)",
+    )
+    g = p.add_argument_group("conditional sampling (--checkpoint only)")
+    g.add_argument(
+        "--class",
+        dest="class_label",
+        type=_int_at_least(0),
+        default=None,
+        metavar="C",
+        help="sample class C of a class-conditional checkpoint (`train --conditional`) by classifier-free guidance",
+    )
+    g.add_argument(
+        "--guidance",
+        type=_nonnegative_float,
+        default=None,
+        metavar="W",
+        help="--class: guidance weight w >= 0 of (1 + w) s(x, t, c) - w s(x, t, null); 0 is the conditional "
+        "score itself (default: 0)",
+    )
+    g.add_argument(
+        "--inpaint",
+        choices=INPAINT_MASKS,
+        default=None,
+        help="image checkpoints: observe the top half of a training image (--truth) and sample the rest",
+    )
+    g.add_argument(
+        "--super-resolution",
+        type=_int_at_least(1),
+        default=None,
+        metavar="S",
+        help="image checkpoints: observe the S x S average-pooled training image (--truth), y = A x with A the "
+        "average over blocks of (H/S) x (W/S) pixels, and sample images of full resolution",
+    )
+    g.add_argument(
+        "--posterior-method",
+        default=None,
+        help="--inpaint: replacement (default), pigdm or dps; --super-resolution: pigdm (default) or dps (the "
+        "sampler's own --method is that of ode, torchsde and flow)",
+    )
+    g.add_argument(
+        "--observation-noise",
+        type=_nonnegative_float,
+        default=None,
+        metavar="SIGMA",
+        help="--inpaint, --super-resolution: the noise level sigma_y >= 0 (model space) that the likelihood "
+        "N(y; A x, sigma_y^2 I) assumes; dps needs sigma_y > 0 (default: 0, an exact observation; 0.05 for dps)",
+    )
+    g.add_argument(
+        "--clip-denoised",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pigdm, dps: clip the model's denoised estimate x0_hat(x, t) to the data range [-1, 1] of "
+        "min-max scaled images before the guidance uses it (a learnt x0_hat = (x - sigma eps_hat)/s(t) "
+        "amplifies the network's error by 1/s(t) near t = T, which makes the guidance diverge); the "
+        "samples' score is then that of the clipped denoiser (default: on)",
+    )
+    g.add_argument(
+        "--truth",
+        type=_int_at_least(0),
+        default=0,
+        metavar="I",
+        help="--inpaint, --super-resolution: index of the training image observed (default: %(default)s)",
     )
     g.add_argument(
         "--n-samples",
@@ -861,6 +932,7 @@ def _add_train_parser(commands: Any) -> None:
         "file (--var NAME; first dimension: samples);\n  vectors are standardised, images (n, C, H, W) "
         "mapped to [-1, 1]\n\nexamples:\n  scoresde train --data moons --sde vp --steps 5000 --out "
         "runs/moons\n  scoresde train --data digits --steps 3000 --batch-size 128 --out runs/digits\n"
+        "  scoresde train --data digits --conditional --label-dropout 0.1 --out runs/digits-cond\n"
         "  torchrun --standalone --nproc-per-node 2 -m scoresde train --data moons --out runs/moons-ddp\n\n"
         "under torchrun every rank takes its slice of each global batch (--batch-size) and the gradients\n"
         "are averaged (DistributedDataParallel: gloo on CPU, nccl on CUDA, each rank on its LOCAL_RANK GPU);\n"
@@ -905,6 +977,12 @@ def _add_train_parser(commands: Any) -> None:
         metavar="N",
         help="network width: MLP hidden units, U-Net base channels, DiT token width "
         f"(default: {', '.join(f'{k} {v}' for k, v in DEFAULT_HIDDEN.items())})",
+    )
+    g.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train a class-conditional network on the data set's labels (digits 0-9, the moons, the mixture "
+        "components), with a null class for classifier-free guidance (see --label-dropout)",
     )
     g.add_argument(
         "--parameterization",
@@ -978,6 +1056,14 @@ def _add_train_parser(commands: Any) -> None:
         type=_int_at_least(0),
         default=None,
         help=f"seed of the network initialisation, the toy data and the batches (default: {d.seed})",
+    )
+    g.add_argument(
+        "--label-dropout",
+        type=_unit_interval,
+        default=None,
+        metavar="P",
+        help="--conditional: probability in [0, 1] of training on the null class instead of the label, so that "
+        f"the network also learns the unconditional score (default: {DEFAULT_LABEL_DROPOUT})",
     )
     g.add_argument(
         "--checkpoint-every",
@@ -1207,7 +1293,38 @@ def _prepare_store(out: Path, sub: argparse.ArgumentParser) -> None:
         sub.error(f"argument --out: cannot create directory {str(out.parent)!r}: {err.strerror or err}")
 
 
+def _conditioning_mode(args: argparse.Namespace, sub: argparse.ArgumentParser) -> str | None:
+    """``"class"``, ``"inpaint"``, ``"super_resolution"`` or ``None``, after the checks of the options together."""
+    given = {
+        "class": args.class_label is not None,
+        "inpaint": args.inpaint is not None,
+        "super_resolution": args.super_resolution is not None,
+    }
+    modes = [m for m, on in given.items() if on]
+    if len(modes) > 1:
+        sub.error("arguments --class, --inpaint, --super-resolution: choose one of them")
+    mode = modes[0] if modes else None
+    if mode is not None and args.checkpoint is None:
+        sub.error(f"argument --{mode.replace('_', '-')}: applies to a trained model (--checkpoint) only")
+    if args.guidance is not None and mode != "class":
+        sub.error("argument --guidance: applies with --class only")
+    if args.posterior_method is not None:
+        if mode not in INVERSE_METHODS:
+            sub.error("argument --posterior-method: applies with --inpaint or --super-resolution only")
+        if args.posterior_method not in INVERSE_METHODS[mode]:
+            sub.error(
+                f"argument --posterior-method: {args.posterior_method!r} does not solve "
+                f"--{mode.replace('_', '-')}; choose one of {', '.join(INVERSE_METHODS[mode])}"
+            )
+    if args.truth != 0 and mode not in INVERSE_METHODS:
+        sub.error("argument --truth: applies with --inpaint or --super-resolution only")
+    if args.observation_noise is not None and mode not in INVERSE_METHODS:
+        sub.error("argument --observation-noise: applies with --inpaint or --super-resolution only")
+    return mode
+
+
 def _cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _conditioning_mode(args, args.subparser)
     if args.checkpoint is not None:
         if _is_zarr(args.out):
             args.subparser.error("argument --out: a zarr store is written for targets only, not with --checkpoint")
@@ -1369,8 +1486,13 @@ def _sample_model(
     sampler: Sampler,
     n: int,
     device: torch.device,
+    run: Callable[..., Any] | None = None,
 ) -> Any:
-    """Sample the checkpoint's EMA model; the Dataset gets ``x_data`` (data space) and the checkpoint's provenance."""
+    """Sample the checkpoint's EMA model; the Dataset gets ``x_data`` (data space) and the checkpoint's provenance.
+
+    ``run(model, **kwargs)`` samples instead of ``scoresde.sample(sde, model, sampler, **kwargs)`` (conditional
+    sampling); it gets the EMA model and :func:`scoresde.sample`'s keyword arguments.
+    """
     import torch
 
     from .training import load_checkpoint
@@ -1384,10 +1506,13 @@ def _sample_model(
     save_at = args.save_at or (
         _default_save_at(sampler, sde, n * math.prod(feature_shape), IMAGE_SAVE_AT if len(feature_shape) == 3 else None)
     )
-    ds = _lib("sample")(
-        sde,
+    if run is None:
+
+        def run(model: Any, **kw: Any) -> Any:
+            return _lib("sample")(sde, model, sampler, **kw)
+
+    ds = run(
         model,
-        sampler,
         shape=(n, *feature_shape),
         seed=args.seed,
         device=device,
@@ -1414,21 +1539,172 @@ def _sample_model(
     return ds
 
 
+def _class_run(args: argparse.Namespace, ckpt: dict[str, Any], sde: Any, sampler: Sampler) -> Callable[..., Any]:
+    """``run`` of :func:`_sample_model` for ``--class``: classifier-free guidance of the conditional EMA model."""
+    network = ckpt["config"]["model"]["network"]
+    classes = network.get("num_classes")
+    if classes is None:
+        raise CLIError(
+            f"--class needs a class-conditional checkpoint (`scoresde train --conditional`); {str(args.checkpoint)!r} "
+            "holds an unconditional network"
+        )
+    if args.class_label >= classes:
+        args.subparser.error(
+            f"argument --class: {args.class_label} is out of range: the model has classes 0..{classes - 1}"
+        )
+    weight = 0.0 if args.guidance is None else args.guidance
+
+    def run(model: Any, **kw: Any) -> Any:
+        from .conditioning import sample_class
+
+        ds = sample_class(sde, model, args.class_label, sampler=sampler, weight=weight, **kw)
+        ds.attrs.update(class_label=int(args.class_label), guidance_weight=float(weight))
+        return ds
+
+    return run
+
+
+def _truth_image(ckpt: dict[str, Any], index: int) -> torch.Tensor:
+    """Training image ``index`` of an image checkpoint, in model space (float64, shape (C, H, W))."""
+    import torch
+
+    from .datasets import load_dataset
+
+    d = ckpt["config"]["data"]
+    if isinstance(ckpt.get("data"), torch.Tensor):
+        images = ckpt["data"].to(torch.float64)
+    elif d["name"] == "digits":
+        images = load_dataset(
+            "digits", scaling=(d.get("params") or {}).get("scaling", "auto"), dtype=torch.float64
+        ).data
+    else:
+        raise CLIError(f"the checkpoint's training data ({d['name']!r}) cannot be had to observe one of its images")
+    if index >= images.shape[0]:
+        raise CLIError(f"--truth {index} is out of range: the training data has {images.shape[0]} images")
+    image: torch.Tensor = images[index]
+    return image
+
+
+def _inverse_problem(
+    args: argparse.Namespace, ckpt: dict[str, Any], mode: str
+) -> tuple[Any, torch.Tensor, torch.Tensor, str]:
+    """The observation of ``--inpaint`` / ``--super-resolution`` (model space), the truth, the observation drawn
+    at full resolution (NaN where unobserved) and its description."""
+    import torch
+
+    from .conditioning import LinearObservation
+
+    shape = tuple(int(s) for s in ckpt["config"]["data"]["feature_shape"])
+    if len(shape) != 3:
+        args.subparser.error(
+            f"argument --{mode.replace('_', '-')}: needs an image checkpoint (C, H, W), this one has feature shape "
+            f"{shape}"
+        )
+    C, H, W = shape
+    truth = _truth_image(ckpt, args.truth)
+    method = args.posterior_method or INVERSE_METHODS[mode][0]
+    noise = args.observation_noise if args.observation_noise is not None else (0.05 if method == "dps" else 0.0)
+    if method == "replacement" and noise > 0:
+        args.subparser.error("argument --observation-noise: replacement imposes the observation exactly; use 0")
+    if method == "dps" and noise == 0:
+        args.subparser.error("argument --observation-noise: dps needs a noise level sigma_y > 0 (e.g. 0.05)")
+    if mode == "inpaint":
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[:, : H // 2, :] = True
+        shown = torch.where(mask, truth, torch.full_like(truth, math.nan))
+        return LinearObservation.inpainting(mask, truth, noise), truth, shown, f"the top {H // 2} of {H} rows"
+    S = args.super_resolution
+    if H % S or W % S or S >= max(H, W):
+        args.subparser.error(
+            f"argument --super-resolution: {S} must divide the image sides {H} x {W} and be smaller than them"
+        )
+    fh, fw = H // S, W // S
+    # A: the average over each block of fh x fw pixels, one row per channel and block (row-major)
+    block = (torch.arange(H)[:, None] // fh) * (W // fw) + torch.arange(W)[None, :] // fw  # (H, W) block index
+    rows = (torch.arange(C)[:, None, None] * (S * (W // fw)) + block[None]).reshape(-1)  # per pixel: its row of A
+    A = torch.zeros(C * S * (W // fw), C * H * W, dtype=torch.float64)
+    A[rows, torch.arange(C * H * W)] = 1.0 / (fh * fw)
+    y = A @ truth.reshape(-1)
+    shown = y[rows].reshape(shape)  # each block shows its average
+    return (
+        LinearObservation(A, y, noise),
+        truth,
+        shown,
+        f"the {S} x {W // fw} average-pooled image (blocks of {fh} x {fw})",
+    )
+
+
+class _ClippedDenoiser:
+    r"""The score of a model whose data prediction is clipped to ``[lo, hi]``:
+    :math:`\big(s(t)\,\mathrm{clip}(\hat x_0(x, t)) - x\big)/\sigma(t)^2` (Tweedie's formula solved for the score)."""
+
+    def __init__(self, model: Any, sde: Any, lo: float, hi: float) -> None:
+        self.model, self.sde, self.lo, self.hi = model, sde, lo, hi
+
+    def __repr__(self) -> str:
+        return f"clipped denoiser [{self.lo:g}, {self.hi:g}] of {self.model.__class__.__name__}"
+
+    def __call__(self, x: torch.Tensor, t: Any) -> torch.Tensor:
+        import torch
+
+        tt = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=x.dtype, device=x.device)
+        tt = tt.reshape(-1).expand(x.shape[0]).to(device=x.device)
+        shape = (-1, *([1] * (x.dim() - 1)))
+        s = self.sde.mean_coef(tt).to(x.dtype).reshape(shape)
+        sigma = self.sde.std(tt).to(x.dtype).reshape(shape)
+        x0 = self.model.data_prediction(x, tt).clamp(self.lo, self.hi)
+        out: torch.Tensor = (s * x0 - x) / sigma**2
+        return out
+
+
+def _inverse_run(
+    args: argparse.Namespace, sde: Any, sampler: Sampler, observation: Any, method: str, data_cfg: dict[str, Any]
+) -> Callable[..., Any]:
+    clip = args.clip_denoised and method in ("pigdm", "dps")
+    if clip and (data_cfg.get("params") or {}).get("scaling") != "minmax":
+        args.subparser.error(
+            "argument --clip-denoised: the data was not min-max scaled to [-1, 1]; pass --no-clip-denoised"
+        )
+
+    def run(model: Any, **kw: Any) -> Any:
+        from .conditioning import sample_posterior
+
+        score = _ClippedDenoiser(model, sde, -1.0, 1.0) if clip else model
+        ds = sample_posterior(sde, score, observation, method=method, sampler=sampler, **kw)
+        ds.attrs["clip_denoised"] = "[-1, 1] (model space)" if clip else "none"
+        return ds
+
+    return run
+
+
 def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int:
     timings = _Timings()
     sub: argparse.ArgumentParser = args.subparser
+    mode = _conditioning_mode(args, sub)
     ckpt, sde = _read_checkpoint_problem(args, sub)
     data_cfg = ckpt["config"]["data"]
     feature_shape = tuple(int(s) for s in data_cfg["feature_shape"])
-    n = args.n_samples or (64 if len(feature_shape) == 3 else 10_000)
+    n = args.n_samples or ((16 if mode in INVERSE_METHODS else 64) if len(feature_shape) == 3 else 10_000)
     device = _torch_device(args.device, sub)
-    sampler = build_sampler(args)
+    run: Callable[..., Any] | None = None
+    inverse: tuple[Any, ...] | None = None
+    if mode == "class":
+        run = _class_run(args, ckpt, sde, sampler := build_sampler(args))
+    elif mode in INVERSE_METHODS:
+        method = args.posterior_method or INVERSE_METHODS[mode][0]
+        observation, truth, shown, described = _inverse_problem(args, ckpt, mode)
+        inverse = (truth, shown, described, method)
+        run = _inverse_run(args, sde, sampler := build_sampler(args), observation, method, data_cfg)
+    else:
+        sampler = build_sampler(args)
     sampler.check(sde)
     out = _prepare_out(args.out, sub)
     plotting = _plotting()
+    if mode is not None:
+        args.evaluate = False  # the metrics compare with the unconditional training data
 
     with _torch_threads(args.threads):
-        ds = _sample_model(args, argv, ckpt, sde, sampler, n, device)
+        ds = _sample_model(args, argv, ckpt, sde, sampler, n, device, run=run)
         finite = bool(np.isfinite(ds["x_data"].values).all())
         ev, train_data = None, None
         if finite and args.evaluate:
@@ -1444,10 +1720,36 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
 
     t0 = time.perf_counter()
     nc_path, png_path = out / "samples.nc", out / "samples.png"
+    label, step = _lib("data_label")(data_cfg), int(ckpt["step"])
+    if inverse is not None:
+        truth, shown, described, method = inverse
+        shift, scale = float(data_cfg["shift"]), float(data_cfg["scale"])
+        lo, hi = plotting.display_range(np.asarray(ds["x_data"].values, dtype=np.float64), data_cfg)
+        ds.attrs.update(
+            inverse_problem=mode, observed=described, truth_index=int(args.truth), conditioning_method=method
+        )
+        image_dims = ds["x_data"].dims[1:]
+        ds["truth"] = (image_dims, (truth * scale + shift).numpy(), {"long_name": "the observed image, data space"})
+        ds["observation"] = (
+            image_dims,
+            (shown * scale + shift).numpy(),
+            {"long_name": "the observation at full resolution, data space (NaN: unobserved)"},
+        )
+        fig = plotting.plot_inverse_problem(
+            ds["observation"].values,
+            ds["x_data"].values,
+            ds["truth"].values,
+            lo,
+            hi,
+            f"{label} model (step {step}): {str(mode).replace('_', '-')} by {method}, observed {described}",
+        )
+    else:
+        title = f"{label} model (step {step})"
+        if mode == "class":
+            title += f", class {args.class_label}, guidance w = {ds.attrs['guidance_weight']:g}"
+        fig = plotting.plot_model_samples(ds, data_cfg, None if mode else train_data, title, args.seed)
     _write_netcdf(ds, nc_path)
     written = [nc_path]
-    label, step = _lib("data_label")(data_cfg), int(ckpt["step"])
-    fig = plotting.plot_model_samples(ds, data_cfg, train_data, f"{label} model (step {step})", args.seed)
     if fig is not None:
         plotting.save_figure(fig, png_path)
         written.append(png_path)
@@ -1459,7 +1761,10 @@ def _cmd_sample_checkpoint(args: argparse.Namespace, argv: Sequence[str]) -> int
         f"{PROG} sample: checkpoint {args.checkpoint} (step {step}; data {label}, feature shape {feature_shape}), "
         f"n = {n}, seed {args.seed}, {ds.attrs['dtype']} on {ds.attrs['device']}"
     )
-    lines = _run_lines(ds, head, timings) + _metric_lines(ev, finite, args.evaluate)
+    metric_lines = _metric_lines(ev, finite, args.evaluate)
+    if mode is not None and finite:
+        metric_lines = ["  metrics    not computed for conditional samples (they compare with the training data)"]
+    lines = _run_lines(ds, head, timings) + metric_lines
     lines.append(f"  wrote      {', '.join(str(p) for p in written)}")
     print("\n".join(lines))
     return 0 if finite else _nonfinite_warning()
@@ -1550,15 +1855,25 @@ def _build_score_model(args: argparse.Namespace, data: Dataset, sde: LinearSDE, 
             f"--net {net} needs images (n, channels, height, width), but {label} has feature shape "
             f"{fs}; use --net mlp for vectors{hint}"
         )
+    classes: dict[str, Any] = {}
+    if getattr(args, "conditional", False):
+        if data.labels is None:
+            raise CLIError(
+                f"--conditional needs labelled data, but {label} has no labels (labelled: digits, moons and the "
+                f"Gaussian mixtures {', '.join(TARGET_NAMES)})"
+            )
+        classes["num_classes"] = data.num_classes
     with torch.random.fork_rng(devices=[]):  # the initialisation follows --seed; the caller's RNG is untouched
         torch.manual_seed(args.seed)
         if net == "mlp":
-            network = build_network("mlp", dim=fs[0], hidden=hidden)
+            network = build_network("mlp", dim=fs[0], hidden=hidden, **classes)
         elif net == "unet":
-            network = build_network("unet", channels=fs[0], base=hidden, groups=math.gcd(8, hidden))
+            network = build_network("unet", channels=fs[0], base=hidden, groups=math.gcd(8, hidden), **classes)
         else:
             patch = 2 if fs[1] % 2 == 0 and fs[2] % 2 == 0 else 1
-            network = build_network("dit", image_size=(fs[1], fs[2]), channels=fs[0], hidden=hidden, patch_size=patch)
+            network = build_network(
+                "dit", image_size=(fs[1], fs[2]), channels=fs[0], hidden=hidden, patch_size=patch, **classes
+            )
     return ScoreModel(network, sde, parameterization=args.parameterization)
 
 
@@ -1702,6 +2017,10 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.objective = DEFAULT_OBJECTIVE.get(args.sde, "dsm")
     if args.parameterization is None:
         args.parameterization = "velocity" if args.objective == "flow_matching" else "eps"
+    if args.label_dropout is not None and not args.conditional:
+        sub.error("argument --label-dropout: applies to --conditional training only")
+    if args.conditional and args.label_dropout is None:
+        args.label_dropout = DEFAULT_LABEL_DROPOUT
     # TrainConfig options default to None, so that a resumed run can tell what was asked for
     given = {
         f.name: getattr(args, f.name)

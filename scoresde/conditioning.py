@@ -537,8 +537,8 @@ class Replacement(_Replacing, FixedStepSampler):
         require_linear(sde, "Replacement")
         self.inner.check(sde)
 
-    def grid(self, sde: SDE) -> np.ndarray:
-        return self.inner.grid(sde)
+    def time_points(self, sde: SDE) -> np.ndarray:
+        return self.inner.time_points(sde)
 
     @property
     def nfe_per_step(self) -> int | None:
@@ -548,7 +548,7 @@ class Replacement(_Replacing, FixedStepSampler):
         return self.inner.max_saved_states(sde)
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> Any:
-        self._end = float(self.grid(sde)[-1])
+        self._end = float(self.time_points(sde)[-1])
         return self.inner.prepare(sde, score_fn)
 
     def step(
@@ -647,7 +647,7 @@ class RePaint(_Replacing, Sampler):
         self.inner.check(sde)
 
     def _schedule(self, sde: SDE) -> tuple[np.ndarray, list[int]]:
-        grid = self.inner.grid(sde)
+        grid = self.inner.time_points(sde)
         return grid, repaint_schedule(len(grid) - 1, self.jump_length, self.resamples)
 
     def expected_nfe(self, sde: SDE) -> int | None:
@@ -658,7 +658,7 @@ class RePaint(_Replacing, Sampler):
         return n * sum(1 for a, b in zip(seq, seq[1:], strict=False) if b == a + 1)
 
     def max_saved_states(self, sde: SDE) -> int | None:
-        return len(self.inner.grid(sde))
+        return len(self.inner.time_points(sde))
 
     def integrate(
         self,

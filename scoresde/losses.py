@@ -58,7 +58,7 @@ WEIGHTINGS = ("sigma2", "likelihood")
 
 def dsm_loss(
     sde: SDE,
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     *,
     weighting: str = "sigma2",
@@ -67,6 +67,7 @@ def dsm_loss(
     generator: torch.Generator | None = None,
     t: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Continuous-time denoising score-matching loss, a scalar tensor.
 
@@ -88,11 +89,16 @@ def dsm_loss(
         Draws ``t`` and ``z`` (reproducible training).
     t, z : tensor, optional
         Fix the times (shape (batch,)) and noise (shape of ``x0``) instead of drawing them.
+    labels : tensor, optional
+        Class labels of ``x0``, shape ``(batch,)``, for a class-conditional model: the loss is then that of
+        :math:`s_\theta(x_t, t, c)`, called as ``model(x_t, t, labels)`` (the null class where a label was
+        dropped). ``None``: ``model(x_t, t)``.
     """
     t, z = _times_and_noise("dsm_loss", sde, x0, eps, reduce, generator, t, z, weighting=weighting)
     mean, std = sde.marginal_prob(x0, t)
     std_b = broadcast_coef(std, x0)
-    score = _checked(model(mean + std_b * z, t), x0)
+    x_t = mean + std_b * z
+    score = _checked(model(x_t, t) if labels is None else model(x_t, t, labels), x0)
     if weighting == "sigma2":
         err = (score * std_b + z).square()
     else:
@@ -148,7 +154,7 @@ def _reduce(err: torch.Tensor, reduce: str) -> torch.Tensor:
 
 def velocity_loss(
     sde: LinearSDE,
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Callable[..., torch.Tensor],
     x0: torch.Tensor,
     *,
     eps: float = 1e-5,
@@ -156,6 +162,7 @@ def velocity_loss(
     generator: torch.Generator | None = None,
     t: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Conditional flow matching on the SDE's Gaussian path (Lipman et al. 2022; Liu et al. 2022).
 
@@ -168,12 +175,13 @@ def velocity_loss(
     probability-flow drift :math:`f x - \tfrac12 g^2\nabla\log p_t`. For :class:`scoresde.RectifiedFlow`
     (:math:`s = 1 - t`, :math:`\sigma = t`) the target is :math:`z - x_0`. ``model`` is the velocity
     network :math:`v_\theta(x, t)` (e.g. ``ScoreModel(..., parameterization="velocity").velocity``).
-    ``eps``, ``reduce``, ``generator``, ``t`` and ``z`` are as in :func:`dsm_loss`.
+    ``eps``, ``reduce``, ``generator``, ``t``, ``z`` and ``labels`` are as in :func:`dsm_loss`.
     """
     t, z = _times_and_noise("velocity_loss", sde, x0, eps, reduce, generator, t, z)
     s, sigma = broadcast_coef(sde.mean_coef(t), x0), broadcast_coef(sde.std(t), x0)
     target = broadcast_coef(sde.mean_coef_dot(t), x0) * x0 + broadcast_coef(sde.std_dot(t), x0) * z
-    pred = _checked(model(s * x0 + sigma * z, t), x0)
+    x_t = s * x0 + sigma * z
+    pred = _checked(model(x_t, t) if labels is None else model(x_t, t, labels), x0)
     return _reduce((pred - target).square(), reduce).mean()
 
 
@@ -202,7 +210,10 @@ class Objective(abc.ABC):
     * :meth:`loss` returns a scalar tensor with a gradient with respect to the model's parameters, drawing
       every random number from ``generator`` (the trainer's own, so that a run and its resumption from a
       checkpoint are bit-identical); ``z`` is the noise paired with ``x0`` when the data is a coupling
-      (only for objectives with ``paired_noise = True``), else ``None``.
+      (only for objectives with ``paired_noise = True``), else ``None``. An objective with
+      ``conditional = True`` (every built-in one) also takes ``labels=``: the class labels of ``x0`` (a
+      ``(batch,)`` int64 tensor, the null class ``num_classes`` where a label was dropped), which the trainer
+      passes when the model is class-conditional; it trains ``model(x_t, t, labels)``.
     * :meth:`check` raises a clear ``TypeError`` / ``ValueError`` when the SDE and the model cannot be
       trained by this objective; the trainer calls it once, before training.
     * :meth:`params` returns the constructor arguments as numbers, strings, booleans and lists of these, so
@@ -221,6 +232,8 @@ class Objective(abc.ABC):
     name: ClassVar[str]
     #: whether :meth:`loss` trains on data paired with noise (a reflow coupling)
     paired_noise: ClassVar[bool] = False
+    #: whether :meth:`loss` takes ``labels=`` (the class labels of a class-conditional model's batch)
+    conditional: ClassVar[bool] = False
 
     def __init_subclass__(cls, /, name: str | None = None, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -243,8 +256,10 @@ class Objective(abc.ABC):
         x0: torch.Tensor,
         generator: torch.Generator | None,
         z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The loss on the batch ``x0`` (shape ``(batch, *features)``), a scalar tensor."""
+        """The loss on the batch ``x0`` (shape ``(batch, *features)``), a scalar tensor (``labels``: see the
+        contract above; only objectives with ``conditional = True`` are given them)."""
 
     def params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-like), recorded in checkpoints."""
@@ -302,6 +317,8 @@ class DenoisingScoreMatching(Objective, name="dsm"):
         Reduction of the squared error over the feature dimensions.
     """
 
+    conditional = True
+
     def __init__(self, weighting: str = "sigma2", eps: float = 1e-5, reduce: str = "mean") -> None:
         _check_options(weighting, eps, reduce)
         self.weighting, self.eps, self.reduce = weighting, float(eps), reduce
@@ -319,9 +336,18 @@ class DenoisingScoreMatching(Objective, name="dsm"):
         x0: torch.Tensor,
         generator: torch.Generator | None,
         z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return dsm_loss(
-            sde, model, x0, weighting=self.weighting, eps=self.eps, reduce=self.reduce, generator=generator, z=z
+            sde,
+            model,
+            x0,
+            weighting=self.weighting,
+            eps=self.eps,
+            reduce=self.reduce,
+            generator=generator,
+            z=z,
+            labels=labels,
         )
 
 
@@ -339,6 +365,8 @@ class DDPMObjective(Objective, name="ddpm"):
     reduce : {"mean", "sum"}
         As in :class:`DenoisingScoreMatching`.
     """
+
+    conditional = True
 
     def __init__(self, weighting: str = "sigma2", reduce: str = "mean") -> None:
         _check_options(weighting, None, reduce)
@@ -363,10 +391,13 @@ class DDPMObjective(Objective, name="ddpm"):
         x0: torch.Tensor,
         generator: torch.Generator | None,
         z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         n = int(getattr(sde, "N"))  # noqa: B009  # a DDPMSDE: see check
         t = torch.randint(1, n + 1, (x0.shape[0],), generator=generator, device=x0.device).to(x0.dtype) / n
-        return dsm_loss(sde, model, x0, weighting=self.weighting, reduce=self.reduce, generator=generator, t=t, z=z)
+        return dsm_loss(
+            sde, model, x0, weighting=self.weighting, reduce=self.reduce, generator=generator, t=t, z=z, labels=labels
+        )
 
 
 class FlowMatching(Objective, name="flow_matching"):
@@ -385,6 +416,8 @@ class FlowMatching(Objective, name="flow_matching"):
     """
 
     paired_noise = True
+
+    conditional = True
 
     def __init__(self, eps: float = 1e-5, reduce: str = "mean") -> None:
         _check_options(None, eps, reduce)
@@ -407,9 +440,17 @@ class FlowMatching(Objective, name="flow_matching"):
         x0: torch.Tensor,
         generator: torch.Generator | None,
         z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return velocity_loss(
-            cast(LinearSDE, sde), model.velocity, x0, eps=self.eps, reduce=self.reduce, generator=generator, z=z
+            cast(LinearSDE, sde),
+            model.velocity,
+            x0,
+            eps=self.eps,
+            reduce=self.reduce,
+            generator=generator,
+            z=z,
+            labels=labels,
         )
 
 
@@ -445,6 +486,8 @@ class EDMObjective(Objective, name="edm"):
     reduce : {"mean", "sum"}
         Reduction of the squared error over the feature dimensions.
     """
+
+    conditional = True
 
     def __init__(
         self,
@@ -497,6 +540,7 @@ class EDMObjective(Objective, name="edm"):
         x0: torch.Tensor,
         generator: torch.Generator | None,
         z: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         _check_linear(sde, "the EDM objective")
         lin = cast(LinearSDE, sde)
@@ -509,7 +553,7 @@ class EDMObjective(Objective, name="edm"):
         mean, std = lin.marginal_prob(x0, t)
         sig = std / lin.mean_coef(t).to(x0.dtype)
         x_t = mean + broadcast_coef(std, x0) * z
-        pred = _checked(model.data_prediction(x_t, t), x0)
+        pred = _checked(model.data_prediction(x_t, t) if labels is None else model.data_prediction(x_t, t, labels), x0)
         weight = (sig**2 + self.sigma_data**2) / (sig * self.sigma_data) ** 2
         return (weight * _reduce((pred - x0).square(), self.reduce)).mean()
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -197,14 +197,40 @@ class GaussianMixture:
         return x
 
     # -- sampling and density -----------------------------------------------------------
+    @overload
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        return_components: Literal[False] = ...,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = ...,
+        dtype: torch.dtype = ...,
+        device: torch.device | str | None = ...,
+        *,
+        return_components: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def sample(
         self,
         n: int,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
-    ) -> torch.Tensor:
-        """Draw ``n`` exact samples, shape ``(n, d)``; the device defaults to the generator's."""
+        return_components: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` exact samples, shape ``(n, d)``; the device defaults to the generator's.
+
+        With ``return_components=True``, returns ``(x, k)``: also the component index (int64, shape ``(n,)``)
+        each sample was drawn from (the same draws, so ``x`` is the same).
+        """
         n = check_positive_int("n", n)
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
@@ -215,7 +241,7 @@ class GaussianMixture:
         evals, evecs = self._evals.to(device), self._evecs.to(device)
         # x = mu_k + U_k sqrt(Lambda_k) z
         x = self.means.to(device)[k] + torch.einsum("nij,nj->ni", evecs[k], evals[k].sqrt() * z)
-        return x.to(dtype)
+        return (x.to(dtype), k) if return_components else x.to(dtype)
 
     def _component_terms(
         self, x: torch.Tensor, s: torch.Tensor, sigma: torch.Tensor

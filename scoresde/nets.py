@@ -40,13 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import broadcast_coef, check_positive, check_positive_int
+from ._labels import check_class_labels, check_num_classes
 from ._registry import Registry, check_arguments, check_record, finite_numbers, init_signature
 from .sde import SDE, LinearSDE
 
 __all__ = [
     "GaussianFourierProjection",
     "TimeEmbedding",
+    "LabelEmbedding",
     "MLPScore",
+    "MLPClassifier",
+    "NoisyClassifier",
     "UNet",
     "DiT",
     "ScoreNetwork",
@@ -172,6 +176,52 @@ class TimeEmbedding(nn.Module):
         return emb
 
 
+class LabelEmbedding(nn.Module):
+    r"""Learned embedding of a class label with a null class: :math:`E[y] \in \mathbb R^{\text{embed\_dim}}`.
+
+    Classes are ``0..num_classes - 1``; the extra index ``num_classes`` is the null class
+    :math:`\varnothing` (no label), so one network learns both :math:`s(x, t, c)` and
+    :math:`s(x, t, \varnothing)` for classifier-free guidance (Ho & Salimans 2022). A conditional
+    network adds :math:`E[y]` to its time embedding :math:`e(t)` before the ``SiLU``.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes :math:`C`; the table has :math:`C + 1` rows.
+    embed_dim : int
+        Embedding dimension (that of the time embedding it is added to).
+    """
+
+    def __init__(self, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.embed = nn.Embedding(self.num_classes + 1, check_positive_int("embed_dim", embed_dim))
+
+    def forward(self, labels: Any, batch: int) -> torch.Tensor:
+        """``labels``: ``None`` (the null class), an int, or a ``(batch,)`` integer tensor -> ``(batch, embed_dim)``."""
+        device = self.embed.weight.device
+        emb: torch.Tensor = self.embed(check_class_labels("labels", labels, batch, self.num_classes, device))
+        return emb
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes} (+ null class {self.num_classes})"
+
+
+def _embedding(
+    time_embed: nn.Module, label_embed: LabelEmbedding | None, t: torch.Tensor, labels: Any, batch: int
+) -> torch.Tensor:
+    """``SiLU(e(t) + E[labels])`` of a conditional network, ``SiLU(e(t))`` of an unconditional one (which
+    refuses labels)."""
+    emb: torch.Tensor = time_embed(_check_t(t, batch))
+    if label_embed is not None:
+        emb = emb + label_embed(labels, batch).to(emb.dtype)
+    elif labels is not None:
+        raise ValueError(
+            "labels were given to an unconditional network; build it with num_classes=C to condition on a class"
+        )
+    return F.silu(emb)
+
+
 # --------------------------------------------------------------------------------------------
 # the base class of recordable networks
 # --------------------------------------------------------------------------------------------
@@ -295,10 +345,20 @@ class MLPScore(ScoreNetwork, name="mlp"):
         Dimension of the time embedding (even).
     fourier_scale : float
         Scale of the Fourier features.
+    num_classes : int, optional
+        Number of classes :math:`C` of a class-conditional network (a :class:`LabelEmbedding` with a null
+        class ``C``, added to the time embedding: :math:`e = \operatorname{SiLU}(e(t) + E[y])`); ``None``
+        (default): unconditional.
     """
 
     def __init__(
-        self, dim: int = 2, hidden: int = 128, layers: int = 3, embed_dim: int = 64, fourier_scale: float = 16.0
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        layers: int = 3,
+        embed_dim: int = 64,
+        fourier_scale: float = 16.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         dim = check_positive_int("dim", dim)
@@ -306,22 +366,27 @@ class MLPScore(ScoreNetwork, name="mlp"):
         layers = check_positive_int("layers", layers)
         embed_dim = check_positive_int("embed_dim", embed_dim)
         fourier_scale = check_positive("fourier_scale", fourier_scale)
+        num_classes = check_num_classes("num_classes", num_classes)
         self.config = dict(
             name="mlp", dim=dim, hidden=hidden, layers=layers, embed_dim=embed_dim, fourier_scale=fourier_scale
         )
+        if num_classes is not None:  # recorded only when set, so unconditional records are as before
+            self.config = {**self.config, "num_classes": num_classes}
         self.dim = dim
+        self.num_classes = num_classes
         self.time_embed = TimeEmbedding(embed_dim, fourier_scale)
         self.linears = nn.ModuleList(nn.Linear(dim if i == 0 else hidden, hidden) for i in range(layers))
         self.time_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(layers))
         self.out = nn.Linear(hidden, dim)
+        self.label_embed = LabelEmbedding(num_classes, embed_dim) if num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x`` of shape ``(B, dim)``, ``t`` of shape ``(B,)`` -> ``(B, dim)``."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: Any = None) -> torch.Tensor:
+        """``x`` of shape ``(B, dim)``, ``t`` of shape ``(B,)``, ``labels`` (conditional networks) -> ``(B, dim)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(
                 f"x must have shape (batch, {self.dim}) for MLPScore(dim={self.dim}), got {tuple(x.shape)}"
             )
-        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        emb = _embedding(self.time_embed, self.label_embed, t, labels, x.shape[0])
         h = x
         for lin, proj in zip(self.linears, self.time_proj, strict=True):
             h = F.silu(lin(h) + proj(emb))
@@ -389,6 +454,9 @@ class UNet(ScoreNetwork, name="unet"):
         Dropout rate inside the residual blocks.
     fourier_scale : float
         Scale of the Fourier features.
+    num_classes : int, optional
+        Number of classes :math:`C` of a class-conditional network (a :class:`LabelEmbedding` with a null
+        class ``C``, added to the time embedding of every residual block); ``None`` (default): unconditional.
     """
 
     def __init__(
@@ -401,6 +469,7 @@ class UNet(ScoreNetwork, name="unet"):
         groups: int = 8,
         dropout: float = 0.0,
         fourier_scale: float = 16.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         channels = check_positive_int("channels", channels)
@@ -414,6 +483,7 @@ class UNet(ScoreNetwork, name="unet"):
         groups = check_positive_int("groups", groups)
         dropout = _check_fraction("dropout", dropout)
         fourier_scale = check_positive("fourier_scale", fourier_scale)
+        num_classes = check_num_classes("num_classes", num_classes)
         chans = [base * m for m in mults]
         if any(c % groups for c in chans):
             raise ValueError(
@@ -424,7 +494,10 @@ class UNet(ScoreNetwork, name="unet"):
             name="unet", channels=channels, base=base, channel_mults=mults, num_res_blocks=num_res_blocks,
             embed_dim=embed_dim, groups=groups, dropout=dropout, fourier_scale=fourier_scale,
         )  # fmt: skip
+        if num_classes is not None:  # recorded only when set, so unconditional records are as before
+            self.config = {**self.config, "num_classes": num_classes}
         self.channels = channels
+        self.num_classes = num_classes
         self.levels = len(mults)
 
         def block(i: int, o: int) -> _ResBlock:
@@ -459,15 +532,17 @@ class UNet(ScoreNetwork, name="unet"):
                 self.upsamplers.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
+        self.label_embed = LabelEmbedding(num_classes, embed_dim) if num_classes is not None else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)`` -> shaped like ``x``."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: Any = None) -> torch.Tensor:
+        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)``, ``labels`` (conditional networks) ->
+        shaped like ``x``."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"x must have shape (batch, {self.channels}, H, W) for UNet(channels={self.channels}), "
                 f"got {tuple(x.shape)}"
             )
-        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        emb = _embedding(self.time_embed, self.label_embed, t, labels, x.shape[0])
         H, W = x.shape[-2:]
         m = 2 ** (self.levels - 1)
         pad_h, pad_w = (-H) % m, (-W) % m
@@ -618,6 +693,10 @@ class DiT(ScoreNetwork, name="dit"):
         Width of the block MLP relative to ``hidden``.
     fourier_scale : float
         Scale of the Fourier features of the time embedding (of dimension ``hidden``).
+    num_classes : int, optional
+        Number of classes :math:`C` of a class-conditional network (a :class:`LabelEmbedding` with a null
+        class ``C`` of width ``hidden``, added to the time embedding that drives every adaLN modulation, as
+        in DiT); ``None`` (default): unconditional.
     """
 
     pos_embed: torch.Tensor
@@ -632,6 +711,7 @@ class DiT(ScoreNetwork, name="dit"):
         heads: int = 4,
         mlp_ratio: float = 4.0,
         fourier_scale: float = 16.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         H, W = _pair("image_size", image_size)
@@ -642,6 +722,7 @@ class DiT(ScoreNetwork, name="dit"):
         heads = check_positive_int("heads", heads)
         mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
         fourier_scale = check_positive("fourier_scale", fourier_scale)
+        num_classes = check_num_classes("num_classes", num_classes)
         if H % p or W % p:
             raise ValueError(
                 f"image_size={(H, W) if H != W else H} is not divisible by patch_size={p}; choose a patch size "
@@ -655,6 +736,9 @@ class DiT(ScoreNetwork, name="dit"):
             name="dit", image_size=H if H == W else (H, W), channels=channels, patch_size=p, hidden=hidden,
             depth=depth, heads=heads, mlp_ratio=mlp_ratio, fourier_scale=fourier_scale,
         )  # fmt: skip
+        if num_classes is not None:  # recorded only when set, so unconditional records are as before
+            self.config = {**self.config, "num_classes": num_classes}
+        self.num_classes = num_classes
         self.image_size = (H, W)
         self.channels = channels
         self.patch_size = p
@@ -664,6 +748,7 @@ class DiT(ScoreNetwork, name="dit"):
         self.time_embed = TimeEmbedding(hidden, fourier_scale)
         self.blocks = nn.ModuleList(_DiTBlock(hidden, heads, mlp_ratio) for _ in range(depth))
         self.final = _FinalLayer(hidden, p * p * channels)
+        self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus positional embedding: ``(B, C, H, W) -> (B, N, hidden)``."""
@@ -676,18 +761,130 @@ class DiT(ScoreNetwork, name="dit"):
         x = tokens.reshape(tokens.shape[0], gh, gw, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(tokens.shape[0], C, gh * p, gw * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)`` -> shaped like ``x``."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: Any = None) -> torch.Tensor:
+        """``x`` of shape ``(B, channels, H, W)``, ``t`` of shape ``(B,)``, ``labels`` (conditional networks) ->
+        shaped like ``x``."""
         expected = (self.channels, *self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"x must have shape (batch, {', '.join(map(str, expected))}) for this DiT, got {tuple(x.shape)}"
             )
-        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        emb = _embedding(self.time_embed, self.label_embed, t, labels, x.shape[0])
         h = self.embed(x)
         for blk in self.blocks:
             h = blk(h, emb)
         return self.unpatchify(self.final(h, emb))
+
+
+# --------------------------------------------------------------------------------------------
+# time-dependent classifier
+# --------------------------------------------------------------------------------------------
+class MLPClassifier(ScoreNetwork, name="classifier_mlp"):
+    r"""Time-conditioned MLP classifier: logits :math:`f_\theta(x, t) \in \mathbb R^C` of a noisy sample.
+
+    The body of :class:`MLPScore` (the time embedding added to every hidden pre-activation) on the
+    flattened sample, with a linear head to ``num_classes`` logits, so that
+    :math:`\log p_\theta(c \mid x, t) = \operatorname{log\_softmax}(f_\theta(x, t))_c`
+    (:class:`NoisyClassifier` wraps it into a classifier ``(x, t) -> (batch, C)`` log-probabilities).
+
+    Parameters
+    ----------
+    features : int
+        Number of features of one sample: ``x`` of shape ``(B, *shape)`` with ``prod(shape) = features``
+        (2 for 2-D points, 64 for 8x8 digits) is flattened.
+    num_classes : int
+        Number of classes :math:`C >= 2`.
+    hidden, layers, embed_dim, fourier_scale
+        As in :class:`MLPScore`.
+    """
+
+    def __init__(
+        self,
+        features: int = 2,
+        num_classes: int = 2,
+        hidden: int = 128,
+        layers: int = 3,
+        embed_dim: int = 64,
+        fourier_scale: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.features = check_positive_int("features", features)
+        self.num_classes = check_positive_int("num_classes", num_classes, minimum=2)
+        hidden = check_positive_int("hidden", hidden)
+        layers = check_positive_int("layers", layers)
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        fourier_scale = check_positive("fourier_scale", fourier_scale)
+        self.config = dict(
+            name="classifier_mlp", features=self.features, num_classes=self.num_classes, hidden=hidden,
+            layers=layers, embed_dim=embed_dim, fourier_scale=fourier_scale,
+        )  # fmt: skip
+        self.time_embed = TimeEmbedding(embed_dim, fourier_scale)
+        self.linears = nn.ModuleList(nn.Linear(self.features if i == 0 else hidden, hidden) for i in range(layers))
+        self.time_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(layers))
+        self.out = nn.Linear(hidden, self.num_classes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x`` of shape ``(B, *shape)`` with ``features`` entries per sample, ``t`` of shape ``(B,)`` -> logits
+        ``(B, num_classes)``."""
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.features:
+            raise ValueError(
+                f"x must have shape (batch, ...) with {self.features} features per sample for "
+                f"MLPClassifier(features={self.features}), got {tuple(x.shape)}"
+            )
+        emb = F.silu(self.time_embed(_check_t(t, x.shape[0])))
+        h = x.reshape(x.shape[0], -1)
+        for lin, proj in zip(self.linears, self.time_proj, strict=True):
+            h = F.silu(lin(h) + proj(emb))
+        out: torch.Tensor = self.out(h)
+        return out
+
+
+class NoisyClassifier(nn.Module):
+    r"""A time-dependent classifier :math:`\log p_\theta(c \mid x_t, t)` of the samples of a diffusion.
+
+    Calling it returns ``log_softmax(net(x, t))`` of shape ``(batch, num_classes)``: the log-probabilities
+    that :class:`scoresde.conditioning.ClassifierGuidance` takes (its gradient by autograd), trained by
+    :func:`scoresde.training.train_classifier` on :math:`x_t \sim p_{0t}(x_t \mid x_0)`.
+
+    Parameters
+    ----------
+    net : ScoreNetwork
+        A network ``net(x, t) -> (batch, C)`` logits with a ``num_classes`` attribute (:class:`MLPClassifier`).
+    sde : SDE
+        The forward SDE whose noisy samples it classifies (recorded with it).
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        num_classes = getattr(net, "num_classes", None)
+        if num_classes is None:
+            raise ValueError(f"net must have a num_classes attribute (e.g. MLPClassifier), got {type(net).__name__}")
+        if not hasattr(sde, "marginal_prob"):
+            raise TypeError(f"sde must be a scoresde SDE with marginal_prob, got {type(sde).__name__}")
+        self.net, self.sde = net, sde
+        self.num_classes = check_positive_int("net.num_classes", num_classes, minimum=2)
+        #: the loss history of its training (:func:`scoresde.training.train_classifier`), empty lists if untrained
+        self.history: dict[str, list[float]] = {"step": [], "loss": []}
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, num_classes={self.num_classes}"
+
+    def logits(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """The network's logits at ``(x, t)``, shape ``(batch, num_classes)``; ``t`` a number or ``(batch,)``."""
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+        t = _check_t(t, x.shape[0]).to(device=x.device)
+        out: object = self.net(x, t)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], self.num_classes):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the classifier network returned {got}, expected ({x.shape[0]}, {self.num_classes})")
+        return out
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p_\theta(c \mid x, t)` for every class, shape ``(batch, num_classes)``."""
+        return F.log_softmax(self.logits(x, t), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,6 +1029,8 @@ class ScoreModel(nn.Module):
             scale_by_sigma = True
         self.net = net
         self.sde = sde
+        #: the number of classes of a class-conditional network (its ``num_classes``), ``None`` if unconditional
+        self.num_classes: int | None = check_num_classes("net.num_classes", getattr(net, "num_classes", None))
         self.parameterization = parameterization
         self.scale_by_sigma = bool(scale_by_sigma)
         self.time_input = time_input
@@ -864,12 +1063,33 @@ class ScoreModel(nn.Module):
             sigma = self.sde.marginal_prob(t.new_zeros(t.shape[0], 1), t)[1]
         return sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
 
-    def _output(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a class label (``num_classes`` is set)."""
+        return self.num_classes is not None
+
+    def _net(self, x: torch.Tensor, c_in: torch.Tensor, labels: Any) -> torch.Tensor:
+        """The network at ``(x, c_in)``, given the class ``labels`` if it is conditional (``None``: the null class)."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "c (a class label) was given to an unconditional model; train a class-conditional network "
+                    "(num_classes=C) to condition on a class, or call the model as model(x, t)"
+                )
+            out: torch.Tensor = self.net(x, c_in)
+            return out
+        labels = check_class_labels("c", labels, x.shape[0], self.num_classes, x.device)
+        out = self.net(x, c_in, labels)
+        return out
+
+    def _output(
+        self, x: torch.Tensor, t: float | torch.Tensor, labels: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Network output ``F`` and ``sigma`` broadcast against ``x``."""
         t = self._time(x, t)
         sigma = self._sigma(x, t)
         c = t if self.time_input == "t" else 0.25 * torch.log(sigma)
-        return self.net(x, c), broadcast_coef(sigma, x)
+        return self._net(x, c, labels), broadcast_coef(sigma, x)
 
     def _path(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(s, sigma, s_dot, sigma_dot)`` broadcast against ``x`` (linear SDEs)."""
@@ -881,7 +1101,7 @@ class ScoreModel(nn.Module):
             for c in (sde.mean_coef(t), sde.std(t), sde.mean_coef_dot(t), sde.std_dot(t))
         )
 
-    def _edm(self, x: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _edm(self, x: torch.Tensor, t: float | torch.Tensor, labels: Any = None) -> tuple[torch.Tensor, ...]:
         r"""EDM preconditioning: ``(F, x / s, s, sigma, sigma / s, sqrt(sigma_t^2 + sigma_data^2))``, the last
         five broadcast against ``x``; ``F`` is the network's output at :math:`(c_{in}\tilde x, c_{noise})`."""
         t = self._time(x, t)
@@ -892,56 +1112,66 @@ class ScoreModel(nn.Module):
         s, sigma, sig, norm = (broadcast_coef(c, x) for c in (s_v, sigma_v, sig_v, norm_v))
         x_scaled = x / s
         c = t if self.time_input == "t" else 0.25 * torch.log(sig_v)
-        return self.net(x_scaled / norm, c), x_scaled, s, sigma, sig, norm
+        return self._net(x_scaled / norm, c, labels), x_scaled, s, sigma, sig, norm
 
     def _velocity_eps(self, x: torch.Tensor, v: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         s, sigma, s_dot, sigma_dot = self._path(x, t)
         return (s * v - s_dot * x) / (s * sigma_dot - s_dot * sigma)
 
     # -- outputs ---------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        r"""The score :math:`s_\theta(x, t)`, shaped like ``x``."""
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, c: Any = None) -> torch.Tensor:
+        r"""The score :math:`s_\theta(x, t)`, or :math:`s_\theta(x, t, c)` of a class-conditional model, shaped
+        like ``x``.
+
+        ``c`` (conditional models only): ``None`` (the null class :math:`\varnothing`, i.e. the unconditional
+        score that the model learnt by label dropout), one class for every sample (an int), or a ``(batch,)``
+        integer tensor of classes ``0..num_classes - 1`` (``num_classes`` is the null class). An unconditional
+        model raises ``ValueError`` if given ``c``.
+        """
         if self.parameterization == "edm":
-            out, _, s, sigma, _, norm = self._edm(x, t)
+            out, _, s, sigma, _, norm = self._edm(x, t, c)
             return (self.sigma_data / (sigma * norm)) * out - x / (s * norm) ** 2
-        out, sigma = self._output(x, t)
+        out, sigma = self._output(x, t, c)
         if self.parameterization == "eps":
             return -out / sigma
         if self.parameterization == "velocity":
             return -self._velocity_eps(x, out, t) / sigma
         return out / sigma if self.scale_by_sigma else out
 
-    def epsilon(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        r"""Noise prediction :math:`\hat\varepsilon_\theta(x, t) = -\sigma(t)\,s_\theta(x, t)`, shaped like ``x``."""
+    def epsilon(self, x: torch.Tensor, t: float | torch.Tensor, c: Any = None) -> torch.Tensor:
+        r"""Noise prediction :math:`\hat\varepsilon_\theta(x, t) = -\sigma(t)\,s_\theta(x, t)`, shaped like ``x``
+        (``c`` as in :meth:`forward`)."""
         if self.parameterization == "edm":
-            out, _, s, sigma, _, norm = self._edm(x, t)
+            out, _, s, sigma, _, norm = self._edm(x, t, c)
             return (sigma / (s * norm) ** 2) * x - (self.sigma_data / norm) * out
-        out, sigma = self._output(x, t)
+        out, sigma = self._output(x, t, c)
         if self.parameterization == "eps":
             return out
         if self.parameterization == "velocity":
             return self._velocity_eps(x, out, t)
         return -out if self.scale_by_sigma else -sigma * out
 
-    def data_prediction(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def data_prediction(self, x: torch.Tensor, t: float | torch.Tensor, c: Any = None) -> torch.Tensor:
         r"""Data prediction :math:`D_\theta(x, t) = \big(x + \sigma(t)^2 s_\theta(x, t)\big)/s(t)
         = \big(x - \sigma(t)\hat\varepsilon_\theta\big)/s(t)` (Tweedie's formula; for ``"edm"`` the
-        preconditioned :math:`c_{\rm skip}\tilde x + c_{\rm out} F_\theta`), shaped like ``x``. Linear SDEs only."""
+        preconditioned :math:`c_{\rm skip}\tilde x + c_{\rm out} F_\theta`), shaped like ``x``. Linear SDEs only.
+        ``c`` as in :meth:`forward`."""
         if self.parameterization == "edm":
-            out, x_scaled, _, _, sig, norm = self._edm(x, t)
+            out, x_scaled, _, _, sig, norm = self._edm(x, t, c)
             return (self.sigma_data / norm) ** 2 * x_scaled + (sig * self.sigma_data / norm) * out
         if not isinstance(self.sde, LinearSDE):
             raise TypeError(f"data_prediction needs a linear SDE (it divides by s(t)), got {type(self.sde).__name__}")
         tt = self._time(x, t)
         s = broadcast_coef(self.sde.mean_coef(tt).reshape(-1).expand(x.shape[0]).to(x.dtype), x)
-        return (x - broadcast_coef(self._sigma(x, tt), x) * self.epsilon(x, t)) / s
+        return (x - broadcast_coef(self._sigma(x, tt), x) * self.epsilon(x, t, c)) / s
 
-    def velocity(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t: float | torch.Tensor, c: Any = None) -> torch.Tensor:
         r"""Flow velocity :math:`\hat v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon` with
-        :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/s` (the network output for ``"velocity"``)."""
+        :math:`\hat x_0 = (x - \sigma\hat\varepsilon)/s` (the network output for ``"velocity"``); ``c`` as in
+        :meth:`forward`."""
         if self.parameterization == "velocity":
-            return self._output(x, t)[0]
-        eps = self.epsilon(x, t)
+            return self._output(x, t, c)[0]
+        eps = self.epsilon(x, t, c)
         s, sigma, s_dot, sigma_dot = self._path(x, t)
         return s_dot * (x - sigma * eps) / s + sigma_dot * eps
 

@@ -36,6 +36,7 @@ __all__ = [
     "plot_samples",
     "plot_model_samples",
     "plot_image_grid",
+    "plot_inverse_problem",
     "plot_loss",
     "display_range",
     "save_figure",
@@ -620,6 +621,85 @@ def plot_image_grid(images: Any, lo: float, hi: float, title: str = "", max_imag
             spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize="medium", y=1.0 - 0.1 / (grid_h + head), va="top")
+    return fig
+
+
+def plot_inverse_problem(
+    observation: Any,
+    samples: Any,
+    truth: Any,
+    lo: float,
+    hi: float,
+    title: str = "",
+    observation_label: str = "observation",
+    max_samples: int = 24,
+) -> Figure:
+    """An image inverse problem at a glance: the observation and the truth (left), posterior samples (right).
+
+    Each image is drawn in grey on ``[lo, hi]`` (values outside clipped); NaN pixels (the unobserved ones
+    of an inpainting observation) are left blank. The panels are titled "observation" (or
+    ``observation_label``), "truth" and "posterior samples (k of n)".
+
+    Parameters
+    ----------
+    observation, truth : torch.Tensor, numpy.ndarray or xarray.DataArray
+        Images ``(C, H, W)`` in data space (the observation shown at the image's resolution, e.g. a pooled
+        image repeated over its blocks).
+    samples : torch.Tensor, numpy.ndarray or xarray.DataArray
+        Images ``(n, C, H, W)`` in data space.
+    lo, hi : float
+        Display range.
+    title : str
+        Figure title.
+    observation_label : str
+        Title of the observation panel.
+    max_samples : int
+        Most samples drawn (the first ones).
+
+    Returns
+    -------
+    DisplayFigure
+    """
+    obs = _as_numpy("observation", observation, finite=False)
+    tru = _as_numpy("truth", truth, finite=False)
+    x = _as_numpy("samples", samples, finite=False)
+    if x.ndim != 4:
+        raise ValueError(f"samples must have shape (n, C, H, W), got {x.shape}")
+    for name, img in (("observation", obs), ("truth", tru)):
+        if img.shape != x.shape[1:]:
+            raise ValueError(f"{name} must have the samples' image shape {x.shape[1:]}, got {img.shape}")
+    given: object = max_samples  # callers may pass anything; checked here
+    if isinstance(given, bool) or not isinstance(given, int | np.integer) or given < 1:
+        raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
+        raise ValueError(f"lo and hi must be finite with lo < hi, got {lo!r} and {hi!r}")
+    n = x.shape[0]
+    shown = x[: int(max_samples)]
+    k = shown.shape[0]
+    cols = min(8, max(1, math.ceil(math.sqrt(k * 2))))
+    rows = math.ceil(k / cols)
+    fig = DisplayFigure(figsize=(1.6 + 1.05 * cols + 0.6, max(3.4, 1.05 * rows + 0.9)), layout="constrained")
+    subfigures: Any = fig.subfigures(1, 2, width_ratios=[1.6, 1.05 * cols + 0.6])  # an array of two
+    left, right = subfigures[0], subfigures[1]
+
+    def show(ax: Axes, img: np.ndarray) -> None:
+        ax.imshow(img[0], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for ax, img, label in zip(left.subplots(2, 1), (obs, tru), (observation_label, "truth"), strict=True):
+        show(ax, img)
+        ax.set_title(label, fontsize="small")
+    axes = np.atleast_1d(right.subplots(rows, cols, squeeze=False)).reshape(-1)
+    for i, ax in enumerate(axes):
+        if i < k:
+            show(ax, shown[i])
+        else:
+            ax.set_axis_off()
+    right.suptitle(f"posterior samples ({k} of {n})", fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
     return fig
 
 

@@ -53,7 +53,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ from .losses import (
 from .sde import SDE, LinearSDE, sde_config, sde_from_config
 
 if TYPE_CHECKING:
-    from .nets import ScoreModel
+    from .nets import NoisyClassifier, ScoreModel
 
 __all__ = [
     "TrainConfig",
@@ -101,6 +101,9 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "save_atomic",
+    "train_classifier",
+    "save_classifier",
+    "load_classifier",
 ]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
@@ -143,6 +146,12 @@ class TrainConfig:
     :func:`scoresde.losses.objective_config`, as read from a checkpoint) is rebuilt into its object.
     :meth:`make_objective` returns the objective object in every case, :meth:`record` the JSON-able
     settings that checkpoints hold (a shorthand stays a string there).
+
+    ``label_dropout`` (class-conditional models only) is the probability :math:`p_{\rm uncond}` with which
+    each training label is replaced by the null class, so that one network learns the conditional score
+    :math:`s_\theta(x, t, c)` and the unconditional one :math:`s_\theta(x, t, \varnothing)` that
+    classifier-free guidance combines (Ho & Salimans 2022); 0 trains the conditional score only, 1 the
+    unconditional one only.
     """
 
     steps: int = 5000
@@ -159,6 +168,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 10
+    label_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps, minimum=0)
@@ -199,6 +209,8 @@ class TrainConfig:
         check_seed("seed", self.seed)
         check_positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         check_positive_int("log_every", self.log_every)
+        if not 0.0 <= check_positive("label_dropout", self.label_dropout, allow_zero=True) <= 1.0:
+            raise ValueError(f"label_dropout must be a probability in [0, 1], got {self.label_dropout!r}")
 
     def make_objective(self) -> Objective:
         """The objective object: ``objective`` itself, or the built-in one a shorthand names, configured by
@@ -213,8 +225,12 @@ class TrainConfig:
 
     def record(self) -> dict[str, Any]:
         """The settings as checkpoints record them: every field, an :class:`~scoresde.Objective` as its
-        :func:`~scoresde.losses.objective_config` (``TrainConfig(**config.record())`` rebuilds the config)."""
+        :func:`~scoresde.losses.objective_config` (``TrainConfig(**config.record())`` rebuilds the config).
+        ``label_dropout`` is recorded only when it is not 0, so that the records of unconditional runs are those
+        written before it existed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.label_dropout:
+            del out["label_dropout"]
         if isinstance(self.objective, Objective):
             out["objective"] = objective_config(self.objective)
         return out
@@ -386,6 +402,17 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
             fail(f"field {key!r} must be None or a floating tensor of shape (n, {', '.join(map(str, shape))})")
     if ckpt.get("noise") is not None and (ckpt.get("data") is None or ckpt["noise"].shape != ckpt["data"].shape):
         fail("field 'noise' must come with 'data' of the same shape")
+    labels = ckpt.get("labels")  # absent in checkpoints written before labels were recorded
+    if labels is not None and (
+        not isinstance(labels, torch.Tensor)
+        or labels.dtype != torch.int64
+        or ckpt.get("data") is None
+        or tuple(labels.shape) != (ckpt["data"].shape[0],)
+    ):
+        fail("field 'labels' must be None or an int64 tensor with one label per sample of 'data'")
+    num_classes = data.get("num_classes")
+    if num_classes is not None and (not _is_int(num_classes) or not 1 <= num_classes <= 2**16):
+        fail(f"data num_classes must be None or an integer in [1, 65536], got {num_classes!r}")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -500,12 +527,15 @@ class _RowSlicedNet(torch.nn.Module):
         self.rank, self.world = rank, world
         self.where = ""
 
-    def forward(self, x: torch.Tensor, c: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: Any, *labels: Any) -> torch.Tensor:
         n = x.shape[0]
         bounds = row_bounds(n, self.world)
         lo, hi = bounds[self.rank], bounds[self.rank + 1]
-        rows = isinstance(c, torch.Tensor) and c.dim() >= 1 and c.shape[0] == n
-        own = self.ddp(x[lo:hi], c[lo:hi] if rows else c)
+
+        def rows(v: Any) -> Any:
+            return v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
+
+        own = self.ddp(x[lo:hi], rows(c), *(rows(v) for v in labels))
         if not isinstance(own, torch.Tensor) or own.shape[:1] != (hi - lo,):
             got = f"shape {tuple(own.shape)}" if isinstance(own, torch.Tensor) else type(own).__name__
             raise ValueError(f"the network returned {got} for {hi - lo} input rows{self.where}; it must keep the rows")
@@ -518,7 +548,10 @@ class _RowSlicedNet(torch.nn.Module):
 class Trainer:
     """Trainer for score, DDPM and flow-matching models: AdamW, warm-up, gradient clipping, EMA, atomic checkpoints.
 
-    The loss is chosen by ``config.objective`` (see :class:`TrainConfig`).
+    The loss is chosen by ``config.objective`` (see :class:`TrainConfig`). A class-conditional model (its
+    network has ``num_classes``) trains on the data's labels (``data.labels``; the objective's loss gets
+    ``labels=``), each replaced by the null class with probability ``config.label_dropout``; an unconditional
+    model ignores labels.
 
     Parameters
     ----------
@@ -581,6 +614,7 @@ class Trainer:
         self._coupled = data.noise is not None
         self.objective = self.config.make_objective()
         self._check_objective(sde, model)
+        self._check_labels(model, data)
         self.data = data
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._lock: DirectoryLock | None = None
@@ -599,6 +633,9 @@ class Trainer:
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "grad_norm": []}
         self._x = data.data.to(self.device)
         self._z = None if data.noise is None else data.noise.to(self.device)
+        self._labels = (
+            data.labels.to(self.device) if model.num_classes is not None and data.labels is not None else None
+        )
         # cached once: rebuilding these lists every step cost ~2% of a small-MLP step
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
@@ -650,15 +687,63 @@ class Trainer:
             )
         self.objective.check(sde, model)
 
-    def _loss(self, x0: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_labels(self, model: ScoreModel, data: Dataset) -> None:
+        """A class-conditional model needs labelled data with no more classes than it has, and an objective
+        that takes labels."""
+        classes = model.num_classes
+        if classes is None:
+            if self.config.label_dropout:
+                raise ValueError(
+                    f"label_dropout={self.config.label_dropout} applies to class-conditional models only; this "
+                    "network has no num_classes"
+                )
+            return
+        if data.labels is None:
+            raise ValueError(
+                f"the model is class-conditional (num_classes={classes}) but the data set {data.name!r} has no "
+                "labels; load a labelled data set (digits, moons, a mixture) or pass labels= to load_dataset"
+            )
+        if data.num_classes is not None and data.num_classes > classes:
+            raise ValueError(
+                f"the data has {data.num_classes} classes but the network num_classes={classes}; build the "
+                f"network with num_classes={data.num_classes}"
+            )
+        if not self.objective.conditional:
+            raise TypeError(
+                f"{self.objective!r} takes no class labels (its class attribute conditional is False), so it "
+                "cannot train a class-conditional model; use a built-in objective or accept labels= in its loss"
+            )
+
+    def _batch_labels(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The labels of the batch, each replaced by the null class with probability ``label_dropout``."""
+        if self._labels is None:
+            return None
+        labels = self._labels[idx]
+        p = self.config.label_dropout
+        if p == 0:
+            return labels
+        null = cast(int, self.model.num_classes)
+        if p == 1:
+            return torch.full_like(labels, null)
+        drop = torch.rand(labels.shape, generator=self.generator, device=self.device) < p
+        return torch.where(drop, torch.full_like(labels, null), labels)
+
+    def _objective_loss(self, x0: torch.Tensor, z: torch.Tensor | None, labels: torch.Tensor | None) -> object:
+        if labels is None:
+            return self.objective.loss(self.sde, self.model, x0, self.generator, z)  # user code: checked
+        return self.objective.loss(self.sde, self.model, x0, self.generator, z, labels=labels)
+
+    def _loss(
+        self, x0: torch.Tensor, z: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self._sliced is None:
-            loss: object = self.objective.loss(self.sde, self.model, x0, self.generator, z)  # user code: checked
+            loss = self._objective_loss(x0, z, labels)
         else:  # data-parallel: the objective sees the whole batch, the network computes this rank's rows
             net = self.model.net
             self._sliced.where = f" at step {self.step + 1}"
             self.model.net = self._sliced
             try:
-                loss = self.objective.loss(self.sde, self.model, x0, self.generator, z)
+                loss = self._objective_loss(x0, z, labels)
             finally:
                 self.model.net = net
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -693,13 +778,14 @@ class Trainer:
         idx = torch.randint(0, self._x.shape[0], (cfg.batch_size,), generator=self.generator, device=self.device)
         if not self.model.training:
             self.model.train()
+        labels = self._batch_labels(idx)
         if self._sliced is None:
-            loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
+            loss = self._loss(self._x[idx], None if self._z is None else self._z[idx], labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         else:
             try:
-                loss = self._loss(self._x[idx], None if self._z is None else self._z[idx])
+                loss = self._loss(self._x[idx], None if self._z is None else self._z[idx], labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 # DistributedDataParallel averages the ranks' gradients: scaled by N, the average is their sum
                 (loss * self.world_size).backward()  # type: ignore[no-untyped-call]
@@ -780,7 +866,8 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The checkpoint payload, with its SHA-256 checksum under ``"sha256"`` (:func:`checksum`)."""
-        stored = self.data.name == "array" or self.data.noise is not None  # not regenerable from a name
+        # not regenerable from a name: user arrays, mixture objects, couplings
+        stored = self.data.name in ("array", "gaussian_mixture") or self.data.noise is not None
         data = self.data.data if stored else None
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -798,6 +885,8 @@ class Trainer:
             "world_size": self.world_size,
             "global_batch_size": self.config.batch_size,
         }
+        if stored and self.data.labels is not None:  # the labels of stored data (named sets regenerate theirs)
+            payload["labels"] = self.data.labels
         payload["sha256"] = checksum(payload)
         return payload
 
@@ -875,7 +964,16 @@ class Trainer:
         if data is None:
             d = cfg["data"]
             if ckpt.get("data") is not None:
-                data = Dataset(ckpt["data"], d["name"], d["shift"], d["scale"], d["params"], noise=ckpt.get("noise"))
+                data = Dataset(
+                    ckpt["data"],
+                    d["name"],
+                    d["shift"],
+                    d["scale"],
+                    d["params"],
+                    noise=ckpt.get("noise"),
+                    labels=ckpt.get("labels"),
+                    num_classes=d.get("num_classes") if ckpt.get("labels") is not None else None,
+                )
             else:
                 p = d["params"]
                 dtype = next((v.dtype for v in model.parameters() if v.is_floating_point()), torch.float32)
@@ -954,3 +1052,195 @@ def train(
         trainer.close()
     trainer.wall_time_s = time.perf_counter() - start
     return trainer
+
+
+# --------------------------------------------------------------------------------------------
+# time-dependent classifiers
+# --------------------------------------------------------------------------------------------
+CLASSIFIER_FORMAT = "scoresde-classifier"
+CLASSIFIER_VERSION = 1
+
+
+def train_classifier(
+    sde: LinearSDE,
+    classifier: torch.nn.Module,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    out_path: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> NoisyClassifier:
+    r"""Train a time-dependent classifier :math:`p_\theta(c \mid x_t, t)` of the noisy samples of ``sde``.
+
+    The loss is the cross-entropy on perturbed data,
+
+    .. math::
+        \mathcal L(\theta) = \mathbb E_{t \sim U[\varepsilon, T]}\,\mathbb E_{(x_0, c)}\,
+            \mathbb E_{x_t \sim \mathcal N(s(t) x_0, \sigma(t)^2 I)}\big[-\log p_\theta(c \mid x_t, t)\big],
+
+    minimised by the exact noisy classifier :math:`p_t(c \mid x_t)` (the posterior of the class given the
+    diffused sample), whose gradient classifier guidance adds to the score
+    (:class:`scoresde.conditioning.ClassifierGuidance`, which takes the returned classifier as it is).
+
+    Parameters
+    ----------
+    sde : LinearSDE
+        Any linear SDE (its perturbation kernel draws :math:`x_t`).
+    classifier : NoisyClassifier or nn.Module
+        A :class:`scoresde.nets.NoisyClassifier`, or a network ``net(x, t) -> (batch, C)`` logits with
+        ``num_classes`` (e.g. :class:`scoresde.nets.MLPClassifier`), which is wrapped into one.
+    data : Dataset
+        Labelled data in model space (:func:`scoresde.datasets.load_dataset`: digits, moons, mixtures).
+    config : TrainConfig, optional
+        ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup``, ``grad_clip``, ``ema_decay``,
+        ``eps`` (:math:`\varepsilon`) and ``seed`` are used as by :class:`Trainer` (AdamW, linear warm-up,
+        gradient clipping, EMA); the score-matching settings (``objective``, ``weighting``, ``reduce``,
+        ``label_dropout``) must keep their defaults.
+    out_path : path, optional
+        Where to write the trained classifier (:func:`save_classifier`, atomically).
+    device : str or torch.device
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    NoisyClassifier
+        The EMA classifier in eval mode, with its loss history in ``history`` (``{"step": [...], "loss": [...]}``).
+    """
+    from .nets import NoisyClassifier
+
+    cfg = config or TrainConfig()
+    defaults = TrainConfig()
+    changed = [
+        k for k in ("objective", "weighting", "reduce", "label_dropout") if getattr(cfg, k) != getattr(defaults, k)
+    ]
+    if changed:
+        raise ValueError(f"{changed} are score-matching settings; train_classifier trains by cross-entropy")
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"train_classifier needs a linear SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
+    if cfg.eps >= sde.T:
+        raise ValueError(f"eps={cfg.eps!r} must be smaller than T={sde.T!r}")
+    clf = classifier if isinstance(classifier, NoisyClassifier) else NoisyClassifier(classifier, sde)
+    if data.labels is None or data.num_classes is None:
+        raise ValueError(
+            f"train_classifier needs labelled data; the data set {data.name!r} has no labels (load digits, moons "
+            "or a mixture, or pass labels= to load_dataset)"
+        )
+    if data.num_classes > clf.num_classes:
+        raise ValueError(
+            f"the data has {data.num_classes} classes but the classifier num_classes={clf.num_classes}; build "
+            f"it with num_classes={data.num_classes}"
+        )
+    device = torch.device(device)
+    clf = clf.to(device).train()
+    ema = copy.deepcopy(clf).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    params = list(clf.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if cfg.warmup == 0 else min(1.0, (step + 1) / cfg.warmup)
+    )
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    x_all, y_all = data.data.to(device), data.labels.to(device)
+    history: dict[str, list[float]] = {"step": [], "loss": []}
+    for step in progress_bar(range(cfg.steps), desc="train classifier", disable=not progress):
+        idx = torch.randint(0, x_all.shape[0], (cfg.batch_size,), generator=generator, device=device)
+        x0, y = x_all[idx], y_all[idx]
+        u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=device)
+        t = u * (sde.T - cfg.eps) + cfg.eps
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=device)
+        mean, std = sde.marginal_prob(x0, t)
+        x_t = mean + std.reshape(-1, *([1] * (x0.dim() - 1))) * z
+        loss = torch.nn.functional.cross_entropy(clf.logits(x_t, t), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        get_ema_multi_avg_fn(decay)(list(ema.parameters()), params, None)  # type: ignore[no-untyped-call]
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the classifier's loss became {value} at step {step + 1}; lower lr")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            history["step"].append(step + 1)
+            history["loss"].append(value)
+    ema.history = history
+    if out_path is not None:
+        save_classifier(ema, out_path, train_config=cfg, data=data)
+    return ema
+
+
+def save_classifier(
+    classifier: NoisyClassifier,
+    path: str | os.PathLike[str],
+    train_config: TrainConfig | None = None,
+    data: Dataset | None = None,
+) -> Path:
+    """Write a :class:`scoresde.nets.NoisyClassifier` atomically: its SDE, network record and weights (and, if
+    given, the training settings and the data's configuration), with a SHA-256 checksum."""
+    from .nets import NoisyClassifier, check_network_config, network_config
+
+    if not isinstance(classifier, NoisyClassifier):
+        raise TypeError(f"classifier must be a scoresde.nets.NoisyClassifier, got {type(classifier).__name__}")
+    net_cfg = network_config(classifier.net)
+    check_network_config(net_cfg)
+    payload: dict[str, Any] = {
+        "format": CLASSIFIER_FORMAT,
+        "version": CLASSIFIER_VERSION,
+        "sde": sde_config(classifier.sde),
+        "network": net_cfg,
+        "weights": classifier.net.state_dict(),
+        "train": None if train_config is None else train_config.record(),
+        "data": None if data is None else data.config(),
+        "history": dict(getattr(classifier, "history", {"step": [], "loss": []})),
+    }
+    payload["sha256"] = checksum(payload)
+    return save_atomic(payload, path)
+
+
+def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> NoisyClassifier:
+    """Rebuild the :class:`scoresde.nets.NoisyClassifier` that :func:`save_classifier` wrote, in eval mode.
+
+    The file is read with ``torch.load(weights_only=True)``; its checksum must match and its network record
+    pass :func:`scoresde.nets.check_network_config` before anything is allocated. Raises
+    :class:`CheckpointError` for a missing, corrupt or foreign file.
+    """
+    from .nets import NoisyClassifier, build_network, check_network_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"classifier file {str(path)!r} does not exist (or is not a file)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated / corrupt archives
+        raise CheckpointError(f"classifier file {str(path)!r} is truncated or corrupt ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a scoresde classifier file")
+    if payload.get("version") != CLASSIFIER_VERSION:
+        raise CheckpointError(f"{str(path)!r} has classifier format version {payload.get('version')!r}, not 1")
+    try:
+        ok = payload.get("sha256") == checksum(payload)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"classifier file {str(path)!r} is corrupt: its SHA-256 checksum does not match")
+    try:
+        sde = sde_from_config(payload["sde"])
+        check_network_config(payload["network"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"classifier file {str(path)!r}: unusable configuration ({err})") from None
+    net_cfg = dict(payload["network"])
+    net = build_network(net_cfg.pop("name"), **net_cfg)
+    weights = payload["weights"]
+    dtypes = {v.dtype for v in weights.values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:
+        net = net.to(dtypes.pop())
+    _load_state(net, weights, "classifier", path)
+    clf = NoisyClassifier(net, sde).to(device).eval()
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    clf.history = payload.get("history") or {"step": [], "loss": []}
+    return clf

@@ -299,7 +299,7 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
                             solver = factory(int(steps[i, k]), grid)
                             why = _check(solver, sde)
                             if why is None:
-                                solver.grid(sde)  # a grid that cannot be built is an unsupported combination
+                                solver.time_points(sde)  # a grid that cannot be built is an unsupported combination
                         except ValueError as err:
                             why = str(err)
                         if why is not None:

@@ -276,7 +276,8 @@ def test_cuda_without_cuda(tmp_path, capsys):
 
 def test_library_errors_are_reported_without_traceback(tmp_path, capsys):
     # the library rejects the ancestral predictor for sub-VP: ValueError -> "scoresde: error: ..."
-    assert run(tmp_path / "o", "--sde", "subvp", "--sampler", "pc", "--predictor", "ancestral", "--n-samples", "50") == 2
+    argv = ("--sde", "subvp", "--sampler", "pc", "--predictor", "ancestral", "--n-samples", "50")
+    assert run(tmp_path / "o", *argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("scoresde: error: ") and "ancestral" in err and "Traceback" not in err
 
@@ -398,7 +399,7 @@ def test_parser_names_are_the_librarys():
     assert set(cli.TARGET_NAMES) == set(sd.TARGETS)
     assert cli.TOY_DATASETS == tuple(datasets.TOY_DATASETS) and cli.DATASETS == datasets.DATASETS
     assert set(cli.PREDICTOR_NAMES) == set(samplers.PREDICTORS)
-    assert set(cli.CORRECTOR_NAMES) == set(samplers.CORRECTORS)
+    assert set(cli.CORRECTOR_NAMES) == set(samplers.CORRECTORS) | set(samplers.CORRECTOR_ALIASES)
     assert cli.WEIGHTING_NAMES == losses.WEIGHTINGS and cli.OBJECTIVE_NAMES == training.OBJECTIVES
     assert cli.GRID_NAMES == tuple(sd.GRIDS)
     assert cli.SCIPY_METHOD_NAMES == samplers.SCIPY_METHODS

@@ -98,7 +98,7 @@ def test_edm_heun_on_ve_is_as_accurate_as_sigma_stepping_heun(name, nfe):
     default, _ = end(VE, mix.score(VE), sd.Heun(steps), x_T)
     edm, _ = end(VE, mix.score(VE), sd.Heun(steps, form="edm"), x_T)
     np.testing.assert_array_equal(default, edm)
-    sig_uniform = sd.schedules.noise_level(VE, sd.Heun(steps).grid(VE))
+    sig_uniform = sd.schedules.noise_level(VE, sd.Heun(steps).time_points(VE))
     with torch.no_grad():
         theirs_uniform = sigma_heun(ve_denoiser(mix, VE), x_T.clone(), sig_uniform).numpy()
     assert rmse(default, ref) <= rmse(theirs_uniform, ref) * (1 + 1e-6) + 1e-12

@@ -1,5 +1,6 @@
 """Renamed public names keep working: new spellings are the recorded ones, old ones are accepted."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +35,24 @@ def test_ddpm_ancestral_runs_the_base_constructor():
     assert s.eps == 0.0 and s.denoise is False and not hasattr(s, "steps")
     with pytest.raises(ValueError, match="eps"):
         sd.EulerMaruyama(eps=0.0)  # eps = 0 stays refused where the last step cannot land on the data
+
+
+def test_time_points_is_the_grid_method_and_grid_its_former_name():
+    sde = sd.VPSDE()
+    s = sd.EulerMaruyama(steps=4)
+    assert s.time_points(sde).tolist() == s.grid(sde).tolist() == np.linspace(1.0, 1e-3, 5).tolist()
+
+    class OldGrid(sd.samplers.FixedStepSampler):  # a user sampler written against the former name
+        nfe_per_step = 1
+
+        def grid(self, sde):
+            return np.array([sde.T, 0.5, self.eps])
+
+        def step(self, state, sde, x, t, t_next, generator):
+            return x
+
+    assert OldGrid(steps=2).time_points(sde).tolist() == [1.0, 0.5, 1e-3]
+    ds = sd.sample(
+        sde, sd.eight_gaussians().score(sde), OldGrid(steps=2), shape=(8, 2), seed=0, save_at=3, progress=False
+    )
+    assert ds["time"].values.tolist() == [1.0, 0.5, 1e-3]

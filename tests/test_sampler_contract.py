@@ -166,7 +166,7 @@ def test_sampler_contract(name, sde):
     at_zero = sampler.denoise or getattr(sampler, "to_zero", False)
     assert sampler.expected_nfe(sde) == (None if declared is None else declared(4))
     if isinstance(sampler, sd.samplers.FixedStepSampler) and sampler.nfe_per_step is not None:
-        grid = sampler.grid(sde)
+        grid = sampler.time_points(sde)
         assert sampler.expected_nfe(sde) == (len(grid) - 1) * sampler.nfe_per_step + at_zero
         assert grid.dtype == np.float64 and grid[0] == sde.T and grid[-1] == sampler.eps
         assert np.all(np.diff(grid) < 0)

@@ -89,7 +89,7 @@ def test_singlestep_stages_lie_inside_each_step(order, grid):
     rec = Recorder(GAUSS.score(sde))
     ds = sd.sample(sde, rec, sampler, shape=(4, 2), progress=False, dtype=torch.float64)
     assert ds.attrs["nfe"] == rec.calls == order * 5 == sampler.expected_nfe(sde)
-    g = sampler.grid(sde)
+    g = sampler.time_points(sde)
     times = np.array(rec.times).reshape(5, order)
     np.testing.assert_array_equal(times[:, 0], g[:-1])
     lam, lam_stage = log_snr(sde, g), log_snr(sde, times[:, 1:])

@@ -162,7 +162,7 @@ def test_without_churn_edm_is_its_deterministic_heun(sde):
     sampler = sd.EDMStochastic(7, grid="karras", S_churn=0.0)
     assert not sampler.stochastic
     x, _ = _sample(sde, target, sampler, n=None, x_T=x_T)
-    expected = edm_heun(sde, target.score(sde), x_T, sampler.grid(sde))
+    expected = edm_heun(sde, target.score(sde), x_T, sampler.time_points(sde))
     torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -220,7 +220,7 @@ def test_observed_order_without_noise(name, ode_reference):
 def test_er_sde_weights_match_closed_forms_for_the_reverse_sde_scale():
     sde = sd.VESDE()
     solver = sd.ERSDE(3, 6, grid="logsnr", noise_scale=lambda s: s * s)
-    level = np.exp(-log_snr(sde, solver.grid(sde)))
+    level = np.exp(-log_snr(sde, solver.time_points(sde)))
     for i, (r, std, w1, w2) in enumerate(solver.weights(sde)):
         hi, lo = level[i], level[i + 1]
         assert r == pytest.approx((lo / hi) ** 2, rel=1e-14)

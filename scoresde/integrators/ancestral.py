@@ -53,7 +53,7 @@ class DDPMAncestral(FixedStepSampler):
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         # the number of steps is the chain's N (a property of the SDE): ``steps`` is a placeholder that
-        # :meth:`grid`, :meth:`max_saved_states` and :meth:`expected_nfe` do not use
+        # :meth:`time_points`, :meth:`max_saved_states` and :meth:`expected_nfe` do not use
         super().__init__(steps=1, eps=0.0, denoise=False)
         del self.steps
         self.variance = variance
@@ -63,7 +63,7 @@ class DDPMAncestral(FixedStepSampler):
         """One score evaluation per step of the chain."""
         return 1
 
-    def grid(self, sde: SDE) -> np.ndarray:
+    def time_points(self, sde: SDE) -> np.ndarray:
         r"""The chain's times :math:`t_i = i/N`, :math:`i = N, \dots, 0`."""
         n = cast(DDPMSDE, sde).N  # check() accepts a DDPMSDE only
         return np.arange(n, -1, -1, dtype=np.float64) / n

@@ -147,7 +147,7 @@ class EDMStochastic(OnGrid, FixedStepSampler):
         r"""The grid :math:`t_i`, the churn factors :math:`\gamma_i` and the churned times :math:`\hat t_i`
         (:math:`\tilde\sigma(\hat t_i) = (1 + \gamma_i)\tilde\sigma(t_i)`; :math:`\hat t_i = t_i` where
         :math:`\gamma_i = 0`) of the :math:`N` steps, all float64."""
-        times = self.grid(sde)
+        times = self.time_points(sde)
         level = np.exp(-log_snr(sde, times[:-1]))  # sigma~(t_i), i = 0..N-1
         top = math.exp(-float(log_snr(sde, sde.T)))
         inside = (level >= self.S_tmin) & (level <= self.S_tmax)

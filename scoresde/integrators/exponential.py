@@ -365,7 +365,7 @@ class DPMSolverPP(_Multistep):
             return True
         if sde is None or self.steps < 2:
             return False
-        lam = log_snr(sde, self.grid(sde) if grid is None else grid)
+        lam = log_snr(sde, self.time_points(sde) if grid is None else grid)
         return bool(lam[-1] - lam[-2] > self.lower_order_final_ratio * (lam[-2] - lam[-3]))
 
     def step(

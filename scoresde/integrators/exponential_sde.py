@@ -153,7 +153,7 @@ class DPMSolverPPSDE(_StochasticMultistep):
             return False
         if self.steps < 15:
             return True
-        lam = log_snr(sde, self.grid(sde))
+        lam = log_snr(sde, self.time_points(sde))
         return bool(lam[-1] - lam[-2] > 2.0 * (lam[-2] - lam[-3]))
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _Memory:
@@ -287,7 +287,7 @@ class ERSDE(_StochasticMultistep):
     def weights(self, sde: SDE) -> list[tuple[float, float, float, float]]:
         r"""Per step :math:`(r_i, \text{noise std in } \tilde x, w_1, w_2)`, computed in float64 (``ValueError``
         if :math:`\varphi(\sigma)/\sigma` decreases between two grid points, i.e. negative noise variance)."""
-        level = np.exp(-log_snr(sde, self.grid(sde)))
+        level = np.exp(-log_snr(sde, self.time_points(sde)))
         phis = [self._phi(float(v)) for v in level]
         out = []
         for i in range(self.steps):

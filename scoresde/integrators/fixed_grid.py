@@ -73,7 +73,7 @@ class OnGrid:
         from the grid's end to sigma = 0)."""
         return self.steps - 1 if self.to_zero else self.steps
 
-    def grid(self, sde: SDE) -> np.ndarray:
+    def time_points(self, sde: SDE) -> np.ndarray:
         """The solver's time grid for ``sde`` (float64, strictly decreasing from ``T`` to ``eps``; with
         ``to_zero`` the grid of ``steps - 1`` steps, or ``[T]`` for ``steps = 1``)."""
         if self.grid_steps == 0:

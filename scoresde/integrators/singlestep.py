@@ -190,7 +190,7 @@ class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
         self.check_grid(sde)
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _Stages:
-        grid = self.grid(sde)
+        grid = self.time_points(sde)
         ratios = STAGE_RATIOS[self.order]
         times: dict[float, list[float]] = {}
         if ratios:  # one vectorised inversion of lambda for all intermediate points of the run
