@@ -231,9 +231,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study, write the outputs, print the table; returns 0."""
+    """Run the study, write the outputs, print the table (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.docs:  # the option comes with every study's parser; this study has no documentation size yet
+        raise SystemExit(f"{STUDY}: there is no --docs size; run it at its default size or with --full")
     out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     for key in ("steps", "n_per_class", "hidden"):
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _io.write_text(out / "table.md", text)
     _io.write_csv(table, out / "table.csv")
-    print(text)
+    _io.report(args, text)
     return 0
 
 

@@ -62,9 +62,9 @@ def test_quiet_prints_nothing(tmp_path, capsys, one_thread):
     assert out.strip() == (tmp_path / "loud" / "table.md").read_text(encoding="utf-8").strip()
 
 
-def test_a_study_without_a_docs_size_refuses_the_option(tmp_path):
-    from studies import conditional
-
+@pytest.mark.parametrize("name", ["conditional", "conditional_digits"])
+def test_a_study_without_a_docs_size_refuses_the_option(name, tmp_path):
+    mod = importlib.import_module(f"studies.{name}")
     with pytest.raises(SystemExit, match="there is no --docs size"):
-        conditional.main(["--docs", "--out", str(tmp_path)])
+        mod.main(["--docs", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # refused before anything was written
