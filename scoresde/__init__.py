@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         plotting,
         schedules,
         solvers,
+        time_grids,
     )
     from .adaptive import AdaptiveSDE
     from .chunked import chunk_seed
@@ -83,7 +84,6 @@ if TYPE_CHECKING:
         TorchSDE,
     )
     from .sampling import sample
-    from .schedules import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
     from .sde import (
         EDMSDE,
         SDE,
@@ -99,6 +99,7 @@ if TYPE_CHECKING:
         sde_from_config,
     )
     from .solvers import DDIM, SOLVERS, AdaptiveDPMSolver, DPMSolverPP, DPMSolverPPSinglestep, Euler, Heun, UniPC
+    from .time_grids import GRIDS, KarrasSigma, LogSNRUniform, TimeGrid, TimeQuadratic, UniformTime, get_grid
     from .training import (
         CheckpointError,
         DistributedError,
@@ -131,6 +132,7 @@ _SUBMODULES = frozenset(
         "schedules",
         "sde",
         "solvers",
+        "time_grids",
         "training",
     }
 )
@@ -205,13 +207,13 @@ _NAMES: dict[str, str] = {
     "DPMSolverPPSDE": "samplers",
     "ERSDE": "samplers",
     "sample": "sampling",
-    "GRIDS": "schedules",
-    "KarrasSigma": "schedules",
-    "LogSNRUniform": "schedules",
-    "TimeGrid": "schedules",
-    "TimeQuadratic": "schedules",
-    "UniformTime": "schedules",
-    "get_grid": "schedules",
+    "GRIDS": "time_grids",
+    "KarrasSigma": "time_grids",
+    "LogSNRUniform": "time_grids",
+    "TimeGrid": "time_grids",
+    "TimeQuadratic": "time_grids",
+    "UniformTime": "time_grids",
+    "get_grid": "time_grids",
     "SDE": "sde",
     "VESDE": "sde",
     "EDMSDE": "sde",
@@ -342,6 +344,7 @@ __all__ = [
     "log_likelihood",
     "LikelihoodResult",
     "schedules",
+    "time_grids",
     "solvers",
     "TimeGrid",
     "UniformTime",

@@ -18,8 +18,8 @@ import math
 import numpy as np
 import torch
 
-from .schedules import log_coefs
 from .sde import SDE, LinearSDE
+from .time_grids import log_coefs
 
 __all__ = [
     "time_vector",

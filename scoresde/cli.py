@@ -525,7 +525,7 @@ def _check_grid_options(args: argparse.Namespace, sub: argparse.ArgumentParser) 
 
 
 def _time_grid(args: argparse.Namespace) -> Any:
-    from .schedules import GRIDS
+    from .time_grids import GRIDS
 
     params = {kw: getattr(args, dest) for dest, (grid, kw) in GRID_PARAMS.items() if getattr(args, dest) is not None}
     return GRIDS[args.grid](**params)

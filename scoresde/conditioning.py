@@ -48,9 +48,9 @@ from ._kernels import require_linear
 from .integrators.base import CountedScore, FixedStepSampler, Sampler, Trajectory, nearest_indices
 from .samplers import SCIPY_METHODS, PredictorCorrector, ProbabilityFlowODE
 from .sampling import sample
-from .schedules import log_coefs
 from .sde import SDE, LinearSDE, ScoreFn
 from .solvers import DPMSolverPP, UniPC
+from .time_grids import log_coefs
 
 __all__ = [
     "LinearObservation",

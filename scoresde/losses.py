@@ -33,8 +33,8 @@ import torch
 
 from ._checks import broadcast_coef, check_finite_tensor, check_positive
 from ._registry import Registry, default_name, is_abstract, recorded_params
-from .schedules import invert_log_snr, noise_level
 from .sde import EDMSDE, SDE, LinearSDE
+from .time_grids import invert_log_snr, noise_level
 
 if TYPE_CHECKING:
     from .nets import ScoreModel

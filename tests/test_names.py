@@ -56,3 +56,12 @@ def test_time_points_is_the_grid_method_and_grid_its_former_name():
         sde, sd.eight_gaussians().score(sde), OldGrid(steps=2), shape=(8, 2), seed=0, save_at=3, progress=False
     )
     assert ds["time"].values.tolist() == [1.0, 0.5, 1e-3]
+
+
+def test_time_grids_module_and_its_former_name():
+    import scoresde.schedules as old
+    import scoresde.time_grids as new
+
+    assert old.__all__ == new.__all__
+    assert all(getattr(old, name) is getattr(new, name) for name in new.__all__)
+    assert sd.TimeGrid.__module__ == "scoresde.time_grids"

@@ -17,8 +17,8 @@ import torch
 
 from .._checks import check_positive, check_positive_int
 from .._kernels import is_variance_preserving, randn_like, time_vector
-from ..schedules import log_coefs
 from ..sde import SDE, ReverseSDE
+from ..time_grids import log_coefs
 from .base import run_table
 
 __all__ = [

@@ -44,8 +44,8 @@ import torch
 from .._checks import check_positive, check_positive_int, check_tolerances
 from .._kernels import check_linear, kernel
 from .._progress import progress_bar
-from ..schedules import invert_log_snr, log_snr
 from ..sde import SDE
+from ..time_grids import invert_log_snr, log_snr
 from .base import CountedScore, Sampler, Trajectory
 from .singlestep import (
     STAGE_RATIOS,

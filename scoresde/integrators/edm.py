@@ -16,7 +16,7 @@ The sampler alternates a *churn* — noise added to raise the noise level from :
 :math:`\hat\sigma_i = (1 + \gamma_i)\tilde\sigma_i`, which moves :math:`\tilde x` along the forward process and
 so keeps the marginal — with a Heun step of this ODE from :math:`\hat\sigma_i` down to :math:`\tilde\sigma_{i+1}`.
 The score is evaluated at the time :math:`\hat t_i` with :math:`\tilde\sigma(\hat t_i) = \hat\sigma_i`
-(:func:`scoresde.schedules.invert_log_snr`). VE (:math:`s \equiv 1`) is the setting of the paper; VP, sub-VP
+(:func:`scoresde.time_grids.invert_log_snr`). VE (:math:`s \equiv 1`) is the setting of the paper; VP, sub-VP
 and DDPM need nothing else.
 """
 
@@ -31,8 +31,8 @@ import torch
 
 from .._checks import check_positive
 from .._kernels import check_linear, kernel, randn_like, time_vector, tweedie
-from ..schedules import TimeGrid, get_grid, invert_log_snr, log_snr
 from ..sde import SDE
+from ..time_grids import TimeGrid, get_grid, invert_log_snr, log_snr
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import OnGrid
 

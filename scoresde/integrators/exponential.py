@@ -1,8 +1,8 @@
-r"""Fast deterministic samplers of the probability-flow ODE on any :mod:`time grid <scoresde.schedules>`.
+r"""Fast deterministic samplers of the probability-flow ODE on any :mod:`time grid <scoresde.time_grids>`.
 
 All solvers are :class:`~scoresde.integrators.base.FixedStepSampler` subclasses run by :func:`scoresde.sample`
 on the grid :math:`T = t_0 > \dots > t_N = \varepsilon` given by their ``grid`` argument (a name in
-:data:`scoresde.schedules.GRIDS` or a :class:`~scoresde.schedules.TimeGrid`). The probability-flow
+:data:`scoresde.time_grids.GRIDS` or a :class:`~scoresde.time_grids.TimeGrid`). The probability-flow
 ODE of a linear SDE with kernel :math:`\mathcal N(s(t) x_0, \sigma(t)^2 I)` is
 
 .. math::
@@ -51,8 +51,8 @@ import torch
 
 from .._checks import check_positive, check_positive_int
 from .._kernels import check_linear, kernel, randn_like, time_vector, tweedie
-from ..schedules import TimeGrid, get_grid, log_snr
 from ..sde import SDE
+from ..time_grids import TimeGrid, get_grid, log_snr
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import Euler, Heun, OnGrid
 from .singlestep import DPMSolverPPSinglestep

@@ -41,8 +41,8 @@ from scipy.integrate import quad
 
 from .._checks import check_positive, check_positive_int
 from .._kernels import check_linear, kernel, randn_like, time_vector, tweedie
-from ..schedules import TimeGrid, get_grid, log_snr
 from ..sde import SDE
+from ..time_grids import TimeGrid, get_grid, log_snr
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import OnGrid
 

@@ -1,9 +1,9 @@
-r"""Samplers on any :mod:`time grid <scoresde.schedules>`: the :class:`OnGrid` mixin, and :class:`Euler` and
+r"""Samplers on any :mod:`time grid <scoresde.time_grids>`: the :class:`OnGrid` mixin, and :class:`Euler` and
 :class:`Heun` on the probability-flow ODE, stepped in the noise level (EDM form, the default for VE)
 or in :math:`t` (``form``).
 
 A solver on a grid runs on :math:`T = t_0 > \dots > t_N = \varepsilon` given by its ``grid`` argument (a name
-in :data:`scoresde.schedules.GRIDS` or a :class:`~scoresde.schedules.TimeGrid`); a grid that declares
+in :data:`scoresde.time_grids.GRIDS` or a :class:`~scoresde.time_grids.TimeGrid`); a grid that declares
 ``needs_linear_sde`` is refused for other SDEs.
 
 Ending at :math:`\sigma = 0`
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from .._kernels import check_linear, is_variance_exploding, kernel, time_vector, tweedie
-from ..schedules import TimeGrid, get_grid
 from ..sde import SDE, LinearSDE, ReverseSDE
+from ..time_grids import TimeGrid, get_grid
 from .base import CountedScore, LinearDrift, Trajectory
 from .ode import ProbabilityFlowODE
 
@@ -137,7 +137,7 @@ class Euler(OnGrid, ProbabilityFlowODE):
         Number of steps :math:`N` (= NFE). Default 100.
     grid : str or TimeGrid
         ``"uniform"`` (default, score_sde's ODE step), ``"logsnr"``, ``"karras"`` or a
-        :class:`~scoresde.schedules.TimeGrid`.
+        :class:`~scoresde.time_grids.TimeGrid`.
     eps : float
         Final time. Default 1e-3.
     denoise : bool

@@ -14,8 +14,8 @@ import torch
 
 from .._checks import check_positive
 from .._kernels import check_linear, singular_at_T, time_vector
-from ..schedules import TimeGrid, get_grid
 from ..sde import SDE, LinearSDE, ScoreFn
+from ..time_grids import TimeGrid, get_grid
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import OnGrid
 from .ode import euler_heun_step
@@ -44,7 +44,7 @@ class FlowODE(OnGrid, FixedStepSampler):
     method : {"euler", "heun"}
         Euler (order 1, ``steps`` NFE) or Heun's explicit trapezoid (order 2, ``2 * steps`` NFE).
     grid : str or TimeGrid
-        Time grid (``"uniform"``, ``"logsnr"``, ``"karras"``; see :mod:`scoresde.schedules`).
+        Time grid (``"uniform"``, ``"logsnr"``, ``"karras"``; see :mod:`scoresde.time_grids`).
     eps : float
         End time.
     t_clip : float

@@ -16,8 +16,8 @@ import torch
 
 from .._checks import broadcast_coef
 from .._kernels import ddpm_step, is_variance_exploding, is_variance_preserving, randn_like, time_vector
-from ..schedules import log_coefs
 from ..sde import SDE, VESDE, LinearSDE, ReverseSDE, VariancePreservingSDE
+from ..time_grids import log_coefs
 from .base import run_table
 
 __all__ = [

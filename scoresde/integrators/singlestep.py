@@ -28,7 +28,7 @@ where :math:`x^{(1)}_{u}` is the first-order update from :math:`s` to :math:`u` 
 \hat x_0(x_{s_j}, s_j)`. These are the updates of DPM-Solver++ (Lu et al. 2022, singlestep,
 ``solver_type="dpmsolver"``); the order-2 method uses :math:`r_1 = 1/2` and the order-3 one
 :math:`r_1 = 1/3,\ r_2 = 2/3`. The intermediate times :math:`s_j` are found by inverting
-:math:`\lambda(t)` (:func:`scoresde.schedules.invert_log_snr`); they lie strictly inside the step.
+:math:`\lambda(t)` (:func:`scoresde.time_grids.invert_log_snr`); they lie strictly inside the step.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import torch
 
 from .._checks import check_positive_int
 from .._kernels import check_linear, kernel, time_vector, tweedie
-from ..schedules import TimeGrid, get_grid, invert_log_snr, log_snr
 from ..sde import SDE
+from ..time_grids import TimeGrid, get_grid, invert_log_snr, log_snr
 from .base import CountedScore, FixedStepSampler
 from .fixed_grid import OnGrid
 
