@@ -225,6 +225,7 @@ BAND = replace(
     adaptive_tols=(0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
     rk45_tols=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6),
     samplers=("EM", "PC", "PC-ancestral", "TorchSDE-srk", "AdaptiveSDE", "EDM-SDE", "DPM++2M-SDE", "ER-SDE-3"),
+    sdes=("VP", "subVP", "VE"),
     floor_pairs=8,
     lazy=True,
 )
