@@ -417,13 +417,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
         "solvers:DPMSolverPPSinglestep",
         "DPM-Solver++ single-step, --order 2 (2S, default) or 3 (3S), --order NFE per step, on --grid "
         "(default logsnr); default 10 steps",
-        ("order", "steps", "grid", *_END),
+        ("order", "steps", "grid", "to_zero", *_END),
     ),
     "dpm-adaptive": SamplerSpec(
         "solvers:AdaptiveDPMSolver",
         "adaptive DPM-Solver with error control, --order 3 (DPM-Solver-23, default) or 2 (-12), --rtol/--atol "
         "(default 0.05/0.0078)",
-        ("order", "rtol", "atol", *_END),
+        ("order", "rtol", "atol", "to_zero", *_END),
         ignored={"steps": "adaptive step size; use --rtol/--atol"},
     ),
     "unipc": SamplerSpec(

@@ -66,6 +66,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -78,7 +79,7 @@ STUDY = "studies.accuracy_cost"
 DEFAULT_OUT = Path(__file__).resolve().parent / "output" / "accuracy_cost"
 
 TARGET = sd.eight_gaussians()
-SDES: dict[str, sd.LinearSDE] = {"VP": sd.VPSDE(), "subVP": sd.SubVPSDE(), "VE": sd.VESDE()}
+SDES: dict[str, sd.LinearSDE] = {"VP": sd.VPSDE(), "subVP": sd.SubVPSDE(), "VE": sd.VESDE(), "EDM": sd.EDMSDE()}
 GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 EPS = 1e-3
 REF_TOL = 1e-10  # rtol = atol of the DOP853 reference solve
@@ -102,9 +103,45 @@ SOLVERS: dict[str, tuple[Callable[[int, str], sd.Sampler], int]] = {
     "DPM++2M": (lambda n, g: sd.DPMSolverPP(2, n, grid=g, eps=EPS), 1),
     "DPM++3M": (lambda n, g: sd.DPMSolverPP(3, n, grid=g, eps=EPS), 1),
     "UniPC-3": (lambda n, g: sd.UniPC(3, n, grid=g, eps=EPS), 1),
+    "Euler-EDM": (lambda n, g: sd.Euler(n, grid=g, form="edm", eps=EPS), 1),
+    "Heun-EDM": (lambda n, g: sd.Heun(n, grid=g, form="edm", eps=EPS), 2),
+    "DPM++2S": (lambda n, g: sd.DPMSolverPPSinglestep(2, n, grid=g, eps=EPS), 2),
+    "DPM++3S": (lambda n, g: sd.DPMSolverPPSinglestep(3, n, grid=g, eps=EPS), 3),
+    # ending at sigma = 0 (to_zero): measured against the reference solved to t = 0 (ZERO_SOLVERS)
+    "Euler-0": (lambda n, g: sd.Euler(n, grid=g, eps=EPS, to_zero=True), 1),
+    "Heun-0": (lambda n, g: sd.Heun(n, grid=g, eps=EPS, to_zero=True), 2),
+    "DPM++3M-0": (lambda n, g: sd.DPMSolverPP(3, n, grid=g, eps=EPS, to_zero=True), 1),
+    "UniPC-3-0": (lambda n, g: sd.UniPC(3, n, grid=g, eps=EPS, to_zero=True), 1),
+    "DPM++3S-0": (lambda n, g: sd.DPMSolverPPSinglestep(3, n, grid=g, eps=EPS, to_zero=True), 3),
 }
-#: theoretical order of each solver (3M: >= 2 in practice, held near 2 by its first-order start-up)
-THEORY = {"Euler": 1.0, "Heun": 2.0, "DDIM": 1.0, "DPM++1": 1.0, "DPM++2M": 2.0, "DPM++3M": 3.0, "UniPC-3": 4.0}
+#: the solvers that end at sigma = 0; run only on SDEs with sigma(0) = 0 (VP, sub-VP, EDM), where the reference
+#: is the probability-flow ODE solved to t = 0 (:func:`ode_reference_to_zero`); on VE sigma(0) = sigma_min > 0
+ZERO_SOLVERS = frozenset(name for name in SOLVERS if name.endswith("-0"))
+#: theoretical order of each solver (3M: >= 2 in practice, held near 2 by its first-order start-up); the
+#: to_zero variants add a last step to sigma = 0 that errs by O(sigma~(eps)^2), a floor at high NFE
+THEORY = {
+    "Euler": 1.0,
+    "Heun": 2.0,
+    "DDIM": 1.0,
+    "DPM++1": 1.0,
+    "DPM++2M": 2.0,
+    "DPM++3M": 3.0,
+    "UniPC-3": 4.0,
+    "Euler-EDM": 1.0,
+    "Heun-EDM": 2.0,
+    "DPM++2S": 2.0,
+    "DPM++3S": 3.0,
+    "Euler-0": 1.0,
+    "Heun-0": 2.0,
+    "DPM++3M-0": 3.0,
+    "UniPC-3-0": 4.0,
+    "DPM++3S-0": 3.0,
+}
+#: adaptive points of part A besides scipy's methods: the adaptive DPM-Solver (largest per-sample error norm)
+ADAPTIVE_DPM: dict[str, Callable[[float], sd.Sampler]] = {
+    "DPM-Solver-12": lambda tol: sd.AdaptiveDPMSolver(2, rtol=tol, atol=tol, eps=EPS),
+    "DPM-Solver-23": lambda tol: sd.AdaptiveDPMSolver(3, rtol=tol, atol=tol, eps=EPS),
+}
 
 #: samplers of part B; kind "sde" = stochastic, "ode" = deterministic shown for comparison
 SAMPLER_KINDS = {
@@ -136,7 +173,7 @@ class Config:
     solvers: tuple[str, ...] = tuple(SOLVERS)
     grids: tuple[str, ...] = GRIDS
     sdes: tuple[str, ...] = tuple(SDES)
-    ode_methods: tuple[str, ...] = ("RK45", "DOP853")
+    ode_methods: tuple[str, ...] = ("RK45", "DOP853", *ADAPTIVE_DPM)
     ode_tols: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 1e-6)
     # part B
     n_sto: int = 5000
@@ -203,6 +240,7 @@ BAND = replace(
     adaptive_tols=(0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
     rk45_tols=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6),
     samplers=("EM", "PC", "PC-ancestral", "TorchSDE-srk", "AdaptiveSDE", "EDM-SDE", "DPM++2M-SDE", "ER-SDE-3"),
+    sdes=("VP", "subVP", "VE"),
     floor_pairs=8,
     lazy=True,
 )
@@ -219,6 +257,35 @@ def ode_reference(
     ode = sd.ProbabilityFlowODE("DOP853", rtol=tol, atol=tol, eps=eps)
     ds = sd.sample(sde, score_fn, ode, x_T=x_T, progress=False)
     return ds["x"].values[-1], int(ds.attrs["nfe"])
+
+
+def ode_reference_to_zero(
+    sde: sd.LinearSDE, score_fn: Callable, x_T: torch.Tensor, tol: float = REF_TOL
+) -> tuple[np.ndarray, int]:
+    r"""End points at :math:`t = 0` of the probability-flow ODE :math:`dx/dt = f(t)x - \tfrac12 g(t)^2 s(x, t)` from
+    ``x_T`` (scipy DOP853 at ``rtol = atol = tol``, float64), and the NFE: the reference of the runs that end at
+    :math:`\sigma = 0`, for an SDE with :math:`\sigma(0) = 0` and a score finite at :math:`t = 0` (the mixture's)."""
+    shape, n = tuple(x_T.shape), x_T.shape[0]
+    calls = 0
+
+    def fun(t: float, y: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        x = torch.from_numpy(y).reshape(shape)
+        f, g, _, _ = (float(v) for v in sde.coefficients(float(t)))
+        drift = f * x - 0.5 * g**2 * score_fn(x, torch.full((n,), float(t), dtype=torch.float64))
+        return drift.reshape(-1).numpy()
+
+    y0 = x_T.double().reshape(-1).numpy()
+    sol = solve_ivp(fun, (float(sde.T), 0.0), y0, method="DOP853", rtol=tol, atol=tol)
+    if sol.status != 0:
+        raise RuntimeError(f"the reference solve to t = 0 failed on {sde!r}: {sol.message}")
+    return sol.y[:, -1].reshape(shape), calls
+
+
+def sigma_at_zero(sde: sd.LinearSDE) -> float:
+    r""":math:`\sigma(0)` of ``sde`` (0 for VP, sub-VP and EDM; ``sigma_min`` for VE)."""
+    return float(sde.coefficients(0.0)[3])
 
 
 def end_point_rmse(
@@ -272,6 +339,7 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
     wall = np.full((S, G, D, N), np.nan)
     ode_rmse, ode_nfe = np.full((M, D, R), np.nan), np.full((M, D, R), -1, np.int64)
     ref_nfe, ref_wall = np.zeros(D, np.int64), np.zeros(D)
+    ref0_nfe = np.full(D, -1, np.int64)
     notes: dict[str, str] = {}
     for i, name in enumerate(cfg.solvers):
         per_step = SOLVERS[name][1]
@@ -289,6 +357,7 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
             t0 = time.perf_counter()
             ref, ref_nfe[d] = ode_reference(sde, score, x_T)
             ref_wall[d] = time.perf_counter() - t0
+            ref0 = None  # the reference at t = 0, solved when a solver that ends at sigma = 0 first needs it
             bar.update()
             for i, name in enumerate(cfg.solvers):
                 factory = SOLVERS[name][0]
@@ -298,6 +367,11 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
                         try:
                             solver = factory(int(steps[i, k]), grid)
                             why = _check(solver, sde)
+                            if why is None and name in ZERO_SOLVERS and sigma_at_zero(sde) > 0:
+                                why = (
+                                    f"sigma(0) = {sigma_at_zero(sde):g} > 0 on {sname}: no reference at sigma = 0 "
+                                    "(the run ends at sigma = 0, the ODE at sigma(0))"
+                                )
                             if why is None:
                                 solver.time_points(sde)  # a grid that cannot be built is an unsupported combination
                         except ValueError as err:
@@ -307,8 +381,11 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
                             notes[f"{name}/{grid}/{sname}"] = why
                             bar.update()
                             continue
+                        if name in ZERO_SOLVERS and ref0 is None:
+                            bar.set_postfix_str(f"{sname} DOP853 reference to t = 0")
+                            ref0, ref0_nfe[d] = ode_reference_to_zero(sde, score, x_T)
                         t0 = time.perf_counter()
-                        err, used, se = end_point_rmse(sde, score, solver, x_T, ref)
+                        err, used, se = end_point_rmse(sde, score, solver, x_T, ref0 if name in ZERO_SOLVERS else ref)
                         wall[i, g, d, k] = time.perf_counter() - t0
                         rmse[i, g, d, k], nfe[i, g, d, k], rmse_se[i, g, d, k] = err, used, se
                         status[i, g, d, k] = OK if math.isfinite(err) else DIVERGED
@@ -316,7 +393,11 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
             for m, method in enumerate(cfg.ode_methods):
                 for r, tol in enumerate(cfg.ode_tols):
                     bar.set_postfix_str(f"{sname} {method} tol={tol:g}")
-                    ode = sd.ProbabilityFlowODE(method, rtol=tol, atol=tol, eps=EPS)
+                    ode = (
+                        ADAPTIVE_DPM[method](tol)
+                        if method in ADAPTIVE_DPM
+                        else sd.ProbabilityFlowODE(method, rtol=tol, atol=tol, eps=EPS)
+                    )
                     ode_rmse[m, d, r], ode_nfe[m, d, r], _ = end_point_rmse(sde, score, ode, x_T, ref)
                     bar.update()
 
@@ -370,6 +451,11 @@ def run_deterministic(cfg: Config, progress: bool) -> xr.Dataset:
             "ode_nfe": (("ode_method", "sde", "ode_tol"), ode_nfe, {"long_name": "score evaluations (adaptive)"}),
             "reference_nfe": (("sde",), ref_nfe, {"long_name": f"NFE of the DOP853 reference (rtol=atol={REF_TOL:g})"}),
             "reference_wall_time": (("sde",), ref_wall, {"units": "s"}),
+            "reference_to_zero_nfe": (
+                ("sde",),
+                ref0_nfe,
+                {"long_name": f"NFE of the DOP853 reference to t = 0 (rtol=atol={REF_TOL:g}; -1: not needed)"},
+            ),
         },
         coords={
             "solver": list(cfg.solvers),
@@ -576,7 +662,8 @@ def run(cfg: Config, progress: bool = True, argv: Sequence[str] = (), size: str 
         **b.attrs,
         "target": "eight_gaussians (radius 4/sqrt(2), std 0.5/sqrt(2))",
         "eps": EPS,
-        "reference": f"scipy DOP853 rtol=atol={REF_TOL:g} from the same x_T",
+        "reference": f"scipy DOP853 rtol=atol={REF_TOL:g} from the same x_T (to eps; to t = 0 for the runs ending at "
+        "sigma = 0)",
         "k_sd": K_SD,
         "k_modes": K_MODES,
         "sdes": repr([SDES[s] for s in cfg.sdes]),
@@ -786,7 +873,8 @@ def make_tables(
                 )
     odf = pd.DataFrame(ode)
     tables["adaptive_ode"] = (
-        "scipy adaptive solvers on the same ODE (error control joint over the batch)",
+        "adaptive solvers on the same ODE (scipy's: error control joint over the batch; DPM-Solver-12/23: "
+        "AdaptiveDPMSolver, largest per-sample error)",
         odf,
         _io.markdown_table(odf, {"rtol=atol": ".0e", "RMSE": ".2e"}),
     )
@@ -830,8 +918,17 @@ SOLVER_STYLE = {
     "DPM++2M": ("C3", "D"),
     "DPM++3M": ("C5", "P"),
     "UniPC-3": ("C6", "X"),
+    "Euler-EDM": ("C0", "<"),
+    "Heun-EDM": ("C1", ">"),
+    "DPM++2S": ("C7", "d"),
+    "DPM++3S": ("C8", "h"),
+    "Euler-0": ("C9", "1"),
+    "Heun-0": ("C1", "2"),
+    "DPM++3M-0": ("C5", "3"),
+    "UniPC-3-0": ("C6", "4"),
+    "DPM++3S-0": ("C8", "+"),
 }
-ODE_STYLE = {"RK45": ("0.3", "*"), "DOP853": ("0.6", "X")}
+ODE_STYLE = {"RK45": ("0.3", "*"), "DOP853": ("0.6", "X"), "DPM-Solver-12": ("C9", "p"), "DPM-Solver-23": ("C4", "H")}
 
 
 def _slope_guides(ax: plt.Axes, x: np.ndarray, y0: float, orders: Sequence[int] = (1, 2, 3)) -> None:

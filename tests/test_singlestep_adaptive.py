@@ -244,3 +244,94 @@ def test_cli_runs_the_new_samplers(tmp_path, monkeypatch, sampler, extra, cls, n
         assert ds.attrs["sampler"] == cls
         assert ds.attrs["nfe"] == nfe if nfe is not None else ds.attrs["nfe"] > 0
         assert np.isfinite(ds["x"].values).all()
+
+
+# -- ending at sigma = 0 ------------------------------------------------------------------------------------
+#: SDEs with sigma(0) = 0 and an eps whose last step to sigma = 0, O(sigma~(eps)^2), is below the solvers' errors
+ZERO_SDES = [(sd.EDMSDE(80.0), 2e-3), (sd.VPSDE(), 1e-5)]
+
+
+def zero_error(sde, sampler, x_T):
+    """RMSE of the run's end point against the exact data point of ``x_T`` (sigma(0) = 0), and the run."""
+    ds = sd.sample(sde, GAUSS.score(sde), sampler, x_T=x_T, progress=False)
+    exact = GAUSS.flow_map(sde, x_T, sde.T, 0.0).numpy()
+    return math.sqrt(float(np.mean(np.sum((ds["x"].values[-1] - exact) ** 2, axis=1)))), ds
+
+
+@pytest.mark.parametrize("sde,eps", ZERO_SDES, ids=["EDMSDE", "VPSDE"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_singlestep_to_zero_costs_its_steps_and_converges_to_the_exact_data_point(sde, eps, order):
+    """``steps - 1`` single steps and the data prediction: NFE = order (N - 1) + 1, error falls at the order."""
+    x_T = x_T_of(sde, 100)
+    errs = []
+    for n in (16, 32, 64):
+        sampler = sd.DPMSolverPP(order, n, multistep=False, eps=eps, to_zero=True)
+        assert isinstance(sampler, sd.DPMSolverPPSinglestep) and sampler.to_zero
+        err, ds = zero_error(sde, sampler, x_T)
+        assert ds.attrs["nfe"] == order * (n - 1) + 1 == sampler.expected_nfe(sde) == ds["nfe"].values[-1]
+        assert ds["time"].values[-1] == 0.0 and ds["time"].values[-2] == eps and ds.attrs["sampler_to_zero"]
+        errs.append(err)
+    assert math.log2(errs[-2] / errs[-1]) > order - 0.35, errs
+
+
+def test_singlestep_to_zero_is_the_denoised_run_of_one_step_less():
+    """On the same grid: N steps ending at sigma = 0 = N - 1 steps and ``denoise`` (bit for bit, same NFE)."""
+    sde = sd.VESDE()
+    x_T = x_T_of(sde, 50, seed=2)
+    score = sd.eight_gaussians().score(sde)
+    for order in (2, 3):
+        a = sd.sample(sde, score, sd.DPMSolverPPSinglestep(order, 6, grid="karras", to_zero=True), x_T=x_T,
+                      progress=False)  # fmt: skip
+        b = sd.sample(sde, score, sd.DPMSolverPPSinglestep(order, 5, grid="karras", denoise=True), x_T=x_T,
+                      progress=False)  # fmt: skip
+        np.testing.assert_array_equal(a["x"].values[-1], b["x"].values[-1])
+        assert a.attrs["nfe"] == b.attrs["nfe"] == order * 5 + 1
+
+
+def test_singlestep_to_zero_with_one_step_is_the_data_prediction_at_T():
+    sde = sd.EDMSDE(5.0)
+    x_T = x_T_of(sde, 20)
+    t = torch.full((20,), sde.T, dtype=torch.float64)
+    tweedie = (x_T + sde.T**2 * GAUSS.score(sde)(x_T, t)).numpy()
+    for order in (2, 3):
+        ds = sd.sample(sde, GAUSS.score(sde), sd.DPMSolverPPSinglestep(order, 1, to_zero=True), x_T=x_T, progress=False)
+        assert ds.attrs["nfe"] == 1 and list(ds["time"].values) == [sde.T, 0.0]
+        np.testing.assert_allclose(ds["x"].values[-1], tweedie, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde,eps", ZERO_SDES, ids=["EDMSDE", "VPSDE"])
+def test_adaptive_to_zero_ends_at_the_exact_data_point_as_the_tolerance_falls(sde, eps):
+    """The controlled run to eps, then the data prediction there: one evaluation more, error tracks the tolerance."""
+    x_T = x_T_of(sde, 100)
+    errs = []
+    for tol in (1e-3, 1e-5):
+        sampler = sd.AdaptiveDPMSolver(3, rtol=tol, atol=tol, eps=eps, to_zero=True)
+        err, ds = zero_error(sde, sampler, x_T)
+        plain = sd.sample(sde, GAUSS.score(sde), sd.AdaptiveDPMSolver(3, rtol=tol, atol=tol, eps=eps), x_T=x_T,
+                          progress=False)  # fmt: skip
+        acc, rej = ds.attrs["stat_accepted"], ds.attrs["stat_rejected"]
+        assert ds.attrs["nfe"] == 3 * acc + 2 * rej + 1 == plain.attrs["nfe"] + 1 == ds["nfe"].values[-1]
+        assert list(ds["time"].values[-2:]) == [eps, 0.0]
+        np.testing.assert_array_equal(ds["x"].values[-2], plain["x"].values[-1])
+        errs.append(err)
+    assert errs[1] < 0.2 * errs[0] and errs[1] < 2e-5, errs
+
+
+def test_to_zero_excludes_denoise_and_is_recorded():
+    for make in (lambda **kw: sd.DPMSolverPPSinglestep(2, 5, **kw), lambda **kw: sd.AdaptiveDPMSolver(**kw),
+                 lambda **kw: sd.DPMSolverPP(3, 5, multistep=False, **kw)):  # fmt: skip
+        with pytest.raises(ValueError, match="denoise"):
+            make(to_zero=True, denoise=True)
+        assert make(to_zero=True).params()["to_zero"] is True and make().params()["to_zero"] is False
+
+
+def test_cli_reaches_to_zero_for_singlestep_and_adaptive():
+    parser = cli.build_parser()
+    for name, cls, extra in (
+        ("dpmsolver++-singlestep", sd.DPMSolverPPSinglestep, ["--order", "3", "--steps", "5"]),
+        ("dpm-adaptive", sd.AdaptiveDPMSolver, ["--rtol", "1e-3", "--atol", "1e-3"]),
+    ):
+        sampler = cli.build_sampler(
+            parser.parse_args(["sample", "--sde", "edm", "--sampler", name, "--to-zero", *extra])
+        )
+        assert isinstance(sampler, cls) and sampler.to_zero

@@ -25,7 +25,8 @@ TINY = replace(
     nfe_targets=(10, 20, 40, 80),
     fit_range=(20, 80),
     grids=("uniform", "logsnr"),
-    ode_methods=("RK45",),
+    solvers=(*list(ac.SOLVERS)[:7], "Heun-EDM", "DPM++2S", "DPM++3S", "Heun-0", "DPM++3S-0"),
+    ode_methods=("RK45", "DPM-Solver-23"),
     ode_tols=(1e-4,),
     n_sto=1000,
     levels=(3, 300),
@@ -63,11 +64,33 @@ def test_fit_order_and_helpers():
 
 def test_part_a_errors_orders_and_nfe(study):
     ds = study
-    assert (ds.status == ac.OK).all()
+    # every cell runs but those ending at sigma = 0 on VE, where sigma(0) = sigma_min > 0 (no reference there)
+    zero = [s for s in TINY.solvers if s in ac.ZERO_SOLVERS]
+    assert zero == ["Heun-0", "DPM++3S-0"]
+    assert (ds.status.drop_sel(solver=zero) == ac.OK).all()
+    assert (ds.status.sel(solver=zero, sde="VE") == ac.UNSUPPORTED).all()
+    assert (ds.status.sel(solver=zero).drop_sel(sde="VE") == ac.OK).all()
+    assert "sigma(0) = 0.01 > 0 on VE" in ds.attrs["unsupported_notes"]
+    assert ds.reference_to_zero_nfe.sel(sde="VE") == -1 and (ds.reference_to_zero_nfe.drop_sel(sde="VE") > 0).all()
     # the NFE is the one each run reports: one per step, Heun two
     one = ds.nfe.sel(solver=["Euler", "DDIM", "DPM++2M", "DPM++3M"])
     assert (one == ds.nfe_target).all()
     assert (ds.nfe.sel(solver="Heun") == 2 * (ds.nfe_target // 2)).all()
+    assert (ds.nfe.sel(solver="DPM++2S") == 2 * (ds.nfe_target // 2)).all()
+    assert (ds.nfe.sel(solver="DPM++3S") == 3 * (ds.nfe_target // 3)).all()
+    ok = ds.drop_sel(sde="VE")
+    assert (ok.nfe.sel(solver="Heun-0") == 2 * (ds.nfe_target // 2) - 1).all()  # the last step: one evaluation
+    assert (ok.nfe.sel(solver="DPM++3S-0") == 3 * (ds.nfe_target // 3 - 1) + 1).all()
+    # on VE the EDM form is Heun's default; 2S and 3S converge at their order on the log-SNR grid
+    np.testing.assert_array_equal(ds.rmse.sel(solver="Heun", sde="VE"), ds.rmse.sel(solver="Heun-EDM", sde="VE"))
+    for sde in ("VP", "EDM"):
+        assert float(ds.order.sel(solver="DPM++2S", grid="logsnr", sde=sde)) >= 1.7
+        assert float(ds.order.sel(solver="DPM++3S", grid="logsnr", sde=sde)) >= 2.0  # pre-asymptotic at <= 80 NFE
+    # ending at sigma = 0, against the reference at t = 0: converges like the run that ends at eps
+    for sde in ("VP", "EDM"):
+        zero3 = ds.rmse.sel(solver="DPM++3S-0", grid="logsnr", sde=sde).values
+        at_eps = ds.rmse.sel(solver="DPM++3S", grid="logsnr", sde=sde).values
+        assert (np.diff(np.log(zero3)) < -np.log(3.0)).all() and zero3[-1] < 3 * at_eps[-1] < 0.05, (zero3, at_eps)
     vp = ds.sel(sde="VP")
     heun = float(vp.order.sel(solver="Heun", grid="logsnr"))
     assert 1.6 <= heun <= 2.4, heun
@@ -80,7 +103,23 @@ def test_part_a_errors_orders_and_nfe(study):
     np.testing.assert_allclose(ds.rmse.sel(solver="DDIM"), ds.rmse.sel(solver="DPM++1"), rtol=1e-8)
     # adaptive points: finite, and the reference is much tighter than them
     assert np.isfinite(ds.ode_rmse).all() and (ds.ode_rmse < 1e-2).all() and (ds.ode_nfe > 0).all()
+    assert (
+        ds.ode_nfe.sel(ode_method="DPM-Solver-23").values.tolist() != ds.ode_nfe.sel(ode_method="RK45").values.tolist()
+    )
     assert (ds.reference_nfe > ds.ode_nfe.max()).all()
+
+
+def test_reference_to_zero_is_the_exact_flow_map_of_a_gaussian():
+    """The to_zero reference (DOP853 to t = 0) against the closed-form probability-flow map of one Gaussian."""
+    gauss = ac.sd.GaussianMixture([1.0], [[1.0, -0.5]], [[[1.0, 0.3], [0.3, 0.5]]])
+    for name in ("VP", "subVP", "EDM"):
+        sde = ac.SDES[name]
+        assert ac.sigma_at_zero(sde) == 0.0
+        x_T = sde.prior_sampling((20, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        ref, nfe = ac.ode_reference_to_zero(sde, gauss.score(sde), x_T)
+        np.testing.assert_allclose(ref, gauss.flow_map(sde, x_T, sde.T, 0.0).numpy(), rtol=0, atol=1e-8)
+        assert nfe > 50
+    assert ac.sigma_at_zero(ac.SDES["VE"]) == ac.SDES["VE"].sigma_min > 0
 
 
 def test_part_b_band_unsupported_and_needed_nfe(study):
@@ -92,7 +131,7 @@ def test_part_b_band_unsupported_and_needed_nfe(study):
     assert (ds.sto_status.sel(sampler="PC-ancestral", sde="subVP") == ac.UNSUPPORTED).all()
     assert (ds.sto_status.sel(sampler="PC-ancestral", sde=["VP", "VE"]) == ac.OK).all()
     # fixed-step ODE solvers run the levels up to ode_max_nfe only
-    assert ds.sto_status.sel(sampler="ODE-DPM++3M").values[:, 1].tolist() == [ac.NOT_RUN] * 3
+    assert ds.sto_status.sel(sampler="ODE-DPM++3M").values[:, 1].tolist() == [ac.NOT_RUN] * len(TINY.sdes)
     ad = ds.sto_nfe.sel(sampler="AdaptiveSDE")
     assert (ad > 0).all() and (ad.isel(level=1) > ad.isel(level=0)).all()  # tighter tolerance, more NFE
     er = ds.sel(sampler="ER-SDE-3", sde="VP")

@@ -31,6 +31,14 @@ rejections (a rejected attempt costs ``order - 1`` evaluations), so the NFE of a
 ``accepted * order + rejected * (order - 1)``, reported exactly. The last step ends exactly at
 :math:`\varepsilon`; the intermediate times are found by inverting :math:`\lambda(t)`, so the score is never
 evaluated outside :math:`[\varepsilon, T]`.
+
+With ``to_zero=True`` the run ends at :math:`\sigma = 0`: after the controlled steps to :math:`\varepsilon`, the
+last step is the data prediction :math:`\hat x_0(x_\varepsilon, \varepsilon)` (the limit :math:`h \to \infty` of
+every update; :mod:`scoresde.integrators.fixed_grid`), saved at ``time = 0.0``. It costs the one evaluation
+that the next attempt would start with, so NFE = ``accepted * order + rejected * (order - 1) + 1``; the
+step to :math:`\sigma = 0` is not error-controlled and errs by :math:`O(\tilde\sigma(\varepsilon)^2)`,
+:math:`\tilde\sigma = \sigma/s`, so choose a small ``eps`` for it. It gives the state of ``denoise=True``
+(which is refused with it); the fixed-grid solvers count this step within their ``steps``.
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ class AdaptiveDPMSolver(Sampler):
         Final time. Default 1e-3.
     denoise : bool
         Finish with the Tweedie step (one more NFE). Default False.
+    to_zero : bool
+        End at :math:`\sigma = 0` with the data prediction at ``eps`` (module docstring). Default False.
 
     Notes
     -----
@@ -110,8 +120,15 @@ class AdaptiveDPMSolver(Sampler):
         max_nfe: int = 100000,
         eps: float = 1e-3,
         denoise: bool = False,
+        to_zero: bool = False,
     ) -> None:
         super().__init__(eps, denoise)
+        self.to_zero = bool(to_zero)
+        if self.to_zero and self.denoise:
+            raise ValueError(
+                "to_zero=True already ends the run at sigma = 0 with the data prediction at eps; denoise=True "
+                "would add a second final step: choose one"
+            )
         self.order = check_positive_int("order", order)
         if self.order not in (2, 3):
             raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
@@ -141,6 +158,7 @@ class AdaptiveDPMSolver(Sampler):
             "max_factor": self.max_factor,
             "max_nfe": self.max_nfe,
             **super().params(),
+            "to_zero": self.to_zero,
         }
 
     def check(self, sde: SDE) -> None:
@@ -234,5 +252,11 @@ class AdaptiveDPMSolver(Sampler):
             bar.close()
         if traj.times[-1] != eps:
             traj.save(eps, x, score_fn.nfe)
+        if self.to_zero:
+            ks = kernel(sde, eps)
+            x0 = data_prediction(score_fn, x, eps, ks[0], ks[1])
+            guard.current_step = accepted
+            guard.check(x0, accepted, eps, 0.0, what="state at sigma = 0")
+            traj.save(0.0, x0, score_fn.nfe)
         traj.stats = {"accepted": accepted, "rejected": rejected}
         return traj

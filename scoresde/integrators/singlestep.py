@@ -134,23 +134,28 @@ class _Stages:
 class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
     r"""DPM-Solver++ single-step (Lu et al. 2022): order 2 ("2S") or 3 ("3S") on any time grid.
 
-    Every step from :math:`t_i` to :math:`t_{i+1}` is the order-``order`` update of the module docstring:
-    it evaluates the score at :math:`x_{t_i}` and at ``order - 1`` intermediate points of the same step, so
-    NFE = ``order * steps`` and every step (the first included) has the full order. Order 1 is
-    :class:`~scoresde.DDIM` with ``eta=0``. Also built by ``DPMSolverPP(order, steps, multistep=False)``.
+        Every step from :math:`t_i` to :math:`t_{i+1}` is the order-``order`` update of the module docstring:
+        it evaluates the score at :math:`x_{t_i}` and at ``order - 1`` intermediate points of the same step, so
+        NFE = ``order * steps`` and every step (the first included) has the full order (``to_zero=True``: the last of
+    the ``steps`` is the data prediction, landing on :math:`\sigma = 0`). Order 1 is
+        :class:`~scoresde.DDIM` with ``eta=0``. Also built by ``DPMSolverPP(order, steps, multistep=False)``.
 
-    Parameters
-    ----------
-    order : {1, 2, 3}
-        Order of every step. Default 2.
-    steps : int
-        Number of steps :math:`N` (NFE = ``order * steps``). Default 10.
-    grid : str or TimeGrid
-        Time grid; default ``"logsnr"`` (constant :math:`h`).
-    eps : float
-        Final time. Default 1e-3.
-    denoise : bool
-        Finish with the Tweedie step (one more NFE). Default False.
+        Parameters
+        ----------
+        order : {1, 2, 3}
+            Order of every step. Default 2.
+        steps : int
+            Number of steps :math:`N` (NFE = ``order * steps``). Default 10.
+        grid : str or TimeGrid
+            Time grid; default ``"logsnr"`` (constant :math:`h`).
+        eps : float
+            Final time. Default 1e-3.
+        denoise : bool
+            Finish with the Tweedie step (one more NFE). Default False.
+        to_zero : bool
+            End at :math:`\sigma = 0` within ``steps``: ``steps - 1`` single-step updates on the grid of
+            ``steps - 1`` steps, then the data prediction at its end (:mod:`scoresde.integrators.fixed_grid`), so
+            NFE = ``order * (steps - 1) + 1``. Default False.
     """
 
     stochastic = False
@@ -162,8 +167,10 @@ class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
         grid: str | TimeGrid = "logsnr",
         eps: float = 1e-3,
         denoise: bool = False,
+        to_zero: bool = False,
     ) -> None:
         super().__init__(steps, eps, denoise)
+        self.set_to_zero(to_zero)
         self.order = check_positive_int("order", order)
         if self.order > 3:
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -177,6 +184,7 @@ class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
             "multistep": False,
             "eps": self.eps,
             "denoise": self.denoise,
+            "to_zero": self.to_zero,
         }
 
     @property
@@ -184,16 +192,22 @@ class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
         """``order`` score evaluations per step."""
         return self.order
 
+    def expected_nfe(self, sde: SDE) -> int | None:
+        """``order`` per grid step, one for the final step of ``to_zero`` or ``denoise``."""
+        return self.order * self.grid_steps + int(self.to_zero) + int(self.denoise)
+
     def check(self, sde: SDE) -> None:
         super().check(sde)
         check_linear(self, sde)
         self.check_grid(sde)
 
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _Stages:
-        grid = self.time_points(sde)
+        return self.prepare_run(sde, score_fn, self.time_points(sde))
+
+    def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _Stages:
         ratios = STAGE_RATIOS[self.order]
         times: dict[float, list[float]] = {}
-        if ratios:  # one vectorised inversion of lambda for all intermediate points of the run
+        if ratios and len(grid) > 1:  # one vectorised inversion of lambda for all intermediate points of the run
             lam = log_snr(sde, grid)
             h = np.diff(lam)
             targets = lam[:-1, None] + np.asarray(ratios)[None, :] * h[:, None]
