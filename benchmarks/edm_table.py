@@ -67,10 +67,10 @@ def main() -> None:
                         assert ds.attrs["nfe"] == nfe, ds.attrs["nfe"]
                         row.append(f"{rmse(ds.x.values[-1]):.3g}")
                 if sname == "VE":
-                    sig = sd.schedules.KarrasSigma(7.0).sigmas(sde, nfe // 2, 1e-3)
-                    ts = sd.schedules.invert_log_snr(sde, -np.log(sig), 1e-3)
+                    sig = sd.time_grids.KarrasSigma(7.0).sigmas(sde, nfe // 2, 1e-3)
+                    ts = sd.time_grids.invert_log_snr(sde, -np.log(sig), 1e-3)
                     ts[0], ts[-1] = sde.T, 1e-3
-                    sig = sd.schedules.noise_level(sde, ts)
+                    sig = sd.time_grids.noise_level(sde, ts)
                     tmap = dict(zip(sig.tolist(), ts.tolist(), strict=True))
                     with torch.no_grad():
                         out = karras_heun(lambda x, s_, f=score, m=tmap: f(x, m[s_]), x_T.clone(), sig)
