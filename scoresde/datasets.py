@@ -241,7 +241,7 @@ def load_dataset(
     scaling : {"auto", "standardize", "minmax", "none"}
         ``auto``: ``minmax`` to [-1, 1] for images (digits), ``standardize`` otherwise
         (zero mean, unit overall standard deviation). ``none`` keeps the data as it is.
-    labels : array-like of int, shape (n,), optional
+    labels : array-like of int, optional
         Class labels of a user array (``0..C-1``). Named sets and mixtures carry their own (see the module
         documentation): the digits, the moons, and the mixtures (the component, or the mixture's labels).
 

@@ -122,7 +122,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (all recorded in checkpoints).
+    r"""Optimisation settings (all recorded in checkpoints).
 
     ``lr`` is reached linearly over ``warmup`` steps; ``grad_clip`` bounds the global gradient
     norm (0 disables); ``ema_decay`` is :math:`\\mu`; ``eps`` is the smallest training time.

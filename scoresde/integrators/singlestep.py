@@ -134,28 +134,28 @@ class _Stages:
 class DPMSolverPPSinglestep(OnGrid, FixedStepSampler):
     r"""DPM-Solver++ single-step (Lu et al. 2022): order 2 ("2S") or 3 ("3S") on any time grid.
 
-        Every step from :math:`t_i` to :math:`t_{i+1}` is the order-``order`` update of the module docstring:
-        it evaluates the score at :math:`x_{t_i}` and at ``order - 1`` intermediate points of the same step, so
-        NFE = ``order * steps`` and every step (the first included) has the full order (``to_zero=True``: the last of
+    Every step from :math:`t_i` to :math:`t_{i+1}` is the order-``order`` update of the module docstring:
+    it evaluates the score at :math:`x_{t_i}` and at ``order - 1`` intermediate points of the same step, so
+    NFE = ``order * steps`` and every step (the first included) has the full order (``to_zero=True``: the last of
     the ``steps`` is the data prediction, landing on :math:`\sigma = 0`). Order 1 is
-        :class:`~scoresde.DDIM` with ``eta=0``. Also built by ``DPMSolverPP(order, steps, multistep=False)``.
+    :class:`~scoresde.DDIM` with ``eta=0``. Also built by ``DPMSolverPP(order, steps, multistep=False)``.
 
-        Parameters
-        ----------
-        order : {1, 2, 3}
-            Order of every step. Default 2.
-        steps : int
-            Number of steps :math:`N` (NFE = ``order * steps``). Default 10.
-        grid : str or TimeGrid
-            Time grid; default ``"logsnr"`` (constant :math:`h`).
-        eps : float
-            Final time. Default 1e-3.
-        denoise : bool
-            Finish with the Tweedie step (one more NFE). Default False.
-        to_zero : bool
-            End at :math:`\sigma = 0` within ``steps``: ``steps - 1`` single-step updates on the grid of
-            ``steps - 1`` steps, then the data prediction at its end (:mod:`scoresde.integrators.fixed_grid`), so
-            NFE = ``order * (steps - 1) + 1``. Default False.
+    Parameters
+    ----------
+    order : {1, 2, 3}
+        Order of every step. Default 2.
+    steps : int
+        Number of steps :math:`N` (NFE = ``order * steps``). Default 10.
+    grid : str or TimeGrid
+        Time grid; default ``"logsnr"`` (constant :math:`h`).
+    eps : float
+        Final time. Default 1e-3.
+    denoise : bool
+        Finish with the Tweedie step (one more NFE). Default False.
+    to_zero : bool
+        End at :math:`\sigma = 0` within ``steps``: ``steps - 1`` single-step updates on the grid of
+        ``steps - 1`` steps, then the data prediction at its end (:mod:`scoresde.integrators.fixed_grid`), so
+        NFE = ``order * (steps - 1) + 1``. Default False.
     """
 
     stochastic = False
