@@ -125,20 +125,20 @@ class TrainConfig:
     r"""Optimisation settings (all recorded in checkpoints).
 
     ``lr`` is reached linearly over ``warmup`` steps; ``grad_clip`` bounds the global gradient
-    norm (0 disables); ``ema_decay`` is :math:`\\mu`; ``eps`` is the smallest training time.
+    norm (0 disables); ``ema_decay`` is :math:`\mu`; ``eps`` is the smallest training time.
 
     ``objective`` selects the loss: an :class:`scoresde.Objective` (a built-in one or one of your own,
     see :class:`scoresde.Objective`), or one of the shorthands
 
     * ``"dsm"``: continuous-time denoising score matching, :func:`scoresde.losses.dsm_loss`
-      (``weighting``, ``eps``, ``reduce``), :math:`t \\sim U[\\varepsilon, T]`; the same as
+      (``weighting``, ``eps``, ``reduce``), :math:`t \sim U[\varepsilon, T]`; the same as
       ``DenoisingScoreMatching(weighting, eps, reduce)``;
-    * ``"ddpm"``: the same loss with :math:`t = i/N`, :math:`i \\sim U\\{1..N\\}` on the grid of a
+    * ``"ddpm"``: the same loss with :math:`t = i/N`, :math:`i \sim U\{1..N\}` on the grid of a
       :class:`scoresde.DDPMSDE`; with ``weighting="sigma2"`` and an ``"eps"`` model this is Ho et al.'s
-      :math:`\\|\\varepsilon - \\hat\\varepsilon_\\theta(x_i, i)\\|^2`; the same as
+      :math:`\|\varepsilon - \hat\varepsilon_\theta(x_i, i)\|^2`; the same as
       ``DDPMObjective(weighting, reduce)``;
     * ``"flow_matching"``: :func:`scoresde.losses.velocity_loss` for a ``"velocity"`` model (e.g. on
-      :class:`scoresde.RectifiedFlow`: :math:`\\|v_\\theta(x_t, t) - (z - x_0)\\|^2`); the same as
+      :class:`scoresde.RectifiedFlow`: :math:`\|v_\theta(x_t, t) - (z - x_0)\|^2`); the same as
       ``FlowMatching(eps, reduce)``.
 
     ``weighting``, ``eps`` and ``reduce`` configure the shorthands only: with an :class:`~scoresde.Objective`
