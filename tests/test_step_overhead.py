@@ -88,13 +88,13 @@ def test_exponential_kernel_once_per_grid_time(monkeypatch):
 def test_multistep_grid_built_once_per_run(monkeypatch):
     sampler = sd.DPMSolverPP(order=3, steps=20, grid="uniform")
     calls = []
-    grid = type(sampler).grid
+    time_points = type(sampler).time_points
 
     def counted(self, sde):
         calls.append(sde)
-        return grid(self, sde)
+        return time_points(self, sde)
 
-    monkeypatch.setattr(type(sampler), "grid", counted)
+    monkeypatch.setattr(type(sampler), "time_points", counted)
     sd.sample(sd.VPSDE(), _score, sampler, shape=(4, 2), progress=False)
     assert len(calls) == 1
     # the lowering rule still sees the grid: uniform-t VP lowers the final orders (last lambda-step > 2x)
