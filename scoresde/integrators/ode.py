@@ -332,9 +332,12 @@ class ProbabilityFlowODE(FixedStepSampler):
             return self._integrate_torchdiffeq(sde, score_fn, x, save_times, progress)
         return self._integrate_scipy(sde, score_fn, x, save_times, progress)
 
-    def _integrate_torchdiffeq(
-        self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray, progress: bool
-    ) -> Trajectory:
+    def _guarded_drift(
+        self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[float, torch.Tensor], torch.Tensor], list[int]]:
+        """What both adaptive backends integrate: the output times (``save_times`` with ``T`` and ``eps``,
+        decreasing), the probability-flow drift with the divergence guard on the state it is asked about and
+        then on the drift (a NaN/inf score shows there first), and its evaluation counter."""
         check_tolerances(self.rtol, self.atol, x.dtype)
         ode = sde.reverse(score_fn, probability_flow=True)
         t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
@@ -342,13 +345,20 @@ class ProbabilityFlowODE(FixedStepSampler):
         guard.step_name = "right-hand-side evaluation"
         evals = [0]
 
-        def fun(t: float, xt: torch.Tensor) -> torch.Tensor:
+        def drift_fn(t: float, xt: torch.Tensor) -> torch.Tensor:
             guard.check(xt, evals[0], t)
             drift = ode.sde(xt, t)[0]
             guard.check(drift, evals[0], t, what="drift (from the score)", bounded=False)
             evals[0] += 1
             return drift
 
+        return t_eval, drift_fn, evals
+
+    def _integrate_torchdiffeq(
+        self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray, progress: bool
+    ) -> Trajectory:
+        t_eval, fun, evals = self._guarded_drift(sde, score_fn, x, save_times)
+        guard = score_fn.guard
         sol = solve_ode(
             fun,
             (sde.T, self.eps),
@@ -377,22 +387,13 @@ class ProbabilityFlowODE(FixedStepSampler):
     def _integrate_scipy(
         self, sde: SDE, score_fn: CountedScore, x: torch.Tensor, save_times: np.ndarray, progress: bool
     ) -> Trajectory:
-        check_tolerances(self.rtol, self.atol, x.dtype)
-        ode = sde.reverse(score_fn, probability_flow=True)
         shape, dtype, device = x.shape, x.dtype, x.device
-        t_eval = np.unique(np.clip(np.concatenate([save_times, [sde.T, self.eps]]), self.eps, sde.T))[::-1]
+        t_eval, drift_fn, evals = self._guarded_drift(sde, score_fn, x, save_times)
         guard = score_fn.guard
-        guard.step_name = "right-hand-side evaluation"
-        evals = [0]
 
         def fun(t: float, y: np.ndarray) -> np.ndarray:
             xt = torch.from_numpy(y).to(dtype=dtype, device=device).reshape(shape)
-            # the state scipy asks about, then the drift (a NaN/inf score shows there first)
-            guard.check(xt, evals[0], float(t))
-            drift = ode.sde(xt, float(t))[0]
-            guard.check(drift, evals[0], float(t), what="drift (from the score)", bounded=False)
-            evals[0] += 1
-            return drift.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+            return drift_fn(float(t), xt).reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
 
         y0 = x.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
         sol = solve_ode(
