@@ -986,10 +986,10 @@ def _add_train_parser(commands: Any) -> None:
     )
     g.add_argument(
         "--parameterization",
-        choices=("eps", "score", "velocity"),
+        choices=("noise", "score", "velocity", "eps"),
         default=None,
-        help="what the network predicts: the noise (eps), sigma(t) x the score, or the flow velocity "
-        "(default: velocity for --objective flow_matching, else eps)",
+        help="what the network predicts: the noise, sigma(t) x the score, or the flow velocity "
+        "(default: velocity for --objective flow_matching, else noise; eps is the former name of noise)",
     )
 
     g = p.add_argument_group("optimisation (TrainConfig)")
@@ -2016,7 +2016,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.objective is None:
         args.objective = DEFAULT_OBJECTIVE.get(args.sde, "dsm")
     if args.parameterization is None:
-        args.parameterization = "velocity" if args.objective == "flow_matching" else "eps"
+        args.parameterization = "velocity" if args.objective == "flow_matching" else "noise"
+    elif args.parameterization == "eps":  # the former name
+        args.parameterization = "noise"
     if args.label_dropout is not None and not args.conditional:
         sub.error("argument --label-dropout: applies to --conditional training only")
     if args.conditional and args.label_dropout is None:

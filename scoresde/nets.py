@@ -7,7 +7,7 @@ conditioning scalar is usually the time :math:`t` itself, or :math:`\tfrac14\log
 network's output into a score,
 
 .. math::
-    s_\theta(x, t) = -\frac{\hat\varepsilon_\theta(x, t)}{\sigma(t)} \quad\text{("eps")},
+    s_\theta(x, t) = -\frac{\hat\varepsilon_\theta(x, t)}{\sigma(t)} \quad\text{("noise")},
     \qquad
     s_\theta(x, t) = \frac{F_\theta(x, t)}{\sigma(t)} \quad\text{("score", scale\_by\_sigma)},
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
@@ -58,6 +59,7 @@ __all__ = [
     "NETWORKS",
     "NETWORK_REGISTRY",
     "PARAMETERIZATIONS",
+    "PARAMETERIZATION_ALIASES",
     "TIME_INPUTS",
     "build_network",
     "network_config",
@@ -67,7 +69,9 @@ __all__ = [
     "MAX_NETWORK_ELEMENTS",
 ]
 
-PARAMETERIZATIONS = ("eps", "score", "velocity", "edm")
+PARAMETERIZATIONS = ("noise", "score", "velocity", "edm")
+#: former names of parameterisations, still read (from checkpoints, the command line and ``ScoreModel``)
+PARAMETERIZATION_ALIASES = {"eps": "noise"}
 TIME_INPUTS = ("t", "log_sigma")
 
 
@@ -673,7 +677,7 @@ class DiT(ScoreNetwork, name="dit"):
        zero-initialised linear map, so every block is the identity at initialisation.
     3. Final adaLN + linear to :math:`p^2 C` values per token, then *unpatchify* back to
        ``(B, C, H, W)``. As in DiT the final modulation and linear layer are zero-initialised,
-       so the untrained network outputs 0 (for ``"eps"``: a zero score).
+       so the untrained network outputs 0 (for ``"noise"``: a zero score).
 
     Parameters
     ----------
@@ -933,7 +937,7 @@ class ScoreModel(nn.Module):
     ========================  =============================================  ==================================
     parameterization          score :math:`s_\theta`                         noise :math:`\hat\varepsilon_\theta`
     ========================  =============================================  ==================================
-    ``"eps"``                 :math:`-F_\theta(x, c) / \sigma(t)`            :math:`F_\theta(x, c)`
+    ``"noise"``               :math:`-F_\theta(x, c) / \sigma(t)`            :math:`F_\theta(x, c)`
     ``"score"``               :math:`F_\theta(x, c) / \sigma(t)`             :math:`-F_\theta(x, c)`
     ``"score"`` (no scaling)  :math:`F_\theta(x, c)`                         :math:`-\sigma(t) F_\theta(x, c)`
     ``"velocity"``            :math:`-\hat\varepsilon_\theta / \sigma(t)`     :math:`(s F_\theta - \dot s x)/D(t)`
@@ -976,11 +980,14 @@ class ScoreModel(nn.Module):
     sde : SDE
         The forward SDE; :math:`\sigma(t)` is ``sde.std(t)`` for a :class:`~scoresde.LinearSDE`,
         else ``sde.marginal_prob(zeros, t)[1]``.
-    parameterization : {"eps", "score", "velocity", "edm"}
-        What the network predicts (``"velocity"`` and ``"edm"`` need a :class:`~scoresde.LinearSDE`).
+    parameterization : {"noise", "score", "velocity", "edm"}
+        What the network predicts (``"velocity"`` and ``"edm"`` need a :class:`~scoresde.LinearSDE`):
+        the noise :math:`\varepsilon`, the (scaled) score, the flow velocity or EDM's preconditioned data
+        prediction. ``"eps"``, the former name of ``"noise"``, is accepted with a ``DeprecationWarning`` and
+        recorded as ``"noise"``.
     scale_by_sigma : bool, optional
         Only for ``"score"`` (default ``True``): divide the network output by :math:`\sigma(t)`
-        (score_sde's ``scale_by_sigma``). Must be left unset (or ``False``) for ``"eps"``.
+        (score_sde's ``scale_by_sigma``). Must be left unset (or ``False``) for the others.
     time_input : {"t", "log_sigma"}, optional
         Conditioning scalar passed to the network: :math:`t`, or :math:`\tfrac14\log\sigma(t)`
         (:math:`\tfrac14\log\tilde\sigma` for ``"edm"``). Default ``"t"``, ``"log_sigma"`` for ``"edm"``.
@@ -999,12 +1006,20 @@ class ScoreModel(nn.Module):
         self,
         net: nn.Module,
         sde: SDE,
-        parameterization: str = "eps",
+        parameterization: str = "noise",
         scale_by_sigma: bool | None = None,
         time_input: str | None = None,
         sigma_data: float | None = None,
     ) -> None:
         super().__init__()
+        if parameterization in PARAMETERIZATION_ALIASES:
+            new = PARAMETERIZATION_ALIASES[parameterization]
+            warnings.warn(
+                f"parameterization={parameterization!r} is the former name of {new!r}; pass {new!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            parameterization = new
         if time_input is None:
             time_input = "log_sigma" if parameterization == "edm" else "t"
         if not isinstance(net, nn.Module):
@@ -1021,7 +1036,7 @@ class ScoreModel(nn.Module):
             self.sigma_data = check_positive("sigma_data", 0.5 if sigma_data is None else sigma_data)
         elif sigma_data is not None:
             raise ValueError(f"sigma_data applies to parameterization='edm' only, not {parameterization!r}")
-        if parameterization in ("eps", "velocity", "edm"):
+        if parameterization in ("noise", "velocity", "edm"):
             if scale_by_sigma:
                 raise ValueError(f"scale_by_sigma applies to parameterization='score' only, not {parameterization!r}")
             scale_by_sigma = False
@@ -1132,7 +1147,7 @@ class ScoreModel(nn.Module):
             out, _, s, sigma, _, norm = self._edm(x, t, c)
             return (self.sigma_data / (sigma * norm)) * out - x / (s * norm) ** 2
         out, sigma = self._output(x, t, c)
-        if self.parameterization == "eps":
+        if self.parameterization == "noise":
             return -out / sigma
         if self.parameterization == "velocity":
             return -self._velocity_eps(x, out, t) / sigma
@@ -1145,7 +1160,7 @@ class ScoreModel(nn.Module):
             out, _, s, sigma, _, norm = self._edm(x, t, c)
             return (sigma / (s * norm) ** 2) * x - (self.sigma_data / norm) * out
         out, sigma = self._output(x, t, c)
-        if self.parameterization == "eps":
+        if self.parameterization == "noise":
             return out
         if self.parameterization == "velocity":
             return self._velocity_eps(x, out, t)
@@ -1313,11 +1328,13 @@ def model_from_config(config: dict[str, Any], sde: SDE) -> ScoreModel:
     check_network_config(config["network"])
     net_cfg = dict(config["network"])
     net = build_network(net_cfg.pop("name"), **net_cfg)
+    # records written before the noise prediction was renamed call it "eps"
+    param = PARAMETERIZATION_ALIASES.get(config["parameterization"], config["parameterization"])
     return ScoreModel(
         net,
         sde,
-        parameterization=config["parameterization"],
-        scale_by_sigma=config["scale_by_sigma"] if config["parameterization"] == "score" else None,
+        parameterization=param,
+        scale_by_sigma=config["scale_by_sigma"] if param == "score" else None,
         time_input=config["time_input"],
-        sigma_data=config.get("sigma_data") if config["parameterization"] == "edm" else None,
+        sigma_data=config.get("sigma_data") if param == "edm" else None,
     )

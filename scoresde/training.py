@@ -293,7 +293,7 @@ def _is_number(value: Any) -> bool:
 
 def _check_fields(ckpt: dict[str, Any], where: str) -> None:
     """Types and ranges of every field of a checkpoint; raises :class:`CheckpointError`."""
-    from .nets import PARAMETERIZATIONS, TIME_INPUTS, check_network_config
+    from .nets import PARAMETERIZATION_ALIASES, PARAMETERIZATIONS, TIME_INPUTS, check_network_config
 
     def fail(msg: str) -> None:
         raise CheckpointError(f"{where}: {msg}; the file is corrupt or was not written by scoresde")
@@ -343,7 +343,10 @@ def _check_fields(ckpt: dict[str, Any], where: str) -> None:
     except (TypeError, ValueError) as err:
         fail(f"unusable training settings ({err})")
     model = cfg["model"]
-    if model.get("parameterization") not in PARAMETERIZATIONS or model.get("time_input") not in TIME_INPUTS:
+    if (
+        model.get("parameterization") not in (*PARAMETERIZATIONS, *PARAMETERIZATION_ALIASES)
+        or model.get("time_input") not in TIME_INPUTS
+    ):
         fail(
             f"the model configuration needs parameterization in {PARAMETERIZATIONS} and time_input in "
             f"{TIME_INPUTS}, got {model.get('parameterization')!r} and {model.get('time_input')!r}"
@@ -468,6 +471,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "(step_XXXXXXX.pt in the same folder)"
             )
     _check_fields(ckpt, where)
+    from .nets import PARAMETERIZATION_ALIASES
+
+    model = ckpt["config"]["model"]
+    # files written before the noise prediction was renamed record it as "eps"
+    model["parameterization"] = PARAMETERIZATION_ALIASES.get(model["parameterization"], model["parameterization"])
     return ckpt
 
 

@@ -1,7 +1,7 @@
 """Class-conditional digits: a conditional U-Net sampled per class with classifier-free guidance, then classified.
 
 The default U-Net of the digits study with a class embedding (``build_network("unet", channels=1,
-num_classes=10)``, ``ScoreModel(..., parameterization="eps")``, ``torch.manual_seed(0)``) is trained with
+num_classes=10)``, ``ScoreModel(..., parameterization="noise")``, ``torch.manual_seed(0)``) is trained with
 the VP SDE on all 1,797 digits and their labels (``load_dataset("digits")``) for STEPS steps of batch 128,
 each label replaced by the null class with probability ``label_dropout`` = 0.1 (other settings:
 :class:`scoresde.TrainConfig` defaults; ``--full``: 4x the steps).
@@ -92,7 +92,7 @@ def run_training(cfg: Config, ckpt_dir: Path, progress: bool) -> tuple[xr.Datase
     data = load_dataset("digits")
     torch.manual_seed(cfg.seed_model)
     net = build_network("unet", channels=1, base=cfg.hidden, num_classes=N_CLASSES)
-    model = ScoreModel(net, sde, parameterization="eps")
+    model = ScoreModel(net, sde, parameterization="noise")
     clear_checkpoints(ckpt_dir)
     start = time.perf_counter()
     config = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, label_dropout=cfg.label_dropout)

@@ -1,6 +1,6 @@
 """Digits study: the small U-Net trained on scikit-learn's 8x8 digits, sampled, and checked by a classifier.
 
-The default U-Net (``build_network("unet", channels=1)``, ``ScoreModel(..., parameterization="eps")``,
+The default U-Net (``build_network("unet", channels=1)``, ``ScoreModel(..., parameterization="noise")``,
 ``torch.manual_seed(0)``) is trained with the VP SDE on all 1,797 digits (``load_dataset("digits")``:
 shape (1, 8, 8), pixels 0..16 mapped to [-1, 1]) for STEPS steps of batch 128 (other settings:
 :class:`scoresde.TrainConfig` defaults; ``--full``: 4x the steps). The default step count (2,000) is
@@ -122,7 +122,7 @@ def run_training(
 ) -> tuple[Trainer, dict[str, float]]:
     """Train the default U-Net (eps parameterisation) from scratch; return the trainer and the timing."""
     torch.manual_seed(cfg.seed_model)
-    model = ScoreModel(build_network("unet", channels=1), sde, parameterization="eps")
+    model = ScoreModel(build_network("unet", channels=1), sde, parameterization="noise")
     clear_checkpoints(ckpt_dir)
     start = time.perf_counter()
     trainer = train(

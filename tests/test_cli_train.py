@@ -63,6 +63,7 @@ def test_train_writes_checkpoints_history_and_loss_plot(moons_run, capsys):
     ckpt = torch.load(moons_run / "last.pt", weights_only=True)
     assert ckpt["step"] == 50
     assert ckpt["config"]["model"]["network"]["name"] == "mlp"
+    assert ckpt["config"]["model"]["parameterization"] == "noise"
     assert ckpt["config"]["train"]["batch_size"] == 16
     assert ckpt["config"]["data"]["n"] == 2000
 
@@ -86,6 +87,25 @@ def test_train_report_and_resume(moons_run, tmp_path, capsys):
     assert train(out, "--data", "moons", "--n-data", "2000", *TINY[2:], "--steps", "5", "--no-resume") == 0
     assert "resuming" not in capsys.readouterr().out
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 5
+
+
+def test_resume_a_checkpoint_that_names_the_noise_prediction_eps(moons_run, tmp_path, capsys):
+    """A run whose checkpoint records the former name "eps" resumes, with or without --parameterization eps."""
+    from scoresde.training import checksum
+
+    out = tmp_path / "run"
+    shutil.copytree(moons_run, out)
+    for p in out.glob("*.pt"):
+        ckpt = torch.load(p, weights_only=True)
+        ckpt["config"]["model"]["parameterization"] = "eps"
+        ckpt["sha256"] = checksum(ckpt)
+        torch.save(ckpt, p)
+    assert train(out, "--data", "moons", "--n-data", "2000", *TINY[2:], "--steps", "55", "-q") == 0
+    args = ("--data", "moons", "--n-data", "2000", *TINY[2:], "--steps", "60", "--parameterization", "eps")
+    assert train(out, *args) == 0
+    assert "resuming from" in capsys.readouterr().out
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 60 and ckpt["config"]["model"]["parameterization"] == "noise"
 
 
 def test_resume_refuses_a_different_run(moons_run, tmp_path, capsys):

@@ -188,7 +188,7 @@ def _model(sde, parameterization, seed=0, dim=2, hidden=32):
 
 
 @pytest.mark.parametrize("sde", all_sdes(), ids=SDE_IDS)
-@pytest.mark.parametrize("param", ["eps", "velocity"])
+@pytest.mark.parametrize("param", ["noise", "velocity"])
 def test_velocity_is_the_probability_flow_drift(sde, param):
     """For every parameterisation, v = s' x0_hat + sigma' eps_hat equals f x - g^2 score / 2 and
     eps_hat = -sigma * score; a velocity model's velocity is its network output."""
@@ -272,7 +272,7 @@ def test_ddpm_objective_is_ho_simple_loss():
     """dsm_loss on a DDPMSDE at t = i/N with sigma^2 weighting = DDPMSchedule.eps_loss with eps(x, i/N)."""
     sch = DDPMSchedule.linear()
     sde = sch.sde()
-    model = _model(sde, "eps")
+    model = _model(sde, "noise")
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(256, 2, generator=g, dtype=torch.float64)
     i = torch.randint(1, 1001, (256,), generator=g)
@@ -287,10 +287,13 @@ def test_trainer_objective_validation():
     with pytest.raises(ValueError, match="objective"):
         TrainConfig(objective="elbo")
     with pytest.raises(ValueError, match="DDPMSDE"):
-        Trainer(sd.VPSDE(), _model(sd.VPSDE(), "eps").float(), data, TrainConfig(objective="ddpm"))
+        Trainer(sd.VPSDE(), _model(sd.VPSDE(), "noise").float(), data, TrainConfig(objective="ddpm"))
     with pytest.raises(ValueError, match="velocity model"):
         Trainer(
-            sd.RectifiedFlow(), _model(sd.RectifiedFlow(), "eps").float(), data, TrainConfig(objective="flow_matching")
+            sd.RectifiedFlow(),
+            _model(sd.RectifiedFlow(), "noise").float(),
+            data,
+            TrainConfig(objective="flow_matching"),
         )
 
 
@@ -309,7 +312,7 @@ def test_fast_acceptance_train_and_sample(objective, tmp_path):
     rebuilds the same sampler input. An untrained network fails the same bound."""
     mix = sd.eight_gaussians()
     if objective == "ddpm":
-        sde, param = DDPMSchedule.linear().sde(), "eps"
+        sde, param = DDPMSchedule.linear().sde(), "noise"
         samplers = [sd.DDPMAncestral(), sd.DDIM(steps=50, eps=1e-3)]
     else:
         sde, param = sd.RectifiedFlow(), "velocity"
@@ -336,7 +339,7 @@ def test_fast_acceptance_train_and_sample(objective, tmp_path):
 @pytest.mark.parametrize("objective", ["ddpm", "flow_matching"])
 def test_objective_resume_is_bit_identical(objective, tmp_path):
     sde = DDPMSchedule.linear().sde() if objective == "ddpm" else sd.RectifiedFlow()
-    param = "eps" if objective == "ddpm" else "velocity"
+    param = "noise" if objective == "ddpm" else "velocity"
     data = load_dataset("moons", n=512)
 
     def fresh():
@@ -411,7 +414,7 @@ def test_samplers_refuse_rectified_flow_with_a_clear_message():
 # -- command line ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "sde_name, sampler, objective, param",
-    [("ddpm", "DDPMAncestral", "ddpm", "eps"), ("rf", "FlowODE", "flow_matching", "velocity")],
+    [("ddpm", "DDPMAncestral", "ddpm", "noise"), ("rf", "FlowODE", "flow_matching", "velocity")],
 )
 def test_cli_trains_and_samples_ddpm_and_flow(tmp_path, sde_name, sampler, objective, param):
     """`scoresde train --sde ddpm|rf` picks the matching objective and parameterisation, and `sample`

@@ -337,7 +337,7 @@ def test_edm_model_options_and_config_round_trip():
         eps_model = ScoreModel(net, sde)
         torch.testing.assert_close(eps_model.data_prediction(x, t), x + 4.0 * eps_model(x, t))
     with pytest.raises(ValueError, match="sigma_data"):
-        ScoreModel(net, sde, parameterization="eps", sigma_data=0.5)
+        ScoreModel(net, sde, parameterization="noise", sigma_data=0.5)
     with pytest.raises(ValueError, match="sigma_data"):
         ScoreModel(net, sde, parameterization="edm", sigma_data=0.0)
     assert ScoreModel(net, sde).time_input == "t"

@@ -15,6 +15,7 @@ from scoresde.nets import (
     build_network,
     check_network_config,
     model_config,
+    model_from_config,
     network_config,
 )
 
@@ -177,10 +178,10 @@ from conftest import SDES  # noqa: E402
 
 @pytest.mark.parametrize("sde", SDES, ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_eps_parameterization_exact(sde, dtype):
+def test_noise_parameterization_exact(sde, dtype):
     torch.manual_seed(0)
     net = MLPScore(hidden=16, layers=2, embed_dim=8).to(dtype)
-    model = ScoreModel(net, sde, "eps")
+    model = ScoreModel(net, sde, "noise")
     x = torch.randn(5, 2, dtype=dtype)
     t = torch.linspace(0.05, 1.0, 5, dtype=dtype)
     sigma = sde.std(t)
@@ -213,22 +214,36 @@ def test_score_parameterization_defaults_and_validation():
     sde = sd.VPSDE()
     net = MLPScore(hidden=8, layers=1, embed_dim=8)
     assert ScoreModel(net, sde, "score").scale_by_sigma is True
-    assert ScoreModel(net, sde).parameterization == "eps"
-    with pytest.raises(ValueError, match=r"parameterization.*'eps', 'score'"):
+    assert ScoreModel(net, sde).parameterization == "noise"
+    with pytest.raises(ValueError, match=r"parameterization.*'noise', 'score'"):
         ScoreModel(net, sde, "x0")
     with pytest.raises(ValueError, match="scale_by_sigma"):
-        ScoreModel(net, sde, "eps", scale_by_sigma=True)
+        ScoreModel(net, sde, "noise", scale_by_sigma=True)
     with pytest.raises(ValueError, match="time_input"):
         ScoreModel(net, sde, time_input="sigma")
     with pytest.raises(ValueError, match="x must have shape"):
         ScoreModel(net, sde)(torch.randn(4, 3), torch.rand(4))
 
 
+def test_former_name_eps_is_noise_with_a_deprecation_warning():
+    """``parameterization="eps"`` (the former name) builds the ``"noise"`` model, warns, and records "noise"."""
+    torch.manual_seed(0)
+    sde = sd.VPSDE()
+    net = MLPScore(hidden=8, layers=1, embed_dim=8)
+    with pytest.warns(DeprecationWarning, match="'eps' is the former name of 'noise'"):
+        old = ScoreModel(net, sde, "eps")
+    new = ScoreModel(net, sde, "noise")
+    assert old.parameterization == "noise" and old.config == new.config
+    x, t = torch.randn(4, 2), torch.rand(4) * 0.9 + 0.1
+    assert torch.equal(old(x, t), new(x, t))
+    assert model_from_config({**model_config(new), "parameterization": "eps"}, sde).parameterization == "noise"
+
+
 def test_log_sigma_time_input():
     torch.manual_seed(0)
     sde = sd.VESDE()
     net = MLPScore(hidden=16, layers=2, embed_dim=8)
-    model = ScoreModel(net, sde, "eps", time_input="log_sigma")
+    model = ScoreModel(net, sde, "noise", time_input="log_sigma")
     x, t = torch.randn(4, 2), torch.rand(4) * 0.9 + 0.1
     sigma = sde.std(t)
     torch.testing.assert_close(model.epsilon(x, t), net(x, torch.log(sigma) / 4))

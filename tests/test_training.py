@@ -356,6 +356,44 @@ def test_old_format_checkpoint_loads_and_resumes_bit_identically(tmp_path):
     assert read_checkpoint(tmp_path / "out" / "last.pt")["version"] == 2  # rewritten with a checksum
 
 
+def test_checkpoint_with_the_former_name_eps_loads_and_resumes_as_noise(tmp_path):
+    """A checkpoint that records the noise prediction under its former name "eps" reads as "noise", loads
+    the same model without a warning, and resumes bit-identically to an uninterrupted run."""
+    import warnings
+
+    from scoresde.training import checksum
+
+    sde = sd.VPSDE()
+    data = load_dataset("eight_gaussians", n=1000)
+    cfg = TrainConfig(**SMALL)
+    full = train(sde, small_model(sde), data, cfg, progress=False)
+    part = Trainer(sde, small_model(sde), data, cfg)
+    part.train(steps=5, progress=False)
+    assert part.model.parameterization == "noise" and part.full_config()["model"]["parameterization"] == "noise"
+    old = part.state()
+    old["config"]["model"]["parameterization"] = "eps"
+    old["sha256"] = checksum(old)
+    torch.save(old, tmp_path / "old.pt")
+    assert read_checkpoint(tmp_path / "old.pt")["config"]["model"]["parameterization"] == "noise"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, model, _ = load_checkpoint(tmp_path / "old.pt", ema=False)
+    assert model.parameterization == "noise"
+    x, t = torch.randn(7, 2), torch.linspace(0.1, 0.9, 7)
+    assert torch.equal(model(x, t), part.model.eval()(x, t))
+    resumed = Trainer.from_checkpoint(tmp_path / "old.pt", out_dir=tmp_path / "out").train(progress=False)
+    for a, b in [(full.model, resumed.model), (full.ema, resumed.ema)]:
+        for u, v in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+            assert torch.equal(u, v)
+    assert read_checkpoint(tmp_path / "out" / "last.pt")["config"]["model"]["parameterization"] == "noise"
+    bad = part.state()
+    bad["config"]["model"]["parameterization"] = "epsilon"
+    bad["sha256"] = checksum(bad)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="parameterization"):
+        read_checkpoint(tmp_path / "bad.pt")
+
+
 def test_seed_range():
     assert TrainConfig(seed=2**63 - 1).seed == 2**63 - 1
     for bad in (2**63, -1):
@@ -474,7 +512,7 @@ def test_objective_object_trains_bit_identically_to_its_shorthand(shorthand, opt
     sde = {"dsm": sd.VPSDE(), "ddpm": sd.DDPMSchedule.linear(T=100).sde(), "flow_matching": sd.RectifiedFlow()}[
         shorthand
     ]
-    param = "velocity" if shorthand == "flow_matching" else "eps"
+    param = "velocity" if shorthand == "flow_matching" else "noise"
     data = load_dataset("eight_gaussians", n=256, seed=0)
     runs = []
     for cfg in (TrainConfig(steps=15, batch_size=32, checkpoint_every=0, objective=shorthand, **options),

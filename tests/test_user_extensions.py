@@ -282,7 +282,7 @@ def test_v2_checkpoint_with_builtin_names_still_loads_and_records_are_unchanged(
     net_rec = {"name": "mlp", "dim": 2, "hidden": 16, "layers": 1, "embed_dim": 8, "fourier_scale": 16.0}
     model_rec = {
         "network": net_rec,
-        "parameterization": "eps",
+        "parameterization": "noise",
         "scale_by_sigma": False,
         "time_input": "t",
         "feature_shape": [2],
