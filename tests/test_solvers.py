@@ -102,6 +102,41 @@ def test_uniform_grid_and_lambda_inversion():
     assert log_snr(sde, 0.3) == pytest.approx(math.log(s / math.sqrt(1 - s * s)), rel=1e-12)
 
 
+def _bisection(sde, lam, eps):
+    """The plain bisection of lambda(t) = lam from [eps, T] to adjacent floats (the reference)."""
+    target = np.asarray(lam, dtype=np.float64)
+    lo, hi = np.full(target.shape, float(eps)), np.full(target.shape, float(sde.T))
+    while True:
+        mid = 0.5 * (lo + hi)
+        if np.all((mid == lo) | (mid == hi)):
+            return 0.5 * (lo + hi)
+        above = log_snr(sde, mid) > target
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+
+
+@pytest.mark.parametrize("sde", [*SDES, sd.EDMSDE(80.0), sd.DDPMSchedule.linear().sde()], ids=repr)
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
+def test_lambda_inversion_is_the_bisection_at_a_third_of_the_evaluations(sde, eps, monkeypatch):
+    """The Illinois-started inversion lands where a bisection from [eps, T] does (within 2 floats, where
+    lambda is flat at float resolution), clips targets outside [lambda(T), lambda(eps)] to the ends, and
+    evaluates lambda at most 40 times for a 51-point grid (a bisection: about 60)."""
+    import scoresde.time_grids as tg
+
+    lam_T, lam_eps = log_snr(sde, [sde.T, eps])
+    rng = np.random.default_rng(0)
+    lam = np.concatenate([np.linspace(lam_T, lam_eps, 51), rng.uniform(lam_T, lam_eps, 50), [lam_T - 1, lam_eps + 1]])
+    expected = _bisection(sde, lam, eps)
+    calls = []
+    monkeypatch.setattr(tg, "log_snr", lambda sde, t: calls.append(1) or log_snr(sde, t))
+    got = invert_log_snr(sde, lam, eps)
+    ulps = np.abs(got - expected) / np.spacing(expected)
+    assert ulps.max() <= 2 and np.mean(ulps == 0) >= 0.95, ulps.max()
+    assert got[-2] == sde.T and got[-1] == pytest.approx(eps, rel=1e-15)
+    calls.clear()
+    invert_log_snr(sde, np.linspace(lam_T, lam_eps, 51), eps)
+    assert len(calls) <= 40, len(calls)
+
+
 def test_grid_validation():
     assert get_grid("LogSNR") == LogSNRUniform() and get_grid(KarrasSigma(5.0)) == KarrasSigma(5.0)
     assert repr(KarrasSigma()) == "KarrasSigma(rho=7.0)"
