@@ -14,6 +14,7 @@ The integrators use, as Python floats computed in float64,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "time_vector",
     "randn_like",
     "kernel",
+    "kernel_table",
     "tweedie",
     "check_linear",
     "is_variance_preserving",
@@ -52,8 +54,21 @@ def kernel(sde: SDE, t: float) -> tuple[float, float, float]:
     return math.exp(log_s), math.exp(log_sigma), log_s - log_sigma
 
 
+def kernel_table(sde: SDE, times: Any) -> dict[float, tuple[float, float, float]]:
+    r""":func:`kernel` at every time of ``times`` (e.g. a run's grid), from one vectorised evaluation:
+    ``{t: (s(t), sigma(t), lambda(t))}`` with Python-float keys and values."""
+    ts = np.asarray(times, dtype=np.float64).reshape(-1)
+    log_s, log_sigma = log_coefs(sde, ts)
+    return {
+        t: (math.exp(a), math.exp(b), a - b)
+        for t, a, b in zip(ts.tolist(), log_s.reshape(-1).tolist(), log_sigma.reshape(-1).tolist(), strict=True)
+    }
+
+
 def tweedie(x: torch.Tensor, score: torch.Tensor, s: float | torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
     r"""Tweedie's data prediction :math:`\hat x_0 = (x + \sigma^2 s_\theta)/s`."""
+    if isinstance(sigma, float) and isinstance(s, float):
+        return torch.add(x, score, alpha=sigma**2).div_(s)
     return (x + sigma**2 * score) / s
 
 

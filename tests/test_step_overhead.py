@@ -70,19 +70,33 @@ def test_reverse_diffusion_table_is_the_discretized_step_bit_for_bit(sde, dtype)
         assert torch.equal(fast, (x - f).add_(G[:, None] * z))
 
 
-def test_exponential_kernel_once_per_grid_time(monkeypatch):
-    calls: list[float] = []
-    kernel = exponential.kernel
+def test_exponential_kernel_table_once_per_run(monkeypatch):
+    """The exponential integrators take (s, sigma, lambda) of every grid time from one vectorised table per
+    run (no per-step kernel evaluation), and the table holds kernel()'s values."""
+    tables: list[list[float]] = []
+    steps_calls: list[float] = []
+    kernel, kernel_table = exponential.kernel, exponential.kernel_table
+
+    def counted_table(sde, times):
+        tables.append(list(np.asarray(times)))
+        return kernel_table(sde, times)
 
     def counted(sde, t):
-        calls.append(t)
+        steps_calls.append(t)
         return kernel(sde, t)
 
+    monkeypatch.setattr(exponential, "kernel_table", counted_table)
     monkeypatch.setattr(exponential, "kernel", counted)
     for sampler in (sd.DDIM(steps=8), sd.DPMSolverPP(steps=8), sd.UniPC(steps=8)):
-        calls.clear()
+        tables.clear()
+        steps_calls.clear()
         sd.sample(sd.VPSDE(), _score, sampler, shape=(4, 2), progress=False)
-        assert sorted(calls) == sorted(set(calls)) and len(calls) == 9, (sampler, calls)
+        assert len(tables) == 1 and len(tables[0]) == 9 and steps_calls == [], (sampler, tables, steps_calls)
+    for sde in SDES:
+        grid = sd.DPMSolverPP(steps=8).time_points(sde)
+        for t, (s, sigma, lam) in kernel_table(sde, grid).items():
+            s1, sigma1, lam1 = kernel(sde, t)
+            np.testing.assert_allclose([s, sigma, lam], [s1, sigma1, lam1], rtol=1e-14, atol=0)
 
 
 def test_multistep_grid_built_once_per_run(monkeypatch):

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from .._checks import check_positive, check_positive_int
-from .._kernels import check_linear, kernel, randn_like, time_vector, tweedie
+from .._kernels import check_linear, kernel, kernel_table, randn_like, time_vector, tweedie
 from ..sde import SDE
 from ..time_grids import TimeGrid, get_grid, log_snr
 from .base import CountedScore, FixedStepSampler
@@ -79,7 +79,8 @@ class _Exponential(OnGrid, FixedStepSampler):
 @dataclass
 class _Run:
     r"""Per-run state of an exponential integrator: the counted score and :math:`(s, \sigma, \lambda)` at the
-    grid times, each computed once per run (by :func:`~scoresde._kernels.kernel`, on first use)."""
+    grid times, each computed once per run (for the whole grid by :func:`~scoresde._kernels.kernel_table` when
+    the run starts, else by :func:`~scoresde._kernels.kernel` on first use)."""
 
     score_fn: CountedScore
     coefs: dict[float, tuple[float, float, float]] = field(default_factory=dict)
@@ -162,6 +163,9 @@ class DDIM(_Exponential):
     def prepare(self, sde: SDE, score_fn: CountedScore) -> _Run:
         return _Run(score_fn)
 
+    def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _Run:
+        return _Run(score_fn, kernel_table(sde, grid))
+
     def step(
         self,
         run: _Run | CountedScore,
@@ -178,7 +182,7 @@ class DDIM(_Exponential):
         x0 = tweedie(x, score, s, sigma)
         h = lam2 - lam
         if self.eta == 0:
-            return (sigma2 / sigma) * x - (s2 * math.expm1(-h)) * x0
+            return torch.mul(x, sigma2 / sigma).add_(x0, alpha=-s2 * math.expm1(-h))
         sigma_eta = self.eta * sigma2 * math.sqrt(-math.expm1(-2.0 * h))
         c = math.sqrt(max(sigma2**2 - sigma_eta**2, 0.0))
         z = randn_like(x, generator)
@@ -224,7 +228,9 @@ class _Multistep(_Exponential):
         return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde))
 
     def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _History:
-        return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde, grid))
+        return _History(
+            score_fn, kernel_table(sde, grid), lower_order_final=self.uses_lower_order_final(sde, grid)
+        )
 
     def uses_lower_order_final(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
         """Whether ``lower_order_final`` takes effect: the final steps use lower orders (default: whenever
@@ -382,21 +388,29 @@ class DPMSolverPP(_Multistep):
 
         h = lam2 - lam
         phi1 = math.expm1(-h)
-        d0 = hist.x0s[-1]
-        out = (sigma2 / sigma) * x - (s2 * phi1) * d0
+        x0s = hist.x0s
+        # the update is a x + sum_j c_j D_j; its coefficients (Python floats) combine those of the divided
+        # differences of the class docstring
+        a, c0 = sigma2 / sigma, -s2 * phi1
         if k == 1:
-            return out
+            return torch.mul(x, a).add_(x0s[-1], alpha=c0)
         r0 = (lam - hist.lams[-2]) / h
-        delta0 = (d0 - hist.x0s[-2]) / r0
         if k == 2:
-            return out.sub_((0.5 * s2 * phi1) * delta0)
+            c_delta0 = -0.5 * s2 * phi1  # times delta0 = (D_0 - D_1) / r0
+            return torch.mul(x, a).add_(x0s[-1], alpha=c0 + c_delta0 / r0).add_(x0s[-2], alpha=-c_delta0 / r0)
         r1 = (hist.lams[-2] - hist.lams[-3]) / h
-        delta1 = (hist.x0s[-2] - hist.x0s[-3]) / r1
-        d1 = delta0 + (r0 / (r0 + r1)) * (delta0 - delta1)
-        d2 = (delta0 - delta1) / (r0 + r1)
         phi2 = phi1 / h + 1.0
         phi3 = phi2 / h - 0.5
-        return out.add_((s2 * phi2) * d1).sub_((s2 * phi3) * d2)
+        q = r0 / (r0 + r1)
+        # s phi2 D1 - s phi3 D2 with D1 = (1 + q) delta0 - q delta1, D2 = (delta0 - delta1) / (r0 + r1)
+        c_delta0 = s2 * phi2 * (1.0 + q) - s2 * phi3 / (r0 + r1)
+        c_delta1 = -s2 * phi2 * q + s2 * phi3 / (r0 + r1)
+        return (
+            torch.mul(x, a)
+            .add_(x0s[-1], alpha=c0 + c_delta0 / r0)
+            .add_(x0s[-2], alpha=c_delta1 / r1 - c_delta0 / r0)
+            .add_(x0s[-3], alpha=-c_delta1 / r1)
+        )
 
 
 class UniPC(_Multistep):
@@ -488,13 +502,12 @@ class UniPC(_Multistep):
             b.append(h_phi_k * factorial / b_h)
             factorial *= i + 1
             h_phi_k = h_phi_k / hh - 1.0 / factorial
-        R_, b_ = np.asarray(R), np.asarray(b)
         if order == 1:
             rho_p, rho_c = [], [0.5]
         elif order == 2:
-            rho_p, rho_c = [0.5], list(np.linalg.solve(R_, b_))
+            rho_p, rho_c = [0.5], _solve(R, b)
         else:
-            rho_p, rho_c = list(np.linalg.solve(R_[:-1, :-1], b_[:-1])), list(np.linalg.solve(R_, b_))
+            rho_p, rho_c = _solve([row[:-1] for row in R[:-1]], b[:-1]), _solve(R, b)
         return rho_p, rho_c, b_h
 
     def step(
@@ -510,25 +523,47 @@ class UniPC(_Multistep):
         st.step += 1
         last = st.step == self.grid_steps
         h = lam2 - lam
-        d0 = st.x0s[-1]
+        x0s = st.x0s
         rks = [(st.lams[-(j + 1)] - lam) / h for j in range(1, k)] + [1.0]
-        diffs = [(st.x0s[-(j + 1)] - d0) / rks[j - 1] for j in range(1, k)]
         rho_p, rho_c, b_h = self._weights(rks, h, k)
-        base = (sigma2 / sigma) * x - (s2 * math.expm1(-h)) * d0
-        x_pred = base
-        for rho, d in zip(rho_p, diffs, strict=True):
-            x_pred = x_pred - (s2 * b_h * rho) * d
+        # both stages are a x + c_0 D_0 + sum_j c_j D_j (+ c_next D_next): the DDIM step plus the weighted
+        # divided differences (D_j - D_0) / r_j, with coefficients as Python floats
+        a, c_ddim, sb = sigma2 / sigma, -s2 * math.expm1(-h), s2 * b_h
+        ax = torch.mul(x, a)
+        c_p = [-sb * rho / r for rho, r in zip(rho_p, rks, strict=False)]
+        x_pred = torch.add(ax, x0s[-1], alpha=c_ddim - sum(c_p))
+        for j, c in enumerate(c_p, start=1):
+            x_pred.add_(x0s[-(j + 1)], alpha=c)
         if last:
             return x_pred
         score = st.score_fn(x_pred, time_vector(t_next, x_pred))
         d_next = tweedie(x_pred, score, s2, sigma2)
-        x_new = base - (s2 * b_h * rho_c[-1]) * (d_next - d0)
-        for rho, d in zip(rho_c[:-1], diffs, strict=True):
-            x_new = x_new - (s2 * b_h * rho) * d
-        st.x0s.append(d_next)
+        c_next = -sb * rho_c[-1]
+        c_c = [-sb * rho / r for rho, r in zip(rho_c[:-1], rks, strict=False)]
+        x_new = ax.add_(x0s[-1], alpha=c_ddim - c_next - sum(c_c)).add_(d_next, alpha=c_next)
+        for j, c in enumerate(c_c, start=1):
+            x_new.add_(x0s[-(j + 1)], alpha=c)
+        x0s.append(d_next)
         st.lams.append(lam2)
-        del st.x0s[: -self.order], st.lams[: -self.order]
+        del x0s[: -self.order], st.lams[: -self.order]
         return x_new
+
+
+def _solve(R: list[list[float]], b: list[float]) -> list[float]:
+    """The solution of the small linear system ``R rho = b`` (Gaussian elimination with partial pivoting)."""
+    n = len(b)
+    m = [[float(v) for v in row] + [float(bi)] for row, bi in zip(R, b, strict=True)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            for c in range(col, n + 1):
+                m[r][c] -= f * m[col][c]
+    rho = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        rho[r] = (m[r][n] - sum(m[r][c] * rho[c] for c in range(r + 1, n))) / m[r][r]
+    return rho
 
 
 SOLVERS: dict[str, type[FixedStepSampler]] = {
