@@ -57,7 +57,7 @@ import torch
 
 from .._checks import check_positive, check_positive_int
 from .._guard import DivergenceGuard, check_score_output, max_abs, resolve_bound
-from .._kernels import singular_at_T, time_vector, tweedie
+from .._kernels import is_variance_exploding, is_variance_preserving, singular_at_T, time_vector, tweedie
 from .._progress import progress_bar
 from ..sde import SDE, VESDE, LinearSDE, ReverseSDE, ScoreFn
 
@@ -383,6 +383,16 @@ class LinearDrift:
 
 #: per-run tables of step coefficients, keyed (weakly) by the run's reverse-time SDE
 _RUN_TABLES: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def run_kernel_kind(rsde: Any) -> tuple[bool, bool]:
+    """``(variance preserving, variance exploding)`` for the forward SDE of ``rsde`` (see
+    :func:`scoresde._kernels.is_variance_preserving`), probed once per run."""
+    table = run_table(rsde)
+    kind = table.get("kernel_kind")
+    if kind is None:
+        kind = table["kernel_kind"] = (is_variance_preserving(rsde.base), is_variance_exploding(rsde.base))
+    return cast(tuple[bool, bool], kind)
 
 
 def run_table(rsde: Any) -> dict[Any, Any]:

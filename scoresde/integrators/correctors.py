@@ -19,7 +19,7 @@ from .._checks import check_positive, check_positive_int
 from .._kernels import is_variance_preserving, randn_like, time_vector
 from ..sde import SDE, ReverseSDE
 from ..time_grids import log_coefs
-from .base import run_table
+from .base import run_kernel_kind, run_table
 
 __all__ = [
     "Corrector",
@@ -87,7 +87,12 @@ class Corrector(abc.ABC):
 def langevin_alpha(sde: SDE, t: float, t_next: float) -> float:
     r"""score_sde's :math:`\alpha_i` of the Langevin step sizes: :math:`s(t)^2/s(t_{next})^2 = 1 - \beta_i` (the
     DDPM step) for a variance-preserving kernel, 1 otherwise (:math:`t_{next}` is clipped at 0)."""
-    if not is_variance_preserving(sde):
+    return _alpha(sde, t, t_next, is_variance_preserving(sde))
+
+
+def _alpha(sde: SDE, t: float, t_next: float, variance_preserving: bool) -> float:
+    """:func:`langevin_alpha`, given whether the kernel of ``sde`` is variance preserving."""
+    if not variance_preserving:
         return 1.0
     # t - (t - t_next) rather than t_next: the time score_sde's corrector works out from its step
     lo = max(t - (t - t_next), 0.0)
@@ -108,7 +113,7 @@ def _run_alpha(rsde: ReverseSDE, t: float, t_next: float) -> float:
     key = ("langevin_alpha", t, t_next)
     alpha = table.get(key)
     if alpha is None:
-        alpha = table[key] = langevin_alpha(rsde.base, t, t_next)
+        alpha = table[key] = _alpha(rsde.base, t, t_next, run_kernel_kind(rsde)[0])
     return cast(float, alpha)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+import numpy as np
 import torch
 
 from .._checks import check_positive
@@ -92,6 +93,12 @@ class FlowODE(OnGrid, FixedStepSampler):
         # check() accepts linear SDEs only
         return velocity_field(cast(LinearSDE, sde), score_fn, self.t_clip)
 
+    def prepare_run(
+        self, sde: SDE, score_fn: CountedScore, grid: np.ndarray
+    ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        # the coefficients of every grid time from one vectorised evaluation
+        return velocity_field(cast(LinearSDE, sde), score_fn, self.t_clip, times=grid)
+
     def step(
         self,
         v: Callable[[torch.Tensor, float], torch.Tensor],
@@ -111,7 +118,7 @@ class _VelocityModel(Protocol):
 
 
 def velocity_field(
-    sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4
+    sde: LinearSDE, score_fn: ScoreFn, t_clip: float = 1e-4, times: Any = None
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     r"""The probability-flow velocity :math:`v(x, t)` (a callable of a state and a float time) for ``sde``.
 
@@ -120,7 +127,10 @@ def velocity_field(
       calls are counted on the ``CountedScore``.
     * Otherwise :math:`v = \dot s\,\hat x_0 + \dot\sigma\,\hat\varepsilon
       = \frac{\dot s}{s}(x + \sigma^2 s_\theta) - \dot\sigma\sigma\, s_\theta`, evaluated at
-      :math:`\min(t, T - t_\mathrm{clip})` when :math:`s(T) = 0` (it is :math:`0/0` there).
+      :math:`\min(t, T - t_\mathrm{clip})` when :math:`s(T) = 0` (it is :math:`0/0` there), as
+      :math:`\frac{\dot s}{s} x + \big(\frac{\dot s}{s}\sigma^2 - \dot\sigma\sigma\big) s_\theta` with the two
+      coefficients (Python floats) computed once per time, for all of ``times`` (e.g. a run's grid) at once
+      where given.
     """
     inner = score_fn.score_fn if isinstance(score_fn, CountedScore) else score_fn
     model_sde = getattr(inner, "sde", None)
@@ -138,18 +148,23 @@ def velocity_field(
         return v_model
 
     t_max = sde.T - t_clip if singular_at_T(sde) else sde.T
-    # (s_dot / s, sigma^2, sigma_dot sigma) at each time asked about, computed once
-    coefs: dict[float, tuple[float, float, float]] = {}
+
+    def coefficients(ts: Any) -> dict[float, tuple[float, float]]:
+        """``{t: (s_dot / s, s_dot / s sigma^2 - sigma_dot sigma)}`` at the (clipped) times ``ts``."""
+        tt = torch.as_tensor(np.minimum(np.asarray(ts, dtype=np.float64).reshape(-1), t_max))
+        a = sde.mean_coef_dot(tt) / sde.mean_coef(tt)
+        b = a * sde.std(tt) ** 2 - sde.std_dot(tt) * sde.std(tt)
+        return dict(zip(tt.tolist(), zip(a.tolist(), b.tolist(), strict=True), strict=True))
+
+    # the coefficients at each time asked about, computed once
+    coefs = {} if times is None else coefficients(times)
 
     def v_score(x: torch.Tensor, t: float) -> torch.Tensor:
         t = min(t, t_max)
         c = coefs.get(t)
         if c is None:
-            tt = torch.tensor(t, dtype=torch.float64)
-            s, sigma = float(sde.mean_coef(tt)), float(sde.std(tt))
-            s_dot, sigma_dot = float(sde.mean_coef_dot(tt)), float(sde.std_dot(tt))
-            c = coefs[t] = (s_dot / s, sigma**2, sigma_dot * sigma)
+            c = coefs[t] = coefficients([t])[t]
         score = score_fn(x, time_vector(t, x))
-        return c[0] * (x + c[1] * score) - c[2] * score
+        return torch.mul(x, c[0]).add_(score, alpha=c[1])
 
     return v_score

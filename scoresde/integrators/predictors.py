@@ -18,7 +18,7 @@ from .._checks import broadcast_coef
 from .._kernels import ddpm_step, is_variance_exploding, is_variance_preserving, randn_like, time_vector
 from ..sde import SDE, VESDE, LinearSDE, ReverseSDE, VariancePreservingSDE
 from ..time_grids import log_coefs
-from .base import run_table
+from .base import run_kernel_kind, run_table
 
 __all__ = [
     "Predictor",
@@ -163,7 +163,7 @@ class AncestralPredictor(Predictor):
         key = ("ancestral", t, t_next)
         coefs = table.get(key)  # the step's coefficients, computed once per run
         if coefs is None:
-            coefs = table[key] = _ancestral_coefficients(sde, t, t_next)
+            coefs = table[key] = _ancestral_coefficients(sde, t, t_next, run_kernel_kind(rsde)[1])
         if coefs[0] == "ve":
             s2, a2 = cast(float, coefs[1]), cast(float, coefs[2])
             return (x + (s2 - a2) * score).add_(math.sqrt(a2 * (s2 - a2) / s2) * z)
@@ -171,9 +171,9 @@ class AncestralPredictor(Predictor):
         return ddpm_step(x, score, beta, math.sqrt(beta), z)
 
 
-def _ancestral_coefficients(sde: SDE, t: float, t_next: float) -> tuple[Any, ...]:
+def _ancestral_coefficients(sde: SDE, t: float, t_next: float, variance_exploding: bool) -> tuple[Any, ...]:
     r"""``("ve", \sigma(t)^2, \sigma(t')^2)`` for a variance-exploding kernel, else ``("vp", \beta)``."""
-    if is_variance_exploding(sde):
+    if variance_exploding:
         ve = cast(LinearSDE, sde)  # check() accepts linear SDEs only
         s2 = float(ve.std(torch.tensor(t, dtype=torch.float64))) ** 2
         a2 = float(ve.std(torch.tensor(t_next, dtype=torch.float64))) ** 2
