@@ -232,6 +232,38 @@ def time_sampler(
     return m, float(ds.attrs["wall_time_s"]), int(ds.attrs["nfe"]), float(np.abs(ds["x"].values[-1]).max())
 
 
+def free_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The score of N(0, I) data under VP, ``-x``: one cheap elementwise operation."""
+    return x.neg()
+
+
+def own_cost(
+    sdes: dict[str, sd.SDE],
+    factories: dict[str, Callable[[], sd.Sampler]],
+    names: list[str],
+    batch: int,
+    dtype: torch.dtype,
+    progress: bool,
+    repeats: int,
+) -> dict[str, float]:
+    """Per sampler: microseconds per NFE of the whole ``sample`` call with :func:`free_score`, less the
+    cost of one call of :func:`free_score` itself (median of ``repeats`` interleaved runs)."""
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    with torch.inference_mode(), Meter() as m:
+        for _ in range(200):
+            free_score(x, x[:, 0])
+    free_us = 1e6 * m.wall / 200
+    per: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            with Meter() as m:
+                ds = sd.sample(
+                    sdes[name], free_score, factories[name](), shape=(batch, 2), seed=0, dtype=dtype, progress=progress
+                )
+            per[name].append(1e6 * m.wall / int(ds.attrs["nfe"]) - free_us)
+    return {name: statistics.median(v) for name, v in per.items()}
+
+
 def run(
     batch: int,
     steps: int,
@@ -259,11 +291,10 @@ def run(
         if key not in score_fns:
             score_fns[key] = spec.make(sdes[name])
     score_of = {name: score_fns[repr(sdes[name])] for name in names}
-    bare_fn = score_of[names[0]] if names else spec.make(sd.VPSDE())
-
     # warm-up: the network, every code path (small), the allocator
     load_start = os.getloadavg()
-    time_bare_calls(bare_fn, batch, 20, dtype=dtype)
+    for fn in score_fns.values():
+        time_bare_calls(fn, batch, 20, dtype=dtype)
     warm_up = make_samplers(10, 10)
     for name in names:
         sd.sample(
@@ -276,15 +307,15 @@ def run(
             progress=False,
         )
 
-    # each sampler run is bracketed by two runs of bare calls (the one after it is the one before the
-    # next sampler); its ratio uses the mean per-call time of the two, which cancels slow drifts in the
-    # machine's speed (other load, clock) better than one baseline per round
+    # each sampler run is bracketed by two runs of bare calls of its own score function (the one after it is
+    # the one before the next sampler on the same SDE); its ratio uses the mean per-call time of the two,
+    # which cancels slow drifts in the machine's speed (other load, clock) better than one baseline per round
     n_bare = min(steps, max(ode_steps, 100))
     rounds: list[dict[str, Any]] = []
     bare_runs: list[dict[str, float]] = []
 
-    def bare() -> dict[str, float]:
-        m = time_bare_calls(bare_fn, batch, n_bare, dtype=dtype)
+    def bare(name: str) -> dict[str, float]:
+        m = time_bare_calls(score_of[name], batch, n_bare, dtype=dtype)
         bare_runs.append({"wall": m.wall / n_bare, "cpu": m.cpu / n_bare, "faults": m.faults / n_bare})
         print(
             f"    {n_bare} bare calls{'':<{22 - len(str(n_bare))}s} {m.wall:8.3f} s  "
@@ -296,11 +327,13 @@ def run(
     for r in range(repeats):
         print(f"  round {r + 1}/{repeats}", flush=True)
         rec: dict[str, Any] = {}
-        before = bare()
         order = names[r % len(names) :] + names[: r % len(names)]
+        last: dict[str, dict[str, float]] = {}
         for name in order:
+            key = repr(sdes[name])
+            before = last.get(key) or bare(name)
             m, loop, nfe, xmax = time_sampler(sdes[name], score_of[name], factories[name](), batch, dtype, progress)
-            after = bare()
+            after = last[key] = bare(name)
             per_call = 0.5 * (before["wall"] + after["wall"])
             cpu_per_call = 0.5 * (before["cpu"] + after["cpu"])
             denom = nfe * per_call
@@ -313,15 +346,18 @@ def run(
                 "cpu_ratio": m.cpu / (nfe * cpu_per_call),
                 "faults_per_nfe": m.faults / nfe,
                 "final_abs_max": xmax,
+                "bare_ms": 1e3 * per_call,
             }
             print(
                 f"    {name:<36s} {m.wall:8.3f} s  NFE {nfe:5d}  ratio {m.wall / denom:6.3f}  "
                 f"({m.faults / nfe:.0f} page faults/NFE)",
                 flush=True,
             )
-            before = after
         rounds.append(rec)
 
+    # the samplers' own cost: the same runs with a score that costs almost nothing (-x, the score of N(0, I)),
+    # whose per-NFE time is low-noise; 1 + (own cost per NFE) / (bare call) estimates the ratio above
+    own = own_cost(sdes, factories, names, batch, dtype, progress, max(repeats, 5))
     med = statistics.median
     per_call = med(b["wall"] for b in bare_runs)
     rows = []
@@ -339,6 +375,8 @@ def run(
                 "ratio": med(x["ratio"] for x in recs),
                 "loop_ratio": med(x["loop_ratio"] for x in recs),
                 "cpu_ratio": med(x["cpu_ratio"] for x in recs),
+                "own_us_per_nfe": own[name],
+                "estimated_ratio": 1.0 + own[name] / (1e3 * med(x["bare_ms"] for x in recs)),
                 "faults_per_nfe": med(x["faults_per_nfe"] for x in recs),
                 "final_abs_max": recs[0]["final_abs_max"],
                 "ratios": [x["ratio"] for x in recs],
@@ -399,10 +437,11 @@ def markdown(res: dict[str, Any]) -> str:
         "other processes competed for the CPU: repeat)",
         "",
         "| sampler | wall (s) | NFE | ms / NFE | ratio = wall / (NFE x bare call) | loop-only ratio "
-        "| CPU-time ratio | page faults / NFE | max abs x_eps | per-round ratios |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU-time ratio | own cost (us / NFE) | 1 + own cost / bare call | page faults / NFE | max abs x_eps "
+        "| per-round ratios |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         f"| bare score calls (median of {bare['runs']} runs) | {bare['wall_s']:.3f} | {bare['calls']} "
-        f"| {bare['ms_per_call']:.3f} | 1 | 1 | 1 | {bare['faults_per_call']:.0f} | "
+        f"| {bare['ms_per_call']:.3f} | 1 | 1 | 1 | | | {bare['faults_per_call']:.0f} | "
         f"| {min(bare['ms_per_call_each_run']):.3f} to {max(bare['ms_per_call_each_run']):.3f} ms/call |",
     ]
     for row in res["rows"]:
@@ -413,6 +452,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {row['sampler']} | {row['wall_s']:.3f} | {row['nfe']} | {row['ms_per_nfe']:.3f} | {ratio} "
             f"| {row['loop_ratio']:.3f} | {row['cpu_ratio']:.3f} "
+            f"| {row['own_us_per_nfe']:.0f} | {row['estimated_ratio']:.3f} "
             f"| {row['faults_per_nfe']:.0f} | {row['final_abs_max']:.3g} "
             f"| {', '.join(f'{v:.3f}' for v in row['ratios'])} |"
         )
@@ -421,6 +461,10 @@ def markdown(res: dict[str, Any]) -> str:
         "wall: the whole `scoresde.sample(...)` call (integration + xarray Dataset); loop-only: the "
         "integration time the Dataset records (`attrs['wall_time_s']`); CPU-time ratio: the same with "
         "process CPU time (user + sys of all threads) in place of wall time, less sensitive to other load; "
+        "own cost: microseconds per NFE of the same `sample` call with the score -x (one cheap elementwise "
+        "operation, its own cost subtracted), i.e. what the sampler adds to each evaluation; it is measured "
+        "to a few microseconds where the ratio, a quotient of two noisy wall times, scatters by several "
+        "per cent from round to round, and 1 + own cost / bare call estimates the ratio from it; "
         "page faults: minor page faults per call, thousands of them mean glibc malloc hands the network's "
         "large temporaries back to the kernel and re-faults them on every call (see the MALLOC_* note); "
         "max abs x_eps: largest |x| of the final state, O(1) unless the trajectories blew up.",
