@@ -51,12 +51,14 @@ def study_parser(
     threads_help: str = "torch intra-op threads (default 1)",
     sweep: bool = False,
     docs_help: str = "the documentation build's small size (every figure and table, smaller sweeps)",
+    docs_size: bool = True,
 ) -> argparse.ArgumentParser:
     """The options every study has (``--full``, ``--docs``, ``--out``, ``--quiet``, ``--threads``); add a study's
     own to it.
 
     ``study`` is the module (``"studies.<name>"``), ``doc`` its docstring (the first paragraph describes it).
-    ``--full`` and ``--docs`` exclude each other; :func:`size` names the size they select.
+    ``--full`` and ``--docs`` exclude each other; :func:`size` names the size they select. A study without a
+    documentation size (``docs_size=False``) refuses ``--docs`` with a usage error that says so.
     With ``sweep=True`` (a study whose cells run through :class:`studies._sweep.Sweep`) also ``--workers N``
     (a local dask cluster of ``N`` processes; default 1, in-process) and ``--scheduler ADDRESS`` (a running
     cluster), which exclude each other.
@@ -64,7 +66,10 @@ def study_parser(
     ap = argparse.ArgumentParser(prog=f"python -m {study}", description=(doc or "").split("\n\n")[0])
     sizes = ap.add_mutually_exclusive_group()
     sizes.add_argument("--full", action="store_true", help=full_help)
-    sizes.add_argument("--docs", action="store_true", help=docs_help)
+    if docs_size:
+        sizes.add_argument("--docs", action="store_true", help=docs_help)
+    else:
+        sizes.add_argument("--docs", action=_NoDocsSize, nargs=0, default=False, help="(no documentation size)")
     ap.add_argument("--out", type=Path, default=default_out, help=f"output folder (default {default_out})")
     ap.add_argument("--quiet", action="store_true", help="no progress bars and no printed tables (errors only)")
     ap.add_argument("--threads", type=int, default=1, help=threads_help)
@@ -85,6 +90,13 @@ def study_parser(
         help="run the cells on the dask cluster behind this scheduler (tcp://host:port) instead",
     )
     return ap
+
+
+class _NoDocsSize(argparse.Action):
+    """``--docs`` of a study that has no documentation size: a usage error (exit status 2) naming the sizes."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        parser.error("there is no --docs size for this study; run it at its default size or with --full")
 
 
 def size(args: argparse.Namespace) -> str:

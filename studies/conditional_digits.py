@@ -223,7 +223,7 @@ def samples_figure(res: xr.Dataset, weight: float, per_class: int = 16) -> plt.F
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = _io.study_parser(STUDY, __doc__, "4x the training steps", DEFAULT_OUT)
+    ap = _io.study_parser(STUDY, __doc__, "4x the training steps", DEFAULT_OUT, docs_size=False)
     ap.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)  # development: fewer steps
     ap.add_argument("--n-per-class", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--hidden", type=int, default=None, help=argparse.SUPPRESS)
@@ -234,8 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the study, write the outputs, print the table (unless ``--quiet``); returns 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.docs:  # the option comes with every study's parser; this study has no documentation size yet
-        raise SystemExit(f"{STUDY}: there is no --docs size; run it at its default size or with --full")
     out = _io.prepare(args)
     cfg = FULL if args.full else DEFAULT
     for key in ("steps", "n_per_class", "hidden"):
