@@ -13,8 +13,11 @@ SDE samplers run ``--steps`` steps (DDPMAncestral: a DDPM chain of that length),
 ``--ode-steps``; 2-D states, batch 10,000 by default.
 
 Repetitions are interleaved: every round runs each sampler once (the order rotates from round to
-round), each run bracketed by two runs of bare calls, and its ratio uses the mean bare per-call time
-of those two. The table shows medians over the rounds.
+round), each run bracketed by two runs of bare calls of its own score function, and its ratio uses the
+mean bare per-call time of those two. The table shows medians over the rounds. Each sampler's own cost
+(microseconds per NFE of the same ``sample`` call with the nearly free score ``-x``, whose own time is
+subtracted) is measured too, with the ratio ``1 + own cost / bare call`` it implies: a low-noise
+estimate where the wall-time ratio drifts with the machine's speed.
 This is a measurement, not a test: the exit code is 0.
 
 Usage::
