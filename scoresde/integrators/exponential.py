@@ -228,9 +228,7 @@ class _Multistep(_Exponential):
         return _History(score_fn, lower_order_final=self.uses_lower_order_final(sde))
 
     def prepare_run(self, sde: SDE, score_fn: CountedScore, grid: np.ndarray) -> _History:
-        return _History(
-            score_fn, kernel_table(sde, grid), lower_order_final=self.uses_lower_order_final(sde, grid)
-        )
+        return _History(score_fn, kernel_table(sde, grid), lower_order_final=self.uses_lower_order_final(sde, grid))
 
     def uses_lower_order_final(self, sde: SDE | None = None, grid: np.ndarray | None = None) -> bool:
         """Whether ``lower_order_final`` takes effect: the final steps use lower orders (default: whenever
