@@ -1,8 +1,8 @@
 """Accuracy versus cost: error (deterministic solvers) and distance to the truth (every sampler) against NFE.
 
 Target: the FFJORD 8-Gaussian ring (``scoresde.eight_gaussians()``: 8 equal modes on a circle of radius
-4/sqrt(2), component std 0.5/sqrt(2)) with its exact score, under the VP, sub-VP and VE SDEs, integrated
-from T = 1 to eps = 1e-3.
+4/sqrt(2), component std 0.5/sqrt(2)) with its exact score, under the VP, sub-VP and VE SDEs (from T = 1) and
+EDM's variance-exploding ``EDMSDE`` (sigma(t) = t, from T = 80), integrated to eps = 1e-3.
 
 Part A, deterministic solvers (float64). For every solver (``Euler``, ``Heun``, ``DDIM(eta=0)``,
 ``DPMSolverPP`` order 1, 2M, 3M, ``UniPC`` order 3) x time grid (``uniform``, ``logsnr``, ``quadratic``,
@@ -240,7 +240,7 @@ BAND = replace(
     adaptive_tols=(0.5, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
     rk45_tols=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6),
     samplers=("EM", "PC", "PC-ancestral", "TorchSDE-srk", "AdaptiveSDE", "EDM-SDE", "DPM++2M-SDE", "ER-SDE-3"),
-    sdes=("VP", "subVP", "VE"),
+    sdes=tuple(SDES),
     floor_pairs=8,
     lazy=True,
 )

@@ -160,6 +160,7 @@ def test_two_ranks_take_the_steps_of_one(tmp_path):
         assert torch.allclose(*values, rtol=1e-6, atol=0), (key, values)
 
 
+@pytest.mark.slow  # ~15-20 s; test_two_ranks_take_the_steps_of_one covers two ranks in the default run
 def test_killed_two_rank_run_resumes_identically_and_loads_in_one_process(tmp_path):
     """Kill both ranks while rank 0 writes step 40 (last.pt of step 40 complete), resume with 2 ranks to step 60:
     the result equals an uninterrupted 2-rank run bit for bit; the 2-rank checkpoint loads and trains in 1 process."""

@@ -35,6 +35,7 @@ def gpu_check():
         sys.path.remove(str(SCRIPT.parent))
 
 
+@pytest.mark.slow  # ~15-35 s; test_a_failing_check_exits_1 runs the script's training check by default
 def test_cpu_quick_run_passes_and_prints_the_table():
     res = _run("--device", "cpu", "--quick")
     assert res.returncode == 0, res.stdout + res.stderr
