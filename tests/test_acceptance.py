@@ -35,7 +35,7 @@ from scoresde import metrics
 TARGET = sd.eight_gaussians()
 SDES = SDES_BY_NAME
 #: DDPM (its chain as a VP SDE) and rectified flow, checked with their own samplers below
-ALL_SDES = {**SDES, "ddpm": sd.DDPMSchedule.linear().sde(), "rf": sd.RectifiedFlow()}
+ALL_SDES = {**SDES, "ddpm": sd.DDPMSchedule.linear().sde(), "rf": sd.RectifiedFlow(), "edm": sd.EDMSDE()}
 METRICS = ("sliced_wasserstein", "energy")
 
 

@@ -306,7 +306,7 @@ def test_cli_runs_the_new_samplers(tmp_path, capsys, name, extra, cls, params, n
 # the floor band at <= 20 NFE (20,000 samples), as tests/test_acceptance.py
 # ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "edm"])
 def test_er_sde_within_the_floor_band_at_20_nfe(sde_name):
     """ER-SDE-Solver-3 (20 steps, log-SNR grid, 20 NFE) is statistically indistinguishable from exact samples of
     p_eps at 20,000 samples: SW and energy distance within the floor's mean + 3 sd and mode weights within 3
