@@ -500,12 +500,13 @@ class UniPC(_Multistep):
             b.append(h_phi_k * factorial / b_h)
             factorial *= i + 1
             h_phi_k = h_phi_k / hh - 1.0 / factorial
+        R_, b_ = np.asarray(R), np.asarray(b)
         if order == 1:
             rho_p, rho_c = [], [0.5]
         elif order == 2:
-            rho_p, rho_c = [0.5], _solve(R, b)
+            rho_p, rho_c = [0.5], np.linalg.solve(R_, b_).tolist()
         else:
-            rho_p, rho_c = _solve([row[:-1] for row in R[:-1]], b[:-1]), _solve(R, b)
+            rho_p, rho_c = np.linalg.solve(R_[:-1, :-1], b_[:-1]).tolist(), np.linalg.solve(R_, b_).tolist()
         return rho_p, rho_c, b_h
 
     def step(
@@ -528,7 +529,7 @@ class UniPC(_Multistep):
         # divided differences (D_j - D_0) / r_j, with coefficients as Python floats
         a, c_ddim, sb = sigma2 / sigma, -s2 * math.expm1(-h), s2 * b_h
         ax = torch.mul(x, a)
-        c_p = [-sb * rho / r for rho, r in zip(rho_p, rks, strict=False)]
+        c_p = [-sb * rho / r for rho, r in zip(rho_p, rks[:-1], strict=True)]
         x_pred = torch.add(ax, x0s[-1], alpha=c_ddim - sum(c_p))
         for j, c in enumerate(c_p, start=1):
             x_pred.add_(x0s[-(j + 1)], alpha=c)
@@ -537,7 +538,7 @@ class UniPC(_Multistep):
         score = st.score_fn(x_pred, time_vector(t_next, x_pred))
         d_next = tweedie(x_pred, score, s2, sigma2)
         c_next = -sb * rho_c[-1]
-        c_c = [-sb * rho / r for rho, r in zip(rho_c[:-1], rks, strict=False)]
+        c_c = [-sb * rho / r for rho, r in zip(rho_c[:-1], rks[:-1], strict=True)]
         x_new = ax.add_(x0s[-1], alpha=c_ddim - c_next - sum(c_c)).add_(d_next, alpha=c_next)
         for j, c in enumerate(c_c, start=1):
             x_new.add_(x0s[-(j + 1)], alpha=c)
@@ -545,23 +546,6 @@ class UniPC(_Multistep):
         st.lams.append(lam2)
         del x0s[: -self.order], st.lams[: -self.order]
         return x_new
-
-
-def _solve(R: list[list[float]], b: list[float]) -> list[float]:
-    """The solution of the small linear system ``R rho = b`` (Gaussian elimination with partial pivoting)."""
-    n = len(b)
-    m = [[float(v) for v in row] + [float(bi)] for row, bi in zip(R, b, strict=True)]
-    for col in range(n):
-        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
-        m[col], m[piv] = m[piv], m[col]
-        for r in range(col + 1, n):
-            f = m[r][col] / m[col][col]
-            for c in range(col, n + 1):
-                m[r][c] -= f * m[col][c]
-    rho = [0.0] * n
-    for r in range(n - 1, -1, -1):
-        rho[r] = (m[r][n] - sum(m[r][c] * rho[c] for c in range(r + 1, n))) / m[r][r]
-    return rho
 
 
 SOLVERS: dict[str, type[FixedStepSampler]] = {
