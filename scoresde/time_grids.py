@@ -105,9 +105,10 @@ def invert_log_snr(sde: SDE, lam: Any, eps: float, *, check: bool = True) -> npt
     r"""Times :math:`t \in [\varepsilon, T]` with :math:`\lambda(t) = \ell` for each entry of ``lam``.
 
     :math:`\lambda` is decreasing in :math:`t`. A vectorised Illinois (regula falsi) iteration from the bracket
-    :math:`[\varepsilon, T]` locates each root to a few floats; a bracket of 16 floats around it is checked
-    (the original bracket is kept wherever the check fails) and bisected until it has shrunk to adjacent
-    floats, so the result is that of a bisection from :math:`[\varepsilon, T]` at a third of its evaluations.
+    :math:`[\varepsilon, T]` locates each root to a few floats; a bracket of 16 floats around it (wider, up to
+    :math:`2^{25}` floats, where :math:`\lambda` is flat at float resolution; the original bracket wherever none
+    holds) is checked and bisected until it has shrunk to adjacent floats, so the result is that of a
+    bisection from :math:`[\varepsilon, T]` at about a third of its evaluations.
     Targets outside :math:`[\lambda(T), \lambda(\varepsilon)]` are clipped to the ends. With ``check=True`` a
     residual larger than :math:`10^{-6}` in :math:`\lambda` raises ``ValueError`` (it means :math:`\lambda(t)`
     is not monotone).
@@ -140,8 +141,9 @@ def _illinois_bracket(
     sde: SDE, target: npt.NDArray[np.float64], lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Brackets ``[lo, hi]`` of the roots of ``lambda(t) = target`` in which ``lambda(lo) > target >= lambda(hi)``
-    holds as in the bisection of :func:`invert_log_snr`, narrowed to 16 floats where a regula falsi (Illinois)
-    iteration converges; the given bracket is returned for the other entries."""
+    holds as in the bisection of :func:`invert_log_snr`, narrowed to 16 floats (or 2**13, 2**25 where lambda is
+    flat) around the point where a regula falsi (Illinois) iteration converges; the given bracket is returned
+    for the other entries."""
     f_lo = log_snr(sde, lo) - target
     f_hi = log_snr(sde, hi) - target
     inside = (f_lo > 0) & (f_hi <= 0)  # else the bisection ends at an end (a root there, or a clipped target)
