@@ -49,9 +49,8 @@ def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def kernel(sde: SDE, t: float) -> tuple[float, float, float]:
     r"""Return :math:`(s(t), \sigma(t), \lambda(t))` as Python floats computed in float64 (``TypeError``
     unless ``sde`` is a :class:`~scoresde.LinearSDE`)."""
-    log_s_t, log_sigma_t = log_coefs(sde, t)
-    log_s, log_sigma = float(log_s_t), float(log_sigma_t)
-    return math.exp(log_s), math.exp(log_sigma), log_s - log_sigma
+    ((_, coefs),) = kernel_table(sde, [t]).items()
+    return coefs
 
 
 def kernel_table(sde: SDE, times: Any) -> dict[float, tuple[float, float, float]]:

@@ -2010,15 +2010,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import torch
 
     from .evaluation import SCORE_ERROR_POINTS, SCORE_ERROR_T_MIN, model_space_oracle, score_error
-    from .nets import model_config
+    from .nets import PARAMETERIZATION_ALIASES, model_config
     from .training import TrainConfig, Trainer
 
     if args.objective is None:
         args.objective = DEFAULT_OBJECTIVE.get(args.sde, "dsm")
     if args.parameterization is None:
         args.parameterization = "velocity" if args.objective == "flow_matching" else "noise"
-    elif args.parameterization == "eps":  # the former name
-        args.parameterization = "noise"
+    # a former name ("eps") is the parameterisation it names now
+    args.parameterization = PARAMETERIZATION_ALIASES.get(args.parameterization, args.parameterization)
     if args.label_dropout is not None and not args.conditional:
         sub.error("argument --label-dropout: applies to --conditional training only")
     if args.conditional and args.label_dropout is None:
